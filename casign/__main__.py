@@ -1,0 +1,5 @@
+"""`python -m casign` is the `casign` command."""
+
+from casign.cli import main
+
+main()

@@ -1,0 +1,347 @@
+"""`casign`: the operator's commands. Producer commands live in `casign.cli_producer`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography import x509
+
+from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
+from casign.errors import ConfigurationError, Rejected, SigningError
+from casign.store import ResultsStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+CERT_MODE = 0o444
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.secho(f"casign: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def split_sans(values: tuple[str, ...]) -> list[str]:
+    """`--san DNS:a,IP:1.2.3.4 --san email:x@y` as one list."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def write_certificate(path: Path, pem: str) -> None:
+    """Write a certificate 0444, replacing an older file of the same name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.chmod(0o644)
+        path.unlink()
+    path.write_text(pem, encoding="ascii")
+    path.chmod(CERT_MODE)
+
+
+@contextlib.contextmanager
+def open_store(endpoints: Endpoints) -> Iterator[ResultsStore]:
+    """The results store, starting the CA folder's embedded Redis for the command if needed."""
+    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if endpoints.embedded_dir is not None:
+        from casign.embedded_redis import EmbeddedRedis
+
+        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
+    with embedded:
+        store = ResultsStore.from_url(endpoints.store_url, endpoints.store_prefix)
+        try:
+            yield store
+        finally:
+            store.client.close()
+
+
+def ca_option(function: F) -> F:
+    return click.option(
+        "--ca",
+        "ca",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="CA folder made by `casign init` (default $CASIGN_CA_DIR or ./ca).",
+    )(function)
+
+
+def store_option(function: F) -> F:
+    return click.option(
+        "--store",
+        default=None,
+        help="Results store URL (default $CASIGN_STORE_URL, else embedded).",
+    )(function)
+
+
+def broker_option(function: F) -> F:
+    return click.option(
+        "--broker", default=None, help="Broker URL (default $CASIGN_BROKER_URL, else embedded)."
+    )(function)
+
+
+class CasignGroup(click.Group):
+    """Turns our own errors into one red line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Rejected as exc:
+            fail(f"refused [{exc.code}]: {exc.message}", 3)
+        except SigningError as exc:
+            fail(str(exc), 2)
+
+
+@click.group(
+    cls=CasignGroup,
+    epilog="Environment: " + "; ".join(f"{name}: {what}" for name, what in ENVIRONMENT.items()),
+)
+@click.version_option(package_name="casign")
+def main() -> None:
+    """casign: a certificate authority that signs server and client certificates from a queue."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--root-cn", default="casign Root CA", show_default=True)
+@click.option("--intermediate-cn", default="casign Intermediate CA", show_default=True)
+@click.option("--org", default=None, help="organizationName of both CA certificates.")
+@click.option("--country", default=None, help="Two-letter countryName of both CA certificates.")
+@click.option(
+    "--key-type",
+    type=click.Choice(["rsa2048", "rsa3072", "rsa4096", "p256", "p384"]),
+    default="rsa4096",
+    show_default=True,
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Encrypt both keys (AES-256) with the passphrase in this file.",
+)
+@click.option(
+    "--intermediate-key-uri",
+    default=None,
+    help="Make the intermediate key inside a PKCS#11 token: pkcs11:token=..;object=..?pin-source=..",
+)
+def init(
+    directory: Path,
+    root_cn: str,
+    intermediate_cn: str,
+    org: str | None,
+    country: str | None,
+    key_type: str,
+    passphrase_file: Path | None,
+    intermediate_key_uri: str | None,
+) -> None:
+    """Make a new root and intermediate CA in DIRECTORY, laid out as the OpenSSL CA guide does."""
+    from keystore import KeyType
+    from worker.cafolder import CAOptions, init_ca
+
+    if country is not None and len(country) != 2:
+        fail("--country takes a two-letter code, such as GB")
+    folder = init_ca(
+        directory,
+        CAOptions(
+            root_cn=root_cn,
+            intermediate_cn=intermediate_cn,
+            organization=org,
+            country=country,
+            key_type=KeyType(key_type),
+            passphrase_file=passphrase_file,
+            intermediate_key_uri=intermediate_key_uri,
+        ),
+    )
+    if passphrase_file is None and intermediate_key_uri is None:
+        click.secho(
+            "warning: the CA keys are NOT encrypted (mode 0400); use --passphrase-file to "
+            "encrypt them, or --intermediate-key-uri to keep the intermediate key in an HSM",
+            fg="yellow",
+            err=True,
+        )
+    click.echo(f"root CA:         {folder.root_cert_path}")
+    click.echo(f"intermediate CA: {folder.intermediate_cert_path}")
+    click.echo(f"chain:           {folder.chain_path}")
+    click.echo(f"profiles:        {folder.profiles_path}")
+    click.echo(f"openssl config:  {folder.openssl_cnf_path}")
+
+
+@main.command()
+@ca_option
+@store_option
+@click.option("--profile", default="server_cert", show_default=True)
+@click.option("--days", type=int, default=None, help="Validity in days (default: the profile's).")
+@click.option(
+    "--san", multiple=True, help="DNS:name, IP:address, email:address or URI:uri; repeatable."
+)
+@click.option("--job-id", default=None, help="Idempotency key (default: a new one).")
+@click.argument("csr", type=click.File("r"))
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+def sign(
+    ca: Path | None,
+    store: str | None,
+    profile: str,
+    days: int | None,
+    san: tuple[str, ...],
+    job_id: str | None,
+    csr: Any,
+    out: Path,
+) -> None:
+    """Sign one CSR in this process (no queue), record it in the store, write the certificate."""
+    import uuid
+
+    from worker.authority import load_authority
+    from worker.issuance import BatchSigner
+
+    folder = ca_dir(ca)
+    endpoints = resolve_endpoints("unused://", store, folder)
+    authority = load_authority(folder)
+    job = {
+        "job_id": job_id or uuid.uuid4().hex,
+        "csr_pem": csr.read(),
+        "profile": profile,
+        "san": split_sans(san),
+    }
+    if days is not None:
+        job["days"] = days
+    with open_store(endpoints) as results_store:
+        results_store.set_chain(authority.chain_pem)
+        (result,) = BatchSigner(authority, results_store).sign_batch([job])
+    if not result.ok or result.certificate_pem is None:
+        fail(f"refused [{result.code}]: {result.message}", 3)
+        return
+    write_certificate(out, result.certificate_pem)
+    from worker.cafolder import CAFolder
+
+    click.echo(f"certificate: {out} (serial {result.serial}, job {job['job_id']})")
+    click.echo(f"chain:       {CAFolder(folder).chain_path}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def inspect(path: Path) -> None:
+    """Show a certificate or CSR as `openssl x509 -text` would, without openssl."""
+    from casign.inspect import describe_certificate, describe_csr
+
+    data = path.read_bytes()
+    if b"CERTIFICATE REQUEST" in data:
+        click.echo(describe_csr(x509.load_pem_x509_csr(data)))
+        return
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certificates = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            fail(f"{path} holds no PEM or DER certificate or CSR")
+            return
+    click.echo("\n".join(describe_certificate(certificate) for certificate in certificates))
+
+
+@main.group()
+def index() -> None:
+    """The OpenSSL CA database (index.txt) kept in the store."""
+
+
+@index.command("export")
+@ca_option
+@store_option
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
+    """Write index.txt as `openssl ca` writes it (expired entries read E); stdout by default."""
+    from casign.index import IndexEntry
+
+    endpoints = resolve_endpoints("unused://", store, ca_dir(ca))
+    now = datetime.now(UTC)
+    with open_store(endpoints) as results_store:
+        lines = [
+            IndexEntry.from_openssl_line(line).to_openssl_line(now)
+            for line in results_store.index_lines()
+        ]
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"{len(lines)} entries written to {out}", err=True)
+
+
+@main.command()
+@ca_option
+@broker_option
+@store_option
+@click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True
+)
+def worker(
+    ca: Path | None,
+    broker: str | None,
+    store: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str,
+) -> None:
+    """Run a signing worker: the only process that opens the intermediate key."""
+    folder = ca_dir(ca).absolute()
+    endpoints = resolve_endpoints(broker, store, folder)
+    from worker.app import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL, create_app
+    from worker.authority import load_authority
+
+    load_authority(folder)  # fail here, with a clear message, rather than in every pool process
+    os.environ[ENV_CA_DIR] = str(folder)
+    os.environ[ENV_STORE_URL] = endpoints.store_url
+    os.environ[ENV_STORE_PREFIX] = endpoints.store_prefix
+    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if endpoints.embedded_dir is not None:
+        from casign.embedded_redis import EmbeddedRedis
+
+        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
+    with embedded:
+        app = create_app(endpoints.broker_url)
+        argv = [
+            "worker",
+            f"--loglevel={loglevel}",
+            f"--pool={pool}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        if concurrency:
+            argv.append(f"--concurrency={concurrency}")
+        app.worker_main(argv)
+
+
+@main.command()
+@ca_option
+@store_option
+def recover(ca: Path | None, store: str | None) -> None:
+    """Sign and publish the jobs a crashed worker reserved but never published."""
+    from worker.authority import load_authority
+    from worker.issuance import BatchSigner
+
+    folder = ca_dir(ca)
+    endpoints = resolve_endpoints("unused://", store, folder)
+    with open_store(endpoints) as results_store:
+        recovered = BatchSigner(load_authority(folder), results_store).recover_pending()
+    click.echo(f"{len(recovered)} job(s) recovered")
+    for result in recovered:
+        click.echo(f"  {result.job_id}: serial {result.serial}")
+
+
+def _register_other_commands() -> None:
+    from casign.cli_producer import request, status, submit
+    from casign.demo import demo
+
+    for command in (submit, request, status, demo):
+        main.add_command(command)
+
+
+_register_other_commands()
+
+
+def die_on_config_error(exc: ConfigurationError) -> None:
+    fail(str(exc), 2)

@@ -1,0 +1,59 @@
+"""Where a command finds its broker and store: flags, then CASIGN_* variables, then the CA folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from casign.errors import ConfigurationError
+
+ENVIRONMENT = {
+    "CASIGN_CA_DIR": "the CA folder made by `casign init` (default ./ca)",
+    "CASIGN_BROKER_URL": "Celery broker: redis://, rediss:// or amqp:// (default: the CA's embedded Redis)",
+    "CASIGN_STORE_URL": "results store: redis://, rediss:// or unix:// (default: the CA's embedded Redis)",
+    "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default casign)",
+    "CASIGN_PKCS11_MODULE": "PKCS#11 library when a pkcs11: URI names no module-path",
+}
+DEFAULT_CA_DIR = Path("ca")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The broker and the store one command talks to."""
+
+    broker_url: str
+    store_url: str
+    store_prefix: str
+    embedded_dir: Path | None  # set when either is the CA folder's embedded Redis
+
+
+def ca_dir(flag: Path | None) -> Path:
+    return flag or Path(os.environ.get("CASIGN_CA_DIR", DEFAULT_CA_DIR))
+
+
+def store_prefix() -> str:
+    return os.environ.get("CASIGN_STORE_PREFIX", "casign")
+
+
+def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | None) -> Endpoints:
+    """Flags win over CASIGN_* variables; with neither, the CA folder's embedded Redis."""
+    broker_url = broker or os.environ.get("CASIGN_BROKER_URL")
+    store_url = store or os.environ.get("CASIGN_STORE_URL")
+    if broker_url and store_url:
+        return Endpoints(broker_url, store_url, store_prefix(), None)
+    folder = ca_dir(ca_folder)
+    if not folder.exists():
+        raise ConfigurationError(
+            "no broker or store given (--broker/--store or CASIGN_BROKER_URL/CASIGN_STORE_URL) "
+            f"and no CA folder at {folder} to run an embedded Redis in"
+        )
+    from casign.embedded_redis import EmbeddedRedis
+
+    embedded = EmbeddedRedis(folder.absolute())
+    return Endpoints(
+        broker_url or embedded.broker_url,
+        store_url or embedded.url,
+        store_prefix(),
+        folder.absolute(),
+    )

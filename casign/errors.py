@@ -1,0 +1,58 @@
+"""Errors raised while issuing: a refusal with a stable code, or a fault worth retrying."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RefusalCode(StrEnum):
+    """Stable, machine-readable reasons for refusing a request; never renumbered or reused."""
+
+    CSR_MALFORMED = "csr.malformed"
+    CSR_TOO_LARGE = "csr.too_large"
+    CSR_BAD_SIGNATURE = "csr.bad_signature"
+    CSR_CA_REQUESTED = "csr.ca_requested"
+    CSR_CRITICAL_EXTENSION = "csr.unknown_critical_extension"
+    KEY_RSA_TOO_SMALL = "key.rsa_too_small"
+    KEY_RSA_EXPONENT = "key.rsa_exponent"
+    KEY_EC_CURVE = "key.ec_curve"
+    KEY_UNSUPPORTED = "key.unsupported_type"
+    SUBJECT_CN_MISSING = "subject.cn_missing"
+    SUBJECT_CN_NOT_FQDN = "subject.cn_not_fqdn"
+    SUBJECT_CN_IS_CA = "subject.cn_is_ca"
+    SUBJECT_BAD_CHARACTER = "subject.bad_character"
+    SUBJECT_TOO_LONG = "subject.value_too_long"
+    SAN_MALFORMED = "san.malformed"
+    SAN_TYPE_NOT_ALLOWED = "san.type_not_allowed"
+    SAN_WILDCARD = "san.wildcard_not_allowed"
+    SAN_REQUIRED = "san.required"
+    PROFILE_UNKNOWN = "request.unknown_profile"
+    VALIDITY_INVALID = "request.validity_invalid"
+    VALIDITY_TOO_LONG = "request.validity_too_long"
+    JOB_MALFORMED = "request.malformed"
+    JOB_ID_REUSED = "request.job_id_reused"
+
+
+class SigningError(Exception):
+    """Base of every error the issuance path raises on purpose."""
+
+
+class Rejected(SigningError):
+    """The request is refused; retrying it unchanged gives the same answer."""
+
+    def __init__(self, code: RefusalCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Retryable(SigningError):
+    """A dependency (store, HSM) failed; the same request may succeed later."""
+
+
+class IssuanceFault(SigningError):
+    """Something we built is wrong (chain check or TBS mismatch); never hand the result out."""
+
+
+class ConfigurationError(SigningError):
+    """The CA folder, a key URI or a setting is unusable; the message names which."""

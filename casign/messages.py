@@ -1,0 +1,77 @@
+"""Messages at the queue boundary: JSON on the wire, validated on receipt, never pickled."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+SCHEMA_VERSION = 1
+
+JobId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")
+]
+ProfileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+]
+SanText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+# A CSR above 64 KiB is refused with its own code by the CSR policy; the message itself may
+# carry a little more so that refusal, not a schema error, is what the requester sees.
+MAX_CSR_FIELD = 2 * 1024 * 1024
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SignRequest(_Message):
+    """One CSR to sign; `job_id` is the producer's idempotency key."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: JobId
+    csr_pem: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CSR_FIELD)]
+    profile: ProfileName = "server_cert"
+    days: int | None = None
+    san: Annotated[list[SanText], Field(max_length=100)] = []
+    requester: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class SignBatch(_Message):
+    """One queue message: many jobs, and where to push their results."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
+    # Each job is validated on its own so one malformed job cannot sink its neighbours.
+    jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
+
+
+class JobResult(_Message):
+    """What became of a job: a certificate, or a refusal with a stable code."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    status: Literal["issued", "refused", "failed"]
+    serial: str | None = None
+    certificate_pem: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "issued"
+
+
+def parse_sign_request(raw: object) -> SignRequest:
+    """Validate one job as received; raises ValueError with a one-line reason."""
+    try:
+        return SignRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as `field: message`, without echoing the input."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"

@@ -1,0 +1,38 @@
+"""What producers and workers agree on about the queue: names and Celery settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SIGN_QUEUE = "casign.sign"
+SIGN_BATCH_TASK = "casign.sign_batch"
+DEFAULT_BATCH_SIZE = 250
+
+# Redis redelivers an unacknowledged message after this long; a batch signs in well under it.
+VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+def celery_settings(broker_url: str) -> dict[str, Any]:
+    """Celery configuration for both sides: JSON only (pickle refused), acks after the work."""
+    settings: dict[str, Any] = {
+        "broker_url": broker_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_default_queue": SIGN_QUEUE,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "broker_pool_limit": 4,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+    if broker_url.startswith(("redis", "rediss")):
+        settings["broker_transport_options"] = {
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        }
+    return settings

@@ -1,0 +1,354 @@
+"""The results store in Redis: serials, intents, certificates, index entries and job results.
+
+Keys, under a prefix (`casign` unless configured):
+  job:{id}      hash: state (reserved|issued|refused), fingerprint, serial, record, code, message
+  serials       hash: serial hex -> job id (a serial is never drawn twice: HSETNX)
+  pending       set of job ids reserved but not yet published (what recovery signs)
+  certs         hash: serial hex -> certificate PEM
+  index         hash: serial hex -> index.txt line
+  index:order   list of serial hex in issuance order (export keeps the order)
+  reply:{name}  list of JobResult JSON a producer waits on
+  chain         the CA chain PEM handed out with every certificate
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import redis
+from redis.exceptions import RedisError
+
+from casign.errors import Retryable
+from casign.index import IndexEntry
+from casign.messages import JobResult
+
+REPLY_TTL_SECONDS = 24 * 3600
+_EXPORT_CHUNK = 5000
+
+_RESERVE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then
+  local fields = redis.call('HMGET', KEYS[1], 'fingerprint', 'record', 'serial', 'code', 'message')
+  local pem = false
+  if state == 'issued' then pem = redis.call('HGET', KEYS[4], fields[3]) end
+  return {state, fields[1], fields[2], fields[3], fields[4], fields[5], pem}
+end
+if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[1]) == 0 then
+  return {'serial_taken'}
+end
+redis.call('HSET', KEYS[1], 'state', 'reserved', 'fingerprint', ARGV[2], 'serial', ARGV[3],
+           'record', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[1])
+return {'reserved'}
+"""
+
+_PUBLISH_ISSUED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'issued' then return 0 end  -- an earlier delivery published (and replied) already
+local owner = redis.call('HGET', KEYS[6], ARGV[2])
+if owner and owner ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[6], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'issued', 'serial', ARGV[2], 'fingerprint', ARGV[5])
+redis.call('HDEL', KEYS[1], 'record')
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+redis.call('RPUSH', KEYS[4], ARGV[2])
+redis.call('SREM', KEYS[5], ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('RPUSH', KEYS[7], ARGV[6])
+  redis.call('EXPIRE', KEYS[7], ARGV[7])
+end
+return 1
+"""
+
+_RECORD_REFUSAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'refused', 'fingerprint', ARGV[1], 'code', ARGV[2],
+           'message', ARGV[3])
+return 1
+"""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _translated(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn a Redis failure into `Retryable`, so callers retry rather than lose work."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except RedisError as exc:
+            raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What `reserve` found for a job: newly reserved, or the job's earlier state."""
+
+    job_id: str
+    state: str  # reserved | serial_taken | issued | refused | pending
+    fingerprint: str | None = None
+    record: str | None = None
+    serial: str | None = None
+    code: str | None = None
+    message: str | None = None
+    certificate_pem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A job about to be signed: its serial and the record that rebuilds its TBS."""
+
+    job_id: str
+    fingerprint: str
+    serial: str
+    record: str
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A signed, chain-checked certificate ready to publish."""
+
+    job_id: str
+    fingerprint: str
+    serial: str
+    certificate_pem: str
+    index_line: str
+
+    @property
+    def reply_json(self) -> str:
+        return JobResult(
+            job_id=self.job_id,
+            status="issued",
+            serial=self.serial,
+            certificate_pem=self.certificate_pem,
+        ).model_dump_json(exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    job_id: str
+    fingerprint: str
+    code: str
+    message: str
+
+
+class ResultsStore:
+    """One interface over Redis for the signer, the producers and the operator's commands."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "casign") -> None:
+        self.client = client
+        self.prefix = prefix.rstrip(":") + ":"
+        self._reserve = client.register_script(_RESERVE)
+        self._publish_issued = client.register_script(_PUBLISH_ISSUED)
+        self._record_refusal = client.register_script(_RECORD_REFUSAL)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:
+        """Connect to `redis://`, `rediss://` (TLS) or `unix://` Redis; the password may be in the URL."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+        )
+        return cls(client, prefix)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def job_key(self, job_id: str) -> str:
+        return self.key("job", job_id)
+
+    def reply_key(self, name: str) -> str:
+        return self.key("reply", name)
+
+    @_translated
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    @_translated
+    def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
+        """Record each intent before signing: its serial (never reused) and its TBS record."""
+        intents = list(intents)
+        pipe = self.client.pipeline(transaction=False)
+        keys_common = (self.key("serials"), self.key("pending"), self.key("certs"))
+        for intent in intents:
+            self._reserve(
+                keys=[self.job_key(intent.job_id), *keys_common],
+                args=[intent.job_id, intent.fingerprint, intent.serial, intent.record],
+                client=pipe,
+            )
+        reservations = []
+        for intent, reply in zip(intents, pipe.execute(), strict=True):
+            state = reply[0]
+            if state in {"reserved", "serial_taken"}:
+                reservations.append(Reservation(intent.job_id, state))
+                continue
+            fingerprint, record, serial, code, message, pem = reply[1:7]
+            reservations.append(
+                Reservation(
+                    intent.job_id,
+                    "pending" if state == "reserved" else state,
+                    fingerprint or None,
+                    record or None,
+                    serial or None,
+                    code or None,
+                    message or None,
+                    pem or None,
+                )
+            )
+        return reservations
+
+    @_translated
+    def publish(
+        self,
+        issued: Iterable[Issued],
+        refusals: Iterable[Refusal],
+        other_replies: Iterable[JobResult],
+        reply_to: str | None,
+    ) -> None:
+        """Publish a batch in one round trip; each certificate with its index entry atomically.
+
+        An issued job's reply is pushed by the same script that publishes it, so a job signed
+        twice (a redelivery racing the first delivery) is published and answered once.
+        """
+        reply_key = self.reply_key(reply_to) if reply_to else ""
+        pipe = self.client.pipeline(transaction=False)
+        issued_keys = (
+            self.key("certs"),
+            self.key("index"),
+            self.key("index:order"),
+            self.key("pending"),
+            self.key("serials"),
+        )
+        for item in issued:
+            self._publish_issued(
+                keys=[self.job_key(item.job_id), *issued_keys, reply_key],
+                args=[
+                    item.job_id,
+                    item.serial,
+                    item.certificate_pem,
+                    item.index_line,
+                    item.fingerprint,
+                    item.reply_json if reply_key else "",
+                    REPLY_TTL_SECONDS,
+                ],
+                client=pipe,
+            )
+        for refusal in refusals:
+            self._record_refusal(
+                keys=[self.job_key(refusal.job_id)],
+                args=[refusal.fingerprint, refusal.code, refusal.message],
+                client=pipe,
+            )
+        payloads = [reply.model_dump_json(exclude_none=True) for reply in other_replies]
+        if reply_key and payloads:
+            pipe.rpush(reply_key, *payloads)
+            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+        outcomes = pipe.execute()
+        for outcome in outcomes:
+            if outcome == -1:
+                raise Retryable("a serial drawn for a job belongs to another job; not published")
+
+    @_translated
+    def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:
+        """Block up to `timeout` seconds for results pushed to `reply_to`; return all that came."""
+        key = self.reply_key(reply_to)
+        first = self.client.blpop([key], timeout=max(timeout, 0.01))
+        if first is None:
+            return []
+        raw = [first[1]]
+        more = self.client.lpop(key, limit)
+        if more:
+            raw.extend(more)
+        return [JobResult.model_validate_json(item) for item in raw]
+
+    @_translated
+    def job_results(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
+        """The finished results (issued or refused) among `job_ids`."""
+        ids = list(job_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.job_key(job_id), "state", "serial", "code", "message")
+        rows = pipe.execute()
+        finished: dict[str, JobResult] = {}
+        issued_serials: dict[str, str] = {}
+        for job_id, (state, serial, code, message) in zip(ids, rows, strict=True):
+            if state == "issued":
+                issued_serials[job_id] = serial
+            elif state == "refused":
+                finished[job_id] = JobResult(
+                    job_id=job_id, status="refused", code=code, message=message
+                )
+        if issued_serials:
+            pems = self.client.hmget(self.key("certs"), list(issued_serials.values()))
+            for (job_id, serial), pem in zip(issued_serials.items(), pems, strict=True):
+                finished[job_id] = JobResult(
+                    job_id=job_id, status="issued", serial=serial, certificate_pem=pem
+                )
+        return finished
+
+    @_translated
+    def job_state(self, job_id: str) -> dict[str, str]:
+        state: dict[str, str] = self.client.hgetall(self.job_key(job_id))
+        state.pop("record", None)
+        return state
+
+    @_translated
+    def pending_records(self) -> list[tuple[str, str]]:
+        """(job id, record) of every job reserved but never published."""
+        ids = sorted(self.client.smembers(self.key("pending")))
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.job_key(job_id), "record")
+        return [
+            (job_id, record) for job_id, record in zip(ids, pipe.execute(), strict=True) if record
+        ]
+
+    @_translated
+    def certificate(self, serial: str) -> str | None:
+        pem: str | None = self.client.hget(self.key("certs"), serial.upper())
+        return pem
+
+    @_translated
+    def index_entry(self, serial: str) -> IndexEntry | None:
+        line = self.client.hget(self.key("index"), serial.upper())
+        return IndexEntry.from_openssl_line(line) if line else None
+
+    @_translated
+    def index_lines(self) -> Iterator[str]:
+        """Every index line in issuance order, read in chunks."""
+        order_key, index_key = self.key("index:order"), self.key("index")
+        start = 0
+        while True:
+            serials = self.client.lrange(order_key, start, start + _EXPORT_CHUNK - 1)
+            if not serials:
+                return
+            yield from (line for line in self.client.hmget(index_key, serials) if line)
+            start += len(serials)
+
+    @_translated
+    def count_issued(self) -> int:
+        return int(self.client.hlen(self.key("index")))
+
+    @_translated
+    def count_serials(self) -> int:
+        return int(self.client.hlen(self.key("serials")))
+
+    @_translated
+    def set_chain(self, chain_pem: str) -> None:
+        self.client.set(self.key("chain"), chain_pem)
+
+    @_translated
+    def chain(self) -> str | None:
+        chain: str | None = self.client.get(self.key("chain"))
+        return chain

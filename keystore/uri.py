@@ -1,0 +1,90 @@
+"""Key URIs: `file:PATH[?pin-source=...]` and RFC 7512 `pkcs11:token=..;object=..[?...]`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from casign.errors import ConfigurationError
+
+# RFC 7512 section 2.3: pin-value puts the secret in the URI itself; we refuse it so a PIN
+# never ends up in a config file, a job or a log line that prints the URI.
+_FORBIDDEN_QUERY = frozenset({"pin-value"})
+
+
+@dataclass(frozen=True)
+class KeyURI:
+    """A parsed key URI; `str()` gives it back without ever holding a secret."""
+
+    scheme: str
+    path: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def pin_source(self) -> str | None:
+        return self.query.get("pin-source")
+
+    def read_pin(self) -> str | None:
+        """The PIN or passphrase named by `pin-source` (`file:F` or `env:VAR`), or None."""
+        source = self.pin_source
+        if source is None:
+            return None
+        kind, _, where = source.partition(":")
+        if kind == "file":
+            try:
+                return Path(where).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{self}: cannot read the pin-source file {where!r} ({exc.strerror})"
+                ) from None
+        if kind == "env":
+            value = os.environ.get(where)
+            if value is None:
+                raise ConfigurationError(f"{self}: environment variable {where} is not set")
+            return value
+        raise ConfigurationError(
+            f"{self}: pin-source must be file:PATH or env:VARIABLE, not {kind or source!r}"
+        )
+
+
+def _split_pairs(text: str, separator: str, uri: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in filter(None, text.split(separator)):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise ConfigurationError(f"{uri}: {item!r} is not NAME=VALUE")
+        pairs[unquote(name)] = unquote(value)
+    return pairs
+
+
+def parse_key_uri(text: str) -> KeyURI:
+    """Parse a key URI; a bare path is taken as `file:PATH`."""
+    if ":" not in text or text.startswith(("/", ".")):
+        text = f"file:{text}"
+    scheme, _, rest = text.partition(":")
+    scheme = scheme.lower()
+    body, _, query_text = rest.partition("?")
+    query = _split_pairs(query_text, "&", scheme + ":...")
+    forbidden = _FORBIDDEN_QUERY & query.keys()
+    if forbidden:
+        raise ConfigurationError(
+            f"{scheme}: URI carries {sorted(forbidden)[0]}; name the secret with "
+            "pin-source=file:PATH or pin-source=env:VARIABLE instead"
+        )
+    safe_text = f"{scheme}:{body}" + (f"?{query_text}" if query_text else "")
+    if scheme == "pkcs11":
+        attributes = _split_pairs(body, ";", safe_text)
+        return KeyURI(scheme, "", attributes, query, safe_text)
+    if scheme == "file":
+        path = unquote(body.removeprefix("//"))
+        if not path:
+            raise ConfigurationError(f"{safe_text}: a file key URI needs a path")
+        return KeyURI(scheme, path, {}, query, safe_text)
+    return KeyURI(scheme, body, {}, query, safe_text)

@@ -1,0 +1,149 @@
+"""The producer API: enqueue CSR jobs in batches and collect their results as they arrive.
+
+Imports the message schema and the store only; never the keystore or the worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+
+from celery import Celery
+
+from casign.messages import JobResult, SignBatch, SignRequest
+from casign.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
+from casign.store import ResultsStore
+
+# With no reply for this long, the store is asked directly (a result may have been pushed to
+# another producer's reply list, for instance after a redelivery).
+_RECHECK_SECONDS = 1.0
+
+
+class Producer:
+    """Submits jobs to the signing queue and reads results from the results store."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        store_url: str,
+        *,
+        store_prefix: str = "casign",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        requester: str | None = None,
+    ) -> None:
+        self.batch_size = batch_size
+        self.requester = requester
+        self.store = ResultsStore.from_url(store_url, store_prefix)
+        self.reply_to = uuid.uuid4().hex
+        self._celery = Celery("casign-producer", set_as_current=False)
+        self._celery.conf.update(celery_settings(broker_url))
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._celery.close()
+        self.store.client.close()
+
+    def request(
+        self,
+        csr_pem: str,
+        *,
+        profile: str = "server_cert",
+        san: Sequence[str] = (),
+        days: int | None = None,
+        job_id: str | None = None,
+    ) -> SignRequest:
+        """A validated job; a new random job id unless the caller gives its idempotency key."""
+        return SignRequest(
+            job_id=job_id or uuid.uuid4().hex,
+            csr_pem=csr_pem,
+            profile=profile,
+            san=list(san),
+            days=days,
+            requester=self.requester,
+        )
+
+    def submit(
+        self,
+        csr_pem: str,
+        *,
+        profile: str = "server_cert",
+        san: Sequence[str] = (),
+        days: int | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Enqueue one CSR; returns its job id. The same job id twice yields one certificate."""
+        request = self.request(csr_pem, profile=profile, san=san, days=days, job_id=job_id)
+        self._send([request])
+        return request.job_id
+
+    def submit_many(
+        self, requests: Iterable[SignRequest], batch_size: int | None = None
+    ) -> list[str]:
+        """Enqueue many jobs, `batch_size` to a queue message; returns their job ids in order."""
+        size = batch_size or self.batch_size
+        job_ids: list[str] = []
+        batch: list[SignRequest] = []
+        for request in requests:
+            batch.append(request)
+            job_ids.append(request.job_id)
+            if len(batch) >= size:
+                self._send(batch)
+                batch = []
+        if batch:
+            self._send(batch)
+        return job_ids
+
+    def _send(self, requests: list[SignRequest]) -> None:
+        batch = SignBatch(
+            reply_to=self.reply_to,
+            jobs=[request.model_dump(exclude_none=True) for request in requests],
+        )
+        self._celery.send_task(
+            SIGN_BATCH_TASK, args=[batch.model_dump()], queue=SIGN_QUEUE, ignore_result=True
+        )
+
+    def results(self, job_ids: Iterable[str], timeout: float) -> Iterator[JobResult]:
+        """Yield each job's result as it arrives; TimeoutError names how many are still out."""
+        waiting = set(job_ids)
+        deadline = time.monotonic() + timeout
+        yield from self._collect_finished(waiting)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"{len(waiting)} job(s) have no result after {timeout:g} s "
+                    f"(first: {sorted(waiting)[0]}); `casign status JOB_ID` tells where they are"
+                )
+            replies = self.store.wait_replies(self.reply_to, min(remaining, _RECHECK_SECONDS))
+            if not replies:
+                yield from self._collect_finished(waiting)
+                continue
+            for reply in replies:
+                if reply.job_id in waiting:
+                    waiting.discard(reply.job_id)
+                    yield reply
+
+    def _collect_finished(self, waiting: set[str]) -> Iterator[JobResult]:
+        for job_id, result in self.store.job_results(sorted(waiting)).items():
+            waiting.discard(job_id)
+            yield result
+
+    def status(self, job_id: str) -> JobResult | None:
+        """The job's result if it has one, else None (queued, or reserved and signing)."""
+        return self.store.job_results([job_id]).get(job_id)
+
+    def chain_pem(self) -> str | None:
+        """The CA chain (`ca-chain.cert.pem`) that goes with every certificate."""
+        return self.store.chain()

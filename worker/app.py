@@ -1,0 +1,103 @@
+"""The Celery signer: registers signing tasks only, opens the key after the worker forks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+from pydantic import ValidationError
+
+from casign.errors import Retryable, SigningError
+from casign.messages import SignBatch, describe_validation_error
+from casign.queue import SIGN_BATCH_TASK, celery_settings
+from casign.store import ResultsStore
+from worker.authority import load_authority
+from worker.issuance import BatchSigner
+
+log = logging.getLogger("casign.worker")
+
+# Set by `casign worker` before the pool forks; read by every pool process.
+ENV_CA_DIR = "CASIGN_CA_DIR"
+ENV_STORE_URL = "CASIGN_STORE_URL"
+ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
+ENV_KEY_URI = "CASIGN_KEY_URI"
+RECOVERY_LOCK_SECONDS = 300
+
+_signer: BatchSigner | None = None
+_signer_pid: int | None = None
+
+
+def signer() -> BatchSigner:
+    """This process's signer, opened on first use after fork (keys are never shared)."""
+    global _signer, _signer_pid
+    if _signer is None or _signer_pid != os.getpid():
+        authority = load_authority(Path(os.environ[ENV_CA_DIR]), os.environ.get(ENV_KEY_URI))
+        store = ResultsStore.from_url(
+            os.environ[ENV_STORE_URL], os.environ.get(ENV_STORE_PREFIX, "casign")
+        )
+        store.set_chain(authority.chain_pem)
+        _signer, _signer_pid = BatchSigner(authority, store), os.getpid()
+    return _signer
+
+
+def recover_once(batch_signer: BatchSigner) -> None:
+    """Publish jobs a crashed worker reserved but never published; one process at a time."""
+    store = batch_signer.store
+    lock = store.key("recovery-lock")
+    if not store.client.set(lock, str(os.getpid()), nx=True, ex=RECOVERY_LOCK_SECONDS):
+        return
+    try:
+        recovered = batch_signer.recover_pending()
+        if recovered:
+            log.warning("recovered %d job(s) reserved before a crash", len(recovered))
+    finally:
+        store.client.delete(lock)
+
+
+def create_app(broker_url: str) -> Celery:
+    app = Celery("casign", set_as_current=False)
+    app.conf.update(celery_settings(broker_url))
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=SIGN_BATCH_TASK,
+        bind=True,
+        autoretry_for=(Retryable,),
+        retry_backoff=True,
+        retry_backoff_max=30,
+        retry_jitter=True,
+        max_retries=None,
+        acks_late=True,
+    )
+    def sign_batch(self: Any, batch: object) -> int:
+        """Sign one queue message's jobs; a malformed message is logged and dropped."""
+        try:
+            parsed = SignBatch.model_validate(batch)
+        except ValidationError as exc:
+            log.error("refused a malformed batch message: %s", describe_validation_error(exc))
+            return 0
+        try:
+            batch_signer = signer()
+        except SigningError as exc:
+            # The key or the store cannot be opened now (HSM gone, PIN changed): retry later.
+            raise Retryable(str(exc)) from exc
+        try:
+            return len(batch_signer.sign_batch(parsed.jobs, parsed.reply_to))
+        except Retryable:
+            raise
+        except Exception as exc:
+            log.exception("batch of %d job(s) failed", len(parsed.jobs))
+            batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
+            return 0
+
+    return app
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _open_key_after_fork(**_: object) -> None:
+    try:
+        recover_once(signer())
+    except SigningError as exc:
+        log.error("worker process cannot sign: %s", exc)

@@ -1,0 +1,137 @@
+"""The signing authority one worker process holds: intermediate key, chain and profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from casign.errors import ConfigurationError
+from keystore import SigningKey, load_signing_key
+from worker.cafolder import CAFolder
+from worker.profiles import Profile, ProfileSet
+
+_DIGESTS: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+
+
+def digest_algorithm(name: str) -> hashes.HashAlgorithm:
+    return _DIGESTS[name]
+
+
+@dataclass(frozen=True)
+class ProfileExtensions:
+    """A profile's extensions that do not depend on the subject, built once per authority."""
+
+    before_key_ids: tuple[tuple[x509.ExtensionType, bool], ...]
+    authority_key_identifier: x509.AuthorityKeyIdentifier
+    usage_rsa: tuple[tuple[x509.ExtensionType, bool], ...]
+    usage_other: tuple[tuple[x509.ExtensionType, bool], ...]
+
+
+@dataclass(frozen=True)
+class SigningAuthority:
+    """The intermediate CA as a worker uses it; load once per process (key loading is slow)."""
+
+    intermediate: x509.Certificate
+    root: x509.Certificate
+    chain_pem: str
+    key: SigningKey
+    profiles: ProfileSet
+    _extensions: dict[str, tuple[Profile, ProfileExtensions]] = field(
+        default_factory=dict, compare=False
+    )
+
+    @classmethod
+    def load(cls, folder: CAFolder, key_uri: str | None = None) -> SigningAuthority:
+        """Open the CA folder's certificates, profiles and intermediate key, and check the chain."""
+        intermediate = folder.intermediate_certificate()
+        root = folder.root_certificate()
+        key = load_signing_key(key_uri or folder.intermediate_key_uri())
+        authority = cls(
+            intermediate=intermediate,
+            root=root,
+            chain_pem=folder.chain_pem(),
+            key=key,
+            profiles=ProfileSet.load(folder.profiles_path),
+        )
+        authority.check_own_chain(datetime.now(UTC))
+        return authority
+
+    def check_own_chain(self, now: datetime) -> None:
+        """Refuse to sign with a key that is not the intermediate's, or a broken chain."""
+        public = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if public != self.intermediate_public_key_der:
+            raise ConfigurationError("the intermediate key does not match intermediate.cert.pem")
+        try:
+            self.intermediate.verify_directly_issued_by(self.root)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"intermediate.cert.pem is not signed by the root in the chain ({exc})"
+            ) from None
+        for certificate in (self.intermediate, self.root):
+            if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+                raise ConfigurationError(
+                    f"CA certificate {certificate.subject.rfc4514_string()} is not valid now"
+                )
+
+    @cached_property
+    def intermediate_public_key_der(self) -> bytes:
+        return self.intermediate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @cached_property
+    def common_names(self) -> frozenset[str]:
+        """The root's and the intermediate's CNs, which no leaf may take."""
+        return frozenset(
+            str(attribute.value)
+            for certificate in (self.root, self.intermediate)
+            for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        )
+
+    @cached_property
+    def key_identifier(self) -> bytes:
+        try:
+            return self.intermediate.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.intermediate.public_key()).digest
+
+    def extensions_for(self, profile: Profile) -> ProfileExtensions:
+        cached = self._extensions.get(profile.name)
+        if cached is not None and (cached[0] is profile or cached[0] == profile):
+            return cached[1]
+        if profile.authority_key_identifier == "keyid,issuer:always":
+            # openssl.cnf `keyid,issuer:always`: the issuer's issuer name and serial as well.
+            aki = x509.AuthorityKeyIdentifier(
+                key_identifier=self.key_identifier,
+                authority_cert_issuer=[x509.DirectoryName(self.intermediate.issuer)],
+                authority_cert_serial_number=self.intermediate.serial_number,
+            )
+        else:
+            # `keyid,issuer` adds the issuer only when no key id can be had; ours always has one.
+            aki = x509.AuthorityKeyIdentifier(self.key_identifier, None, None)
+        built = ProfileExtensions(
+            before_key_ids=tuple(profile.fixed_extensions()),
+            authority_key_identifier=aki,
+            usage_rsa=tuple(profile.usage_extensions(rsa_subject=True)),
+            usage_other=tuple(profile.usage_extensions(rsa_subject=False)),
+        )
+        self._extensions[profile.name] = (profile, built)
+        return built
+
+
+def load_authority(ca_dir: Path, key_uri: str | None = None) -> SigningAuthority:
+    return SigningAuthority.load(CAFolder(ca_dir), key_uri)

@@ -1,0 +1,415 @@
+"""Issuance as named steps, for one job or a batch.
+
+check_request -> reserve_serial (record the intent) -> build_tbs -> sign -> verify_issued ->
+publish, in the order Boulder's IssueCertificate keeps: nothing is signed before its serial
+and the inputs that rebuild its to-be-signed certificate byte for byte are in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from casign.errors import IssuanceFault, RefusalCode, Rejected, Retryable
+from casign.index import IndexEntry, format_serial
+from casign.messages import JobResult, SignRequest, parse_sign_request
+from casign.store import Intent, Issued, Refusal, Reservation, ResultsStore
+from worker.authority import SigningAuthority, digest_algorithm
+from worker.policy import CheckedRequest, check_request, parse_san_text
+from worker.profiles import Profile
+
+log = logging.getLogger("casign.issuance")
+
+SERIAL_BITS = 159  # BR 7.1: positive, below 2**159, at least 64 bits from a CSPRNG
+_MAX_SERIAL_DRAWS = 5
+
+
+def draw_serial() -> int:
+    """A fresh positive serial below 2**159 from the OS CSPRNG."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial >= 1 << 64:  # keeps at least 64 random bits and never 0
+            return serial
+
+
+def request_fingerprint(request: SignRequest) -> str:
+    """What identifies a request's content, to tell a redelivery from a reused job id."""
+    canonical = json.dumps(
+        [
+            request.csr_pem.strip().replace("\r\n", "\n"),
+            request.profile,
+            request.days,
+            request.san,
+        ],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceRecord:
+    """Everything that fixes a to-be-signed certificate, stored before it is signed."""
+
+    job_id: str
+    fingerprint: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    profile: Profile
+    subject_alternative_names: tuple[str, ...]
+    csr_pem: str
+    requester: str | None
+    reply_to: str | None
+
+    def to_json(self, profile_json: dict[str, Any] | None = None) -> str:
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "fingerprint": self.fingerprint,
+                "serial": format_serial(self.serial),
+                "not_before": int(self.not_before.timestamp()),
+                "not_after": int(self.not_after.timestamp()),
+                "profile": profile_json or self.profile.model_dump(mode="json"),
+                "san": list(self.subject_alternative_names),
+                "csr_pem": self.csr_pem,
+                "requester": self.requester,
+                "reply_to": self.reply_to,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> IssuanceRecord:
+        data = json.loads(text)
+        return cls(
+            job_id=data["job_id"],
+            fingerprint=data["fingerprint"],
+            serial=int(data["serial"], 16),
+            not_before=datetime.fromtimestamp(data["not_before"], UTC),
+            not_after=datetime.fromtimestamp(data["not_after"], UTC),
+            profile=Profile.model_validate(data["profile"]),
+            subject_alternative_names=tuple(data["san"]),
+            csr_pem=data["csr_pem"],
+            requester=data.get("requester"),
+            reply_to=data.get("reply_to"),
+        )
+
+
+def _san_text(name: x509.GeneralName) -> str:
+    prefix = {
+        x509.DNSName: "DNS",
+        x509.IPAddress: "IP",
+        x509.RFC822Name: "email",
+        x509.UniformResourceIdentifier: "URI",
+    }[type(name)]
+    return f"{prefix}:{name.value}"
+
+
+def make_record(
+    checked: CheckedRequest,
+    authority: SigningAuthority,
+    now: datetime,
+    reply_to: str | None,
+    fingerprint: str,
+) -> IssuanceRecord:
+    """Draw the serial and fix the validity: the intent that `reserve_serials` stores."""
+    not_before = now.replace(microsecond=0)
+    not_after = not_before + timedelta(days=checked.days)
+    if checked.profile.max_days == "baseline":
+        # BR 1.6.1: the validity period includes both ends, so a 200-day maximum ends 1 s early.
+        not_after -= timedelta(seconds=1)
+    if not_after > authority.intermediate.not_valid_after_utc:
+        raise Rejected(
+            RefusalCode.VALIDITY_TOO_LONG,
+            f"days {checked.days} would outlive the intermediate CA, which expires "
+            f"{authority.intermediate.not_valid_after_utc:%Y-%m-%d}",
+        )
+    return IssuanceRecord(
+        job_id=checked.request.job_id,
+        fingerprint=fingerprint,
+        serial=draw_serial(),
+        not_before=not_before,
+        not_after=not_after,
+        profile=checked.profile,
+        subject_alternative_names=tuple(_san_text(n) for n in checked.subject_alternative_names),
+        csr_pem=checked.request.csr_pem,
+        requester=checked.request.requester,
+        reply_to=reply_to,
+    )
+
+
+def build_tbs(
+    record: IssuanceRecord,
+    csr: x509.CertificateSigningRequest,
+    authority: SigningAuthority,
+) -> x509.CertificateBuilder:
+    """The to-be-signed certificate, a pure function of the record and the CA."""
+    public_key = csr.public_key()
+    profile_extensions = authority.extensions_for(record.profile)
+    rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
+    pairs: list[tuple[x509.ExtensionType, bool]] = list(profile_extensions.before_key_ids)
+    if record.profile.subject_key_identifier:
+        pairs.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))  # type: ignore[arg-type]
+    pairs.append((profile_extensions.authority_key_identifier, False))
+    pairs.extend(profile_extensions.usage_rsa if rsa_subject else profile_extensions.usage_other)
+    if record.subject_alternative_names:
+        names = [parse_san_text(text) for text in record.subject_alternative_names]
+        pairs.append((x509.SubjectAlternativeName(names), False))
+    return x509.CertificateBuilder(
+        issuer_name=authority.intermediate.subject,
+        subject_name=csr.subject,
+        public_key=public_key,  # type: ignore[arg-type]
+        serial_number=record.serial,
+        not_valid_before=record.not_before,
+        not_valid_after=record.not_after,
+        extensions=[x509.Extension(value.oid, critical, value) for value, critical in pairs],
+    )
+
+
+def sign(
+    builder: x509.CertificateBuilder, record: IssuanceRecord, authority: SigningAuthority
+) -> x509.Certificate:
+    """Ask the key backend to sign; an HSM failure is `Retryable` (raised by the backend)."""
+    return builder.sign(authority.key, digest_algorithm(record.profile.digest))
+
+
+def verify_issued(
+    certificate: x509.Certificate,
+    record: IssuanceRecord,
+    csr: x509.CertificateSigningRequest,
+    authority: SigningAuthority,
+    now: datetime,
+) -> None:
+    """Check the certificate against the chain and against the intent; raise IssuanceFault."""
+    try:
+        certificate.verify_directly_issued_by(authority.intermediate)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise IssuanceFault(
+            f"job {record.job_id}: the issued certificate does not verify against the "
+            f"intermediate ({type(exc).__name__})"
+        ) from exc
+    for ca in (authority.intermediate, authority.root):
+        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+            raise IssuanceFault(
+                f"job {record.job_id}: CA {ca.subject.rfc4514_string()} is not valid now"
+            )
+    if not certificate.not_valid_before_utc <= now + timedelta(seconds=5):
+        raise IssuanceFault(f"job {record.job_id}: certificate is not yet valid")
+    if (
+        certificate.serial_number != record.serial
+        or certificate.not_valid_after_utc != record.not_after
+        or certificate.subject != csr.subject
+        or certificate.public_key() != csr.public_key()
+    ):
+        raise IssuanceFault(f"job {record.job_id}: the signed certificate differs from its record")
+    constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if constraints.ca:
+        raise IssuanceFault(f"job {record.job_id}: refusing to hand out a CA certificate")
+
+
+def to_pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _refused(job_id: str, code: str, message: str) -> JobResult:
+    return JobResult(job_id=job_id, status="refused", code=code, message=message)
+
+
+@dataclass
+class _Work:
+    record: IssuanceRecord
+    csr: x509.CertificateSigningRequest
+
+
+class BatchSigner:
+    """Signs batches of jobs for one authority, publishing each batch in one round trip."""
+
+    def __init__(self, authority: SigningAuthority, store: ResultsStore) -> None:
+        self.authority = authority
+        self.store = store
+        self._profile_json: dict[str, tuple[Profile, dict[str, Any]]] = {}
+
+    def sign_batch(
+        self, raw_jobs: Iterable[object], reply_to: str | None = None
+    ) -> list[JobResult]:
+        """Sign, verify and publish every acceptable job; refuse the rest with a code."""
+        now = datetime.now(UTC)
+        results: dict[str, JobResult] = {}
+        refusals: list[Refusal] = []
+        work: dict[str, _Work] = {}
+        intents: dict[str, Intent] = {}
+        order: list[str] = []
+
+        for raw in raw_jobs:
+            try:
+                request = parse_sign_request(raw)
+            except ValueError as exc:
+                job_id = raw.get("job_id") if isinstance(raw, dict) else None
+                if isinstance(job_id, str) and 0 < len(job_id) <= 128:
+                    order.append(job_id)
+                    results[job_id] = _refused(job_id, RefusalCode.JOB_MALFORMED, str(exc))
+                else:
+                    log.warning("dropped a job without a usable job_id: %s", exc)
+                continue
+            if request.job_id in results or request.job_id in work:
+                continue  # the same job twice in one batch: one answer serves both
+            order.append(request.job_id)
+            fingerprint = request_fingerprint(request)
+            try:
+                checked = check_request(
+                    request, self.authority.profiles, self.authority.common_names
+                )
+                record = make_record(checked, self.authority, now, reply_to, fingerprint)
+            except Rejected as refusal:
+                results[request.job_id] = _refused(request.job_id, refusal.code, refusal.message)
+                refusals.append(Refusal(request.job_id, fingerprint, refusal.code, refusal.message))
+                continue
+            work[request.job_id] = _Work(record, checked.csr)
+            intents[request.job_id] = Intent(
+                request.job_id, fingerprint, format_serial(record.serial), self._record_json(record)
+            )
+
+        self._reserve(work, intents, results)
+        already_answered = dict(results)
+        issued = self._sign_all(work, now, results)
+        self.store.publish(issued, refusals, already_answered.values(), reply_to)
+        return [results[job_id] for job_id in order]
+
+    def _record_json(self, record: IssuanceRecord) -> str:
+        cached = self._profile_json.get(record.profile.name)
+        if cached is None or cached[0] is not record.profile:
+            cached = (record.profile, record.profile.model_dump(mode="json"))
+            self._profile_json[record.profile.name] = cached
+        return record.to_json(cached[1])
+
+    def _reserve(
+        self, work: dict[str, _Work], intents: dict[str, Intent], results: dict[str, JobResult]
+    ) -> None:
+        """Store every intent; settle redeliveries and reused job ids from what is found."""
+        for _ in range(_MAX_SERIAL_DRAWS):
+            if not intents:
+                return
+            retry: dict[str, Intent] = {}
+            for reservation in self.store.reserve(intents.values()):
+                job_id = reservation.job_id
+                outcome = self._settle(reservation, work[job_id], intents[job_id])
+                if outcome is None:
+                    continue
+                if isinstance(outcome, JobResult):
+                    results[job_id] = outcome
+                    del work[job_id]
+                else:
+                    retry[job_id] = outcome
+            intents = retry
+        raise Retryable("could not draw an unused serial after several tries")
+
+    def _settle(
+        self, reservation: Reservation, item: _Work, intent: Intent
+    ) -> JobResult | Intent | None:
+        """None: sign `item` as it is. A JobResult: answered already. An Intent: try again."""
+        if reservation.state == "reserved":
+            return None
+        if reservation.state == "serial_taken":
+            item.record = replace(item.record, serial=draw_serial())
+            return Intent(
+                intent.job_id,
+                intent.fingerprint,
+                format_serial(item.record.serial),
+                self._record_json(item.record),
+            )
+        if reservation.fingerprint != intent.fingerprint:
+            return _refused(
+                intent.job_id,
+                RefusalCode.JOB_ID_REUSED,
+                f"job id {intent.job_id!r} was already used for a different request",
+            )
+        if reservation.state == "issued":
+            return JobResult(
+                job_id=intent.job_id,
+                status="issued",
+                serial=reservation.serial,
+                certificate_pem=reservation.certificate_pem,
+            )
+        if reservation.state == "refused":
+            return _refused(intent.job_id, reservation.code or "", reservation.message or "")
+        # Reserved by an earlier delivery that never published: sign that record again.
+        assert reservation.record is not None
+        stored = IssuanceRecord.from_json(reservation.record)
+        item.record = stored
+        return None
+
+    def _sign_all(
+        self, work: dict[str, _Work], now: datetime, results: dict[str, JobResult]
+    ) -> list[Issued]:
+        issued: list[Issued] = []
+        for job_id, item in work.items():
+            certificate = self.issue_record(item.record, item.csr, now)
+            pem = to_pem(certificate)
+            serial = format_serial(item.record.serial)
+            issued.append(
+                Issued(
+                    job_id,
+                    item.record.fingerprint,
+                    serial,
+                    pem,
+                    IndexEntry.for_certificate(certificate).to_openssl_line(),
+                )
+            )
+            results[job_id] = JobResult(
+                job_id=job_id, status="issued", serial=serial, certificate_pem=pem
+            )
+        return issued
+
+    def issue_record(
+        self, record: IssuanceRecord, csr: x509.CertificateSigningRequest, now: datetime
+    ) -> x509.Certificate:
+        """build_tbs -> sign -> verify_issued for one stored record."""
+        certificate = sign(build_tbs(record, csr, self.authority), record, self.authority)
+        verify_issued(certificate, record, csr, self.authority, now)
+        return certificate
+
+    def report_failure(
+        self, raw_jobs: Iterable[object], reply_to: str | None, error: Exception
+    ) -> None:
+        """Tell the producer its jobs failed inside the signer (nothing was published for them)."""
+        failed = [
+            JobResult(
+                job_id=raw["job_id"],
+                status="failed",
+                code="internal.error",
+                message=f"the signer failed: {type(error).__name__}: {error}",
+            )
+            for raw in raw_jobs
+            if isinstance(raw, dict) and isinstance(raw.get("job_id"), str)
+        ]
+        self.store.publish([], [], failed, reply_to)
+
+    def recover_pending(self) -> list[JobResult]:
+        """Sign and publish every job that was reserved but never published (after a crash)."""
+        recovered: list[JobResult] = []
+        now = datetime.now(UTC)
+        for job_id, text in self.store.pending_records():
+            record = IssuanceRecord.from_json(text)
+            csr = x509.load_pem_x509_csr(record.csr_pem.encode())
+            certificate = self.issue_record(record, csr, now)
+            serial = format_serial(record.serial)
+            pem = to_pem(certificate)
+            line = IndexEntry.for_certificate(certificate).to_openssl_line()
+            self.store.publish(
+                [Issued(job_id, record.fingerprint, serial, pem, line)], [], [], record.reply_to
+            )
+            recovered.append(
+                JobResult(job_id=job_id, status="issued", serial=serial, certificate_pem=pem)
+            )
+        return recovered

@@ -1,0 +1,325 @@
+"""CSR policy: every check a request must pass before a serial is drawn for it."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from casign.errors import RefusalCode as Code
+from casign.errors import Rejected
+from casign.messages import SignRequest
+from worker.profiles import Profile, ProfileSet
+
+MAX_CSR_BYTES = 64 * 1024
+MAX_RSA_BITS = 8192
+ALLOWED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+# NIST SP 800-89 5.3.3 / CA/B Forum BR 6.1.6: odd, at least 65537 (3 and 1 are refused).
+MIN_RSA_EXPONENT = 65537
+MAX_RSA_EXPONENT = 2**256
+
+# RFC 5280 Appendix A upper bounds (ub-*), in characters.
+_MAX_VALUE_LENGTH = {
+    NameOID.COMMON_NAME: 64,
+    NameOID.ORGANIZATION_NAME: 64,
+    NameOID.ORGANIZATIONAL_UNIT_NAME: 64,
+    NameOID.LOCALITY_NAME: 128,
+    NameOID.STATE_OR_PROVINCE_NAME: 128,
+    NameOID.EMAIL_ADDRESS: 255,
+    NameOID.SERIAL_NUMBER: 64,
+}
+_DEFAULT_MAX_VALUE_LENGTH = 128
+_NAME_LABEL = {
+    NameOID.COMMON_NAME: "CN",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.COUNTRY_NAME: "C",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST",
+    NameOID.LOCALITY_NAME: "L",
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+}
+# A value like `Alice/CN=Root CA` would read as a second attribute in a one-line subject.
+_FORGED_ATTRIBUTE = re.compile(r"/\s*[A-Za-z][A-Za-z0-9.]*\s*=")
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@([A-Za-z0-9.-]{1,253})$")
+_HANDLED_REQUEST_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+    }
+)
+_SAN_PREFIXES = {"DNS": "DNS", "IP": "IP", "IP ADDRESS": "IP", "EMAIL": "email", "URI": "URI"}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRequest:
+    """A request that passed policy: its parsed CSR, profile, names and validity."""
+
+    request: SignRequest
+    csr: x509.CertificateSigningRequest
+    profile: Profile
+    subject_alternative_names: tuple[x509.GeneralName, ...]
+    days: int
+
+
+def check_request(
+    request: SignRequest, profiles: ProfileSet, ca_common_names: Iterable[str]
+) -> CheckedRequest:
+    """Apply the CSR policy to `request`; raise `Rejected` with the first reason found."""
+    profile = profiles.get(request.profile)
+    if profile is None:
+        raise Rejected(
+            Code.PROFILE_UNKNOWN,
+            f"profile {request.profile!r} is not offered (choose from {', '.join(profiles.names)})",
+        )
+    days = check_validity(profile, request.days)
+    csr = parse_csr(request.csr_pem)
+    check_public_key(csr.public_key())
+    if not csr.is_signature_valid:
+        raise Rejected(Code.CSR_BAD_SIGNATURE, "the CSR's signature does not verify with its key")
+    common_name = check_subject(csr.subject, profile, ca_common_names)
+    requested = check_requested_extensions(csr)
+    names = resolve_subject_alternative_names(profile, common_name, requested, request.san)
+    return CheckedRequest(request, csr, profile, names, days)
+
+
+def check_validity(profile: Profile, requested: int | None) -> int:
+    days, maximum = profile.validity_days(requested)
+    if days <= 0:
+        raise Rejected(Code.VALIDITY_INVALID, f"days must be a positive number, not {days}")
+    if days > maximum:
+        raise Rejected(
+            Code.VALIDITY_TOO_LONG,
+            f"days {days} exceeds the {profile.name} profile's maximum of {maximum}",
+        )
+    return days
+
+
+def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    data = csr_pem.encode("utf-8", errors="replace")
+    if len(data) > MAX_CSR_BYTES:
+        raise Rejected(
+            Code.CSR_TOO_LARGE,
+            f"the CSR is {len(data)} bytes; at most {MAX_CSR_BYTES} are accepted",
+        )
+    if b"-----BEGIN CERTIFICATE REQUEST-----" not in data:
+        raise Rejected(
+            Code.CSR_MALFORMED, "the CSR is not PEM with a 'BEGIN CERTIFICATE REQUEST' label"
+        )
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError:
+        raise Rejected(Code.CSR_MALFORMED, "the CSR's PEM or DER encoding is broken") from None
+
+
+def check_public_key(key: object) -> None:
+    if isinstance(key, rsa.RSAPublicKey):
+        bits, exponent = key.key_size, key.public_numbers().e
+        if bits < 2048 or bits > MAX_RSA_BITS or bits % 8:
+            raise Rejected(
+                Code.KEY_RSA_TOO_SMALL,
+                f"the RSA key has {bits} bits; 2048 to {MAX_RSA_BITS}, a multiple of 8, are accepted",
+            )
+        if exponent % 2 == 0 or not MIN_RSA_EXPONENT <= exponent < MAX_RSA_EXPONENT:
+            raise Rejected(
+                Code.KEY_RSA_EXPONENT,
+                f"the RSA public exponent {exponent} is refused; use 65537",
+            )
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ALLOWED_CURVES:
+            raise Rejected(
+                Code.KEY_EC_CURVE,
+                f"the EC key is on {key.curve.name}; P-256, P-384 and P-521 are accepted",
+            )
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        raise Rejected(
+            Code.KEY_UNSUPPORTED,
+            f"the CSR's key type {type(key).__name__.removeprefix('_')} is not RSA, ECDSA or Ed25519",
+        )
+
+
+def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[str]) -> str:
+    """Check every DN value and the CN rules; return the CN."""
+    for attribute in name:
+        label = _NAME_LABEL.get(attribute.oid, attribute.oid.dotted_string)
+        value = attribute.value
+        if not isinstance(value, str):
+            raise Rejected(Code.SUBJECT_BAD_CHARACTER, f"subject {label} is not a text value")
+        if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
+            raise Rejected(
+                Code.SUBJECT_BAD_CHARACTER,
+                f"subject {label} contains a control character (NUL, TAB, newline or similar)",
+            )
+        if _FORGED_ATTRIBUTE.search(value):
+            raise Rejected(
+                Code.SUBJECT_BAD_CHARACTER,
+                f"subject {label} contains '/NAME=', which would read as another attribute",
+            )
+        limit = _MAX_VALUE_LENGTH.get(attribute.oid, _DEFAULT_MAX_VALUE_LENGTH)
+        if len(value) > limit:
+            raise Rejected(
+                Code.SUBJECT_TOO_LONG,
+                f"subject {label} has {len(value)} characters; at most {limit} are allowed",
+            )
+        if not value.strip():
+            raise Rejected(Code.SUBJECT_BAD_CHARACTER, f"subject {label} is empty")
+    common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not common_names:
+        raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has no commonName (CN)")
+    if len(common_names) > 1:
+        raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has more than one commonName (CN)")
+    common_name = str(common_names[0].value)
+    if common_name.casefold() in {cn.casefold() for cn in ca_common_names}:
+        raise Rejected(
+            Code.SUBJECT_CN_IS_CA,
+            f"subject CN {common_name!r} is the root's or the intermediate's CN",
+        )
+    if profile.common_name == "fqdn" and not (
+        _is_ip_address(common_name) or is_dns_name(common_name, wildcard=profile.wildcards)
+    ):
+        raise Rejected(
+            Code.SUBJECT_CN_NOT_FQDN,
+            f"subject CN {common_name!r} is not a fully qualified domain name or IP address",
+        )
+    return common_name
+
+
+def check_requested_extensions(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
+    """Refuse requests for CA powers; return the requested SANs (nothing else is ever copied)."""
+    try:
+        extensions = list(csr.extensions)
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise Rejected(
+            Code.CSR_MALFORMED, f"the CSR's requested extensions do not parse ({exc})"
+        ) from None
+    names: list[x509.GeneralName] = []
+    for extension in extensions:
+        value = extension.value
+        if isinstance(value, x509.BasicConstraints) and (value.ca or value.path_length is not None):
+            raise Rejected(
+                Code.CSR_CA_REQUESTED, "the CSR asks for basicConstraints CA:TRUE or a pathlen"
+            )
+        if isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
+            raise Rejected(
+                Code.CSR_CA_REQUESTED, "the CSR asks for keyCertSign or cRLSign key usage"
+            )
+        if isinstance(value, x509.SubjectAlternativeName):
+            names.extend(value)
+        elif extension.critical and extension.oid not in _HANDLED_REQUEST_EXTENSIONS:
+            raise Rejected(
+                Code.CSR_CRITICAL_EXTENSION,
+                f"the CSR requests critical extension {extension.oid.dotted_string}, which is not supported",
+            )
+    return names
+
+
+def parse_san_text(text: str) -> x509.GeneralName:
+    """`DNS:name`, `IP:address`, `email:address` or `URI:uri` as a GeneralName."""
+    kind, colon, value = text.partition(":")
+    kind_name = _SAN_PREFIXES.get(kind.strip().upper())
+    if not colon or kind_name is None:
+        raise Rejected(
+            Code.SAN_MALFORMED, f"SAN {text!r} is not DNS:, IP:, email: or URI: followed by a value"
+        )
+    value = value.strip()
+    if kind_name == "DNS":
+        return x509.DNSName(value)
+    if kind_name == "IP":
+        try:
+            return x509.IPAddress(ipaddress.ip_address(value))
+        except ValueError:
+            raise Rejected(Code.SAN_MALFORMED, f"SAN {text!r} is not an IP address") from None
+    if kind_name == "email":
+        return x509.RFC822Name(value)
+    return x509.UniformResourceIdentifier(value)
+
+
+def resolve_subject_alternative_names(
+    profile: Profile,
+    common_name: str,
+    from_csr: list[x509.GeneralName],
+    from_request: list[str],
+) -> tuple[x509.GeneralName, ...]:
+    """Merge the CSR's and the request's SANs, check them against the profile, dedupe in order."""
+    names = list(from_csr) + [parse_san_text(text) for text in from_request]
+    if not names and profile.san_from_common_name:
+        names.append(
+            x509.IPAddress(ipaddress.ip_address(common_name))
+            if _is_ip_address(common_name)
+            else x509.DNSName(common_name.lower())
+        )
+    if not names and profile.san_required:
+        raise Rejected(Code.SAN_REQUIRED, f"the {profile.name} profile requires a subjectAltName")
+    unique: dict[x509.GeneralName, None] = {}
+    for name in names:
+        check_general_name(name, profile)
+        unique.setdefault(name, None)
+    return tuple(unique)
+
+
+def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
+    kind = {
+        x509.DNSName: "DNS",
+        x509.IPAddress: "IP",
+        x509.RFC822Name: "email",
+        x509.UniformResourceIdentifier: "URI",
+    }.get(type(name))
+    if kind is None or kind not in profile.san_types:
+        raise Rejected(
+            Code.SAN_TYPE_NOT_ALLOWED,
+            f"SAN {_describe_general_name(name)} is not allowed by the {profile.name} profile "
+            f"(allowed: {', '.join(profile.san_types)})",
+        )
+    value = str(name.value)
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise Rejected(Code.SAN_MALFORMED, f"SAN {kind} contains a control character")
+    if isinstance(name, x509.DNSName):
+        if value.startswith("*.") and not profile.wildcards:
+            raise Rejected(
+                Code.SAN_WILDCARD,
+                f"SAN DNS:{value} is a wildcard, which the {profile.name} profile refuses",
+            )
+        if not is_dns_name(value, wildcard=True):
+            raise Rejected(Code.SAN_MALFORMED, f"SAN DNS:{value!r} is not a valid domain name")
+    elif isinstance(name, x509.RFC822Name):
+        match = _EMAIL.match(value)
+        if not match or not is_dns_name(match.group(1), wildcard=False):
+            raise Rejected(Code.SAN_MALFORMED, f"SAN email:{value!r} is not a valid e-mail address")
+    elif isinstance(name, x509.UniformResourceIdentifier) and not re.match(
+        r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$", value
+    ):
+        raise Rejected(Code.SAN_MALFORMED, f"SAN URI:{value!r} is not an absolute URI")
+
+
+def is_dns_name(text: str, wildcard: bool) -> bool:
+    """A fully qualified LDH domain name (RFC 1035 2.3.1), at least two labels, ASCII only."""
+    name = text.lower().removesuffix(".")
+    if wildcard and name.startswith("*."):
+        name = name[2:]
+    labels = name.split(".")
+    return (
+        len(name) <= 253
+        and len(labels) >= 2
+        and all(_DNS_LABEL.match(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_general_name(name: x509.GeneralName) -> str:
+    return f"{type(name).__name__}:{name.value}"

@@ -1,0 +1,267 @@
+"""Certificate profiles: the guide's extension sections, read from `profiles.toml`."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from casign.errors import ConfigurationError
+
+NS_CERT_TYPE_OID = ObjectIdentifier("2.16.840.1.113730.1.1")
+NS_COMMENT_OID = ObjectIdentifier("2.16.840.1.113730.1.13")
+
+# Netscape certificate type bits, most significant first (Netscape cert extensions spec).
+_NS_CERT_TYPE_BITS = {
+    "client": 0,
+    "server": 1,
+    "email": 2,
+    "objsign": 3,
+    "sslCA": 5,
+    "emailCA": 6,
+    "objCA": 7,
+}
+_EKU = {
+    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "timeStamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "OCSPSigning": ExtendedKeyUsageOID.OCSP_SIGNING,
+}
+_KEY_USAGE = (
+    "digitalSignature",
+    "nonRepudiation",
+    "keyEncipherment",
+    "dataEncipherment",
+    "keyAgreement",
+)
+
+# CA/Browser Forum Baseline Requirements 6.3.2 (ballot SC-081): maximum TLS subscriber validity.
+_BR_VALIDITY_STEPS = (
+    (date(2029, 3, 15), 47),
+    (date(2027, 3, 15), 100),
+    (date(2026, 3, 15), 200),
+)
+_BR_VALIDITY_BEFORE_2026 = 398
+
+SanType = Literal["DNS", "IP", "email", "URI"]
+
+
+def baseline_max_days(today: date) -> int:
+    """The longest TLS server validity the Baseline Requirements allow for a cert issued today."""
+    for start, days in _BR_VALIDITY_STEPS:
+        if today >= start:
+            return days
+    return _BR_VALIDITY_BEFORE_2026
+
+
+class Profile(BaseModel):
+    """One extension section plus the request rules that go with it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    default_days: int | Literal["baseline"] = 375
+    max_days: int | Literal["baseline"] = 825
+    digest: Literal["sha256", "sha384", "sha512"] = "sha256"
+    common_name: Literal["fqdn", "any"] = "any"
+    san_types: list[SanType] = ["DNS", "IP", "email", "URI"]
+    san_required: bool = False
+    san_from_common_name: bool = False
+    wildcards: bool = True
+    key_usage: list[str] = Field(default_factory=list)
+    key_usage_critical: bool = True
+    extended_key_usage: list[str] = Field(default_factory=list)
+    extended_key_usage_critical: bool = False
+    ns_cert_type: list[str] = Field(default_factory=list)
+    ns_comment: str | None = None
+    subject_key_identifier: bool = True
+    authority_key_identifier: Literal["keyid", "keyid,issuer", "keyid,issuer:always"] = "keyid"
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Profile:
+        for usage in self.key_usage:
+            if usage not in _KEY_USAGE:
+                raise ValueError(f"key_usage {usage!r} is not one of {', '.join(_KEY_USAGE)}")
+        for purpose in self.extended_key_usage:
+            if purpose not in _EKU:
+                raise ValueError(f"extended_key_usage {purpose!r} is not one of {', '.join(_EKU)}")
+        for kind in self.ns_cert_type:
+            if kind not in _NS_CERT_TYPE_BITS:
+                raise ValueError(
+                    f"ns_cert_type {kind!r} is not one of {', '.join(_NS_CERT_TYPE_BITS)}"
+                )
+        return self
+
+    def validity_days(self, requested: int | None, today: date | None = None) -> tuple[int, int]:
+        """(days to issue for, most days allowed) for a request asking for `requested`."""
+        today = today or datetime.now(UTC).date()
+        maximum = baseline_max_days(today) if self.max_days == "baseline" else self.max_days
+        default = baseline_max_days(today) if self.default_days == "baseline" else self.default_days
+        return (min(default, maximum) if requested is None else requested), maximum
+
+    def fixed_extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
+        """The extensions that do not depend on the subject, in the guide's order."""
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.BasicConstraints(ca=False, path_length=None), False),
+        ]
+        if self.ns_cert_type:
+            extensions.append(
+                (x509.UnrecognizedExtension(NS_CERT_TYPE_OID, self._ns_cert_type_der()), False)
+            )
+        if self.ns_comment is not None:
+            extensions.append(
+                (
+                    x509.UnrecognizedExtension(NS_COMMENT_OID, _ia5_string_der(self.ns_comment)),
+                    False,
+                )
+            )
+        return extensions
+
+    def usage_extensions(self, rsa_subject: bool) -> list[tuple[x509.ExtensionType, bool]]:
+        """keyUsage and extendedKeyUsage, which the guide lists after the key identifiers.
+
+        keyEncipherment is kept only for an RSA subject key: no other key type can do it.
+        """
+        extensions: list[tuple[x509.ExtensionType, bool]] = []
+        chosen = set(self.key_usage)
+        if not rsa_subject:
+            chosen.discard("keyEncipherment")
+        if chosen:
+            extensions.append(
+                (
+                    x509.KeyUsage(
+                        digital_signature="digitalSignature" in chosen,
+                        content_commitment="nonRepudiation" in chosen,
+                        key_encipherment="keyEncipherment" in chosen,
+                        data_encipherment="dataEncipherment" in chosen,
+                        key_agreement="keyAgreement" in chosen,
+                        key_cert_sign=False,
+                        crl_sign=False,
+                        encipher_only=False,
+                        decipher_only=False,
+                    ),
+                    self.key_usage_critical,
+                )
+            )
+        if self.extended_key_usage:
+            extensions.append(
+                (
+                    x509.ExtendedKeyUsage([_EKU[name] for name in self.extended_key_usage]),
+                    self.extended_key_usage_critical,
+                )
+            )
+        return extensions
+
+    def _ns_cert_type_der(self) -> bytes:
+        bits = 0
+        for kind in self.ns_cert_type:
+            bits |= 0x80 >> _NS_CERT_TYPE_BITS[kind]
+        unused = (bits & -bits).bit_length() - 1  # X.690 11.2.2: trailing zero bits are dropped
+        return bytes([0x03, 0x02, unused, bits])
+
+
+def _ia5_string_der(text: str) -> bytes:
+    encoded = text.encode("ascii")
+    if len(encoded) > 127:
+        raise ValueError("ns_comment longer than 127 characters")
+    return bytes([0x16, len(encoded)]) + encoded
+
+
+class ProfileSet:
+    """The profiles one CA offers, by name."""
+
+    def __init__(self, profiles: dict[str, Profile]) -> None:
+        self._profiles = profiles
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._profiles
+
+    def get(self, name: str) -> Profile | None:
+        return self._profiles.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._profiles)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "profiles.toml") -> ProfileSet:
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
+        profiles: dict[str, Profile] = {}
+        for name, table in document.get("profiles", {}).items():
+            try:
+                profiles[name] = Profile.model_validate({"name": name, **table})
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ConfigurationError(
+                    f"{source}: profile {name!r}, {where}: {first['msg']}"
+                ) from None
+        if not profiles:
+            raise ConfigurationError(f"{source}: no [profiles.NAME] table")
+        return cls(profiles)
+
+    @classmethod
+    def load(cls, path: Path) -> ProfileSet:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"{path}: cannot read profiles ({exc.strerror})") from None
+        return cls.from_toml(text, str(path))
+
+
+DEFAULT_PROFILES_TOML = """\
+# Certificate profiles of this CA. server_cert and usr_cert are the sections of the guide's
+# intermediate/openssl.cnf; add a [profiles.NAME] table to offer another one.
+#
+# default_days / max_days: a number of days, or "baseline" for today's CA/Browser Forum maximum.
+# common_name: "fqdn" (a domain name or IP address) or "any".
+# san_types: which subjectAltName kinds a request may ask for (DNS, IP, email, URI).
+# authority_key_identifier: "keyid", "keyid,issuer" or "keyid,issuer:always" as in openssl.cnf.
+
+[profiles.server_cert]
+description = "The guide's server_cert: a TLS server certificate"
+default_days = 375
+max_days = 825
+common_name = "fqdn"
+san_types = ["DNS", "IP"]
+san_from_common_name = true
+ns_cert_type = ["server"]
+ns_comment = "OpenSSL Generated Server Certificate"
+authority_key_identifier = "keyid,issuer:always"
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["serverAuth"]
+
+[profiles.usr_cert]
+description = "The guide's usr_cert: a client or e-mail certificate"
+default_days = 375
+max_days = 825
+common_name = "any"
+san_types = ["email", "DNS", "URI"]
+ns_cert_type = ["client", "email"]
+ns_comment = "OpenSSL Generated Client Certificate"
+authority_key_identifier = "keyid,issuer"
+key_usage = ["nonRepudiation", "digitalSignature", "keyEncipherment"]
+extended_key_usage = ["clientAuth", "emailProtection"]
+
+[profiles.tls_server]
+description = "A TLS server certificate following the CA/Browser Forum Baseline Requirements"
+default_days = "baseline"
+max_days = "baseline"
+common_name = "fqdn"
+san_types = ["DNS", "IP"]
+san_required = true
+authority_key_identifier = "keyid"
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["serverAuth"]
+"""
