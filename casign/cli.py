@@ -301,7 +301,7 @@ def worker(
 
         embedded = EmbeddedRedis(endpoints.embedded_dir).running()
     with embedded:
-        app = create_app(endpoints.broker_url)
+        app = create_app(endpoints.broker_url, endpoints.queue)
         argv = [
             "worker",
             f"--loglevel={loglevel}",
@@ -309,6 +309,7 @@ def worker(
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            f"--queues={endpoints.queue}",
         ]
         if concurrency:
             argv.append(f"--concurrency={concurrency}")

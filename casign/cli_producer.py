@@ -50,6 +50,7 @@ def open_producer(
         endpoints.store_url,
         store_prefix=endpoints.store_prefix,
         requester=requester,
+        queue=endpoints.queue,
     ) as producer:
         yield producer
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casign.errors import ConfigurationError
+from casign.queue import SIGN_QUEUE
 
 ENVIRONMENT = {
     "CASIGN_CA_DIR": "the CA folder made by `casign init` (default ./ca)",
     "CASIGN_BROKER_URL": "Celery broker: redis://, rediss:// or amqp:// (default: the CA's embedded Redis)",
     "CASIGN_STORE_URL": "results store: redis://, rediss:// or unix:// (default: the CA's embedded Redis)",
     "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default casign)",
+    "CASIGN_QUEUE": "name of the signing queue, one per CA on a shared broker (default casign.sign)",
     "CASIGN_PKCS11_MODULE": "PKCS#11 library when a pkcs11: URI names no module-path",
 }
 DEFAULT_CA_DIR = Path("ca")
@@ -25,11 +27,16 @@ class Endpoints:
     broker_url: str
     store_url: str
     store_prefix: str
+    queue: str
     embedded_dir: Path | None  # set when either is the CA folder's embedded Redis
 
 
 def ca_dir(flag: Path | None) -> Path:
     return flag or Path(os.environ.get("CASIGN_CA_DIR", DEFAULT_CA_DIR))
+
+
+def queue_name() -> str:
+    return os.environ.get("CASIGN_QUEUE", SIGN_QUEUE)
 
 
 def store_prefix() -> str:
@@ -41,7 +48,7 @@ def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | N
     broker_url = broker or os.environ.get("CASIGN_BROKER_URL")
     store_url = store or os.environ.get("CASIGN_STORE_URL")
     if broker_url and store_url:
-        return Endpoints(broker_url, store_url, store_prefix(), None)
+        return Endpoints(broker_url, store_url, store_prefix(), queue_name(), None)
     folder = ca_dir(ca_folder)
     if not folder.exists():
         raise ConfigurationError(
@@ -55,5 +62,6 @@ def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | N
         broker_url or embedded.broker_url,
         store_url or embedded.url,
         store_prefix(),
+        queue_name(),
         folder.absolute(),
     )

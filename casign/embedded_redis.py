@@ -146,7 +146,7 @@ class EmbeddedRedis:
             if started:
                 self.stop(timeout)
 
-    def _client(self) -> redis.Redis[bytes]:
+    def _client(self) -> redis.Redis:
         """A client on the socket that fails fast instead of retrying."""
         return redis.Redis(
             unix_socket_path=str(self._socket_path),

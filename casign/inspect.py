@@ -83,25 +83,58 @@ OPENSSL_LONG_NAMES: dict[str, str] = {
 
 # OpenSSL's short names for attribute types, as X509_NAME_oneline prints them.
 OPENSSL_SHORT_NAMES: dict[str, str] = {
-    "2.5.4.3": "CN", "2.5.4.4": "SN", "2.5.4.5": "serialNumber", "2.5.4.6": "C",
-    "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.9": "street", "2.5.4.10": "O", "2.5.4.11": "OU",
-    "2.5.4.12": "title", "2.5.4.13": "description", "2.5.4.15": "businessCategory",
-    "2.5.4.17": "postalCode", "2.5.4.41": "name", "2.5.4.42": "GN", "2.5.4.43": "initials",
-    "2.5.4.44": "generationQualifier", "2.5.4.46": "dnQualifier", "2.5.4.65": "pseudonym",
-    "2.5.4.97": "organizationIdentifier", "0.9.2342.19200300.100.1.1": "UID",
-    "0.9.2342.19200300.100.1.25": "DC", "1.2.840.113549.1.9.1": "emailAddress",
-    "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL", "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST",
+    "2.5.4.3": "CN",
+    "2.5.4.4": "SN",
+    "2.5.4.5": "serialNumber",
+    "2.5.4.6": "C",
+    "2.5.4.7": "L",
+    "2.5.4.8": "ST",
+    "2.5.4.9": "street",
+    "2.5.4.10": "O",
+    "2.5.4.11": "OU",
+    "2.5.4.12": "title",
+    "2.5.4.13": "description",
+    "2.5.4.15": "businessCategory",
+    "2.5.4.17": "postalCode",
+    "2.5.4.41": "name",
+    "2.5.4.42": "GN",
+    "2.5.4.43": "initials",
+    "2.5.4.44": "generationQualifier",
+    "2.5.4.46": "dnQualifier",
+    "2.5.4.65": "pseudonym",
+    "2.5.4.97": "organizationIdentifier",
+    "0.9.2342.19200300.100.1.1": "UID",
+    "0.9.2342.19200300.100.1.25": "DC",
+    "1.2.840.113549.1.9.1": "emailAddress",
+    "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL",
+    "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST",
     "1.3.6.1.4.1.311.60.2.1.3": "jurisdictionC",
 }
 
 # nsCertType bit names, bit 0 first, as Netscape's certificate extension spec numbers them.
-NS_CERT_TYPE_BITS = ("SSL Client", "SSL Server", "S/MIME", "Object Signing", "Unused",
-                     "SSL CA", "S/MIME CA", "Object Signing CA")
-NIST_CURVE_NAMES = {"secp224r1": "P-224", "secp256r1": "P-256", "secp384r1": "P-384",
-                    "secp521r1": "P-521"}
-OTHER_NAME_LABELS = {"1.3.6.1.4.1.311.20.2.3": "UPN", "1.3.6.1.5.5.7.8.9": "SmtpUTF8Mailbox",
-                     "1.3.6.1.5.5.7.8.5": "XmppAddr", "1.3.6.1.5.5.7.8.7": "SRVName",
-                     "1.3.6.1.5.5.7.8.8": "NAIRealm"}
+NS_CERT_TYPE_BITS = (
+    "SSL Client",
+    "SSL Server",
+    "S/MIME",
+    "Object Signing",
+    "Unused",
+    "SSL CA",
+    "S/MIME CA",
+    "Object Signing CA",
+)
+NIST_CURVE_NAMES = {
+    "secp224r1": "P-224",
+    "secp256r1": "P-256",
+    "secp384r1": "P-384",
+    "secp521r1": "P-521",
+}
+OTHER_NAME_LABELS = {
+    "1.3.6.1.4.1.311.20.2.3": "UPN",
+    "1.3.6.1.5.5.7.8.9": "SmtpUTF8Mailbox",
+    "1.3.6.1.5.5.7.8.5": "XmppAddr",
+    "1.3.6.1.5.5.7.8.7": "SRVName",
+    "1.3.6.1.5.5.7.8.8": "NAIRealm",
+}
 # CRL reason bits, RFC 5280 section 4.2.1.13, with OpenSSL's labels.
 REASON_FLAG_BITS = {
     x509.ReasonFlags.key_compromise: (1, "Key Compromise"),
@@ -125,9 +158,11 @@ def describe_certificate(cert: x509.Certificate) -> str:
     pss_lines = _pss_parameter_lines(cert)
     lines += pss_lines
     lines.append(f"        Issuer: {openssl_compat_name(cert.issuer)}")
-    lines += ["        Validity",
-              f"            Not Before: {openssl_time(cert.not_valid_before_utc)}",
-              f"            Not After : {openssl_time(cert.not_valid_after_utc)}"]
+    lines += [
+        "        Validity",
+        f"            Not Before: {openssl_time(cert.not_valid_before_utc)}",
+        f"            Not After : {openssl_time(cert.not_valid_after_utc)}",
+    ]
     lines.append(f"        Subject: {openssl_compat_name(cert.subject)}")
     lines += _public_key_lines(cert.public_key, 8, cert.public_key_algorithm_oid)
     try:
@@ -142,8 +177,12 @@ def describe_certificate(cert: x509.Certificate) -> str:
 
 def describe_csr(csr: x509.CertificateSigningRequest) -> str:
     """Return the text `openssl req -noout -text` prints for `csr` (challengePassword redacted)."""
-    lines = ["Certificate Request:", "    Data:", "        Version: 1 (0x0)",
-             f"        Subject: {openssl_compat_name(csr.subject)}"]
+    lines = [
+        "Certificate Request:",
+        "    Data:",
+        "        Version: 1 (0x0)",
+        f"        Subject: {openssl_compat_name(csr.subject)}",
+    ]
     lines += _public_key_lines(csr.public_key, 8)
     lines.append("        Attributes:")
     attributes = list(csr.attributes)
@@ -157,8 +196,7 @@ def describe_csr(csr: x509.CertificateSigningRequest) -> str:
         lines += _extension_lines(csr.extensions, indent=16)
     except ValueError as exc:  # cryptography refuses duplicate or malformed extensions
         lines.append(f"                cannot be parsed ({_visible(str(exc))})")
-    lines += _signature_lines(csr.signature_algorithm_oid, csr.signature,
-                              _pss_parameter_lines(csr))
+    lines += _signature_lines(csr.signature_algorithm_oid, csr.signature, _pss_parameter_lines(csr))
     return "\n".join(lines) + "\n"
 
 
@@ -170,8 +208,10 @@ def oid_name(oid: x509.ObjectIdentifier) -> str:
 def openssl_time(moment: datetime.datetime) -> str:
     """Format a UTC datetime as OpenSSL's ASN1_TIME_print: `Apr 11 12:42:33 2015 GMT`."""
     utc = moment.astimezone(datetime.UTC)
-    return (f"{_MONTHS[utc.month - 1]} {utc.day:2d} "
-            f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d} {utc.year} GMT")
+    return (
+        f"{_MONTHS[utc.month - 1]} {utc.day:2d} "
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d} {utc.year} GMT"
+    )
 
 
 def openssl_oneline_name(name: x509.Name) -> str:
@@ -211,14 +251,15 @@ def _attribute_text(attribute: x509.NameAttribute[str | bytes]) -> str:
 
 def _spaced_name(name: x509.Name) -> str:
     """Return the `-nameopt oneline` form OpenSSL's GENERAL_NAME_print uses, `C = GB, CN = x`."""
-    return ", ".join(" + ".join(_attribute_text(attribute).replace("=", " = ", 1)
-                                for attribute in rdn) for rdn in name.rdns)
+    return ", ".join(
+        " + ".join(_attribute_text(attribute).replace("=", " = ", 1) for attribute in rdn)
+        for rdn in name.rdns
+    )
 
 
 def _visible(text: str) -> str:
     """Escape control characters so a value can never start a line of its own."""
-    return "".join(f"\\x{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-                   for ch in text)
+    return "".join(f"\\x{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text)
 
 
 def _colon_hex(data: bytes, upper: bool = True) -> str:
@@ -228,7 +269,7 @@ def _colon_hex(data: bytes, upper: bool = True) -> str:
 
 def _hex_block(data: bytes, indent: int, per_line: int) -> list[str]:
     """Wrap lower-case colon hex as OpenSSL dumps moduli (15 a line) and signatures (18)."""
-    chunks = [data[i:i + per_line] for i in range(0, len(data), per_line)] or [b""]
+    chunks = [data[i : i + per_line] for i in range(0, len(data), per_line)] or [b""]
     lines = [" " * indent + _colon_hex(chunk, upper=False) + ":" for chunk in chunks]
     lines[-1] = lines[-1].removesuffix(":")
     return lines
@@ -250,24 +291,32 @@ def _serial_lines(serial: int) -> list[str]:
         sign = "-" if serial < 0 else ""
         return [f"        Serial Number: {sign}{abs(serial)} ({sign}{abs(serial):#x})"]
     negative = " (Negative)" if serial < 0 else ""
-    return ["        Serial Number:",
-            f"            {negative}{_colon_hex(_integer_bytes(serial), upper=False)}",
-            f"            decimal: {serial}"]
+    return [
+        "        Serial Number:",
+        f"            {negative}{_colon_hex(_integer_bytes(serial), upper=False)}",
+        f"            decimal: {serial}",
+    ]
 
 
-def _public_key_lines(load_key: Callable[[], object], indent: int,
-                      algorithm: x509.ObjectIdentifier | None = None) -> list[str]:
+def _public_key_lines(
+    load_key: Callable[[], object], indent: int, algorithm: x509.ObjectIdentifier | None = None
+) -> list[str]:
     """The `Subject Public Key Info:` block for RSA, EC, Ed25519 and Ed448 keys."""
     pad, inner = " " * indent, " " * (indent + 8)
     try:
         key = load_key()
     except (ValueError, TypeError):
         shown = oid_name(algorithm) if algorithm is not None else "unknown"
-        return [f"{pad}Subject Public Key Info:", f"{pad}    Public Key Algorithm: {shown}",
-                f"{inner}Unable to load Public Key"]
-    return [f"{pad}Subject Public Key Info:",
-            f"{pad}    Public Key Algorithm: {_key_algorithm_name(key, algorithm)}",
-            *[f"{inner}{line}" for line in _public_key_detail(key)]]
+        return [
+            f"{pad}Subject Public Key Info:",
+            f"{pad}    Public Key Algorithm: {shown}",
+            f"{inner}Unable to load Public Key",
+        ]
+    return [
+        f"{pad}Subject Public Key Info:",
+        f"{pad}    Public Key Algorithm: {_key_algorithm_name(key, algorithm)}",
+        *[f"{inner}{line}" for line in _public_key_detail(key)],
+    ]
 
 
 def _key_algorithm_name(key: object, algorithm: x509.ObjectIdentifier | None) -> str:
@@ -289,14 +338,23 @@ def _public_key_detail(key: object) -> list[str]:
         modulus = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8 + 1, "big")
         if modulus[1] < 0x80:
             modulus = modulus[1:]  # OpenSSL keeps a leading 00 only when the top bit is set
-        return [f"Public-Key: ({key.key_size} bit)", "Modulus:", *_hex_block(modulus, 4, 15),
-                f"Exponent: {numbers.e} ({numbers.e:#x})"]
+        return [
+            f"Public-Key: ({key.key_size} bit)",
+            "Modulus:",
+            *_hex_block(modulus, 4, 15),
+            f"Exponent: {numbers.e} ({numbers.e:#x})",
+        ]
     if isinstance(key, ec.EllipticCurvePublicKey):
-        point = key.public_bytes(serialization.Encoding.X962,
-                                 serialization.PublicFormat.UncompressedPoint)
+        point = key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
         curve = key.curve.name
-        lines = [f"Public-Key: ({key.curve.key_size} bit)", "pub:", *_hex_block(point, 4, 15),
-                 f"ASN1 OID: {OPENSSL_CURVE_NAMES.get(curve, curve)}"]
+        lines = [
+            f"Public-Key: ({key.curve.key_size} bit)",
+            "pub:",
+            *_hex_block(point, 4, 15),
+            f"ASN1 OID: {OPENSSL_CURVE_NAMES.get(curve, curve)}",
+        ]
         if curve in NIST_CURVE_NAMES:
             lines.append(f"NIST CURVE: {NIST_CURVE_NAMES[curve]}")
         return lines
@@ -307,10 +365,15 @@ def _public_key_detail(key: object) -> list[str]:
     return ["(this key type is not rendered)"]
 
 
-def _signature_lines(algorithm: x509.ObjectIdentifier, signature: bytes,
-                     parameter_lines: list[str]) -> list[str]:
-    return [f"    Signature Algorithm: {oid_name(algorithm)}", "    Signature Value:",
-            *parameter_lines, *_hex_block(signature, 8, 18)]
+def _signature_lines(
+    algorithm: x509.ObjectIdentifier, signature: bytes, parameter_lines: list[str]
+) -> list[str]:
+    return [
+        f"    Signature Algorithm: {oid_name(algorithm)}",
+        "    Signature Value:",
+        *parameter_lines,
+        *_hex_block(signature, 8, 18),
+    ]
 
 
 def _pss_parameter_lines(signed: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
@@ -340,8 +403,9 @@ def _csr_attribute_text(attribute: x509.Attribute) -> str:
     return f"{label:<25}:{shown}"
 
 
-def _extension_lines(extensions: Iterable[x509.Extension[x509.ExtensionType]],
-                     indent: int) -> list[str]:
+def _extension_lines(
+    extensions: Iterable[x509.Extension[x509.ExtensionType]], indent: int
+) -> list[str]:
     """Each extension as OpenSSL's name line (`: critical`) and its indented value lines."""
     lines: list[str] = []
     for extension in extensions:
@@ -366,13 +430,17 @@ def _basic_constraints(value: x509.BasicConstraints) -> list[str]:
 @render_extension.register
 def _key_usage(value: x509.KeyUsage) -> list[str]:
     agreement = value.key_agreement
-    bits = [(value.digital_signature, "Digital Signature"),
-            (value.content_commitment, "Non Repudiation"),
-            (value.key_encipherment, "Key Encipherment"),
-            (value.data_encipherment, "Data Encipherment"), (agreement, "Key Agreement"),
-            (value.key_cert_sign, "Certificate Sign"), (value.crl_sign, "CRL Sign"),
-            (agreement and value.encipher_only, "Encipher Only"),
-            (agreement and value.decipher_only, "Decipher Only")]
+    bits = [
+        (value.digital_signature, "Digital Signature"),
+        (value.content_commitment, "Non Repudiation"),
+        (value.key_encipherment, "Key Encipherment"),
+        (value.data_encipherment, "Data Encipherment"),
+        (agreement, "Key Agreement"),
+        (value.key_cert_sign, "Certificate Sign"),
+        (value.crl_sign, "CRL Sign"),
+        (agreement and value.encipher_only, "Encipher Only"),
+        (agreement and value.decipher_only, "Decipher Only"),
+    ]
     return [", ".join(label for is_set, label in bits if is_set) or "<EMPTY>"]
 
 
@@ -430,8 +498,9 @@ def _distribution_point_lines(points: Iterable[x509.DistributionPoint]) -> list[
             relative = x509.Name([point.relative_name])
             lines += ["Relative Name:", f"  {_spaced_name(relative)}"]
         if point.reasons is not None:
-            reasons = sorted(REASON_FLAG_BITS[reason] for reason in point.reasons
-                             if reason in REASON_FLAG_BITS)
+            reasons = sorted(
+                REASON_FLAG_BITS[reason] for reason in point.reasons if reason in REASON_FLAG_BITS
+            )
             lines += ["Reasons:", f"  {', '.join(label for _, label in reasons) or '<EMPTY>'}"]
         if point.crl_issuer is not None:
             lines.append("CRL Issuer:")
@@ -441,14 +510,18 @@ def _distribution_point_lines(points: Iterable[x509.DistributionPoint]) -> list[
 
 @render_extension.register
 def _authority_information_access(value: x509.AuthorityInformationAccess) -> list[str]:
-    return [f"{oid_name(access.access_method)} - {general_name_text(access.access_location)}"
-            for access in value]
+    return [
+        f"{oid_name(access.access_method)} - {general_name_text(access.access_location)}"
+        for access in value
+    ]
 
 
 @render_extension.register
 def _subject_information_access(value: x509.SubjectInformationAccess) -> list[str]:
-    return [f"{oid_name(access.access_method)} - {general_name_text(access.access_location)}"
-            for access in value]
+    return [
+        f"{oid_name(access.access_method)} - {general_name_text(access.access_location)}"
+        for access in value
+    ]
 
 
 @render_extension.register
@@ -465,8 +538,10 @@ def _certificate_policies(value: x509.CertificatePolicies) -> list[str]:
             if reference is not None:
                 numbers = ", ".join(str(number) for number in reference.notice_numbers)
                 plural = "s" if len(reference.notice_numbers) > 1 else ""
-                lines += [f"    Organization: {_visible(reference.organization or '')}",
-                          f"    Number{plural}: {numbers}"]
+                lines += [
+                    f"    Organization: {_visible(reference.organization or '')}",
+                    f"    Number{plural}: {numbers}",
+                ]
             if qualifier.explicit_text is not None:
                 lines.append(f"    Explicit Text: {_visible(qualifier.explicit_text)}")
     return lines
@@ -475,8 +550,10 @@ def _certificate_policies(value: x509.CertificatePolicies) -> list[str]:
 @render_extension.register
 def _name_constraints(value: x509.NameConstraints) -> list[str]:
     lines = []
-    for label, subtrees in (("Permitted", value.permitted_subtrees),
-                            ("Excluded", value.excluded_subtrees)):
+    for label, subtrees in (
+        ("Permitted", value.permitted_subtrees),
+        ("Excluded", value.excluded_subtrees),
+    ):
         if subtrees:
             lines.append(f"{label}:")
             lines += [f"  {_name_constraint_text(name)}" for name in subtrees]
@@ -486,7 +563,8 @@ def _name_constraints(value: x509.NameConstraints) -> list[str]:
 def _name_constraint_text(name: x509.GeneralName) -> str:
     """A name-constraint subtree; IP ranges print as OpenSSL's `IP:address/mask`."""
     if isinstance(name, x509.IPAddress) and isinstance(
-            name.value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        name.value, ipaddress.IPv4Network | ipaddress.IPv6Network
+    ):
         network = name.value
         return f"IP:{_ip_text(network.network_address)}/{_ip_text(network.netmask)}"
     return general_name_text(name, _spaced_name)
@@ -551,14 +629,15 @@ def _der_primitive(der: bytes, tag: int) -> bytes | None:
         count = length & 0x7F
         if count == 0 or count > 4 or len(der) < 2 + count:
             return None
-        length, offset = int.from_bytes(der[2:2 + count], "big"), 2 + count
+        length, offset = int.from_bytes(der[2 : 2 + count], "big"), 2 + count
     if offset + length != len(der):
         return None
     return der[offset:]
 
 
-def general_name_text(name: x509.GeneralName,
-                      directory_form: Callable[[x509.Name], str] = openssl_oneline_name) -> str:
+def general_name_text(
+    name: x509.GeneralName, directory_form: Callable[[x509.Name], str] = openssl_oneline_name
+) -> str:
     """One GeneralName as OpenSSL's i2v_GENERAL_NAME prints it: `DNS:x`, `IP Address:y`, ..."""
     if isinstance(name, x509.DNSName):
         return f"DNS:{_visible(name.value)}"
@@ -595,11 +674,19 @@ def _ip_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     if isinstance(address, ipaddress.IPv4Address):
         return str(address)
     packed = address.packed
-    return ":".join(f"{int.from_bytes(packed[i:i + 2], 'big'):X}" for i in range(0, 16, 2))
+    return ":".join(f"{int.from_bytes(packed[i : i + 2], 'big'):X}" for i in range(0, 16, 2))
 
 
 __all__ = [
-    "NS_CERT_TYPE_OID", "NS_COMMENT_OID", "decode_der_bit_string", "describe_certificate",
-    "describe_csr", "general_name_text", "oid_name", "openssl_compat_name",
-    "openssl_oneline_name", "openssl_time", "render_extension",
+    "NS_CERT_TYPE_OID",
+    "NS_COMMENT_OID",
+    "decode_der_bit_string",
+    "describe_certificate",
+    "describe_csr",
+    "general_name_text",
+    "oid_name",
+    "openssl_compat_name",
+    "openssl_oneline_name",
+    "openssl_time",
+    "render_extension",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -28,7 +30,7 @@ class _Message(BaseModel):
 class SignRequest(_Message):
     """One CSR to sign; `job_id` is the producer's idempotency key."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     job_id: JobId
     csr_pem: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CSR_FIELD)]
     profile: ProfileName = "server_cert"
@@ -36,11 +38,19 @@ class SignRequest(_Message):
     san: Annotated[list[SanText], Field(max_length=100)] = []
     requester: Annotated[str, StringConstraints(max_length=128)] | None = None
 
+    def fingerprint(self) -> str:
+        """What identifies the request's content, to tell a redelivery from a reused job id."""
+        canonical = json.dumps(
+            [self.csr_pem.strip().replace("\r\n", "\n"), self.profile, self.days, self.san],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 class SignBatch(_Message):
     """One queue message: many jobs, and where to push their results."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
     # Each job is validated on its own so one malformed job cannot sink its neighbours.
     jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
@@ -49,13 +59,14 @@ class SignBatch(_Message):
 class JobResult(_Message):
     """What became of a job: a certificate, or a refusal with a stable code."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     job_id: str
     status: Literal["issued", "refused", "failed"]
     serial: str | None = None
     certificate_pem: str | None = None
     code: str | None = None
     message: str | None = None
+    fingerprint: str | None = None  # of the request answered, so a stale answer is told apart
 
     @property
     def ok(self) -> bool:

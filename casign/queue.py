@@ -12,7 +12,7 @@ DEFAULT_BATCH_SIZE = 250
 VISIBILITY_TIMEOUT_SECONDS = 300
 
 
-def celery_settings(broker_url: str) -> dict[str, Any]:
+def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
     """Celery configuration for both sides: JSON only (pickle refused), acks after the work."""
     settings: dict[str, Any] = {
         "broker_url": broker_url,
@@ -23,7 +23,7 @@ def celery_settings(broker_url: str) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_default_queue": SIGN_QUEUE,
+        "task_default_queue": queue,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
         "broker_pool_limit": 4,

@@ -13,7 +13,7 @@ Keys, under a prefix (`casign` unless configured):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -88,6 +88,15 @@ def _translated(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _text(value: object) -> str:
+    """A reply of a client made with decode_responses=True, typed as the str it is."""
+    return value if isinstance(value, str) else str(value)
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What `reserve` found for a job: newly reserved, or the job's earlier state."""
@@ -129,6 +138,7 @@ class Issued:
             status="issued",
             serial=self.serial,
             certificate_pem=self.certificate_pem,
+            fingerprint=self.fingerprint,
         ).model_dump_json(exclude_none=True)
 
 
@@ -264,23 +274,32 @@ class ResultsStore:
         first = self.client.blpop([key], timeout=max(timeout, 0.01))
         if first is None:
             return []
-        raw = [first[1]]
+        raw = [_text(first[1])]
         more = self.client.lpop(key, limit)
-        if more:
-            raw.extend(more)
+        if isinstance(more, list):
+            raw.extend(_text(item) for item in more)
         return [JobResult.model_validate_json(item) for item in raw]
 
     @_translated
-    def job_results(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
-        """The finished results (issued or refused) among `job_ids`."""
+    def job_results(
+        self, job_ids: Iterable[str], fingerprints: Mapping[str, str] | None = None
+    ) -> dict[str, JobResult]:
+        """The finished results (issued or refused) among `job_ids`.
+
+        With `fingerprints`, a job whose stored request differs (a reused job id) is left out:
+        its answer is the refusal the worker sends, not the earlier request's certificate.
+        """
         ids = list(job_ids)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(self.job_key(job_id), "state", "serial", "code", "message")
+            pipe.hmget(self.job_key(job_id), "state", "serial", "code", "message", "fingerprint")
         rows = pipe.execute()
         finished: dict[str, JobResult] = {}
         issued_serials: dict[str, str] = {}
-        for job_id, (state, serial, code, message) in zip(ids, rows, strict=True):
+        for job_id, (state, serial, code, message, fingerprint) in zip(ids, rows, strict=True):
+            expected = fingerprints.get(job_id) if fingerprints else None
+            if expected is not None and fingerprint != expected:
+                continue
             if state == "issued":
                 issued_serials[job_id] = serial
             elif state == "refused":
@@ -291,20 +310,25 @@ class ResultsStore:
             pems = self.client.hmget(self.key("certs"), list(issued_serials.values()))
             for (job_id, serial), pem in zip(issued_serials.items(), pems, strict=True):
                 finished[job_id] = JobResult(
-                    job_id=job_id, status="issued", serial=serial, certificate_pem=pem
+                    job_id=job_id,
+                    status="issued",
+                    serial=serial,
+                    certificate_pem=_optional_text(pem),
+                    fingerprint=(fingerprints or {}).get(job_id),
                 )
         return finished
 
     @_translated
     def job_state(self, job_id: str) -> dict[str, str]:
-        state: dict[str, str] = self.client.hgetall(self.job_key(job_id))
+        raw = self.client.hgetall(self.job_key(job_id))
+        state = {_text(name): _text(value) for name, value in raw.items()}
         state.pop("record", None)
         return state
 
     @_translated
     def pending_records(self) -> list[tuple[str, str]]:
         """(job id, record) of every job reserved but never published."""
-        ids = sorted(self.client.smembers(self.key("pending")))
+        ids = sorted(_text(member) for member in self.client.smembers(self.key("pending")))
         if not ids:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -316,13 +340,12 @@ class ResultsStore:
 
     @_translated
     def certificate(self, serial: str) -> str | None:
-        pem: str | None = self.client.hget(self.key("certs"), serial.upper())
-        return pem
+        return _optional_text(self.client.hget(self.key("certs"), serial.upper()))
 
     @_translated
     def index_entry(self, serial: str) -> IndexEntry | None:
         line = self.client.hget(self.key("index"), serial.upper())
-        return IndexEntry.from_openssl_line(line) if line else None
+        return IndexEntry.from_openssl_line(_text(line)) if line else None
 
     @_translated
     def index_lines(self) -> Iterator[str]:
@@ -333,7 +356,7 @@ class ResultsStore:
             serials = self.client.lrange(order_key, start, start + _EXPORT_CHUNK - 1)
             if not serials:
                 return
-            yield from (line for line in self.client.hmget(index_key, serials) if line)
+            yield from (_text(line) for line in self.client.hmget(index_key, serials) if line)
             start += len(serials)
 
     @_translated
@@ -350,5 +373,4 @@ class ResultsStore:
 
     @_translated
     def chain(self) -> str | None:
-        chain: str | None = self.client.get(self.key("chain"))
-        return chain
+        return _optional_text(self.client.get(self.key("chain")))

@@ -32,13 +32,16 @@ class Producer:
         store_prefix: str = "casign",
         batch_size: int = DEFAULT_BATCH_SIZE,
         requester: str | None = None,
+        queue: str = SIGN_QUEUE,
     ) -> None:
         self.batch_size = batch_size
+        self.queue = queue
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self.reply_to = uuid.uuid4().hex
+        self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
         self._celery = Celery("casign-producer", set_as_current=False)
-        self._celery.conf.update(celery_settings(broker_url))
+        self._celery.conf.update(celery_settings(broker_url, queue))
 
     def __enter__(self) -> Producer:
         return self
@@ -106,12 +109,14 @@ class Producer:
         return job_ids
 
     def _send(self, requests: list[SignRequest]) -> None:
+        for request in requests:
+            self._fingerprints[request.job_id] = request.fingerprint()
         batch = SignBatch(
             reply_to=self.reply_to,
             jobs=[request.model_dump(exclude_none=True) for request in requests],
         )
         self._celery.send_task(
-            SIGN_BATCH_TASK, args=[batch.model_dump()], queue=SIGN_QUEUE, ignore_result=True
+            SIGN_BATCH_TASK, args=[batch.model_dump()], queue=self.queue, ignore_result=True
         )
 
     def results(self, job_ids: Iterable[str], timeout: float) -> Iterator[JobResult]:
@@ -131,13 +136,18 @@ class Producer:
                 yield from self._collect_finished(waiting)
                 continue
             for reply in replies:
+                expected = self._fingerprints.get(reply.job_id)
+                if expected and reply.fingerprint and reply.fingerprint != expected:
+                    continue  # an answer to an earlier request under the same job id
                 if reply.job_id in waiting:
                     waiting.discard(reply.job_id)
+                    self._fingerprints.pop(reply.job_id, None)
                     yield reply
 
     def _collect_finished(self, waiting: set[str]) -> Iterator[JobResult]:
-        for job_id, result in self.store.job_results(sorted(waiting)).items():
+        for job_id, result in self.store.job_results(sorted(waiting), self._fingerprints).items():
             waiting.discard(job_id)
+            self._fingerprints.pop(job_id, None)
             yield result
 
     def status(self, job_id: str) -> JobResult | None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from casign.errors import Retryable, SigningError
 from casign.messages import SignBatch, describe_validation_error
-from casign.queue import SIGN_BATCH_TASK, celery_settings
+from casign.queue import SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from casign.store import ResultsStore
 from worker.authority import load_authority
 from worker.issuance import BatchSigner
@@ -57,11 +57,11 @@ def recover_once(batch_signer: BatchSigner) -> None:
         store.client.delete(lock)
 
 
-def create_app(broker_url: str) -> Celery:
+def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
     app = Celery("casign", set_as_current=False)
-    app.conf.update(celery_settings(broker_url))
+    app.conf.update(celery_settings(broker_url, queue))
 
-    @app.task(  # type: ignore[untyped-decorator]
+    @app.task(
         name=SIGN_BATCH_TASK,
         bind=True,
         autoretry_for=(Retryable,),
@@ -95,7 +95,7 @@ def create_app(broker_url: str) -> Celery:
     return app
 
 
-@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+@signals.worker_process_init.connect
 def _open_key_after_fork(**_: object) -> None:
     try:
         recover_once(signer())

@@ -16,14 +16,16 @@ from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
 from worker.profiles import Profile, ProfileSet
 
-_DIGESTS: dict[str, hashes.HashAlgorithm] = {
+SignatureHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+
+_DIGESTS: dict[str, SignatureHash] = {
     "sha256": hashes.SHA256(),
     "sha384": hashes.SHA384(),
     "sha512": hashes.SHA512(),
 }
 
 
-def digest_algorithm(name: str) -> hashes.HashAlgorithm:
+def digest_algorithm(name: str) -> SignatureHash:
     return _DIGESTS[name]
 
 

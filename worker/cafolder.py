@@ -45,20 +45,41 @@ class CAFolder:
         self.root = root.absolute()
         self.intermediate = self.root / "intermediate"
 
-    root_key_path = property(lambda self: self.root / "private" / "ca.key.pem")
-    root_cert_path = property(lambda self: self.root / "certs" / "ca.cert.pem")
-    intermediate_key_path = property(
-        lambda self: self.intermediate / "private" / "intermediate.key.pem"
-    )
-    intermediate_cert_path = property(
-        lambda self: self.intermediate / "certs" / "intermediate.cert.pem"
-    )
-    chain_path = property(lambda self: self.intermediate / "certs" / "ca-chain.cert.pem")
-    profiles_path = property(lambda self: self.intermediate / "profiles.toml")
-    settings_path = property(lambda self: self.intermediate / SETTINGS_NAME)
-    openssl_cnf_path = property(lambda self: self.intermediate / "openssl.cnf")
-    index_path = property(lambda self: self.intermediate / "index.txt")
-    store_dir = property(lambda self: self.root / "store")
+    @property
+    def root_key_path(self) -> Path:
+        return self.root / "private" / "ca.key.pem"
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.root / "certs" / "ca.cert.pem"
+
+    @property
+    def intermediate_key_path(self) -> Path:
+        return self.intermediate / "private" / "intermediate.key.pem"
+
+    @property
+    def intermediate_cert_path(self) -> Path:
+        return self.intermediate / "certs" / "intermediate.cert.pem"
+
+    @property
+    def chain_path(self) -> Path:
+        return self.intermediate / "certs" / "ca-chain.cert.pem"
+
+    @property
+    def profiles_path(self) -> Path:
+        return self.intermediate / "profiles.toml"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.intermediate / SETTINGS_NAME
+
+    @property
+    def openssl_cnf_path(self) -> Path:
+        return self.intermediate / "openssl.cnf"
+
+    @property
+    def index_path(self) -> Path:
+        return self.intermediate / "index.txt"
 
     def exists(self) -> bool:
         return self.intermediate_cert_path.exists()
@@ -160,7 +181,7 @@ def _ca_certificate(
     )
 
 
-def _signature_hash(key: SigningKey) -> hashes.HashAlgorithm:
+def _signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -207,7 +228,11 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
     root_cert = _ca_certificate(root_name, root_key, root_name, root_key, ROOT_DAYS, None)
     _write_file(folder.root_cert_path, _pem(root_cert), CERT_MODE)
 
-    pin_query = f"?pin-source=file:{options.passphrase_file.absolute()}" if passphrase else ""
+    pin_query = (
+        f"?pin-source=file:{options.passphrase_file.absolute()}"
+        if options.passphrase_file is not None
+        else ""
+    )
     if options.intermediate_key_uri:
         key_uri = options.intermediate_key_uri
         intermediate_key = generate_key(key_uri, options.key_type)

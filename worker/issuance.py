@@ -7,7 +7,6 @@ and the inputs that rebuild its to-be-signed certificate byte for byte are in th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -41,20 +40,6 @@ def draw_serial() -> int:
         serial = secrets.randbits(SERIAL_BITS)
         if serial >= 1 << 64:  # keeps at least 64 random bits and never 0
             return serial
-
-
-def request_fingerprint(request: SignRequest) -> str:
-    """What identifies a request's content, to tell a redelivery from a reused job id."""
-    canonical = json.dumps(
-        [
-            request.csr_pem.strip().replace("\r\n", "\n"),
-            request.profile,
-            request.days,
-            request.san,
-        ],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +145,7 @@ def build_tbs(
     rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
     pairs: list[tuple[x509.ExtensionType, bool]] = list(profile_extensions.before_key_ids)
     if record.profile.subject_key_identifier:
-        pairs.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))  # type: ignore[arg-type]
+        pairs.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
     pairs.append((profile_extensions.authority_key_identifier, False))
     pairs.extend(profile_extensions.usage_rsa if rsa_subject else profile_extensions.usage_other)
     if record.subject_alternative_names:
@@ -169,7 +154,7 @@ def build_tbs(
     return x509.CertificateBuilder(
         issuer_name=authority.intermediate.subject,
         subject_name=csr.subject,
-        public_key=public_key,  # type: ignore[arg-type]
+        public_key=public_key,
         serial_number=record.serial,
         not_valid_before=record.not_before,
         not_valid_after=record.not_after,
@@ -222,6 +207,11 @@ def to_pem(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
+def _stamped(result: JobResult, fingerprints: dict[str, str]) -> JobResult:
+    fingerprint = fingerprints.get(result.job_id)
+    return result.model_copy(update={"fingerprint": fingerprint}) if fingerprint else result
+
+
 def _refused(job_id: str, code: str, message: str) -> JobResult:
     return JobResult(job_id=job_id, status="refused", code=code, message=message)
 
@@ -250,6 +240,7 @@ class BatchSigner:
         work: dict[str, _Work] = {}
         intents: dict[str, Intent] = {}
         order: list[str] = []
+        fingerprints: dict[str, str] = {}
 
         for raw in raw_jobs:
             try:
@@ -265,7 +256,7 @@ class BatchSigner:
             if request.job_id in results or request.job_id in work:
                 continue  # the same job twice in one batch: one answer serves both
             order.append(request.job_id)
-            fingerprint = request_fingerprint(request)
+            fingerprint = fingerprints[request.job_id] = request.fingerprint()
             try:
                 checked = check_request(
                     request, self.authority.profiles, self.authority.common_names
@@ -281,10 +272,10 @@ class BatchSigner:
             )
 
         self._reserve(work, intents, results)
-        already_answered = dict(results)
+        answered = [_stamped(result, fingerprints) for result in results.values()]
         issued = self._sign_all(work, now, results)
-        self.store.publish(issued, refusals, already_answered.values(), reply_to)
-        return [results[job_id] for job_id in order]
+        self.store.publish(issued, refusals, answered, reply_to)
+        return [_stamped(results[job_id], fingerprints) for job_id in order]
 
     def _record_json(self, record: IssuanceRecord) -> str:
         cached = self._profile_json.get(record.profile.name)

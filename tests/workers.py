@@ -1,0 +1,83 @@
+"""Starting and stopping real `casign worker` processes for queue tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from casign.store import ResultsStore
+
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class WorkerProcess:
+    """A `casign worker` in its own process group, with its output in a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_worker(
+    ca_dir: Path,
+    broker_url: str,
+    store_url: str,
+    store: ResultsStore,
+    queue: str,
+    log_path: Path,
+    concurrency: int = 2,
+    extra_env: Mapping[str, str] | None = None,
+) -> WorkerProcess:
+    """Start a worker and wait until a pool process has opened the key and published the chain."""
+    env = {
+        **os.environ,
+        "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
+        "CASIGN_QUEUE": queue,
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "casign",
+        "worker",
+        "--ca",
+        str(ca_dir),
+        "--broker",
+        broker_url,
+        "--store",
+        store_url,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    worker = WorkerProcess(process, log_path)
+    deadline = time.monotonic() + START_TIMEOUT
+    while store.chain() is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.stop()
+            raise RuntimeError(f"worker did not start; its log:\n{worker.log()[-3000:]}")
+        time.sleep(0.1)
+    return worker
