@@ -113,6 +113,37 @@ def _verify(paths: list[Path], chain: Path, intermediate: x509.Certificate) -> i
     return len(paths)
 
 
+def _make_requests(count: int, out: Path) -> tuple[dict[str, str], list[SignRequest]]:
+    names: dict[str, str] = {}
+    requests = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("making keys and CSRs", total=count)
+        for index in range(count):
+            name, request = _demo_request(index, out)
+            names[request.job_id] = name
+            requests.append(request)
+            progress.advance(task)
+    return names, requests
+
+
+def _collect(producer: Producer, names: dict[str, str], out: Path) -> tuple[list[Path], int]:
+    """Write each certificate as it arrives; return the files written and the refusal count."""
+    written: list[Path] = []
+    refused = 0
+    with Progress() as progress:
+        task = progress.add_task("signing", total=len(names))
+        for result in producer.results(list(names), timeout=300):
+            if result.ok and result.certificate_pem:
+                path = out / f"{names[result.job_id]}.cert.pem"
+                write_certificate(path, result.certificate_pem)
+                written.append(path)
+            else:
+                refused += 1
+                click.secho(f"{names[result.job_id]}: [{result.code}] {result.message}", fg="red")
+            progress.advance(task)
+    return written, refused
+
+
 @click.command()
 @click.option("--count", type=int, default=200, show_default=True, help="CSRs to have signed.")
 @click.option(
@@ -147,33 +178,10 @@ def demo(count: int, directory: Path) -> None:
         try:
             with Producer(embedded.broker_url, embedded.url, batch_size=100) as producer:
                 _wait_for_worker(producer.store, worker, log_path)
-                with Progress(transient=True) as progress:
-                    task = progress.add_task("making keys and CSRs", total=count)
-                    names: dict[str, str] = {}
-                    requests = []
-                    for index in range(count):
-                        name, request = _demo_request(index, out)
-                        names[request.job_id] = name
-                        requests.append(request)
-                        progress.advance(task)
+                names, requests = _make_requests(count, out)
                 start = time.perf_counter()
                 producer.submit_many(requests)
-                written: list[Path] = []
-                refused = 0
-                with Progress() as progress:
-                    task = progress.add_task("signing", total=count)
-                    for result in producer.results(list(names), timeout=300):
-                        if result.ok and result.certificate_pem:
-                            path = out / f"{names[result.job_id]}.cert.pem"
-                            write_certificate(path, result.certificate_pem)
-                            written.append(path)
-                        else:
-                            refused += 1
-                            click.secho(
-                                f"{names[result.job_id]}: [{result.code}] {result.message}",
-                                fg="red",
-                            )
-                        progress.advance(task)
+                written, refused = _collect(producer, names, out)
                 elapsed = time.perf_counter() - start
                 chain_path = out / "ca-chain.cert.pem"
                 write_certificate(chain_path, folder.chain_pem())

