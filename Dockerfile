@@ -1,0 +1,17 @@
+# casign: one image for the signer and for producers (docker-compose.yml picks the command).
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends softhsm2 opensc openssl \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY casign casign
+COPY keystore keystore
+COPY worker worker
+COPY producers producers
+COPY softhsm softhsm
+RUN pip install --no-cache-dir . \
+    && useradd --system --create-home --home-dir /var/lib/casign casign
+USER casign
+WORKDIR /var/lib/casign
+CMD ["casign", "--help"]
