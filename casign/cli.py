@@ -154,10 +154,11 @@ def init(
             intermediate_key_uri=intermediate_key_uri,
         ),
     )
-    if passphrase_file is None and intermediate_key_uri is None:
+    if passphrase_file is None:
+        unencrypted = "the root key is" if intermediate_key_uri else "the CA keys are"
         click.secho(
-            "warning: the CA keys are NOT encrypted (mode 0400); use --passphrase-file to "
-            "encrypt them, or --intermediate-key-uri to keep the intermediate key in an HSM",
+            f"warning: {unencrypted} NOT encrypted (files are mode 0400); use --passphrase-file "
+            "to encrypt them, and --intermediate-key-uri to keep the intermediate key in an HSM",
             fg="yellow",
             err=True,
         )

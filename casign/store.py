@@ -27,47 +27,76 @@ from casign.messages import JobResult
 REPLY_TTL_SECONDS = 24 * 3600
 _EXPORT_CHUNK = 5000
 
-_RESERVE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state then
-  local fields = redis.call('HMGET', KEYS[1], 'fingerprint', 'record', 'serial', 'code', 'message')
-  local pem = false
-  if state == 'issued' then pem = redis.call('HGET', KEYS[4], fields[3]) end
-  return {state, fields[1], fields[2], fields[3], fields[4], fields[5], pem}
+# The scripts name keys from the prefix they are given, so they suit a standalone Redis (or a
+# replicated one), not Redis Cluster. Each runs a whole batch atomically in one round trip.
+_RESERVE_BATCH = """
+local prefix = ARGV[1]
+local serials, pending, certs = prefix .. 'serials', prefix .. 'pending', prefix .. 'certs'
+local out = {}
+for i = 2, #ARGV, 4 do
+  local job_id, fingerprint, serial, record = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = prefix .. 'job:' .. job_id
+  local state = redis.call('HGET', key, 'state')
+  if state then
+    local f = redis.call('HMGET', key, 'fingerprint', 'record', 'serial', 'code', 'message')
+    local pem = false
+    if state == 'issued' then pem = redis.call('HGET', certs, f[3]) end
+    out[#out + 1] = {state, f[1], f[2], f[3], f[4], f[5], pem}
+  elseif redis.call('HSETNX', serials, serial, job_id) == 0 then
+    out[#out + 1] = {'serial_taken'}
+  else
+    redis.call('HSET', key, 'state', 'reserved', 'fingerprint', fingerprint, 'serial', serial,
+               'record', record)
+    redis.call('SADD', pending, job_id)
+    out[#out + 1] = {'reserved'}
+  end
 end
-if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[1]) == 0 then
-  return {'serial_taken'}
-end
-redis.call('HSET', KEYS[1], 'state', 'reserved', 'fingerprint', ARGV[2], 'serial', ARGV[3],
-           'record', ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[1])
-return {'reserved'}
+return out
 """
 
-_PUBLISH_ISSUED = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'issued' then return 0 end  -- an earlier delivery published (and replied) already
-local owner = redis.call('HGET', KEYS[6], ARGV[2])
-if owner and owner ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[6], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'issued', 'serial', ARGV[2], 'fingerprint', ARGV[5])
-redis.call('HDEL', KEYS[1], 'record')
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-redis.call('RPUSH', KEYS[4], ARGV[2])
-redis.call('SREM', KEYS[5], ARGV[1])
-if ARGV[6] ~= '' then
-  redis.call('RPUSH', KEYS[7], ARGV[6])
-  redis.call('EXPIRE', KEYS[7], ARGV[7])
+# ARGV: prefix, reply key ('' for none), reply TTL, number of issued jobs, then 5 values per
+# issued job, then 4 per refusal. A job already published by an earlier delivery is skipped,
+# reply included, so a job signed twice is published and answered once.
+_PUBLISH_BATCH = """
+local prefix, reply_key, ttl, issued_count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local serials, certs, index = prefix .. 'serials', prefix .. 'certs', prefix .. 'index'
+local order, pending = prefix .. 'index:order', prefix .. 'pending'
+local out = {}
+local last_issued = 4 + 5 * issued_count
+for i = 5, last_issued, 5 do
+  local job_id, serial, pem, line, fingerprint = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local key = prefix .. 'job:' .. job_id
+  local owner = redis.call('HGET', serials, serial)
+  if redis.call('HGET', key, 'state') == 'issued' then
+    out[#out + 1] = 0
+  elseif owner and owner ~= job_id then
+    out[#out + 1] = -1
+  else
+    redis.call('HSET', serials, serial, job_id)
+    redis.call('HSET', key, 'state', 'issued', 'serial', serial, 'fingerprint', fingerprint)
+    redis.call('HDEL', key, 'record')
+    redis.call('HSET', certs, serial, pem)
+    redis.call('HSET', index, serial, line)
+    redis.call('RPUSH', order, serial)
+    redis.call('SREM', pending, job_id)
+    if reply_key ~= '' then
+      redis.call('RPUSH', reply_key, cjson.encode({schema_version = 1, job_id = job_id,
+        status = 'issued', serial = serial, certificate_pem = pem, fingerprint = fingerprint}))
+    end
+    out[#out + 1] = 1
+  end
 end
-return 1
-"""
-
-_RECORD_REFUSAL = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'refused', 'fingerprint', ARGV[1], 'code', ARGV[2],
-           'message', ARGV[3])
-return 1
+for i = last_issued + 1, #ARGV, 4 do
+  local key = prefix .. 'job:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'state', 'refused', 'fingerprint', ARGV[i + 1], 'code', ARGV[i + 2],
+               'message', ARGV[i + 3])
+  end
+end
+if reply_key ~= '' and redis.call('EXISTS', reply_key) == 1 then
+  redis.call('EXPIRE', reply_key, ttl)
+end
+return out
 """
 
 P = ParamSpec("P")
@@ -131,16 +160,6 @@ class Issued:
     certificate_pem: str
     index_line: str
 
-    @property
-    def reply_json(self) -> str:
-        return JobResult(
-            job_id=self.job_id,
-            status="issued",
-            serial=self.serial,
-            certificate_pem=self.certificate_pem,
-            fingerprint=self.fingerprint,
-        ).model_dump_json(exclude_none=True)
-
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -156,9 +175,8 @@ class ResultsStore:
     def __init__(self, client: redis.Redis, prefix: str = "casign") -> None:
         self.client = client
         self.prefix = prefix.rstrip(":") + ":"
-        self._reserve = client.register_script(_RESERVE)
-        self._publish_issued = client.register_script(_PUBLISH_ISSUED)
-        self._record_refusal = client.register_script(_RECORD_REFUSAL)
+        self._reserve = client.register_script(_RESERVE_BATCH)
+        self._publish = client.register_script(_PUBLISH_BATCH)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:
@@ -187,21 +205,21 @@ class ResultsStore:
     def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
         """Record each intent before signing: its serial (never reused) and its TBS record."""
         intents = list(intents)
-        pipe = self.client.pipeline(transaction=False)
-        keys_common = (self.key("serials"), self.key("pending"), self.key("certs"))
+        if not intents:
+            return []
+        args: list[str] = [self.prefix]
         for intent in intents:
-            self._reserve(
-                keys=[self.job_key(intent.job_id), *keys_common],
-                args=[intent.job_id, intent.fingerprint, intent.serial, intent.record],
-                client=pipe,
-            )
+            args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
         reservations = []
-        for intent, reply in zip(intents, pipe.execute(), strict=True):
-            state = reply[0]
-            if state in {"reserved", "serial_taken"}:
+        for intent, reply in zip(intents, self._reserve(keys=[], args=args), strict=True):
+            state = _text(reply[0])
+            if len(reply) == 1:  # this call reserved the job, or found its serial taken
                 reservations.append(Reservation(intent.job_id, state))
                 continue
-            fingerprint, record, serial, code, message, pem = reply[1:7]
+            # The job was there already; one still 'reserved' is an earlier delivery's intent.
+            fingerprint, record, serial, code, message, pem = (
+                _optional_text(v) for v in reply[1:7]
+            )
             reservations.append(
                 Reservation(
                     intent.job_id,
@@ -224,48 +242,32 @@ class ResultsStore:
         other_replies: Iterable[JobResult],
         reply_to: str | None,
     ) -> None:
-        """Publish a batch in one round trip; each certificate with its index entry atomically.
+        """Publish a batch atomically in one round trip: certificates, index entries, refusals.
 
-        An issued job's reply is pushed by the same script that publishes it, so a job signed
-        twice (a redelivery racing the first delivery) is published and answered once.
+        `other_replies` (refusals, answers found in the store) go to the reply list too.
         """
+        issued, refusals = list(issued), list(refusals)
         reply_key = self.reply_key(reply_to) if reply_to else ""
-        pipe = self.client.pipeline(transaction=False)
-        issued_keys = (
-            self.key("certs"),
-            self.key("index"),
-            self.key("index:order"),
-            self.key("pending"),
-            self.key("serials"),
-        )
+        args: list[str | int] = [self.prefix, reply_key, REPLY_TTL_SECONDS, len(issued)]
         for item in issued:
-            self._publish_issued(
-                keys=[self.job_key(item.job_id), *issued_keys, reply_key],
-                args=[
-                    item.job_id,
-                    item.serial,
-                    item.certificate_pem,
-                    item.index_line,
-                    item.fingerprint,
-                    item.reply_json if reply_key else "",
-                    REPLY_TTL_SECONDS,
-                ],
-                client=pipe,
+            args += (
+                item.job_id,
+                item.serial,
+                item.certificate_pem,
+                item.index_line,
+                item.fingerprint,
             )
         for refusal in refusals:
-            self._record_refusal(
-                keys=[self.job_key(refusal.job_id)],
-                args=[refusal.fingerprint, refusal.code, refusal.message],
-                client=pipe,
-            )
+            args += (refusal.job_id, refusal.fingerprint, refusal.code, refusal.message)
         payloads = [reply.model_dump_json(exclude_none=True) for reply in other_replies]
+        pipe = self.client.pipeline(transaction=True)
         if reply_key and payloads:
             pipe.rpush(reply_key, *payloads)
-            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+        if issued or refusals or payloads:
+            self._publish(keys=[], args=args, client=pipe)
         outcomes = pipe.execute()
-        for outcome in outcomes:
-            if outcome == -1:
-                raise Retryable("a serial drawn for a job belongs to another job; not published")
+        if outcomes and -1 in outcomes[-1]:
+            raise Retryable("a serial drawn for a job belongs to another job; not published")
 
     @_translated
     def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:

@@ -19,9 +19,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from casign.errors import IssuanceFault, RefusalCode, Rejected, Retryable
-from casign.index import IndexEntry, format_serial
+from casign.index import IndexEntry, Status, format_serial, openssl_oneline
 from casign.messages import JobResult, parse_sign_request
 from casign.store import Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.authority import SigningAuthority, digest_algorithm
@@ -32,6 +33,11 @@ log = logging.getLogger("casign.issuance")
 
 SERIAL_BITS = 159  # BR 7.1: positive, below 2**159, at least 64 bits from a CSPRNG
 _MAX_SERIAL_DRAWS = 5
+# DER of the basicConstraints OID (2.5.29.19), and of the whole extension when it is the
+# non-critical, empty SEQUENCE that means CA:FALSE (RFC 5280 4.2.1.9): checked on the signed
+# bytes without parsing every extension back.
+_BASIC_CONSTRAINTS_OID = bytes.fromhex("0603551d13")
+_BASIC_CONSTRAINTS_END_ENTITY = bytes.fromhex("0603551d1304023000")
 
 
 def draw_serial() -> int:
@@ -134,13 +140,32 @@ def make_record(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Applicant:
+    """What a certificate takes from its CSR, parsed once: the subject and the public key."""
+
+    subject: x509.Name
+    public_key: CertificatePublicKeyTypes
+
+    @classmethod
+    def from_csr_pem(cls, csr_pem: str) -> Applicant:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        return cls(csr.subject, csr.public_key())
+
+    @property
+    def public_key_der(self) -> bytes:
+        return self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
 def build_tbs(
     record: IssuanceRecord,
-    csr: x509.CertificateSigningRequest,
+    applicant: Applicant,
     authority: SigningAuthority,
 ) -> x509.CertificateBuilder:
     """The to-be-signed certificate, a pure function of the record and the CA."""
-    public_key = csr.public_key()
+    public_key = applicant.public_key
     profile_extensions = authority.extensions_for(record.profile)
     rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
     pairs: list[tuple[x509.ExtensionType, bool]] = list(profile_extensions.before_key_ids)
@@ -153,7 +178,7 @@ def build_tbs(
         pairs.append((x509.SubjectAlternativeName(names), False))
     return x509.CertificateBuilder(
         issuer_name=authority.intermediate.subject,
-        subject_name=csr.subject,
+        subject_name=applicant.subject,
         public_key=public_key,
         serial_number=record.serial,
         not_valid_before=record.not_before,
@@ -172,7 +197,7 @@ def sign(
 def verify_issued(
     certificate: x509.Certificate,
     record: IssuanceRecord,
-    csr: x509.CertificateSigningRequest,
+    applicant: Applicant,
     authority: SigningAuthority,
     now: datetime,
 ) -> None:
@@ -184,27 +209,31 @@ def verify_issued(
             f"job {record.job_id}: the issued certificate does not verify against the "
             f"intermediate ({type(exc).__name__})"
         ) from exc
-    for ca in (authority.intermediate, authority.root):
-        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
-            raise IssuanceFault(
-                f"job {record.job_id}: CA {ca.subject.rfc4514_string()} is not valid now"
-            )
-    if not certificate.not_valid_before_utc <= now + timedelta(seconds=5):
-        raise IssuanceFault(f"job {record.job_id}: certificate is not yet valid")
     if (
         certificate.serial_number != record.serial
         or certificate.not_valid_after_utc != record.not_after
-        or certificate.subject != csr.subject
-        or certificate.public_key() != csr.public_key()
+        # The exact DER of the subject's key must be what was signed (cheaper than parsing).
+        or applicant.public_key_der not in certificate.tbs_certificate_bytes
+        or certificate.not_valid_before_utc > now + timedelta(seconds=5)
     ):
         raise IssuanceFault(f"job {record.job_id}: the signed certificate differs from its record")
-    constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    if constraints.ca:
+    tbs = certificate.tbs_certificate_bytes
+    if tbs.count(_BASIC_CONSTRAINTS_OID) != 1 or _BASIC_CONSTRAINTS_END_ENTITY not in tbs:
         raise IssuanceFault(f"job {record.job_id}: refusing to hand out a CA certificate")
 
 
 def to_pem(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def index_line(item: _Work) -> str:
+    """The job's `index.txt` line, from what the certificate was built of."""
+    return IndexEntry(
+        status=Status.VALID,
+        expires=item.record.not_after,
+        serial=item.record.serial,
+        subject=openssl_oneline(item.applicant.subject),
+    ).to_openssl_line()
 
 
 def _stamped(result: JobResult, fingerprints: dict[str, str]) -> JobResult:
@@ -219,7 +248,7 @@ def _refused(job_id: str, code: str, message: str) -> JobResult:
 @dataclass
 class _Work:
     record: IssuanceRecord
-    csr: x509.CertificateSigningRequest
+    applicant: Applicant
 
 
 class BatchSigner:
@@ -266,11 +295,12 @@ class BatchSigner:
                 results[request.job_id] = _refused(request.job_id, refusal.code, refusal.message)
                 refusals.append(Refusal(request.job_id, fingerprint, refusal.code, refusal.message))
                 continue
-            work[request.job_id] = _Work(record, checked.csr)
+            work[request.job_id] = _Work(record, Applicant(checked.subject, checked.public_key))
             intents[request.job_id] = Intent(
                 request.job_id, fingerprint, format_serial(record.serial), self._record_json(record)
             )
 
+        self.authority.check_own_chain(now)
         self._reserve(work, intents, results)
         answered = [_stamped(result, fingerprints) for result in results.values()]
         issued = self._sign_all(work, now, results)
@@ -345,29 +375,21 @@ class BatchSigner:
     ) -> list[Issued]:
         issued: list[Issued] = []
         for job_id, item in work.items():
-            certificate = self.issue_record(item.record, item.csr, now)
+            certificate = self.issue_record(item.record, item.applicant, now)
             pem = to_pem(certificate)
             serial = format_serial(item.record.serial)
-            issued.append(
-                Issued(
-                    job_id,
-                    item.record.fingerprint,
-                    serial,
-                    pem,
-                    IndexEntry.for_certificate(certificate).to_openssl_line(),
-                )
-            )
+            issued.append(Issued(job_id, item.record.fingerprint, serial, pem, index_line(item)))
             results[job_id] = JobResult(
                 job_id=job_id, status="issued", serial=serial, certificate_pem=pem
             )
         return issued
 
     def issue_record(
-        self, record: IssuanceRecord, csr: x509.CertificateSigningRequest, now: datetime
+        self, record: IssuanceRecord, applicant: Applicant, now: datetime
     ) -> x509.Certificate:
         """build_tbs -> sign -> verify_issued for one stored record."""
-        certificate = sign(build_tbs(record, csr, self.authority), record, self.authority)
-        verify_issued(certificate, record, csr, self.authority, now)
+        certificate = sign(build_tbs(record, applicant, self.authority), record, self.authority)
+        verify_issued(certificate, record, applicant, self.authority, now)
         return certificate
 
     def report_failure(
@@ -392,11 +414,11 @@ class BatchSigner:
         now = datetime.now(UTC)
         for job_id, text in self.store.pending_records():
             record = IssuanceRecord.from_json(text)
-            csr = x509.load_pem_x509_csr(record.csr_pem.encode())
-            certificate = self.issue_record(record, csr, now)
+            applicant = Applicant.from_csr_pem(record.csr_pem)
+            certificate = self.issue_record(record, applicant, now)
             serial = format_serial(record.serial)
             pem = to_pem(certificate)
-            line = IndexEntry.for_certificate(certificate).to_openssl_line()
+            line = index_line(_Work(record, applicant))
             self.store.publish(
                 [Issued(job_id, record.fingerprint, serial, pem, line)], [], [], record.reply_to
             )

@@ -9,7 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from casign.errors import RefusalCode as Code
@@ -65,6 +67,8 @@ class CheckedRequest:
 
     request: SignRequest
     csr: x509.CertificateSigningRequest
+    subject: x509.Name
+    public_key: CertificatePublicKeyTypes
     profile: Profile
     subject_alternative_names: tuple[x509.GeneralName, ...]
     days: int
@@ -82,13 +86,15 @@ def check_request(
         )
     days = check_validity(profile, request.days)
     csr = parse_csr(request.csr_pem)
-    check_public_key(csr.public_key())
-    if not csr.is_signature_valid:
+    public_key = read_public_key(csr)
+    check_public_key(public_key)
+    if not signature_verifies(csr):
         raise Rejected(Code.CSR_BAD_SIGNATURE, "the CSR's signature does not verify with its key")
-    common_name = check_subject(csr.subject, profile, ca_common_names)
+    subject = read_subject(csr)
+    common_name = check_subject(subject, profile, ca_common_names)
     requested = check_requested_extensions(csr)
     names = resolve_subject_alternative_names(profile, common_name, requested, request.san)
-    return CheckedRequest(request, csr, profile, names, days)
+    return CheckedRequest(request, csr, subject, public_key, profile, names, days)
 
 
 def check_validity(profile: Profile, requested: int | None) -> int:
@@ -116,8 +122,43 @@ def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
         )
     try:
         return x509.load_pem_x509_csr(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise Rejected(Code.CSR_MALFORMED, "the CSR's PEM or DER encoding is broken") from None
+
+
+# cryptography decodes a CSR's key, subject and extensions lazily, on first access, and a
+# hostile encoding there raises ValueError, KeyError (an ASN.1 string type it has no name for)
+# or UnsupportedAlgorithm rather than failing in load_pem_x509_csr.
+
+
+def read_public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
+    try:
+        return csr.public_key()
+    except UnsupportedAlgorithm:
+        raise Rejected(
+            Code.KEY_UNSUPPORTED, "the CSR's subjectPublicKeyInfo algorithm is not supported"
+        ) from None
+    except ValueError:
+        raise Rejected(
+            Code.CSR_MALFORMED, "the CSR's subjectPublicKeyInfo does not parse"
+        ) from None
+
+
+def signature_verifies(csr: x509.CertificateSigningRequest) -> bool:
+    try:
+        return csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def read_subject(csr: x509.CertificateSigningRequest) -> x509.Name:
+    try:
+        return csr.subject
+    except (ValueError, KeyError):
+        raise Rejected(
+            Code.CSR_MALFORMED,
+            "the CSR's subject does not parse (a value's string type or encoding)",
+        ) from None
 
 
 def check_public_key(key: object) -> None:
@@ -177,7 +218,7 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
     if len(common_names) > 1:
         raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has more than one commonName (CN)")
     common_name = str(common_names[0].value)
-    if common_name.casefold() in {cn.casefold() for cn in ca_common_names}:
+    if _comparable_name(common_name) in {_comparable_name(cn) for cn in ca_common_names}:
         raise Rejected(
             Code.SUBJECT_CN_IS_CA,
             f"subject CN {common_name!r} is the root's or the intermediate's CN",
@@ -196,7 +237,7 @@ def check_requested_extensions(csr: x509.CertificateSigningRequest) -> list[x509
     """Refuse requests for CA powers; return the requested SANs (nothing else is ever copied)."""
     try:
         extensions = list(csr.extensions)
-    except (ValueError, x509.DuplicateExtension) as exc:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise Rejected(
             Code.CSR_MALFORMED, f"the CSR's requested extensions do not parse ({exc})"
         ) from None
@@ -230,13 +271,23 @@ def parse_san_text(text: str) -> x509.GeneralName:
             Code.SAN_MALFORMED, f"SAN {text!r} is not DNS:, IP:, email: or URI: followed by a value"
         )
     value = value.strip()
-    if kind_name == "DNS":
-        return x509.DNSName(value)
     if kind_name == "IP":
         try:
-            return x509.IPAddress(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise Rejected(Code.SAN_MALFORMED, f"SAN {text!r} is not an IP address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise Rejected(
+                Code.SAN_MALFORMED, f"SAN {text!r} has a scope id, which no certificate can hold"
+            )
+        return x509.IPAddress(address)
+    if not value.isascii():
+        # cryptography takes A-labels only (RFC 5280 7.2-7.4); U-labels raise ValueError.
+        raise Rejected(
+            Code.SAN_MALFORMED, f"SAN {text!r} is not ASCII (write a domain name as xn-- A-labels)"
+        )
+    if kind_name == "DNS":
+        return x509.DNSName(value)
     if kind_name == "email":
         return x509.RFC822Name(value)
     return x509.UniformResourceIdentifier(value)
@@ -278,9 +329,15 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
             f"SAN {_describe_general_name(name)} is not allowed by the {profile.name} profile "
             f"(allowed: {', '.join(profile.san_types)})",
         )
+    if isinstance(name, x509.IPAddress) and not isinstance(
+        name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+    ):
+        raise Rejected(Code.SAN_MALFORMED, f"SAN IP:{name.value} is a network, not an address")
     value = str(name.value)
     if any(unicodedata.category(char) == "Cc" for char in value):
         raise Rejected(Code.SAN_MALFORMED, f"SAN {kind} contains a control character")
+    if not value.isascii():
+        raise Rejected(Code.SAN_MALFORMED, f"SAN {kind}:{value!r} is not ASCII")
     if isinstance(name, x509.DNSName):
         if value.startswith("*.") and not profile.wildcards:
             raise Rejected(
@@ -301,6 +358,8 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
 
 def is_dns_name(text: str, wildcard: bool) -> bool:
     """A fully qualified LDH domain name (RFC 1035 2.3.1), at least two labels, ASCII only."""
+    if not text.isascii():  # before lower(): KELVIN SIGN U+212A lower-cases to an ASCII 'k'
+        return False
     name = text.lower().removesuffix(".")
     if wildcard and name.startswith("*."):
         name = name[2:]
@@ -311,6 +370,11 @@ def is_dns_name(text: str, wildcard: bool) -> bool:
         and all(_DNS_LABEL.match(label) for label in labels)
         and not labels[-1].isdigit()
     )
+
+
+def _comparable_name(text: str) -> str:
+    """A CN as a reader sees it: NFKC, runs of white space as one space, case folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
 def _is_ip_address(text: str) -> bool:
