@@ -31,6 +31,12 @@ class RefusalCode(StrEnum):
     VALIDITY_TOO_LONG = "request.validity_too_long"
     JOB_MALFORMED = "request.malformed"
     JOB_ID_REUSED = "request.job_id_reused"
+    AUTH_UNSIGNED = "auth.unsigned"
+    AUTH_UNKNOWN_PRODUCER = "auth.unknown_producer"
+    AUTH_BAD_SIGNATURE = "auth.bad_signature"
+    AUTH_PROFILE_NOT_ALLOWED = "auth.profile_not_allowed"
+    AUTH_NAME_NOT_ALLOWED = "auth.name_not_allowed"
+    AUTH_RATE_LIMITED = "auth.rate_limited"
 
 
 class SigningError(Exception):

@@ -52,6 +52,8 @@ class SignBatch(_Message):
 
     schema_version: Literal[1] = 1
     reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
+    producer: Annotated[str, StringConstraints(max_length=64)] | None = None
+    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # casign.auth
     # Each job is validated on its own so one malformed job cannot sink its neighbours.
     jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from casign.errors import Retryable
@@ -54,16 +55,19 @@ end
 return out
 """
 
-# ARGV: prefix, reply key ('' for none), reply TTL, number of issued jobs, then 5 values per
-# issued job, then 4 per refusal. A job already published by an earlier delivery is skipped,
+# ARGV: prefix, reply key ('' for none), reply TTL, number of issued jobs, number of refusals,
+# then 6 values per issued job (its audit line last), 4 per refusal, then other audit lines.
+# Audit lines are chained here (see casign.audit), in the same step as what they record. A job already published by an earlier delivery is skipped,
 # reply included, so a job signed twice is published and answered once.
 _PUBLISH_BATCH = """
-local prefix, reply_key, ttl, issued_count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local prefix, reply_key, ttl = ARGV[1], ARGV[2], ARGV[3]
+local issued_count, refusal_count = tonumber(ARGV[4]), tonumber(ARGV[5])
 local serials, certs, index = prefix .. 'serials', prefix .. 'certs', prefix .. 'index'
 local order, pending = prefix .. 'index:order', prefix .. 'pending'
-local out = {}
-local last_issued = 4 + 5 * issued_count
-for i = 5, last_issued, 5 do
+local out, audit = {}, {}
+local last_issued = 5 + 6 * issued_count
+local last_refusal = last_issued + 4 * refusal_count
+for i = 6, last_issued, 6 do
   local job_id, serial, pem, line, fingerprint = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local key = prefix .. 'job:' .. job_id
   local owner = redis.call('HGET', serials, serial)
@@ -83,15 +87,25 @@ for i = 5, last_issued, 5 do
       redis.call('RPUSH', reply_key, cjson.encode({schema_version = 1, job_id = job_id,
         status = 'issued', serial = serial, certificate_pem = pem, fingerprint = fingerprint}))
     end
+    audit[#audit + 1] = ARGV[i + 5]
     out[#out + 1] = 1
   end
 end
-for i = last_issued + 1, #ARGV, 4 do
+for i = last_issued + 1, last_refusal, 4 do
   local key = prefix .. 'job:' .. ARGV[i]
   if redis.call('EXISTS', key) == 0 then
     redis.call('HSET', key, 'state', 'refused', 'fingerprint', ARGV[i + 1], 'code', ARGV[i + 2],
                'message', ARGV[i + 3])
   end
+end
+for i = last_refusal + 1, #ARGV do audit[#audit + 1] = ARGV[i] end
+if #audit > 0 then
+  local head = redis.call('GET', prefix .. 'audit:head') or string.rep('0', 40)
+  for _, entry in ipairs(audit) do
+    head = redis.sha1hex(head .. '\\n' .. entry)
+    redis.call('RPUSH', prefix .. 'audit', head .. ' ' .. entry)
+  end
+  redis.call('SET', prefix .. 'audit:head', head)
 end
 if reply_key ~= '' and redis.call('EXISTS', reply_key) == 1 then
   redis.call('EXPIRE', reply_key, ttl)
@@ -159,6 +173,7 @@ class Issued:
     serial: str
     certificate_pem: str
     index_line: str
+    audit_line: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +192,7 @@ class ResultsStore:
         self.prefix = prefix.rstrip(":") + ":"
         self._reserve = client.register_script(_RESERVE_BATCH)
         self._publish = client.register_script(_PUBLISH_BATCH)
+        self._scripts: dict[str, Script] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:
@@ -241,6 +257,7 @@ class ResultsStore:
         refusals: Iterable[Refusal],
         other_replies: Iterable[JobResult],
         reply_to: str | None,
+        audit_lines: Iterable[str] = (),
     ) -> None:
         """Publish a batch atomically in one round trip: certificates, index entries, refusals.
 
@@ -248,7 +265,13 @@ class ResultsStore:
         """
         issued, refusals = list(issued), list(refusals)
         reply_key = self.reply_key(reply_to) if reply_to else ""
-        args: list[str | int] = [self.prefix, reply_key, REPLY_TTL_SECONDS, len(issued)]
+        args: list[str | int] = [
+            self.prefix,
+            reply_key,
+            REPLY_TTL_SECONDS,
+            len(issued),
+            len(refusals),
+        ]
         for item in issued:
             args += (
                 item.job_id,
@@ -256,18 +279,44 @@ class ResultsStore:
                 item.certificate_pem,
                 item.index_line,
                 item.fingerprint,
+                item.audit_line,
             )
         for refusal in refusals:
             args += (refusal.job_id, refusal.fingerprint, refusal.code, refusal.message)
+        audit_lines = list(audit_lines)
+        args += audit_lines
         payloads = [reply.model_dump_json(exclude_none=True) for reply in other_replies]
         pipe = self.client.pipeline(transaction=True)
         if reply_key and payloads:
             pipe.rpush(reply_key, *payloads)
-        if issued or refusals or payloads:
+        publishes = bool(issued or refusals or audit_lines)
+        if publishes:
             self._publish(keys=[], args=args, client=pipe)
         outcomes = pipe.execute()
-        if outcomes and -1 in outcomes[-1]:
+        if publishes and -1 in outcomes[-1]:
             raise Retryable("a serial drawn for a job belongs to another job; not published")
+
+    def script(self, source: str) -> Script:
+        """A Lua script registered once per store (for the signer's rate limits and the like)."""
+        registered = self._scripts.get(source)
+        if registered is None:
+            registered = self._scripts[source] = self.client.register_script(source)
+        return registered
+
+    @_translated
+    def audit_entries(self) -> Iterator[str]:
+        """The audit log's stored `HASH JSON` entries, oldest first, read in chunks."""
+        start = 0
+        while True:
+            chunk = self.client.lrange(self.key("audit"), start, start + _EXPORT_CHUNK - 1)
+            if not chunk:
+                return
+            yield from (_text(entry) for entry in chunk)
+            start += len(chunk)
+
+    @_translated
+    def audit_head(self) -> str | None:
+        return _optional_text(self.client.get(self.key("audit:head")))
 
     @_translated
     def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:

@@ -12,6 +12,7 @@ from types import TracebackType
 
 from celery import Celery
 
+from casign.auth import read_secret, sign_batch
 from casign.messages import JobResult, SignBatch, SignRequest
 from casign.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from casign.store import ResultsStore
@@ -33,7 +34,14 @@ class Producer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         requester: str | None = None,
         queue: str = SIGN_QUEUE,
+        identity: str | None = None,
+        secret_source: str | None = None,
     ) -> None:
+        """`identity` and `secret_source` (`file:PATH` or `env:VAR`) sign every batch (HMAC)."""
+        if (identity is None) != (secret_source is None):
+            raise ValueError("a producer identity and its secret_source go together")
+        self.identity = identity
+        self._secret = read_secret(secret_source) if secret_source else None
         self.batch_size = batch_size
         self.queue = queue
         self.requester = requester
@@ -111,9 +119,12 @@ class Producer:
     def _send(self, requests: list[SignRequest]) -> None:
         for request in requests:
             self._fingerprints[request.job_id] = request.fingerprint()
+        jobs = [request.model_dump(exclude_none=True) for request in requests]
+        signature = None
+        if self.identity is not None and self._secret is not None:
+            signature = sign_batch(self._secret, self.identity, self.reply_to, jobs)
         batch = SignBatch(
-            reply_to=self.reply_to,
-            jobs=[request.model_dump(exclude_none=True) for request in requests],
+            reply_to=self.reply_to, producer=self.identity, signature=signature, jobs=jobs
         )
         self._celery.send_task(
             SIGN_BATCH_TASK, args=[batch.model_dump()], queue=self.queue, ignore_result=True

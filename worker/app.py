@@ -14,7 +14,9 @@ from casign.errors import Retryable, SigningError
 from casign.messages import SignBatch, describe_validation_error
 from casign.queue import SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from casign.store import ResultsStore
+from worker.access import AccessPolicy
 from worker.authority import load_authority
+from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
 
 log = logging.getLogger("casign.worker")
@@ -39,7 +41,13 @@ def signer() -> BatchSigner:
             os.environ[ENV_STORE_URL], os.environ.get(ENV_STORE_PREFIX, "casign")
         )
         store.set_chain(authority.chain_pem)
-        _signer, _signer_pid = BatchSigner(authority, store), os.getpid()
+        folder = CAFolder(Path(os.environ[ENV_CA_DIR]))
+        access = AccessPolicy.load(folder.producers_path)
+        if access is None:
+            log.warning(
+                "%s is absent: this signer accepts batches from any producer", folder.producers_path
+            )
+        _signer, _signer_pid = BatchSigner(authority, store, access), os.getpid()
     return _signer
 
 
@@ -84,7 +92,10 @@ def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
             # The key or the store cannot be opened now (HSM gone, PIN changed): retry later.
             raise Retryable(str(exc)) from exc
         try:
-            return len(batch_signer.sign_batch(parsed.jobs, parsed.reply_to))
+            results = batch_signer.sign_batch(
+                parsed.jobs, parsed.reply_to, parsed.producer, parsed.signature
+            )
+            return len(results)
         except Retryable:
             raise
         except Exception as exc:

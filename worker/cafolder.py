@@ -70,6 +70,10 @@ class CAFolder:
         return self.intermediate / "profiles.toml"
 
     @property
+    def producers_path(self) -> Path:
+        return self.intermediate / "producers.toml"
+
+    @property
     def settings_path(self) -> Path:
         return self.intermediate / SETTINGS_NAME
 

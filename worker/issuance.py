@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from casign.audit import audit_line
 from casign.errors import IssuanceFault, RefusalCode, Rejected, Retryable
 from casign.index import IndexEntry, Status, format_serial, openssl_oneline
 from casign.messages import JobResult, parse_sign_request
 from casign.store import Intent, Issued, Refusal, Reservation, ResultsStore
+from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.policy import CheckedRequest, check_request, parse_san_text
 from worker.profiles import Profile
@@ -251,61 +253,144 @@ class _Work:
     applicant: Applicant
 
 
+@dataclass
+class _Batch:
+    """What one batch has come to so far."""
+
+    now: datetime
+    reply_to: str | None
+    order: list[str] = field(default_factory=list)
+    results: dict[str, JobResult] = field(default_factory=dict)
+    refusals: list[Refusal] = field(default_factory=list)
+    work: dict[str, _Work] = field(default_factory=dict)
+    intents: dict[str, Intent] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    requesters: dict[str, str | None] = field(default_factory=dict)
+    profiles: dict[str, str] = field(default_factory=dict)
+    audit: list[str] = field(default_factory=list)
+
+    def refuse(self, job_id: str, refusal: Rejected, record: bool) -> None:
+        """Answer `job_id` with `refusal`; `record` keeps it under the job id for redeliveries."""
+        self.results[job_id] = _refused(job_id, refusal.code, refusal.message)
+        self.work.pop(job_id, None)
+        self.intents.pop(job_id, None)
+        fingerprint = self.fingerprints.get(job_id)
+        if record and fingerprint is not None:
+            self.refusals.append(Refusal(job_id, fingerprint, refusal.code, refusal.message))
+        self.audit.append(
+            audit_line(
+                "refused",
+                job_id=job_id,
+                requester=self.requesters.get(job_id),
+                profile=self.profiles.get(job_id),
+                reason=refusal.code,
+                when=self.now,
+            )
+        )
+
+
 class BatchSigner:
     """Signs batches of jobs for one authority, publishing each batch in one round trip."""
 
-    def __init__(self, authority: SigningAuthority, store: ResultsStore) -> None:
+    def __init__(
+        self,
+        authority: SigningAuthority,
+        store: ResultsStore,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self.authority = authority
         self.store = store
+        self.access = access
         self._profile_json: dict[str, tuple[Profile, dict[str, Any]]] = {}
 
     def sign_batch(
-        self, raw_jobs: Iterable[object], reply_to: str | None = None
+        self,
+        raw_jobs: Iterable[object],
+        reply_to: str | None = None,
+        producer: str | None = None,
+        signature: str | None = None,
     ) -> list[JobResult]:
         """Sign, verify and publish every acceptable job; refuse the rest with a code."""
-        now = datetime.now(UTC)
-        results: dict[str, JobResult] = {}
-        refusals: list[Refusal] = []
-        work: dict[str, _Work] = {}
-        intents: dict[str, Intent] = {}
-        order: list[str] = []
-        fingerprints: dict[str, str] = {}
-
-        for raw in raw_jobs:
+        jobs = list(raw_jobs)
+        identity: AllowedProducer | None = None
+        if self.access is not None:
             try:
-                request = parse_sign_request(raw)
-            except ValueError as exc:
-                job_id = raw.get("job_id") if isinstance(raw, dict) else None
-                if isinstance(job_id, str) and 0 < len(job_id) <= 128:
-                    order.append(job_id)
-                    results[job_id] = _refused(job_id, RefusalCode.JOB_MALFORMED, str(exc))
-                else:
-                    log.warning("dropped a job without a usable job_id: %s", exc)
-                continue
-            if request.job_id in results or request.job_id in work:
-                continue  # the same job twice in one batch: one answer serves both
-            order.append(request.job_id)
-            fingerprint = fingerprints[request.job_id] = request.fingerprint()
-            try:
-                checked = check_request(
-                    request, self.authority.profiles, self.authority.common_names
-                )
-                record = make_record(checked, self.authority, now, reply_to, fingerprint)
+                identity = self.access.authenticate(producer, signature, reply_to, jobs)
             except Rejected as refusal:
-                results[request.job_id] = _refused(request.job_id, refusal.code, refusal.message)
-                refusals.append(Refusal(request.job_id, fingerprint, refusal.code, refusal.message))
-                continue
-            work[request.job_id] = _Work(record, Applicant(checked.subject, checked.public_key))
-            intents[request.job_id] = Intent(
-                request.job_id, fingerprint, format_serial(record.serial), self._record_json(record)
-            )
+                return self._refuse_whole_batch(jobs, reply_to, producer, refusal)
+        batch = _Batch(now=datetime.now(UTC), reply_to=reply_to)
+        for raw in jobs:
+            self._admit(raw, batch, identity)
+        if identity is not None and self.access is not None and batch.work:
+            granted = self.access.take_tokens(self.store, identity, len(batch.work))
+            for job_id in list(batch.work)[granted:]:
+                batch.refuse(
+                    job_id,
+                    Rejected(
+                        RefusalCode.AUTH_RATE_LIMITED,
+                        f"producer {identity.name!r} is over its rate; retry later",
+                    ),
+                    record=False,
+                )
+        self.authority.check_own_chain(batch.now)
+        self._reserve(batch)
+        answered = [_stamped(result, batch.fingerprints) for result in batch.results.values()]
+        issued = self._sign_all(batch)
+        self.store.publish(issued, batch.refusals, answered, reply_to, batch.audit)
+        return [_stamped(batch.results[job_id], batch.fingerprints) for job_id in batch.order]
 
-        self.authority.check_own_chain(now)
-        self._reserve(work, intents, results)
-        answered = [_stamped(result, fingerprints) for result in results.values()]
-        issued = self._sign_all(work, now, results)
-        self.store.publish(issued, refusals, answered, reply_to)
-        return [_stamped(results[job_id], fingerprints) for job_id in order]
+    def _admit(self, raw: object, batch: _Batch, identity: AllowedProducer | None) -> None:
+        """Parse and check one job; it joins `batch.work` or gets its refusal."""
+        try:
+            request = parse_sign_request(raw)
+        except ValueError as exc:
+            job_id = raw.get("job_id") if isinstance(raw, dict) else None
+            if isinstance(job_id, str) and 0 < len(job_id) <= 128:
+                batch.order.append(job_id)
+                batch.refuse(job_id, Rejected(RefusalCode.JOB_MALFORMED, str(exc)), record=False)
+            else:
+                log.warning("dropped a job without a usable job_id: %s", exc)
+            return
+        job_id = request.job_id
+        if job_id in batch.results or job_id in batch.work:
+            return  # the same job twice in one batch: one answer serves both
+        batch.order.append(job_id)
+        fingerprint = batch.fingerprints[job_id] = request.fingerprint()
+        requester = identity.name if identity is not None else request.requester
+        batch.requesters[job_id] = requester
+        batch.profiles[job_id] = request.profile
+        try:
+            checked = check_request(request, self.authority.profiles, self.authority.common_names)
+            if identity is not None:
+                check_allowed(
+                    identity, request.profile, checked.subject, checked.subject_alternative_names
+                )
+            record = make_record(checked, self.authority, batch.now, batch.reply_to, fingerprint)
+        except Rejected as refusal:
+            batch.refuse(job_id, refusal, record=True)
+            return
+        record = replace(record, requester=requester)
+        batch.work[job_id] = _Work(record, Applicant(checked.subject, checked.public_key))
+        batch.intents[job_id] = Intent(
+            job_id, fingerprint, format_serial(record.serial), self._record_json(record)
+        )
+
+    def _refuse_whole_batch(
+        self, jobs: list[object], reply_to: str | None, producer: str | None, refusal: Rejected
+    ) -> list[JobResult]:
+        """An unauthenticated batch: answer and audit every job; record nothing under its ids."""
+        log.warning("refused a batch of %d job(s): %s", len(jobs), refusal)
+        results = [
+            _refused(raw["job_id"], refusal.code, refusal.message)
+            for raw in jobs
+            if isinstance(raw, dict) and isinstance(raw.get("job_id"), str)
+        ]
+        lines = [
+            audit_line("refused", job_id=result.job_id, requester=producer, reason=refusal.code)
+            for result in results
+        ] or [audit_line("refused", requester=producer, reason=refusal.code)]
+        self.store.publish([], [], results, reply_to, lines)
+        return results
 
     def _record_json(self, record: IssuanceRecord) -> str:
         cached = self._profile_json.get(record.profile.name)
@@ -314,22 +399,23 @@ class BatchSigner:
             self._profile_json[record.profile.name] = cached
         return record.to_json(cached[1])
 
-    def _reserve(
-        self, work: dict[str, _Work], intents: dict[str, Intent], results: dict[str, JobResult]
-    ) -> None:
+    def _reserve(self, batch: _Batch) -> None:
         """Store every intent; settle redeliveries and reused job ids from what is found."""
+        intents = batch.intents
         for _ in range(_MAX_SERIAL_DRAWS):
             if not intents:
                 return
             retry: dict[str, Intent] = {}
             for reservation in self.store.reserve(intents.values()):
                 job_id = reservation.job_id
-                outcome = self._settle(reservation, work[job_id], intents[job_id])
+                outcome = self._settle(reservation, batch.work[job_id], intents[job_id])
                 if outcome is None:
                     continue
-                if isinstance(outcome, JobResult):
-                    results[job_id] = outcome
-                    del work[job_id]
+                if isinstance(outcome, Rejected):
+                    batch.refuse(job_id, outcome, record=False)
+                elif isinstance(outcome, JobResult):
+                    batch.results[job_id] = outcome
+                    del batch.work[job_id]
                 else:
                     retry[job_id] = outcome
             intents = retry
@@ -337,8 +423,11 @@ class BatchSigner:
 
     def _settle(
         self, reservation: Reservation, item: _Work, intent: Intent
-    ) -> JobResult | Intent | None:
-        """None: sign `item` as it is. A JobResult: answered already. An Intent: try again."""
+    ) -> JobResult | Rejected | Intent | None:
+        """None: sign `item` as it is. A JobResult: answered before; Rejected: refuse it now.
+
+        An Intent: try again with a new serial.
+        """
         if reservation.state == "reserved":
             return None
         if reservation.state == "serial_taken":
@@ -350,8 +439,7 @@ class BatchSigner:
                 self._record_json(item.record),
             )
         if reservation.fingerprint != intent.fingerprint:
-            return _refused(
-                intent.job_id,
+            return Rejected(
                 RefusalCode.JOB_ID_REUSED,
                 f"job id {intent.job_id!r} was already used for a different request",
             )
@@ -370,19 +458,36 @@ class BatchSigner:
         item.record = stored
         return None
 
-    def _sign_all(
-        self, work: dict[str, _Work], now: datetime, results: dict[str, JobResult]
-    ) -> list[Issued]:
+    def _sign_all(self, batch: _Batch) -> list[Issued]:
         issued: list[Issued] = []
-        for job_id, item in work.items():
-            certificate = self.issue_record(item.record, item.applicant, now)
-            pem = to_pem(certificate)
-            serial = format_serial(item.record.serial)
-            issued.append(Issued(job_id, item.record.fingerprint, serial, pem, index_line(item)))
-            results[job_id] = JobResult(
-                job_id=job_id, status="issued", serial=serial, certificate_pem=pem
+        for job_id, item in batch.work.items():
+            issued.append(self._issue(job_id, item, batch.now))
+            batch.results[job_id] = JobResult(
+                job_id=job_id,
+                status="issued",
+                serial=issued[-1].serial,
+                certificate_pem=issued[-1].certificate_pem,
             )
         return issued
+
+    def _issue(self, job_id: str, item: _Work, now: datetime) -> Issued:
+        certificate = self.issue_record(item.record, item.applicant, now)
+        serial = format_serial(item.record.serial)
+        return Issued(
+            job_id,
+            item.record.fingerprint,
+            serial,
+            to_pem(certificate),
+            index_line(item),
+            audit_line(
+                "issued",
+                job_id=job_id,
+                requester=item.record.requester,
+                serial=serial,
+                profile=item.record.profile.name,
+                when=now,
+            ),
+        )
 
     def issue_record(
         self, record: IssuanceRecord, applicant: Applicant, now: datetime
@@ -414,15 +519,14 @@ class BatchSigner:
         now = datetime.now(UTC)
         for job_id, text in self.store.pending_records():
             record = IssuanceRecord.from_json(text)
-            applicant = Applicant.from_csr_pem(record.csr_pem)
-            certificate = self.issue_record(record, applicant, now)
-            serial = format_serial(record.serial)
-            pem = to_pem(certificate)
-            line = index_line(_Work(record, applicant))
-            self.store.publish(
-                [Issued(job_id, record.fingerprint, serial, pem, line)], [], [], record.reply_to
-            )
+            issued = self._issue(job_id, _Work(record, Applicant.from_csr_pem(record.csr_pem)), now)
+            self.store.publish([issued], [], [], record.reply_to)
             recovered.append(
-                JobResult(job_id=job_id, status="issued", serial=serial, certificate_pem=pem)
+                JobResult(
+                    job_id=job_id,
+                    status="issued",
+                    serial=issued.serial,
+                    certificate_pem=issued.certificate_pem,
+                )
             )
         return recovered

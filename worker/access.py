@@ -1,0 +1,150 @@
+"""Who may ask: producer identities, what each may have signed, and how fast.
+
+`intermediate/producers.toml` lists the producers a CA serves. When the file exists, every
+batch must be signed by a listed producer; without it the signer runs open (and says so).
+
+    [producers.hr-portal]
+    secret = "file:/run/secrets/hr-portal"   # or "env:HR_PORTAL_SECRET"
+    profiles = ["usr_cert"]
+    names = ["*@example.com"]                # every CN and SAN value must match one pattern
+    rate_per_second = 10                     # token bucket, refilled at this rate
+    burst = 200                              # and holding at most this many
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from casign.auth import read_secret, signature_matches
+from casign.errors import ConfigurationError, RefusalCode, Rejected
+from casign.store import ResultsStore
+
+# Token bucket in Redis: KEYS[1] the bucket; ARGV rate, burst, now (s), tokens wanted.
+# Returns how many of the wanted tokens were granted.
+_TAKE_TOKENS = """
+local rate, burst, now, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local granted = math.min(wanted, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return granted
+"""
+
+
+class ProducerPolicy(BaseModel):
+    """One producer's entry in producers.toml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secret: str
+    profiles: list[str] | None = None
+    names: list[str] | None = None
+    rate_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True)
+class AllowedProducer:
+    name: str
+    secret: bytes
+    policy: ProducerPolicy
+
+
+class AccessPolicy:
+    """The producers of one CA; `None` from `load` means the signer is open to any producer."""
+
+    def __init__(self, producers: dict[str, AllowedProducer]) -> None:
+        self.producers = producers
+
+    @classmethod
+    def load(cls, path: Path) -> AccessPolicy | None:
+        if not path.exists():
+            return None
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"{path}: {exc}") from None
+        producers: dict[str, AllowedProducer] = {}
+        for name, table in document.get("producers", {}).items():
+            try:
+                policy = ProducerPolicy.model_validate(table)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ConfigurationError(
+                    f"{path}: producer {name!r}, {where}: {first['msg']}"
+                ) from None
+            producers[name] = AllowedProducer(name, read_secret(policy.secret), policy)
+        return cls(producers)
+
+    def authenticate(
+        self, producer: str | None, signature: str | None, reply_to: str | None, jobs: list[object]
+    ) -> AllowedProducer:
+        """The listed producer that signed this batch; raise Rejected otherwise."""
+        if not producer or not signature:
+            raise Rejected(
+                RefusalCode.AUTH_UNSIGNED,
+                "the batch is not signed; this CA only signs for listed producers",
+            )
+        known = self.producers.get(producer)
+        if known is None:
+            raise Rejected(
+                RefusalCode.AUTH_UNKNOWN_PRODUCER, f"producer {producer!r} is not listed"
+            )
+        if not signature_matches(known.secret, producer, reply_to, jobs, signature):
+            raise Rejected(
+                RefusalCode.AUTH_BAD_SIGNATURE,
+                f"the batch's signature does not verify with producer {producer!r}'s secret",
+            )
+        return known
+
+    def take_tokens(self, store: ResultsStore, producer: AllowedProducer, wanted: int) -> int:
+        """How many of `wanted` jobs the producer's rate allows now."""
+        policy = producer.policy
+        if policy.rate_per_second is None:
+            return wanted
+        burst = policy.burst or max(1, int(policy.rate_per_second))
+        granted = store.script(_TAKE_TOKENS)(
+            keys=[store.key("rate", producer.name)],
+            args=[policy.rate_per_second, burst, f"{time.time():.6f}", wanted],
+        )
+        return int(granted)
+
+
+def check_allowed(
+    producer: AllowedProducer,
+    profile: str,
+    subject: x509.Name,
+    names: tuple[x509.GeneralName, ...],
+) -> None:
+    """Refuse a profile or a name the producer may not have."""
+    policy = producer.policy
+    if policy.profiles is not None and profile not in policy.profiles:
+        raise Rejected(
+            RefusalCode.AUTH_PROFILE_NOT_ALLOWED,
+            f"producer {producer.name!r} may not request profile {profile!r}",
+        )
+    if policy.names is None:
+        return
+    values = [
+        str(attribute.value)
+        for attribute in subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    ]
+    values += [str(name.value) for name in names]
+    for value in values:
+        if not any(fnmatch.fnmatchcase(value.lower(), pattern.lower()) for pattern in policy.names):
+            raise Rejected(
+                RefusalCode.AUTH_NAME_NOT_ALLOWED,
+                f"producer {producer.name!r} may not request the name {value!r}",
+            )
