@@ -334,6 +334,39 @@ def recover(ca: Path | None, store: str | None) -> None:
         click.echo(f"  {result.job_id}: serial {result.serial}")
 
 
+@main.group()
+def audit() -> None:
+    """The hash-chained audit log of every decision (issued, refused, revoked)."""
+
+
+@audit.command("verify")
+@ca_option
+@store_option
+def audit_verify(ca: Path | None, store: str | None) -> None:
+    """Recompute the chain; exit 1 naming the first line that was altered or removed."""
+    from casign.audit import verify_chain
+
+    with open_store(resolve_endpoints("unused://", store, ca_dir(ca))) as results_store:
+        check = verify_chain(results_store.audit_entries(), results_store.audit_head())
+    if not check.ok:
+        fail(f"audit log broken at line {check.first_bad}: {check.problem}")
+    click.echo(f"audit log intact: {check.lines} lines")
+
+
+@audit.command("show")
+@ca_option
+@store_option
+@click.option(
+    "--last", type=int, default=20, show_default=True, help="How many lines, newest last."
+)
+def audit_show(ca: Path | None, store: str | None, last: int) -> None:
+    """Print the newest audit lines (JSON, one a line)."""
+    with open_store(resolve_endpoints("unused://", store, ca_dir(ca))) as results_store:
+        entries = list(results_store.audit_entries())
+    for entry in entries[-last:]:
+        click.echo(entry.partition(" ")[2])
+
+
 def _register_other_commands() -> None:
     from casign.cli_producer import request, status, submit
     from casign.demo import demo

@@ -22,7 +22,7 @@ from casign.cli import (
     store_option,
     write_certificate,
 )
-from casign.config import resolve_endpoints
+from casign.config import producer_identity, resolve_endpoints
 from casign.keys import KeyType, write_private_key
 from casign.messages import JobResult
 from producers import Producer
@@ -45,12 +45,15 @@ def open_producer(
                 f"`casign worker --ca {endpoints.embedded_dir}` first, or give --broker and --store",
                 2,
             )
+    identity, secret_source = producer_identity()
     with Producer(
         endpoints.broker_url,
         endpoints.store_url,
         store_prefix=endpoints.store_prefix,
         requester=requester,
         queue=endpoints.queue,
+        identity=identity,
+        secret_source=secret_source,
     ) as producer:
         yield producer
 

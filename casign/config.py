@@ -16,6 +16,8 @@ ENVIRONMENT = {
     "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default casign)",
     "CASIGN_QUEUE": "name of the signing queue, one per CA on a shared broker (default casign.sign)",
     "CASIGN_PKCS11_MODULE": "PKCS#11 library when a pkcs11: URI names no module-path",
+    "CASIGN_PRODUCER_ID": "this producer's name in the CA's producers.toml (signs its batches)",
+    "CASIGN_PRODUCER_SECRET": "where this producer's HMAC secret is: file:PATH or env:VARIABLE",
 }
 DEFAULT_CA_DIR = Path("ca")
 
@@ -65,3 +67,14 @@ def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | N
         queue_name(),
         folder.absolute(),
     )
+
+
+def producer_identity() -> tuple[str | None, str | None]:
+    """(producer id, secret source) from CASIGN_PRODUCER_ID / CASIGN_PRODUCER_SECRET."""
+    identity = os.environ.get("CASIGN_PRODUCER_ID") or None
+    secret = os.environ.get("CASIGN_PRODUCER_SECRET") or None
+    if (identity is None) != (secret is None):
+        raise ConfigurationError(
+            "set both CASIGN_PRODUCER_ID and CASIGN_PRODUCER_SECRET, or neither"
+        )
+    return identity, secret
