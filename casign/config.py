@@ -15,6 +15,7 @@ ENVIRONMENT = {
     "CASIGN_STORE_URL": "results store: redis://, rediss:// or unix:// (default: the CA's embedded Redis)",
     "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default casign)",
     "CASIGN_QUEUE": "name of the signing queue, one per CA on a shared broker (default casign.sign)",
+    "CASIGN_VISIBILITY_TIMEOUT": "seconds before a Redis broker redelivers a dead worker's message (default 300)",
     "CASIGN_PKCS11_MODULE": "PKCS#11 library when a pkcs11: URI names no module-path",
     "CASIGN_PRODUCER_ID": "this producer's name in the CA's producers.toml (signs its batches)",
     "CASIGN_PRODUCER_SECRET": "where this producer's HMAC secret is: file:PATH or env:VARIABLE",

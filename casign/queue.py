@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 SIGN_QUEUE = "casign.sign"
 SIGN_BATCH_TASK = "casign.sign_batch"
 DEFAULT_BATCH_SIZE = 250
 
-# Redis redelivers an unacknowledged message after this long; a batch signs in well under it.
+# Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT
+# overrides it); a batch signs in well under it.
 VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+def visibility_timeout() -> int:
+    return int(os.environ.get("CASIGN_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT_SECONDS))
 
 
 def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
@@ -33,6 +39,6 @@ def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
     }
     if broker_url.startswith(("redis", "rediss")):
         settings["broker_transport_options"] = {
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "visibility_timeout": visibility_timeout(),
         }
     return settings
