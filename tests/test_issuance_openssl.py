@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from cryptography.x509.oid import NameOID
 from casign.cli import main as casign_main
 from casign.errors import Retryable
 from casign.index import IndexEntry, Status, openssl_oneline
+from casign.keys import KeyType
 from casign.store import Issued, ResultsStore
 from tests.csrs import job
-from worker.authority import SigningAuthority
-from worker.cafolder import CAFolder
+from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON, SoftHsmToken
+from worker.authority import SigningAuthority, load_authority
+from worker.cafolder import CAFolder, CAOptions, init_ca
 from worker.issuance import BatchSigner
 from worker.profiles import baseline_max_days
 
@@ -151,6 +154,44 @@ def leaf_key(kind: str) -> CertificateIssuerPrivateKeyTypes:
     return ed25519.Ed25519PrivateKey.generate()
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A signer with its CA: the intermediate key in a file, or in a fresh SoftHSM token."""
+
+    signer: BatchSigner
+    authority: SigningAuthority
+    chain_path: Path
+
+
+@pytest.fixture(params=["file", "softhsm"])
+def backend(
+    request: pytest.FixtureRequest,
+    signer: BatchSigner,
+    authority: SigningAuthority,
+    chain_path: Path,
+    store: ResultsStore,
+    tmp_path: Path,
+) -> Backend:
+    if request.param == "file":
+        return Backend(signer, authority, chain_path)
+    if not SOFTHSM_AVAILABLE:
+        pytest.skip(SOFTHSM_SKIP_REASON)
+    token: SoftHsmToken = request.getfixturevalue("softhsm_token")
+    folder = init_ca(
+        tmp_path / "hsm-ca",
+        CAOptions(
+            root_cn="Alice Ltd Root CA",
+            intermediate_cn="Alice Ltd Intermediate CA",
+            organization="Alice Ltd",
+            country="GB",
+            key_type=KeyType.RSA2048,
+            intermediate_key_uri=token.key_uri("intermediate"),
+        ),
+    )
+    hsm_authority = load_authority(folder.root)
+    return Backend(BatchSigner(hsm_authority, store), hsm_authority, folder.chain_path)
+
+
 @pytest.fixture(scope="module")
 def leaf_keys() -> dict[str, CertificateIssuerPrivateKeyTypes]:
     return {kind: leaf_key(kind) for kind in ("rsa2048", "p256", "ed25519")}
@@ -186,19 +227,18 @@ def openssl_ca_sign(ca_dir: Path, csr_pem: str, extensions: str, out: Path) -> x
 @pytest.mark.parametrize("key_kind", ["rsa2048", "p256", "ed25519"])
 @pytest.mark.parametrize("profile", ["server_cert", "usr_cert", "tls_server"])
 def test_openssl_verify_accepts_every_profile_and_key_type(
-    signer: BatchSigner,
-    chain_path: Path,
+    backend: Backend,
     leaf_keys: dict[str, CertificateIssuerPrivateKeyTypes],
     tmp_path: Path,
     profile: str,
     key_kind: str,
 ) -> None:
     subject, san = PROFILE_REQUESTS[profile]
-    certificate = issue(signer, build_csr(leaf_keys[key_kind], subject, san), profile)
+    certificate = issue(backend.signer, build_csr(leaf_keys[key_kind], subject, san), profile)
     path = write_cert(tmp_path / "leaf.pem", certificate)
 
     verified = openssl(
-        "verify", "-x509_strict", "-purpose", PURPOSE[profile], "-CAfile", chain_path, path
+        "verify", "-x509_strict", "-purpose", PURPOSE[profile], "-CAfile", backend.chain_path, path
     )
     assert verified.stdout.strip() == f"{path}: OK"
 
@@ -210,11 +250,11 @@ def test_openssl_verify_accepts_every_profile_and_key_type(
 
 
 def test_server_cert_has_exactly_the_guides_extensions(
-    signer: BatchSigner,
-    authority: SigningAuthority,
+    backend: Backend,
     leaf_keys: dict[str, CertificateIssuerPrivateKeyTypes],
     tmp_path: Path,
 ) -> None:
+    signer, authority = backend.signer, backend.authority
     certificate = issue(signer, build_csr(leaf_keys["rsa2048"], GUIDE_SUBJECT), "server_cert")
     path = write_cert(tmp_path / "server.pem", certificate)
     text = openssl("x509", "-in", path, "-noout", "-text").stdout
@@ -250,11 +290,11 @@ def test_server_cert_has_exactly_the_guides_extensions(
 
 
 def test_usr_cert_has_exactly_the_guides_extensions(
-    signer: BatchSigner,
-    authority: SigningAuthority,
+    backend: Backend,
     leaf_keys: dict[str, CertificateIssuerPrivateKeyTypes],
     tmp_path: Path,
 ) -> None:
+    signer, authority = backend.signer, backend.authority
     subject, san = PROFILE_REQUESTS["usr_cert"]
     certificate = issue(signer, build_csr(leaf_keys["rsa2048"], subject, san), "usr_cert")
     path = write_cert(tmp_path / "client.pem", certificate)
