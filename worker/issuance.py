@@ -251,6 +251,7 @@ def _refused(job_id: str, code: str, message: str) -> JobResult:
 class _Work:
     record: IssuanceRecord
     applicant: Applicant
+    tbs: x509.CertificateBuilder | None = None  # built from `record`; None when it changed
 
 
 @dataclass
@@ -345,11 +346,13 @@ class BatchSigner:
             request = parse_sign_request(raw)
         except ValueError as exc:
             job_id = raw.get("job_id") if isinstance(raw, dict) else None
-            if isinstance(job_id, str) and 0 < len(job_id) <= 128:
-                batch.order.append(job_id)
-                batch.refuse(job_id, Rejected(RefusalCode.JOB_MALFORMED, str(exc)), record=False)
-            else:
+            if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
                 log.warning("dropped a job without a usable job_id: %s", exc)
+                return
+            if job_id in batch.results or job_id in batch.work:
+                return  # a malformed twin of a job already in this batch changes nothing
+            batch.order.append(job_id)
+            batch.refuse(job_id, Rejected(RefusalCode.JOB_MALFORMED, str(exc)), record=False)
             return
         job_id = request.job_id
         if job_id in batch.results or job_id in batch.work:
@@ -370,7 +373,19 @@ class BatchSigner:
             batch.refuse(job_id, refusal, record=True)
             return
         record = replace(record, requester=requester)
-        batch.work[job_id] = _Work(record, Applicant(checked.subject, checked.public_key))
+        applicant = Applicant(checked.subject, checked.public_key)
+        try:
+            # Built before the serial is reserved, so a request that passed policy but cannot be
+            # encoded is refused here instead of leaving a reservation nothing can sign.
+            tbs = build_tbs(record, applicant, self.authority)
+        except ValueError as exc:
+            batch.refuse(
+                job_id,
+                Rejected(RefusalCode.CSR_MALFORMED, f"the request cannot be encoded ({exc})"),
+                record=True,
+            )
+            return
+        batch.work[job_id] = _Work(record, applicant, tbs)
         batch.intents[job_id] = Intent(
             job_id, fingerprint, format_serial(record.serial), self._record_json(record)
         )
@@ -431,7 +446,7 @@ class BatchSigner:
         if reservation.state == "reserved":
             return None
         if reservation.state == "serial_taken":
-            item.record = replace(item.record, serial=draw_serial())
+            item.record, item.tbs = replace(item.record, serial=draw_serial()), None
             return Intent(
                 intent.job_id,
                 intent.fingerprint,
@@ -455,7 +470,7 @@ class BatchSigner:
         # Reserved by an earlier delivery that never published: sign that record again.
         assert reservation.record is not None
         stored = IssuanceRecord.from_json(reservation.record)
-        item.record = stored
+        item.record, item.tbs = stored, None
         return None
 
     def _sign_all(self, batch: _Batch) -> list[Issued]:
@@ -471,7 +486,7 @@ class BatchSigner:
         return issued
 
     def _issue(self, job_id: str, item: _Work, now: datetime) -> Issued:
-        certificate = self.issue_record(item.record, item.applicant, now)
+        certificate = self.issue_record(item.record, item.applicant, now, item.tbs)
         serial = format_serial(item.record.serial)
         return Issued(
             job_id,
@@ -490,10 +505,16 @@ class BatchSigner:
         )
 
     def issue_record(
-        self, record: IssuanceRecord, applicant: Applicant, now: datetime
+        self,
+        record: IssuanceRecord,
+        applicant: Applicant,
+        now: datetime,
+        tbs: x509.CertificateBuilder | None = None,
     ) -> x509.Certificate:
-        """build_tbs -> sign -> verify_issued for one stored record."""
-        certificate = sign(build_tbs(record, applicant, self.authority), record, self.authority)
+        """build_tbs (unless given) -> sign -> verify_issued for one stored record."""
+        if tbs is None:
+            tbs = build_tbs(record, applicant, self.authority)
+        certificate = sign(tbs, record, self.authority)
         verify_issued(certificate, record, applicant, self.authority, now)
         return certificate
 

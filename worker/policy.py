@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from casign.errors import RefusalCode as Code
@@ -37,6 +38,18 @@ _MAX_VALUE_LENGTH = {
     NameOID.SERIAL_NUMBER: 64,
 }
 _DEFAULT_MAX_VALUE_LENGTH = 128
+# RFC 5280 4.1.2.4: DirectoryString choices, plus IA5String for emailAddress and DC. An OCTET
+# STRING "CN" decodes to text in cryptography and would be copied into the certificate as is.
+_TEXT_TYPES = frozenset(
+    {
+        _ASN1Type.UTF8String,
+        _ASN1Type.PrintableString,
+        _ASN1Type.BMPString,
+        _ASN1Type.T61String,
+        _ASN1Type.UniversalString,
+        _ASN1Type.IA5String,
+    }
+)
 _NAME_LABEL = {
     NameOID.COMMON_NAME: "CN",
     NameOID.ORGANIZATION_NAME: "O",
@@ -192,8 +205,11 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
     for attribute in name:
         label = _NAME_LABEL.get(attribute.oid, attribute.oid.dotted_string)
         value = attribute.value
-        if not isinstance(value, str):
-            raise Rejected(Code.SUBJECT_BAD_CHARACTER, f"subject {label} is not a text value")
+        if not isinstance(value, str) or attribute._type not in _TEXT_TYPES:
+            raise Rejected(
+                Code.SUBJECT_BAD_CHARACTER,
+                f"subject {label} is not a text value (a DirectoryString or IA5String)",
+            )
         if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
             raise Rejected(
                 Code.SUBJECT_BAD_CHARACTER,
@@ -286,11 +302,16 @@ def parse_san_text(text: str) -> x509.GeneralName:
         raise Rejected(
             Code.SAN_MALFORMED, f"SAN {text!r} is not ASCII (write a domain name as xn-- A-labels)"
         )
-    if kind_name == "DNS":
-        return x509.DNSName(value)
-    if kind_name == "email":
-        return x509.RFC822Name(value)
-    return x509.UniformResourceIdentifier(value)
+    try:
+        if kind_name == "DNS":
+            return x509.DNSName(value)
+        if kind_name == "email":
+            return x509.RFC822Name(value)
+        return x509.UniformResourceIdentifier(value)
+    except ValueError:  # cryptography's own checks, e.g. an empty or '@'-less e-mail address
+        raise Rejected(
+            Code.SAN_MALFORMED, f"SAN {text!r} is not a valid {kind_name} name"
+        ) from None
 
 
 def resolve_subject_alternative_names(

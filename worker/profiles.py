@@ -248,6 +248,7 @@ default_days = 375
 max_days = 825
 common_name = "any"
 san_types = ["email", "DNS", "URI"]
+wildcards = false
 ns_cert_type = ["client", "email"]
 ns_comment = "OpenSSL Generated Client Certificate"
 authority_key_identifier = "keyid,issuer"
