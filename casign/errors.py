@@ -18,6 +18,7 @@ class RefusalCode(StrEnum):
     KEY_EC_CURVE = "key.ec_curve"
     KEY_UNSUPPORTED = "key.unsupported_type"
     SUBJECT_CN_MISSING = "subject.cn_missing"
+    SUBJECT_CN_REPEATED = "subject.cn_repeated"
     SUBJECT_CN_NOT_FQDN = "subject.cn_not_fqdn"
     SUBJECT_CN_IS_CA = "subject.cn_is_ca"
     SUBJECT_BAD_CHARACTER = "subject.bad_character"

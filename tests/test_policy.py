@@ -257,7 +257,7 @@ def test_two_cns_are_refused() -> None:
         "www.example.com",
         extra_attributes=[x509.NameAttribute(NameOID.COMMON_NAME, "other.example.com")],
     )
-    refused(csr, Code.SUBJECT_CN_MISSING, "more than one commonName (CN)")
+    refused(csr, Code.SUBJECT_CN_REPEATED, "more than one commonName (CN)")
 
 
 @pytest.mark.parametrize(

@@ -232,7 +232,7 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
     if not common_names:
         raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has no commonName (CN)")
     if len(common_names) > 1:
-        raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has more than one commonName (CN)")
+        raise Rejected(Code.SUBJECT_CN_REPEATED, "the subject has more than one commonName (CN)")
     common_name = str(common_names[0].value)
     if _comparable_name(common_name) in {_comparable_name(cn) for cn in ca_common_names}:
         raise Rejected(

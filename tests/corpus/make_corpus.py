@@ -283,7 +283,7 @@ def entries() -> list[Entry]:
         ),
         Entry(
             "cn-twice",
-            "subject.cn_missing",
+            "subject.cn_repeated",
             "two CN attributes",
             csr=make_csr(
                 "www.example.com",
