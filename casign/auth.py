@@ -36,9 +36,8 @@ def read_secret(source: str) -> bytes:
             raise ConfigurationError(f"environment variable {where} (a producer secret) is not set")
         secret = value.strip().encode()
     else:
-        raise ConfigurationError(
-            f"a producer secret comes from file:PATH or env:VARIABLE, not {kind or source!r}"
-        )
+        # Not echoed: it may be the secret itself, written in place of its source.
+        raise ConfigurationError("a producer secret comes from file:PATH or env:VARIABLE")
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigurationError(
             f"the producer secret from {kind}:{where} is shorter than {MIN_SECRET_BYTES} bytes"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Any
 
 SIGN_QUEUE = "casign.sign"
@@ -41,4 +42,7 @@ def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
         settings["broker_transport_options"] = {
             "visibility_timeout": visibility_timeout(),
         }
+    if broker_url.startswith("rediss://") and "ssl_cert_reqs=" not in broker_url:
+        # kombu would otherwise connect to a bare rediss:// broker without checking its certificate.
+        settings["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return settings

@@ -49,9 +49,7 @@ class KeyURI:
             if value is None:
                 raise ConfigurationError(f"{self}: environment variable {where} is not set")
             return value
-        raise ConfigurationError(
-            f"{self}: pin-source must be file:PATH or env:VARIABLE, not {kind or source!r}"
-        )
+        raise ConfigurationError(f"{self}: pin-source must be file:PATH or env:VARIABLE")
 
 
 def _split_pairs(text: str, separator: str, uri: str) -> dict[str, str]:
@@ -72,15 +70,20 @@ def parse_key_uri(text: str) -> KeyURI:
     scheme = scheme.lower()
     body, _, query_text = rest.partition("?")
     query = _split_pairs(query_text, "&", scheme + ":...")
-    forbidden = _FORBIDDEN_QUERY & query.keys()
+    attributes = _split_pairs(body, ";", scheme + ":...") if scheme == "pkcs11" else {}
+    # Checked in the path too and in any case: every error message quotes the URI's text.
+    forbidden = _FORBIDDEN_QUERY & {name.lower() for name in (*query, *attributes)}
     if forbidden:
         raise ConfigurationError(
             f"{scheme}: URI carries {sorted(forbidden)[0]}; name the secret with "
             "pin-source=file:PATH or pin-source=env:VARIABLE instead"
         )
+    source = query.get("pin-source")
+    if source is not None and not source.startswith(("file:", "env:")):
+        # Anything else may be the PIN itself, typed where its source belongs: never echo it.
+        raise ConfigurationError(f"{scheme}: pin-source must be file:PATH or env:VARIABLE")
     safe_text = f"{scheme}:{body}" + (f"?{query_text}" if query_text else "")
     if scheme == "pkcs11":
-        attributes = _split_pairs(body, ";", safe_text)
         return KeyURI(scheme, "", attributes, query, safe_text)
     if scheme == "file":
         path = unquote(body.removeprefix("//"))

@@ -137,9 +137,11 @@ def check_allowed(
         )
     if policy.names is None:
         return
+    # A legacy subject emailAddress is a name too: S/MIME clients still read it (RFC 5280 4.1.2.6).
     values = [
         str(attribute.value)
-        for attribute in subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        for oid in (x509.NameOID.COMMON_NAME, x509.NameOID.EMAIL_ADDRESS)
+        for attribute in subject.get_attributes_for_oid(oid)
     ]
     values += [str(name.value) for name in names]
     for value in values:
