@@ -17,9 +17,10 @@ from casign.messages import JobResult, SignBatch, SignRequest
 from casign.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from casign.store import ResultsStore
 
-# With no reply for this long, the store is asked directly (a result may have been pushed to
-# another producer's reply list, for instance after a redelivery).
-_RECHECK_SECONDS = 1.0
+_REPLY_WAIT_SECONDS = 1.0
+# After this long without a reply the store is asked directly; the spell doubles each time.
+_RECHECK_SECONDS = 2.0
+_MAX_RECHECK_SECONDS = 30.0
 
 
 class Producer:
@@ -131,10 +132,16 @@ class Producer:
         )
 
     def results(self, job_ids: Iterable[str], timeout: float) -> Iterator[JobResult]:
-        """Yield each job's result as it arrives; TimeoutError names how many are still out."""
+        """Yield each job's result as it arrives; TimeoutError names how many are still out.
+
+        Jobs this producer sent are answered on its reply list; the store is asked directly for
+        the others, and for everyone after a quiet spell (answers pushed elsewhere, say after
+        this producer restarted), less often the longer it stays quiet.
+        """
         waiting = set(job_ids)
         deadline = time.monotonic() + timeout
-        yield from self._collect_finished(waiting)
+        yield from self._collect_finished(waiting - self._fingerprints.keys(), waiting)
+        quiet, recheck_after = 0.0, _RECHECK_SECONDS
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -142,10 +149,15 @@ class Producer:
                     f"{len(waiting)} job(s) have no result after {timeout:g} s "
                     f"(first: {sorted(waiting)[0]}); `casign status JOB_ID` tells where they are"
                 )
-            replies = self.store.wait_replies(self.reply_to, min(remaining, _RECHECK_SECONDS))
+            wait = min(remaining, _REPLY_WAIT_SECONDS)
+            replies = self.store.wait_replies(self.reply_to, wait)
             if not replies:
-                yield from self._collect_finished(waiting)
+                quiet += wait
+                if quiet >= recheck_after:
+                    yield from self._collect_finished(set(waiting), waiting)
+                    quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
                 continue
+            quiet = 0.0
             for reply in replies:
                 expected = self._fingerprints.get(reply.job_id)
                 if expected and reply.fingerprint and reply.fingerprint != expected:
@@ -155,8 +167,11 @@ class Producer:
                     self._fingerprints.pop(reply.job_id, None)
                     yield reply
 
-    def _collect_finished(self, waiting: set[str]) -> Iterator[JobResult]:
-        for job_id, result in self.store.job_results(sorted(waiting), self._fingerprints).items():
+    def _collect_finished(self, asked: set[str], waiting: set[str]) -> Iterator[JobResult]:
+        """Yield the results the store already has for `asked`, striking them from `waiting`."""
+        if not asked:
+            return
+        for job_id, result in self.store.job_results(sorted(asked), self._fingerprints).items():
             waiting.discard(job_id)
             self._fingerprints.pop(job_id, None)
             yield result
