@@ -70,7 +70,7 @@ def verify_chain(stored: Iterable[str], head: str | None) -> ChainCheck:
                 count - 1, count, "hash does not match: line altered, or one before it removed"
             )
         previous = recorded
-    if head is not None and head != previous:
+    if (head or GENESIS) != previous:
         return ChainCheck(
             count, count + 1, "the chain's recorded head differs: lines were removed at the end"
         )

@@ -357,21 +357,26 @@ def audit_verify(ca: Path | None, store: str | None) -> None:
 @ca_option
 @store_option
 @click.option(
-    "--last", type=int, default=20, show_default=True, help="How many lines, newest last."
+    "--last",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many lines, newest last.",
 )
 def audit_show(ca: Path | None, store: str | None, last: int) -> None:
     """Print the newest audit lines (JSON, one a line)."""
     with open_store(resolve_endpoints("unused://", store, ca_dir(ca))) as results_store:
         entries = list(results_store.audit_entries())
-    for entry in entries[-last:]:
+    for entry in entries[len(entries) - last :] if last else []:
         click.echo(entry.partition(" ")[2])
 
 
 def _register_other_commands() -> None:
+    from casign.cli_lifecycle import COMMANDS as LIFECYCLE_COMMANDS
     from casign.cli_producer import request, status, submit
     from casign.demo import demo
 
-    for command in (submit, request, status, demo):
+    for command in (submit, request, status, demo, *LIFECYCLE_COMMANDS):
         main.add_command(command)
 
 

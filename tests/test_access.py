@@ -909,3 +909,20 @@ def test_rediss_broker_verifies_the_server_unless_told_not_to(query: str, verify
     with app.connection_for_write() as connection:
         assert connection.ssl
         assert connection.ssl.get("ssl_cert_reqs") == verify
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("alice@example.com", True),
+        ("Alice.Smith@Example.COM", True),
+        ("mallory@evil.test@example.com", False),
+        ("mallory@evil.test, alice@example.com", False),
+        ("https://evil.test/#@example.com", False),
+        ("alice@example.com.evil.test", False),
+    ],
+)
+def test_a_name_pattern_star_stays_inside_one_name(value: str, allowed: bool) -> None:
+    from worker.access import name_matches
+
+    assert name_matches(value, "*@example.com") is allowed

@@ -381,3 +381,16 @@ def test_worker_decisions_reach_the_audit_log(
     assert lines[bad]["reason"] == RefusalCode.PROFILE_UNKNOWN
     done = verify(store, redis_url)
     assert done.returncode == 0, done.stderr
+
+
+def test_deleting_the_recorded_head_with_the_last_line_is_detected() -> None:
+    from casign.audit import GENESIS, audit_line, chain_hash, verify_chain
+
+    lines = [audit_line("issued", job_id=f"j{i}") for i in range(3)]
+    stored, head = [], GENESIS
+    for line in lines:
+        head = chain_hash(head, line)
+        stored.append(f"{head} {line}")
+    assert verify_chain(stored, head).ok
+    assert not verify_chain(stored[:-1], None).ok
+    assert verify_chain([], None).ok

@@ -13,7 +13,7 @@ batch must be signed by a listed producer; without it the signer runs open (and 
 
 from __future__ import annotations
 
-import fnmatch
+import re
 import time
 import tomllib
 from dataclasses import dataclass
@@ -122,6 +122,16 @@ class AccessPolicy:
         return int(granted)
 
 
+def name_matches(value: str, pattern: str) -> bool:
+    """Case-insensitive glob whose `*` and `?` stand for characters of one name, never for
+    `@ / , :` or white space, so `*@example.com` is not met by `eve@evil.test@example.com`."""
+    regex = "".join(
+        r"[^@/,:\s]*" if char == "*" else r"[^@/,:\s]" if char == "?" else re.escape(char)
+        for char in pattern.lower()
+    )
+    return re.fullmatch(regex, value.lower()) is not None
+
+
 def check_allowed(
     producer: AllowedProducer,
     profile: str,
@@ -145,7 +155,7 @@ def check_allowed(
     ]
     values += [str(name.value) for name in names]
     for value in values:
-        if not any(fnmatch.fnmatchcase(value.lower(), pattern.lower()) for pattern in policy.names):
+        if not any(name_matches(value, pattern) for pattern in policy.names):
             raise Rejected(
                 RefusalCode.AUTH_NAME_NOT_ALLOWED,
                 f"producer {producer.name!r} may not request the name {value!r}",
