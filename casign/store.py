@@ -370,6 +370,15 @@ class ResultsStore:
         return finished
 
     @_translated
+    def known_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` the store has a record of (reserved, issued or refused)."""
+        ids = list(job_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self.job_key(job_id))
+        return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
+
+    @_translated
     def job_state(self, job_id: str) -> dict[str, str]:
         raw = self.client.hgetall(self.job_key(job_id))
         state = {_text(name): _text(value) for name, value in raw.items()}

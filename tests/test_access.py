@@ -926,3 +926,17 @@ def test_a_name_pattern_star_stays_inside_one_name(value: str, allowed: bool) ->
     from worker.access import name_matches
 
     assert name_matches(value, "*@example.com") is allowed
+
+
+def test_a_redelivered_batch_costs_no_rate_tokens(
+    guarded: BatchSigner, credentials: Credentials
+) -> None:
+    """Jobs the store already knows are answered from it, not refused for the rate."""
+    secret = credentials.secret("bulk")
+    jobs = [job(new_id(f"again{i}"), make_csr(f"again{i}.example.com")) for i in range(BULK_BURST)]
+    first = submit(guarded, jobs, "bulk", secret)
+    again = submit(guarded, jobs, "bulk", secret)
+    assert set(codes(first).values()) == {"issued"}
+    assert {job_id: r.certificate_pem for job_id, r in again.items()} == {
+        job_id: r.certificate_pem for job_id, r in first.items()
+    }

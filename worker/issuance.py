@@ -323,8 +323,11 @@ class BatchSigner:
         for raw in jobs:
             self._admit(raw, batch, identity)
         if identity is not None and self.access is not None and batch.work:
-            granted = self.access.take_tokens(self.store, identity, len(batch.work))
-            for job_id in list(batch.work)[granted:]:
+            # A redelivered job already known to the store costs no token.
+            known = self.store.known_jobs(batch.work)
+            new_jobs = [job_id for job_id in batch.work if job_id not in known]
+            granted = self.access.take_tokens(self.store, identity, len(new_jobs))
+            for job_id in new_jobs[granted:]:
                 batch.refuse(
                     job_id,
                     Rejected(
