@@ -18,6 +18,7 @@ from worker.access import AccessPolicy
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
+from worker.lifecycle_tasks import register_lifecycle_tasks
 
 log = logging.getLogger("casign.worker")
 
@@ -103,6 +104,7 @@ def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
             batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
             return 0
 
+    register_lifecycle_tasks(app)
     return app
 
 

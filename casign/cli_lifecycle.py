@@ -1,0 +1,234 @@
+"""`casign revoke`, `crl`, `ocsp`, `ocsp-cert`, `adopt` and `list`: the rest of a certificate's life.
+
+`revoke` goes through the queue (the worker signs it off); `crl`, `ocsp-cert` and `adopt` run
+in this process with the CA folder, as `casign sign` does for an operator at the CA's machine;
+`ocsp` serves from the store with the delegate key only; `list` reads the store.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from casign.cli import broker_option, ca_option, fail, open_store, store_option
+from casign.config import ca_dir, producer_identity, resolve_endpoints
+from casign.index import IndexEntry, format_serial
+from casign.revocations import REVOKE_REASONS, RevocationRefused, RevocationStore, parse_duration
+
+
+def _refused(exc: RevocationRefused) -> None:
+    fail(f"refused [{exc.code}]: {exc.message}", 3)
+
+
+def _entry_row(entry: IndexEntry, now: datetime) -> str:
+    fields = entry.to_openssl_line(now).split("\t")
+    return "\t".join((fields[3], fields[0], fields[1], fields[2] or "-", fields[5]))
+
+
+@click.command()
+@ca_option
+@broker_option
+@store_option
+@click.argument("serial")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason: " + ", ".join(REVOKE_REASONS) + ".",
+)
+@click.option("--requester", default=None, help="Who asks (kept in the audit log).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def revoke(
+    ca: Path | None,
+    broker: str | None,
+    store: str | None,
+    serial: str,
+    reason: str,
+    requester: str | None,
+    timeout: float,
+) -> None:
+    """Revoke SERIAL (hex) through the queue; the worker records it for the CRL and OCSP."""
+    from producers.revocation import revoke as revoke_through_queue
+
+    endpoints = resolve_endpoints(broker, store, ca)
+    identity, secret_source = producer_identity()
+    if endpoints.embedded_dir is not None:
+        from casign.embedded_redis import EmbeddedRedis
+
+        if not EmbeddedRedis(endpoints.embedded_dir).is_running():
+            fail(
+                f"the embedded Redis of {endpoints.embedded_dir} is not running; start "
+                f"`casign worker --ca {endpoints.embedded_dir}` first, or give --broker and --store",
+                2,
+            )
+    try:
+        result = revoke_through_queue(
+            endpoints.broker_url,
+            endpoints.store_url,
+            serial,
+            reason,
+            store_prefix=endpoints.store_prefix,
+            queue=endpoints.queue,
+            requester=requester,
+            identity=identity,
+            secret_source=secret_source,
+            timeout=timeout,
+        )
+    except RevocationRefused as exc:
+        _refused(exc)
+        return
+    except TimeoutError as exc:
+        fail(str(exc), 2)
+        return
+    if not result.ok:
+        fail(f"refused [{result.code}]: {result.message}", 3)
+        return
+    click.echo(f"revoked {result.serial} at {result.revoked_at} ({result.reason})")
+
+
+@click.command()
+@ca_option
+@store_option
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--der", is_flag=True, help="Write DER instead of PEM.")
+def crl(ca: Path | None, store: str | None, out: Path | None, der: bool) -> None:
+    """Sign a new CRL in this process with the CA key, publish it, write it (stdout by default).
+
+    Workers also make one every hour on the Celery beat schedule (task casign.crl).
+    """
+    from worker.authority import load_authority
+    from worker.cafolder import CAFolder
+    from worker.lifecycle_tasks import refresh_crl
+
+    folder = ca_dir(ca)
+    endpoints = resolve_endpoints("unused://", store, folder)
+    authority = load_authority(folder)
+    with open_store(endpoints) as results_store:
+        published = refresh_crl(CAFolder(folder), authority, RevocationStore(results_store))
+    data = published.der if der else published.pem
+    if out is None:
+        if der:
+            fail("--der needs -o FILE (DER is binary)")
+        click.echo(data.decode("ascii"), nl=False)
+    else:
+        out.write_bytes(data)
+    click.echo(
+        f"CRL {published.number}: {published.entries} revoked, made in {published.seconds:.2f} s",
+        err=True,
+    )
+
+
+@click.command("ocsp-cert")
+@ca_option
+@store_option
+@click.option("--force", is_flag=True, help="Issue a new one even if the current one is fine.")
+def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
+    """Issue or renew the OCSP responder's delegated certificate (needs the CA key)."""
+    from worker.authority import load_authority
+    from worker.cafolder import CAFolder
+    from worker.ocsp_signer import ensure_ocsp_certificate
+
+    folder = ca_dir(ca)
+    endpoints = resolve_endpoints("unused://", store, folder)
+    authority = load_authority(folder)
+    with open_store(endpoints) as results_store:
+        delegate = ensure_ocsp_certificate(CAFolder(folder), authority, results_store, force=force)
+    serial = format_serial(delegate.certificate.serial_number)
+    state = "issued" if delegate.issued else "still valid"
+    click.echo(
+        f"OCSP certificate {serial} {state}, until {delegate.certificate.not_valid_after_utc:%Y-%m-%d}"
+    )
+    click.echo(f"certificate: {delegate.cert_path}")
+    click.echo(f"key:         {delegate.key_path}")
+
+
+@click.command()
+@ca_option
+@store_option
+@click.option("--port", type=int, required=True, help="TCP port (0 picks a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ocsp(ca: Path | None, store: str | None, port: int, host: str) -> None:
+    """Serve OCSP (RFC 6960, GET and POST) for the intermediate, from the store."""
+    from casign.ocsp_responder import make_server
+
+    folder = ca_dir(ca).absolute()
+    endpoints = resolve_endpoints("unused://", store, folder)
+    with open_store(endpoints) as results_store:
+        server = make_server(folder, results_store, host, port)
+        bound_host, bound_port = server.server_address[:2]
+        click.echo(f"OCSP responder on http://{bound_host!s}:{bound_port}", err=True)
+        sys.stderr.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@store_option
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The intermediate key's passphrase file (named in casign.toml as its pin-source).",
+)
+def adopt(directory: Path, store: str | None, passphrase_file: Path | None) -> None:
+    """Take over a CA folder made by the guide's openssl commands: its index into the store."""
+    from worker.adopt import adopt_ca
+
+    endpoints = resolve_endpoints("unused://", store, directory)
+    with open_store(endpoints) as results_store:
+        report = adopt_ca(directory, results_store, passphrase_file)
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(report.statuses.items()))
+    click.echo(f"adopted {report.entries} index entries ({statuses or 'none'})")
+    if report.already_present:
+        click.echo(f"{report.already_present} entries were in the store already")
+    click.echo(
+        f"{report.certificates} certificates stored; next CRL number {report.next_crl_number} "
+        f"(crlnumber {format_serial(report.next_crl_number)})"
+    )
+    for path in report.written:
+        click.echo(f"wrote {path}")
+    for warning in report.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+@click.command("list")
+@ca_option
+@store_option
+@click.option("--expiring", default=None, help="Valid certificates expiring within, e.g. 30d.")
+@click.option("--revoked", is_flag=True, help="Revoked certificates, latest first.")
+def list_certificates(
+    ca: Path | None, store: str | None, expiring: str | None, revoked: bool
+) -> None:
+    """List certificates from the store: serial, status, expiry, revocation, subject."""
+    if (expiring is None) == (not revoked):
+        fail("give exactly one of --expiring DURATION or --revoked")
+    now = datetime.now(UTC)
+    endpoints = resolve_endpoints("unused://", store, ca_dir(ca))
+    with open_store(endpoints) as results_store:
+        revocations = RevocationStore(results_store)
+        if expiring is not None:
+            try:
+                window = parse_duration(expiring)
+            except ValueError as exc:
+                fail(str(exc))
+                return
+            entries = revocations.expiring(window, now)
+            horizon = now + window
+            title = f"{len(entries)} valid certificate(s) expire by {horizon:%Y-%m-%d %H:%M} UTC"
+        else:
+            entries = [IndexEntry.from_openssl_line(line) for line in revocations.revoked_lines()]
+            entries.sort(key=lambda e: (e.revoked_at or now, e.serial), reverse=True)
+            title = f"{len(entries)} revoked certificate(s)"
+    click.echo(title, err=True)
+    for entry in entries:
+        click.echo(_entry_row(entry, now))
+
+
+COMMANDS = (revoke, crl, ocsp_cert, ocsp, adopt, list_certificates)

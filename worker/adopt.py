@@ -1,0 +1,213 @@
+"""Adopting a CA folder made by the guide's `openssl ca` commands: its database into the store.
+
+Every `intermediate/index.txt` line is stored verbatim (so `casign index export` gives the file
+back line for line), every certificate from `newcerts/SERIAL.pem`, every serial is marked used,
+the revoked ones are listed for the CRL, and the CRL counter continues from `crlnumber`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from casign.errors import ConfigurationError, SigningError
+from casign.index import IndexEntry, Status
+from casign.revocations import RevocationStore
+from casign.store import ResultsStore
+from worker.authority import load_authority
+from worker.cafolder import CAFolder
+from worker.crl import seed_crl_number
+from worker.profiles import DEFAULT_PROFILES_TOML
+
+ADOPTED = "adopted"  # the `serials` hash value of a serial issued before casign
+_CHUNK = 2000
+_PRIVATE_KEY = re.compile(r"^\s*private_key\s*=\s*(\S+)", re.MULTILINE)
+
+
+@dataclass
+class AdoptionReport:
+    """What `adopt_ca` imported, skipped, wrote and noticed."""
+
+    entries: int = 0
+    already_present: int = 0
+    certificates: int = 0
+    revoked: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    missing_certificates: list[str] = field(default_factory=list)
+    not_verbatim: list[int] = field(default_factory=list)  # line numbers export will rewrite
+    written: list[Path] = field(default_factory=list)
+    next_crl_number: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    text: str
+    entry: IndexEntry
+    serial: str
+
+
+def read_index(path: Path) -> list[_Line]:
+    """The lines of an `index.txt`, each checked; ConfigurationError names a bad line."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read ({exc.strerror})") from None
+    lines: list[_Line] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        if not line:
+            continue
+        try:
+            entry = IndexEntry.from_openssl_line(line)
+        except ValueError as exc:
+            raise ConfigurationError(f"{path}, line {number}: {exc}") from None
+        serial = line.split("\t")[3]
+        if serial in seen:
+            raise ConfigurationError(f"{path}, line {number}: serial {serial} appears twice")
+        seen.add(serial)
+        lines.append(_Line(number, line, entry, serial))
+    return lines
+
+
+def _certificate_pem(
+    folder: CAFolder, line: _Line, issuer: x509.Certificate, report: AdoptionReport
+) -> str | None:
+    """`newcerts/SERIAL.pem` as PEM, if it is there and is the certificate the line names."""
+    path = folder.intermediate / "newcerts" / f"{line.serial}.pem"
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        report.missing_certificates.append(line.serial)
+        return None
+    except ValueError:
+        report.warnings.append(f"{path} is not a PEM certificate; its line is kept without it")
+        return None
+    if certificate.serial_number != line.entry.serial:
+        report.warnings.append(f"{path} holds serial {certificate.serial_number:X}; not stored")
+        return None
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except Exception:
+        report.warnings.append(f"{path} is not signed by the intermediate; not stored")
+        return None
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _key_file_name(folder: CAFolder) -> str:
+    """The intermediate key's file name from `openssl.cnf` (the guide's unless it says other)."""
+    try:
+        match = _PRIVATE_KEY.search(folder.openssl_cnf_path.read_text(encoding="utf-8"))
+    except OSError:
+        match = None
+    return Path(match.group(1)).name if match else folder.intermediate_key_path.name
+
+
+def write_casign_files(
+    folder: CAFolder, passphrase_file: Path | None, report: AdoptionReport
+) -> None:
+    """`profiles.toml` (the guide's sections) and `casign.toml` (the key's URI), if absent."""
+    if not folder.profiles_path.exists():
+        folder.profiles_path.write_text(DEFAULT_PROFILES_TOML, encoding="utf-8")
+        report.written.append(folder.profiles_path)
+    if not folder.settings_path.exists():
+        pin = f"?pin-source=file:{passphrase_file.absolute()}" if passphrase_file else ""
+        folder.settings_path.write_text(
+            f"# casign settings of this CA, adopted from an OpenSSL CA folder. The key is\n"
+            f"# named by URI; a passphrase is only ever named here by pin-source, never written.\n"
+            f'intermediate_key = "file:private/{_key_file_name(folder)}{pin}"\n'
+            f"# nextUpdate of each CRL, as default_crl_days in openssl.cnf\n"
+            f"crl_days = 30\n",
+            encoding="utf-8",
+        )
+        report.written.append(folder.settings_path)
+
+
+def _store_lines(
+    store: ResultsStore,
+    folder: CAFolder,
+    lines: list[_Line],
+    issuer: x509.Certificate,
+    report: AdoptionReport,
+) -> None:
+    """Write the lines not yet in the store, in the file's order, a chunk per transaction."""
+    index_key = store.key("index")
+    for start in range(0, len(lines), _CHUNK):
+        chunk = lines[start : start + _CHUNK]
+        present = store.client.hmget(index_key, [line.serial for line in chunk])
+        pipe = store.client.pipeline(transaction=True)
+        for line, stored in zip(chunk, present, strict=True):
+            if stored is not None:
+                if stored != line.text:
+                    raise ConfigurationError(
+                        f"serial {line.serial} is in the store with another index line; "
+                        "adopt into an empty store (or another CASIGN_STORE_PREFIX)"
+                    )
+                report.already_present += 1
+                continue
+            pem = _certificate_pem(folder, line, issuer, report)
+            pipe.hsetnx(store.key("serials"), line.serial, ADOPTED)
+            if pem is not None:
+                pipe.hset(store.key("certs"), line.serial, pem)
+                report.certificates += 1
+            pipe.hset(index_key, line.serial, line.text)
+            pipe.rpush(store.key("index:order"), line.serial)
+            if line.entry.status is Status.REVOKED:
+                pipe.hset(store.key("revoked"), line.serial, line.text)
+            report.entries += 1
+        pipe.execute()
+
+
+def adopt_ca(
+    directory: Path, store: ResultsStore, passphrase_file: Path | None = None
+) -> AdoptionReport:
+    """Import the OpenSSL CA database at `directory` into `store`; safe to run again."""
+    folder = CAFolder(directory)
+    folder.require()
+    issuer = folder.intermediate_certificate()
+    lines = read_index(folder.index_path)
+    report = AdoptionReport()
+    for line in lines:
+        status = line.entry.status.value
+        report.statuses[status] = report.statuses.get(status, 0) + 1
+        if line.entry.to_openssl_line() != line.text:
+            report.not_verbatim.append(line.number)
+    report.revoked = report.statuses.get(Status.REVOKED.value, 0)
+    if report.not_verbatim:
+        report.warnings.append(
+            f"{len(report.not_verbatim)} line(s) (first: line {report.not_verbatim[0]}) are "
+            "stored as they are but `casign index export` writes them normalised"
+        )
+    if not folder.chain_path.exists():
+        raise ConfigurationError(f"{folder.chain_path} is missing; cat the intermediate and root")
+    _store_lines(store, folder, lines, issuer, report)
+    store.set_chain(folder.chain_pem())
+    attributes = folder.intermediate / "index.txt.attr"
+    if attributes.exists() and "unique_subject = yes" in attributes.read_text(encoding="utf-8"):
+        report.warnings.append(
+            "index.txt.attr says unique_subject = yes; casign does not refuse a repeated "
+            "subject, so set it to no before running `openssl ca` on an exported index"
+        )
+    store.client.hset(
+        store.key("adopted"),
+        mapping={"folder": str(folder.root), "at": datetime.now(UTC).isoformat()},
+    )
+    report.next_crl_number = seed_crl_number(folder, RevocationStore(store))
+    write_casign_files(folder, passphrase_file, report)
+    try:
+        load_authority(folder.root)
+    except SigningError as exc:
+        report.warnings.append(f"casign cannot sign for this CA yet: {exc}")
+    if report.missing_certificates:
+        report.warnings.append(
+            f"{len(report.missing_certificates)} certificate(s) not in newcerts/ "
+            f"(first: {report.missing_certificates[0]}); their index lines are kept"
+        )
+    return report
