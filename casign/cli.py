@@ -278,6 +278,11 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
 @click.option(
     "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True
 )
+@click.option(
+    "--beat",
+    is_flag=True,
+    help="Also run the schedule: a new CRL every hour (run it in one worker only).",
+)
 def worker(
     ca: Path | None,
     broker: str | None,
@@ -285,6 +290,7 @@ def worker(
     concurrency: int | None,
     loglevel: str,
     pool: str,
+    beat: bool,
 ) -> None:
     """Run a signing worker: the only process that opens the intermediate key."""
     folder = ca_dir(ca).absolute()
@@ -314,6 +320,13 @@ def worker(
         ]
         if concurrency:
             argv.append(f"--concurrency={concurrency}")
+        if beat:
+            from worker.lifecycle_tasks import CRL_SCHEDULE
+
+            app.conf.beat_schedule = CRL_SCHEDULE
+            schedule_dir = folder / "store"
+            schedule_dir.mkdir(mode=0o700, exist_ok=True)
+            argv += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
         app.worker_main(argv)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from casign.cli import broker_option, ca_option, fail, open_store, store_option
-from casign.config import ca_dir, producer_identity, resolve_endpoints
+from casign.config import ca_dir, resolve_endpoints
 from casign.index import IndexEntry, format_serial
 from casign.revocations import REVOKE_REASONS, RevocationRefused, RevocationStore, parse_duration
 
@@ -51,32 +51,11 @@ def revoke(
     timeout: float,
 ) -> None:
     """Revoke SERIAL (hex) through the queue; the worker records it for the CRL and OCSP."""
-    from producers.revocation import revoke as revoke_through_queue
+    from casign.cli_producer import open_producer
 
-    endpoints = resolve_endpoints(broker, store, ca)
-    identity, secret_source = producer_identity()
-    if endpoints.embedded_dir is not None:
-        from casign.embedded_redis import EmbeddedRedis
-
-        if not EmbeddedRedis(endpoints.embedded_dir).is_running():
-            fail(
-                f"the embedded Redis of {endpoints.embedded_dir} is not running; start "
-                f"`casign worker --ca {endpoints.embedded_dir}` first, or give --broker and --store",
-                2,
-            )
     try:
-        result = revoke_through_queue(
-            endpoints.broker_url,
-            endpoints.store_url,
-            serial,
-            reason,
-            store_prefix=endpoints.store_prefix,
-            queue=endpoints.queue,
-            requester=requester,
-            identity=identity,
-            secret_source=secret_source,
-            timeout=timeout,
-        )
+        with open_producer(ca, broker, store, requester) as producer:
+            result = producer.revoke(serial, reason, timeout)
     except RevocationRefused as exc:
         _refused(exc)
         return

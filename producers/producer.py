@@ -15,7 +15,9 @@ from celery import Celery
 from casign.auth import read_secret, sign_batch
 from casign.messages import JobResult, SignBatch, SignRequest
 from casign.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
+from casign.revocations import RevocationResult, RevocationStore
 from casign.store import ResultsStore
+from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 
 _REPLY_WAIT_SECONDS = 1.0
 # After this long without a reply the store is asked directly; the spell doubles each time.
@@ -175,6 +177,22 @@ class Producer:
             waiting.discard(job_id)
             self._fingerprints.pop(job_id, None)
             yield result
+
+    def revoke(
+        self, serial: str, reason: str = "unspecified", timeout: float = DEFAULT_TIMEOUT
+    ) -> RevocationResult:
+        """Have the signer revoke `serial` (an RFC 5280 reason name) and wait for its answer."""
+        request = send_revocation(
+            self._celery,
+            self.queue,
+            self.reply_to,
+            serial,
+            reason,
+            requester=self.requester,
+            identity=self.identity,
+            secret=self._secret,
+        )
+        return RevocationStore(self.store).wait_result(self.reply_to, request.request_id, timeout)
 
     def status(self, job_id: str) -> JobResult | None:
         """The job's result if it has one, else None (queued, or reserved and signing)."""

@@ -30,7 +30,6 @@ from casign.revocations import (
 )
 from casign.store import ResultsStore
 from producers import Producer
-from producers.revocation import RevocationClient
 from tests.csrs import job, make_csr
 from tests.workers import WorkerProcess, start_worker
 from worker.access import AccessPolicy, AllowedProducer, ProducerPolicy
@@ -325,7 +324,7 @@ def test_revocation_through_a_real_worker(
         serials = [result.serial for result in producer.results(job_ids, timeout=60)]
     first, second, third = (serial for serial in serials if serial)
 
-    with RevocationClient(
+    with Producer(
         broker_url, redis_url, store_prefix=prefix, queue=queue, requester="test"
     ) as client:
         revoked = client.revoke(first, "keyCompromise", timeout=60)
@@ -336,7 +335,7 @@ def test_revocation_through_a_real_worker(
         unknown = client.revoke("0BADC0DE", "superseded", timeout=60)
         assert unknown.code == RevocationCode.UNKNOWN_SERIAL
         with pytest.raises(RevocationRefused):  # refused before it is sent
-            client.submit(second, "because")
+            client.revoke(second, "because")
 
     entry = store.index_entry(first)
     assert entry is not None and entry.status is Status.REVOKED
