@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from functools import cache
 
@@ -190,7 +191,9 @@ def test_rsa_exponent_1_is_refused_although_its_signature_verifies() -> None:
     # so proof of possession proves nothing and the key check has to come first.
     modulus = rsa_key().public_key().public_numbers().n
     csr = hostile.rsa_request_with_exponent_one(modulus)
-    assert x509.load_pem_x509_csr(csr.encode()).is_signature_valid
+    # cryptography 50 and later refuse to load such a key at all; older ones verify it.
+    with contextlib.suppress(ValueError):
+        assert x509.load_pem_x509_csr(csr.encode()).is_signature_valid
     refused(csr, Code.KEY_RSA_EXPONENT, "exponent 1")
 
 

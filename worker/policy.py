@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.name import _ASN1Type
@@ -18,6 +19,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from casign.errors import RefusalCode as Code
 from casign.errors import Rejected
 from casign.messages import SignRequest
+from worker.csr_der import rsa_public_exponent
 from worker.profiles import Profile, ProfileSet
 
 MAX_CSR_BYTES = 64 * 1024
@@ -152,6 +154,12 @@ def read_public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKey
             Code.KEY_UNSUPPORTED, "the CSR's subjectPublicKeyInfo algorithm is not supported"
         ) from None
     except ValueError:
+        exponent = rsa_public_exponent(csr.public_bytes(serialization.Encoding.DER))
+        if exponent is not None and (exponent % 2 == 0 or exponent < MIN_RSA_EXPONENT):
+            raise Rejected(
+                Code.KEY_RSA_EXPONENT,
+                f"the RSA public exponent {exponent} is refused; use 65537",
+            ) from None
         raise Rejected(
             Code.CSR_MALFORMED, "the CSR's subjectPublicKeyInfo does not parse"
         ) from None
