@@ -1,0 +1,146 @@
+"""The in-process rows: the issuance pipeline in a loop (the limit), and the bare signature."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from bench.cpu import CpuMeter
+from bench.rows import BenchError, Rate
+from bench.workload import PROFILE, Workload
+from casign.messages import JobResult
+from casign.store import ResultsStore
+from worker.authority import SigningAuthority
+from worker.issuance import BatchSigner
+
+SIGN_ONLY_MAX_JOBS = 5000
+WARMUP_JOBS = 20
+LEAF_DAYS = 375
+# Netscape extensions of the guide's server_cert (REFERENCE.md section 2).
+NS_CERT_TYPE = ObjectIdentifier("2.16.840.1.113730.1.1")
+NS_COMMENT = ObjectIdentifier("2.16.840.1.113730.1.13")
+NS_CERT_TYPE_SERVER = bytes.fromhex("03020640")  # BIT STRING, bit 1 (SSL server) set
+NS_COMMENT_TEXT = b"OpenSSL Generated Server Certificate"
+
+
+def jobs_for(workload: Workload, tag: str) -> list[dict[str, object]]:
+    """The jobs as a worker receives them off the queue, with job ids unique to `tag`."""
+    return [
+        {"job_id": f"{tag}-{index:07d}", "csr_pem": pem, "profile": PROFILE}
+        for index, pem in enumerate(workload.csr_pems)
+    ]
+
+
+def measure_limit(
+    authority: SigningAuthority, store: ResultsStore, workload: Workload, batch_size: int, tag: str
+) -> Rate:
+    """`BatchSigner.sign_batch` over the workload in one process: policy, reserve, sign, publish."""
+    signer = BatchSigner(authority, store)
+    warmup = jobs_for(workload.head(WARMUP_JOBS), f"{tag}-warmup")
+    _check_issued(signer.sign_batch(warmup), len(warmup))
+    jobs = jobs_for(workload, tag)
+    batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+    issued = 0
+    cpu = CpuMeter()
+    start = time.perf_counter()
+    for batch in batches:
+        results = signer.sign_batch(batch)
+        issued += sum(result.status == "issued" for result in results)
+    elapsed = time.perf_counter() - start
+    cpu_seconds = cpu.seconds()
+    if issued != len(jobs):
+        raise BenchError(f"the pipeline issued {issued} of {len(jobs)} certificates")
+    return Rate(
+        len(jobs),
+        elapsed,
+        f"BatchSigner.sign_batch in a loop, batches of {batch_size}, 1 process, no queue",
+        cpu_seconds,
+    )
+
+
+def _check_issued(results: list[JobResult], expected: int) -> None:
+    issued = sum(result.status == "issued" for result in results)
+    if issued != expected:
+        raise BenchError(f"warm-up issued {issued} of {expected} certificates")
+
+
+def server_cert_builder(
+    csr: x509.CertificateSigningRequest, authority: SigningAuthority, now: datetime
+) -> x509.CertificateBuilder:
+    """A to-be-signed certificate shaped like the guide's server_cert, built without casign."""
+    public_key = csr.public_key()
+    common_name = str(csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    intermediate = authority.intermediate
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), False),
+        (x509.UnrecognizedExtension(NS_CERT_TYPE, NS_CERT_TYPE_SERVER), False),
+        (
+            x509.UnrecognizedExtension(
+                NS_COMMENT, bytes([0x16, len(NS_COMMENT_TEXT)]) + NS_COMMENT_TEXT
+            ),
+            False,
+        ),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (
+            x509.AuthorityKeyIdentifier(
+                key_identifier=authority.key_identifier,
+                authority_cert_issuer=[x509.DirectoryName(intermediate.issuer)],
+                authority_cert_serial_number=intermediate.serial_number,
+            ),
+            False,
+        ),
+        (
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        ),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName([x509.DNSName(common_name)]), False),
+    ]
+    return x509.CertificateBuilder(
+        issuer_name=intermediate.subject,
+        subject_name=csr.subject,
+        public_key=public_key,
+        serial_number=secrets.randbits(159) | (1 << 64),
+        not_valid_before=now,
+        not_valid_after=now + timedelta(days=LEAF_DAYS),
+        extensions=[x509.Extension(value.oid, critical, value) for value, critical in extensions],
+    )
+
+
+def measure_sign_only(authority: SigningAuthority, workload: Workload) -> Rate:
+    """`CertificateBuilder.sign` alone with the CA key, on builders made before timing."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    subset = workload.head(SIGN_ONLY_MAX_JOBS)
+    builders = [
+        server_cert_builder(x509.load_pem_x509_csr(pem.encode("ascii")), authority, now)
+        for pem in subset.csr_pems
+    ]
+    key, digest = authority.key, hashes.SHA256()
+    for builder in builders[:WARMUP_JOBS]:
+        builder.sign(key, digest)
+    cpu = CpuMeter()
+    start = time.perf_counter()
+    for builder in builders:
+        builder.sign(key, digest)
+    elapsed = time.perf_counter() - start
+    return Rate(
+        len(builders),
+        elapsed,
+        "x509.CertificateBuilder.sign only, same CA key, 1 process",
+        cpu.seconds(),
+    )
