@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote_to_bytes
@@ -31,6 +33,9 @@ from casign.errors import ConfigurationError, Retryable, SigningError
 from casign.keys import KeyType
 from keystore.backend import SigningKey
 from keystore.uri import KeyURI
+
+# SoftHSM fails about one login in six when two processes log in to a token at once.
+_LOGIN_ATTEMPTS = 5
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Library
@@ -277,12 +282,7 @@ class _TokenSession:
         pin = _login_pin(token, uri)
         read_write = not token.flags & TokenFlag.WRITE_PROTECTED
         try:
-            try:
-                session = token.open(rw=read_write, user_pin=pin)
-            except pkcs11.UserAlreadyLoggedIn:
-                # A login holds for every session a process has with the token, so one
-                # opened elsewhere in this process already logged us in.
-                session = token.open(rw=read_write)
+            session = _open_logged_in(token, read_write, pin)
             self.mechanisms = frozenset(token.slot.get_mechanisms())
         except _PIN_ERRORS as exc:
             raise ConfigurationError(
@@ -296,6 +296,23 @@ class _TokenSession:
         self.session = session
         self.pid = os.getpid()
         return session
+
+
+def _open_logged_in(token: Token, read_write: bool, pin: str | object | None) -> Session:
+    """Open a session and log in, retrying the transient failure SoftHSM gives when two
+    processes log in to one token at the same moment (CKR_GENERAL_ERROR)."""
+    for attempt in range(_LOGIN_ATTEMPTS):
+        try:
+            return token.open(rw=read_write, user_pin=pin)
+        except pkcs11.UserAlreadyLoggedIn:
+            # A login holds for every session a process has with the token, so one
+            # opened elsewhere in this process already logged us in.
+            return token.open(rw=read_write)
+        except pkcs11.GeneralError:
+            if attempt == _LOGIN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)  # noqa: S311
+    raise AssertionError("unreachable")
 
 
 def _token_session(uri: KeyURI) -> _TokenSession:
