@@ -185,6 +185,17 @@ class _Registry:
         return module.library
 
 
+    def reinitialise_later(self, library: Pkcs11Library) -> None:
+        """Have the next `library()` call finalize and initialise `library` again.
+
+        A module that lost its device (SoftHSM whose token folder went away) keeps failing
+        until C_Finalize/C_Initialize; without this only a new process would recover.
+        """
+        for module in self.modules.values():
+            if module.library is library:
+                module.pid = 0
+
+
 _REGISTRY = _Registry()
 
 
@@ -208,6 +219,7 @@ def _find_token(
     try:
         present = list(library.get_tokens())
     except pkcs11.PKCS11Error as exc:
+        _REGISTRY.reinitialise_later(library)
         raise unavailable(f"{uri}: cannot list the tokens ({_reason(exc)})") from exc
     tokens = [
         token

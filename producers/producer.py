@@ -5,6 +5,7 @@ Imports the message schema and the store only; never the keystore or the worker.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,9 @@ from casign.revocations import RevocationResult, RevocationStore
 from casign.store import ResultsStore
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 
+log = logging.getLogger("casign.producer")
+
+DEFAULT_RESEND_SECONDS = 60.0
 _REPLY_WAIT_SECONDS = 1.0
 # After this long without a reply the store is asked directly; the spell doubles each time.
 _RECHECK_SECONDS = 2.0
@@ -39,8 +43,14 @@ class Producer:
         queue: str = SIGN_QUEUE,
         identity: str | None = None,
         secret_source: str | None = None,
+        resend_after: float = DEFAULT_RESEND_SECONDS,
     ) -> None:
-        """`identity` and `secret_source` (`file:PATH` or `env:VAR`) sign every batch (HMAC)."""
+        """`identity` and `secret_source` (`file:PATH` or `env:VAR`) sign every batch (HMAC).
+
+        Jobs no worker has recorded after `resend_after` seconds without any answer are sent
+        again (same job id, so never signed twice).
+        """
+        self.resend_after = resend_after
         if (identity is None) != (secret_source is None):
             raise ValueError("a producer identity and its secret_source go together")
         self.identity = identity
@@ -51,6 +61,7 @@ class Producer:
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self.reply_to = uuid.uuid4().hex
         self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
+        self._unanswered: dict[str, SignRequest] = {}
         self._celery = Celery("casign-producer", set_as_current=False)
         self._celery.conf.update(celery_settings(broker_url, queue))
 
@@ -122,6 +133,7 @@ class Producer:
     def _send(self, requests: list[SignRequest]) -> None:
         for request in requests:
             self._fingerprints[request.job_id] = request.fingerprint()
+            self._unanswered[request.job_id] = request
         jobs = [request.model_dump(exclude_none=True) for request in requests]
         signature = None
         if self.identity is not None and self._secret is not None:
@@ -144,6 +156,7 @@ class Producer:
         deadline = time.monotonic() + timeout
         yield from self._collect_finished(waiting - self._fingerprints.keys(), waiting)
         quiet, recheck_after = 0.0, _RECHECK_SECONDS
+        last_reply = time.monotonic()
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -158,8 +171,11 @@ class Producer:
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
+                if waiting and time.monotonic() - last_reply >= self.resend_after:
+                    self._resend_lost(waiting)
+                    last_reply = time.monotonic()
                 continue
-            quiet = 0.0
+            quiet, last_reply = 0.0, time.monotonic()
             for reply in replies:
                 expected = self._fingerprints.get(reply.job_id)
                 if expected and reply.fingerprint and reply.fingerprint != expected:
@@ -167,7 +183,22 @@ class Producer:
                 if reply.job_id in waiting:
                     waiting.discard(reply.job_id)
                     self._fingerprints.pop(reply.job_id, None)
+                    self._unanswered.pop(reply.job_id, None)
                     yield reply
+
+    def _resend_lost(self, waiting: set[str]) -> None:
+        """Send again the jobs of ours that no worker has recorded after a long silence.
+
+        A Redis broker can lose a message its consumer was killed holding (taken from the
+        queue, not yet marked in flight); the job id makes sending it again safe.
+        """
+        ours = [job_id for job_id in waiting if job_id in self._unanswered]
+        known = self.store.known_jobs(ours)
+        lost = [self._unanswered[job_id] for job_id in ours if job_id not in known]
+        if lost:
+            log.warning("sending %d job(s) again: no worker recorded them", len(lost))
+            for start in range(0, len(lost), self.batch_size):
+                self._send(lost[start : start + self.batch_size])
 
     def _collect_finished(self, asked: set[str], waiting: set[str]) -> Iterator[JobResult]:
         """Yield the results the store already has for `asked`, striking them from `waiting`."""
@@ -176,6 +207,7 @@ class Producer:
         for job_id, result in self.store.job_results(sorted(asked), self._fingerprints).items():
             waiting.discard(job_id)
             self._fingerprints.pop(job_id, None)
+            self._unanswered.pop(job_id, None)
             yield result
 
     def revoke(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import random
+import time
 from pathlib import Path
-from typing import Any
 
 from celery import Celery, signals
 from pydantic import ValidationError
@@ -28,6 +30,8 @@ ENV_STORE_URL = "CASIGN_STORE_URL"
 ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
 ENV_KEY_URI = "CASIGN_KEY_URI"
 RECOVERY_LOCK_SECONDS = 300
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
 
 _signer: BatchSigner | None = None
 _signer_pid: int | None = None
@@ -66,43 +70,57 @@ def recover_once(batch_signer: BatchSigner) -> None:
         store.client.delete(lock)
 
 
+def _sign_parsed(parsed: SignBatch) -> int:
+    """Sign a validated batch; Retryable when the key or the store is unavailable now."""
+    try:
+        batch_signer = signer()
+    except SigningError as exc:
+        # The key or the store cannot be opened now (HSM gone, PIN changed): wait and retry.
+        raise Retryable(str(exc)) from exc
+    try:
+        results = batch_signer.sign_batch(
+            parsed.jobs, parsed.reply_to, parsed.producer, parsed.signature
+        )
+    except Retryable:
+        raise
+    except Exception as exc:
+        log.exception("batch of %d job(s) failed", len(parsed.jobs))
+        batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
+        return 0
+    return len(results)
+
+
 def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
     app = Celery("casign", set_as_current=False)
     app.conf.update(celery_settings(broker_url, queue))
 
-    @app.task(
-        name=SIGN_BATCH_TASK,
-        bind=True,
-        autoretry_for=(Retryable,),
-        retry_backoff=True,
-        retry_backoff_max=30,
-        retry_jitter=True,
-        max_retries=None,
-        acks_late=True,
-    )
-    def sign_batch(self: Any, batch: object) -> int:
-        """Sign one queue message's jobs; a malformed message is logged and dropped."""
+    @app.task(name=SIGN_BATCH_TASK, acks_late=True)
+    def sign_batch(batch: object) -> int:
+        """Sign one queue message's jobs; a malformed message is logged and dropped.
+
+        A store or HSM outage is waited out here, with the message unacknowledged, rather than
+        by Celery's retry, which has to publish a new message and so fails when the broker is
+        the Redis that is down; if this worker dies meanwhile the message is delivered again.
+        """
         try:
             parsed = SignBatch.model_validate(batch)
         except ValidationError as exc:
             log.error("refused a malformed batch message: %s", describe_validation_error(exc))
             return 0
-        try:
-            batch_signer = signer()
-        except SigningError as exc:
-            # The key or the store cannot be opened now (HSM gone, PIN changed): retry later.
-            raise Retryable(str(exc)) from exc
-        try:
-            results = batch_signer.sign_batch(
-                parsed.jobs, parsed.reply_to, parsed.producer, parsed.signature
-            )
-            return len(results)
-        except Retryable:
-            raise
-        except Exception as exc:
-            log.exception("batch of %d job(s) failed", len(parsed.jobs))
-            batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
-            return 0
+        for attempt in itertools.count():
+            try:
+                return _sign_parsed(parsed)
+            except Retryable as exc:
+                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt)
+                delay *= random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
+                log.warning(
+                    "batch of %d job(s) waits %.1f s and tries again: %s",
+                    len(parsed.jobs),
+                    delay,
+                    exc,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     register_lifecycle_tasks(app)
     return app

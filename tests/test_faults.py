@@ -1,0 +1,797 @@
+"""Fault injection with real processes and a Redis each test owns: kills, restarts, HSM loss.
+
+A run ends with `assert_exactly_once`: every job answered once with one certificate, the one
+the store holds; one serial per job; index entries == certificates == serials == jobs; one
+"issued" audit decision per job; nothing left pending. CASIGN_FAULTS_REPORT=FILE appends each
+test's numbers to FILE as JSON lines (RELIABILITY.md quotes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from casign.errors import Retryable
+from casign.keys import KeyType
+from casign.messages import JobResult, SignRequest
+from casign.store import Issued, ResultsStore
+from producers import Producer
+from tests.csrs import job, make_csr
+from tests.faults import (
+    Collector,
+    OwnedRedis,
+    assert_exactly_once,
+    assert_none_half_recorded,
+    kill_whole_worker_when,
+    launch_worker,
+    locate_jobs,
+    pending_count,
+    pending_jobs,
+    pool_processes,
+    queued_job_ids,
+    replaced,
+    resume,
+    unacked_job_ids,
+    wait_until,
+)
+from tests.softhsm_token import SoftHsmToken
+from tests.workers import WorkerProcess, start_worker
+from worker.authority import SigningAuthority
+from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.issuance import BatchSigner
+
+pytestmark = pytest.mark.slow
+
+BATCH_SIZE = 100
+CONCURRENCY = 2
+# Seconds for a run to finish once the last fault is over (5,000 jobs take ~20 s here).
+SETTLE_SECONDS = 150.0
+# Short enough for a test to wait for (the product's default is 300 s), far longer than a batch.
+VISIBILITY_TIMEOUT_ENV = "CASIGN_VISIBILITY_TIMEOUT"
+SHORT_VISIBILITY_TIMEOUT = 8
+# After the last Redis restart: Celery reconnects within ~6 s and 2,000 jobs sign in ~8 s.
+RESTART_SETTLE_SECONDS = 45.0
+REPORT_ENV = "CASIGN_FAULTS_REPORT"
+
+
+def record_numbers(test: str, **numbers: object) -> None:
+    """Append this run's numbers as one JSON line to $CASIGN_FAULTS_REPORT, if set."""
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        with Path(path).open("a", encoding="utf-8") as report:
+            report.write(json.dumps({"test": test, **numbers}) + "\n")
+
+
+@pytest.fixture
+def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
+    """A redis-server for this test alone (broker and store), AOF fsynced on every write."""
+    server = OwnedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_store(owned_redis: OwnedRedis) -> Iterator[ResultsStore]:
+    results_store = ResultsStore.from_url(owned_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
+    yield results_store
+    results_store.client.close()
+
+
+@pytest.fixture
+def fault_queue() -> str:
+    return f"casign-faults-{uuid.uuid4().hex[:8]}"
+
+
+def start_fault_worker(
+    folder: Path,
+    server: OwnedRedis,
+    store: ResultsStore,
+    queue: str,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    return start_worker(
+        folder,
+        server.url,
+        server.url,
+        store,
+        queue,
+        log_path,
+        concurrency=CONCURRENCY,
+        extra_env=extra_env,
+    )
+
+
+def fault_producer(
+    server: OwnedRedis, store: ResultsStore, queue: str, resend_after: float = 60.0
+) -> Producer:
+    return Producer(
+        server.url, server.url, store_prefix=store.prefix, queue=queue, resend_after=resend_after
+    )
+
+
+class Submitted(dict[str, str]):
+    """Job id -> common name of the jobs a test sent, and the requests themselves."""
+
+    requests: dict[str, SignRequest]
+
+
+def submit_jobs(producer: Producer, count: int, tag: str) -> Submitted:
+    """Enqueue `count` jobs with distinct subjects, `BATCH_SIZE` to a message."""
+    names = [f"{tag}-{index}.example.com" for index in range(count)]
+    requests = [producer.request(make_csr(name)) for name in names]
+    producer.submit_many(requests, batch_size=BATCH_SIZE)
+    submitted = Submitted((r.job_id, name) for r, name in zip(requests, names, strict=True))
+    submitted.requests = {r.job_id: r for r in requests}
+    return submitted
+
+
+def wait_issued(store: ResultsStore, count: float, timeout: float = 60) -> None:
+    wait_until(lambda: store.count_issued() >= count, timeout, f"{count:g} jobs issued")
+
+
+def lines_with(log: str, text: str) -> list[str]:
+    return [line for line in log.splitlines() if text in line]
+
+
+# 1. kill -9 of pool processes, and of the whole worker ------------------------------------
+
+
+def test_pool_processes_killed_mid_run(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a pool process, 4 times over a 5,000-job run: every job one certificate."""
+    jobs, kill_points = 5000, (0.1, 0.3, 0.5, 0.7)
+    worker = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log"
+    )
+    killed: list[tuple[int, int]] = []  # (pid, jobs pending when it died)
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, jobs, "pool")
+            collector = Collector(producer, names, SETTLE_SECONDS + 60)
+            collector.start()
+            for fraction in kill_points:
+                wait_issued(fault_store, fraction * jobs)
+                # Kill while a batch is reserved and being signed, not between batches.
+                wait_until(lambda: pending_count(fault_store) > 0, 10, "a batch being signed")
+                alive = pool_processes(worker, CONCURRENCY)
+                victim = alive[len(killed) % len(alive)]
+                pending = pending_count(fault_store)
+                os.kill(victim, signal.SIGKILL)
+                killed.append((victim, pending))
+                # The main process replaces the lost one before the next kill.
+                wait_until(partial(replaced, worker, victim, CONCURRENCY), 30, "a new pool")
+            results = collector.finish()
+        counts = assert_exactly_once(
+            fault_store, results, names, ca_folder.intermediate_certificate()
+        )
+        assert worker.process.poll() is None, "the main worker process died"
+        log = worker.log()
+    finally:
+        worker.stop()
+    interrupted = lines_with(log, "Task handler raised error: WorkerLostError")
+    recovered = lines_with(log, "reserved before a crash")
+    record_numbers(
+        "test_pool_processes_killed_mid_run",
+        jobs=counts.jobs,
+        pool_kills=len(killed),
+        pending_at_kills=[pending for _, pending in killed],
+        tasks_interrupted=len(interrupted),
+        recovery_log=recovered,
+        certificates=counts.certificates,
+        serials=counts.serials,
+        index_entries=counts.index_entries,
+        certificates_lost=jobs - counts.certificates,
+        producer_errors=collector.errors,
+    )
+    assert interrupted, "no kill interrupted a task: the test tested nothing"
+
+
+def test_whole_worker_killed_then_replaced(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the main worker and its pool mid-run, then a new worker: nothing lost."""
+    jobs = 5000
+    first = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-1.log"
+    )
+    second: WorkerProcess | None = None
+    broker = owned_redis.client()
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, jobs, "whole")
+            collector = Collector(producer, names, SETTLE_SECONDS)
+            collector.start()
+            wait_issued(fault_store, 0.4 * jobs)
+
+            # Kill when each pool process is signing a reserved batch. Then the main process
+            # is not between BRPOP and recording a message as unacknowledged (kombu's Redis
+            # transport loses a message killed there: test_main_worker_killed_after_fetch),
+            # and no message waits unreserved, which would come back only after the broker's
+            # visibility timeout plus kombu's restore sweep (~100 s): see RELIABILITY.md.
+            def both_signing() -> bool:
+                if broker.hlen("unacked") != CONCURRENCY:
+                    return False
+                return unacked_job_ids(broker) <= pending_jobs(fault_store)
+
+            kill_whole_worker_when(first, both_signing, 20, "both pool processes signing")
+            pending_at_kill = pending_jobs(fault_store)
+            tally = assert_none_half_recorded(fault_store, names)
+            issued = {j for j in names if fault_store.job_state(j).get("state") == "issued"}
+            queued = queued_job_ids(broker, fault_queue)
+            held = unacked_job_ids(broker)
+            nowhere = set(names) - issued - pending_at_kill - queued - held
+            assert nowhere == set(), f"{len(nowhere)} job(s) lost by the crash"
+            stranded = held - issued - pending_at_kill  # delivered, never reserved
+            assert stranded == set(), "killed while a message waited unreserved"
+
+            fault_store.client.delete(fault_store.key("chain"))  # so the new start is awaited
+            second = start_fault_worker(
+                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-2.log"
+            )
+            results = collector.finish()
+        counts = assert_exactly_once(
+            fault_store, results, names, ca_folder.intermediate_certificate()
+        )
+
+        # The dead worker's messages come back once their visibility timeout passes; a late
+        # redelivery of the jobs it had reserved must answer with the same certificates.
+        by_job = {result.job_id: result for result in results}
+        again = sorted(pending_at_kill)
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            producer.submit_many(
+                [names.requests[job_id] for job_id in again], batch_size=BATCH_SIZE
+            )
+            replayed = list(producer.results(again, timeout=60))
+        for result in replayed:
+            assert result.certificate_pem == by_job[result.job_id].certificate_pem, result
+        assert fault_store.count_issued() == jobs == fault_store.count_serials()
+        assert pending_count(fault_store) == 0
+        assert second.process.poll() is None
+        recovered = lines_with(second.log(), "reserved before a crash")
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        broker.close()
+    record_numbers(
+        "test_whole_worker_killed_then_replaced",
+        jobs=counts.jobs,
+        whole_worker_kills=1,
+        at_kill=tally,
+        in_dead_workers_messages=len(held),
+        recovery_log=recovered,
+        replayed=len(replayed),
+        certificates=counts.certificates,
+        certificates_lost=jobs - counts.certificates,
+    )
+    assert pending_at_kill, "the crash hit no reserved job: recovery was not exercised"
+
+
+def test_dead_workers_unreserved_batch_comes_back(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch handed to a pool process that died before reserving it is redelivered.
+
+    Only the broker's visibility timeout brings it back: the worker is killed while its pool
+    processes are frozen (the batch sits in their pipe), and a new worker started once the
+    timeout has passed restores it at start-up and signs it.
+    """
+    monkeypatch.setenv(VISIBILITY_TIMEOUT_ENV, str(SHORT_VISIBILITY_TIMEOUT))
+    first = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-1.log"
+    )
+    second: WorkerProcess | None = None
+    broker = owned_redis.client()
+    pool: list[int] = []
+    try:
+        pool = pool_processes(first, CONCURRENCY)
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, BATCH_SIZE, "unreserved")
+            wait_until(lambda: broker.hlen("unacked") == 1, 10, "the batch handed out")
+            os.killpg(first.process.pid, signal.SIGKILL)
+            first.process.wait(timeout=30)
+            killed_at = time.monotonic()
+            assert unacked_job_ids(broker) == set(names)
+            assert assert_none_half_recorded(fault_store, names)["absent"] == len(names)
+
+            time.sleep(max(0.0, killed_at + SHORT_VISIBILITY_TIMEOUT + 1 - time.monotonic()))
+            fault_store.client.delete(fault_store.key("chain"))
+            second = start_fault_worker(
+                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-2.log"
+            )
+            results = list(producer.results(list(names), timeout=30))
+        counts = assert_exactly_once(
+            fault_store, results, names, ca_folder.intermediate_certificate()
+        )
+        waited = time.monotonic() - killed_at
+    finally:
+        for pid in pool:
+            resume(pid)
+        if second is not None:
+            second.stop()
+        first.stop()
+        broker.close()
+    record_numbers(
+        "test_dead_workers_unreserved_batch_comes_back",
+        jobs=counts.jobs,
+        whole_worker_kills=1,
+        visibility_timeout=SHORT_VISIBILITY_TIMEOUT,
+        seconds_from_kill_to_last_result=round(waited, 1),
+        certificates_lost=len(names) - counts.certificates,
+    )
+
+
+def test_main_worker_killed_after_fetch(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """A message the main process has taken from Redis but not yet recorded survives a kill."""
+    worker = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log"
+    )
+    broker = owned_redis.client()
+    main = worker.process.pid
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue, resend_after=3) as producer:
+            for attempt in range(5):
+                names = {f"fetched-{attempt}-{n}": f"f{attempt}-{n}.example.com" for n in range(10)}
+                requests = [
+                    producer.request(make_csr(name), job_id=job_id)
+                    for job_id, name in names.items()
+                ]
+                # Freeze the idle main process while its BRPOP waits in Redis, then send a
+                # batch: Redis pops it for the frozen client, which never gets to record it.
+                wait_until(lambda: frozen_in_brpop(main, broker), 10, "the worker in BRPOP")
+                producer.submit_many(requests)
+                with contextlib.suppress(TimeoutError):
+                    wait_until(lambda: broker.llen(fault_queue) == 0, 0.5, "the batch popped")
+                    break
+                resume(main)  # the BRPOP timed out first: let this batch through, try again
+            else:
+                pytest.skip("could not catch the worker waiting in BRPOP")
+            os.killpg(main, signal.SIGKILL)
+            worker.process.wait(timeout=30)
+            # Redis gave the batch to the killed consumer, which never marked it in flight: the
+            # message is gone from the broker (celery/celery#7950). The producer notices that no
+            # worker recorded its jobs and sends them again under the same job ids.
+            where = locate_jobs(fault_store, broker, fault_queue, names)
+            replacement = start_fault_worker(
+                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker2.log"
+            )
+            try:
+                results = list(producer.results(list(names), timeout=60))
+            finally:
+                replacement.stop()
+        record_numbers("test_main_worker_killed_after_fetch", jobs=len(names), where=where)
+        assert sorted(result.job_id for result in results) == sorted(names)
+        assert all(result.ok for result in results)
+        assert all(fault_store.job_state(job_id)["state"] == "issued" for job_id in names)
+    finally:
+        resume(main)
+        worker.stop()
+        broker.close()
+
+
+def frozen_in_brpop(main: int, broker: redis.Redis) -> bool:
+    """SIGSTOP `main`; True if it is left frozen while Redis holds its BRPOP blocked."""
+    os.kill(main, signal.SIGSTOP)
+    if any(c["cmd"] == "brpop" and "b" in c["flags"] for c in broker.client_list()):
+        return True
+    os.kill(main, signal.SIGCONT)
+    return False
+
+
+# 2. Redis restarted mid-run ------------------------------------------------------------
+
+
+def test_redis_restarted_mid_run(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """Redis stopped (SIGTERM, then kill -9) and started again on its AOF, twice in a run."""
+    jobs = 2000
+    # Like a service manager (systemd Restart=, compose `restart:`), start the worker again if
+    # it exits: on a lost connection kombu's Redis transport can crash Celery's consumer
+    # ("'NoneType' object has no attribute 'hostname'"), which casign cannot catch.
+    worker = SupervisedWorker(
+        lambda n: start_fault_worker(
+            ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / f"worker-{n}.log"
+        )
+    )
+    broker = owned_redis.client()
+    restarts: list[dict[str, Any]] = []
+    numbers: dict[str, Any] = {"jobs": jobs, "redis_restarts": restarts}
+    collector: Collector | None = None
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, jobs, "restart")
+            collector = Collector(
+                producer,
+                names,
+                RESTART_SETTLE_SECONDS,
+                lambda ids: locate_jobs(fault_store, broker, fault_queue, ids),
+            )
+            collector.start()
+            for fraction, how in ((0.25, signal.SIGTERM), (0.6, signal.SIGKILL)):
+                wait_issued(fault_store, fraction * jobs, timeout=30)
+                wait_until(lambda: pending_count(fault_store) > 0, 10, "a batch being signed")
+                before = fault_store.count_issued()
+                owned_redis.restart(how, down_seconds=2.0)
+                after = fault_store.count_issued()
+                # With appendfsync always, nothing acknowledged before the stop is lost.
+                assert after >= before, f"{before - after} issued certificate(s) lost"
+                restarts.append({"signal": how.name, "issued_before": before, "after": after})
+            results = collector.finish()
+        counts = assert_exactly_once(
+            fault_store, results, names, ca_folder.intermediate_certificate()
+        )
+        numbers.update(certificates=counts.certificates, certificates_lost=0)
+    finally:
+        worker.stop()
+        log = worker.log()
+        if collector is not None:
+            numbers.update(
+                jobs_without_result=len(collector.remaining),
+                where_they_are=locate_jobs(fault_store, broker, fault_queue, collector.remaining),
+                producer_errors=len(collector.errors),
+            )
+        numbers.update(
+            batches_rejected=len(lines_with(log, "reject requeue=False")),
+            worker_crashed=lines_with(log, "Unrecoverable error"),
+            worker_restarts=worker.restarts,
+        )
+        record_numbers("test_redis_restarted_mid_run", **numbers)
+        broker.close()
+
+
+class SupervisedWorker:
+    """A worker started again whenever it exits, until `stop()`, as a service manager would."""
+
+    def __init__(self, start: Callable[[int], WorkerProcess]) -> None:
+        self._start = start
+        self.current = start(0)
+        self.finished: list[WorkerProcess] = []
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            if self.current.process.poll() is not None:
+                if self.current not in self.finished:
+                    self.finished.append(self.current)
+                self.restarts += 1
+                with contextlib.suppress(RuntimeError):  # Redis may still be down: next round
+                    self.current = self._start(self.restarts)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=60)
+        self.current.stop()
+
+    def log(self) -> str:
+        return "".join(worker.log() for worker in [*self.finished, self.current])
+
+
+# 3. The key backend fails ----------------------------------------------------------------
+
+
+@pytest.fixture
+def hsm_ca(softhsm_token: SoftHsmToken, tmp_path: Path) -> CAFolder:
+    return init_ca(
+        tmp_path / "hsm-ca",
+        CAOptions(
+            key_type=KeyType.RSA2048, intermediate_key_uri=softhsm_token.key_uri("intermediate")
+        ),
+    )
+
+
+class TokenOutage:
+    """Makes a SoftHSM token unavailable: its directory moved away and its PIN file wrong."""
+
+    def __init__(self, token: SoftHsmToken) -> None:
+        self.token = token
+        self.tokens_dir = token.conf_path.parent / "tokens"
+        self.moved_dir = token.conf_path.parent / "tokens-away"
+        self.pin = token.pin_file.read_text(encoding="utf-8")
+
+    def remove_token(self) -> None:
+        self.tokens_dir.rename(self.moved_dir)
+
+    def return_token(self) -> None:
+        self.moved_dir.rename(self.tokens_dir)
+
+    def break_pin(self) -> None:
+        self._write_pin("0" * (len(self.pin.strip())) + "\n")
+
+    def restore_pin(self) -> None:
+        self._write_pin(self.pin)
+
+    def _write_pin(self, text: str) -> None:
+        self.token.pin_file.chmod(0o600)
+        self.token.pin_file.write_text(text, encoding="utf-8")
+        self.token.pin_file.chmod(0o400)
+
+
+def test_token_lost_mid_run_then_back(
+    softhsm_token: SoftHsmToken,
+    hsm_ca: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """Token removed, then back with a wrong PIN, then the right one: retried, none half-done.
+
+    The worker is restarted once the token is back, because a worker whose PKCS#11 module
+    lost the token never sees it again (see test_worker_signs_again_once_the_token_returns).
+    """
+    jobs = 1000
+    outage = TokenOutage(softhsm_token)
+    workers = [
+        start_fault_worker(
+            hsm_ca.root,
+            owned_redis,
+            fault_store,
+            fault_queue,
+            tmp_path / "worker-1.log",
+            extra_env=softhsm_token.env,
+        )
+    ]
+    phases: dict[str, Any] = {}
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, jobs, "hsm")
+            collector = Collector(producer, names, SETTLE_SECONDS)
+            collector.start()
+            wait_issued(fault_store, 0.3 * jobs)
+            pool_before = pool_processes(workers[0], CONCURRENCY)
+            outage.remove_token()
+            outage.break_pin()
+            time.sleep(1.0)  # batches in flight fail and go back to the queue for a retry
+            stalled = fault_store.count_issued()
+            time.sleep(4.0)
+            phases["token_removed"] = {
+                "issued": fault_store.count_issued(),
+                **assert_none_half_recorded(fault_store, names),
+            }
+            assert fault_store.count_issued() == stalled, "signed without the token"
+            assert workers[0].process.poll() is None, "the worker died with the token"
+            assert pool_processes(workers[0], CONCURRENCY) == pool_before, "pool restarted"
+
+            # The worker is restarted by hand: its PKCS#11 module never sees the token again.
+            outage.return_token()
+            workers[0].stop()
+            refused = launch_worker(
+                hsm_ca.root,
+                owned_redis.url,
+                fault_store,
+                fault_queue,
+                tmp_path / "worker-2.log",
+                CONCURRENCY,
+                softhsm_token.env,
+            )
+            # A wrong PIN: the worker refuses to start, saying why, and signs nothing.
+            exit_code = refused.process.wait(timeout=60)
+            refusal = refused.log()
+            assert exit_code != 0
+            assert "login to token 'casign-test' failed (PinIncorrect)" in refusal
+            phases["wrong_pin"] = {
+                "worker_exit_code": exit_code,
+                "issued": fault_store.count_issued(),
+                **assert_none_half_recorded(fault_store, names),
+            }
+            assert fault_store.count_issued() == stalled, "signed with a wrong PIN"
+
+            outage.restore_pin()
+            fault_store.client.delete(fault_store.key("chain"))  # so the start is awaited
+            workers.append(
+                start_fault_worker(
+                    hsm_ca.root,
+                    owned_redis,
+                    fault_store,
+                    fault_queue,
+                    tmp_path / "worker-3.log",
+                    extra_env=softhsm_token.env,
+                )
+            )
+            results = collector.finish()
+        counts = assert_exactly_once(fault_store, results, names, hsm_ca.intermediate_certificate())
+        assert workers[-1].process.poll() is None
+        logs = "\n".join(worker.log() for worker in workers) + refusal
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert outage.pin.strip() not in logs, "the PIN is in a worker log"
+    record_numbers(
+        "test_token_lost_mid_run_then_back",
+        jobs=counts.jobs,
+        issued_before_outage=stalled,
+        phases=phases,
+        refusal=lines_with(refusal, "PinIncorrect"),
+        certificates=counts.certificates,
+        certificates_lost=jobs - counts.certificates,
+    )
+
+
+def test_worker_signs_again_once_the_token_returns(
+    softhsm_token: SoftHsmToken,
+    hsm_ca: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """The token goes away for 3 s and comes back: the same worker finishes the run."""
+    jobs = 400
+    outage = TokenOutage(softhsm_token)
+    worker = start_fault_worker(
+        hsm_ca.root,
+        owned_redis,
+        fault_store,
+        fault_queue,
+        tmp_path / "worker.log",
+        extra_env=softhsm_token.env,
+    )
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            names = submit_jobs(producer, jobs, "hsm-back")
+            # Retries back off (worker/app.py) for a few seconds at most after a 3 s outage.
+            collector = Collector(producer, names, 30)
+            collector.start()
+            wait_issued(fault_store, 0.25 * jobs)
+            outage.remove_token()
+            time.sleep(3.0)
+            outage.return_token()
+            try:
+                results = collector.finish()
+            finally:
+                record_numbers(
+                    "test_worker_signs_again_once_the_token_returns",
+                    jobs=jobs,
+                    jobs_without_result=len(collector.remaining),
+                    worker_alive=worker.process.poll() is None,
+                )
+        assert_exactly_once(fault_store, results, names, hsm_ca.intermediate_certificate())
+        assert worker.process.poll() is None
+    finally:
+        if outage.moved_dir.exists():
+            outage.return_token()
+        worker.stop()
+
+
+# 4. The store fails at publish time (in process) --------------------------------------------
+
+
+class PublishFails(ResultsStore):
+    """A results store whose next publish fails; remembers the certificates it was given."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, after_write: bool) -> None:
+        super().__init__(client, prefix)
+        self.failures_left = 1
+        self.after_write = after_write
+        self.attempted: dict[str, Issued] = {}
+
+    def publish(self, issued: Any, *args: Any, **kwargs: Any) -> None:
+        issued = list(issued)
+        if self.failures_left == 0:
+            return super().publish(issued, *args, **kwargs)
+        self.failures_left -= 1
+        self.attempted = {item.job_id: item for item in issued}
+        if self.after_write:
+            # The script ran and was fsynced, but the reply never came back.
+            super().publish(issued, *args, **kwargs)
+            raise Retryable("results store unavailable: ConnectionError: reply lost (injected)")
+        raise Retryable("results store unavailable: ConnectionError: refused (injected)")
+
+
+def batch_of(count: int, tag: str) -> list[dict[str, object]]:
+    return [job(f"{tag}-{n}", make_csr(f"{tag}-{n}.example.com")) for n in range(count)]
+
+
+@pytest.mark.parametrize("after_write", [False, True], ids=["before-write", "reply-lost"])
+def test_publish_fails_then_batch_redelivered(
+    authority: SigningAuthority, owned_redis: OwnedRedis, after_write: bool
+) -> None:
+    """Publish fails once; the same batch again publishes the same certificates, byte for byte."""
+    store = PublishFails(
+        redis.Redis.from_url(owned_redis.url, decode_responses=True),
+        "publish-fails",
+        after_write=after_write,
+    )
+    signer = BatchSigner(authority, store)
+    jobs = batch_of(50, "publish")
+    with pytest.raises(Retryable):
+        signer.sign_batch(jobs, reply_to="producer-1")
+    attempted = store.attempted
+    assert len(attempted) == len(jobs)
+    assert pending_count(store) == (0 if after_write else len(jobs))
+    assert store.count_issued() == (len(jobs) if after_write else 0)
+
+    results = BatchSigner(authority, store).sign_batch(jobs, reply_to="producer-1")
+    assert [r.status for r in results] == ["issued"] * len(jobs)
+    for result in results:
+        first = attempted[result.job_id]
+        assert result.serial == first.serial
+        assert result.certificate_pem == first.certificate_pem == store.certificate(first.serial)
+    replies = collect_replies(store, "producer-1", len(jobs))
+    assert {r.job_id: r.certificate_pem for r in replies} == {
+        r.job_id: r.certificate_pem for r in results
+    }
+    assert store.count_issued() == store.count_serials() == len(jobs)
+    assert pending_count(store) == 0
+
+
+def test_recovery_publishes_a_reserved_job_to_the_same_certificate(
+    authority: SigningAuthority, owned_redis: OwnedRedis
+) -> None:
+    """Reserved, signed, never published: recover_pending publishes the very same certificate."""
+    store = PublishFails(
+        redis.Redis.from_url(owned_redis.url, decode_responses=True),
+        "recover",
+        after_write=False,
+    )
+    jobs = batch_of(20, "recover")
+    with pytest.raises(Retryable):
+        BatchSigner(authority, store).sign_batch(jobs, reply_to="producer-2")
+    assert pending_count(store) == len(jobs)
+
+    recovered = BatchSigner(authority, store).recover_pending()  # as a new worker process does
+    assert sorted(r.job_id for r in recovered) == sorted(store.attempted)
+    for result in recovered:
+        assert result.certificate_pem == store.attempted[result.job_id].certificate_pem
+    assert pending_count(store) == 0
+    assert len(collect_replies(store, "producer-2", len(jobs))) == len(jobs)
+
+    # The batch delivered once more (the broker's redelivery) changes nothing.
+    again = BatchSigner(authority, store).sign_batch(jobs, reply_to="producer-2")
+    assert {r.job_id: r.certificate_pem for r in again} == {
+        r.job_id: r.certificate_pem for r in recovered
+    }
+    assert store.count_issued() == store.count_serials() == len(jobs)
+
+
+def collect_replies(store: ResultsStore, reply_to: str, count: int) -> list[JobResult]:
+    replies: list[JobResult] = []
+    while len(replies) < count:
+        batch = store.wait_replies(reply_to, timeout=2)
+        assert batch, f"only {len(replies)} of {count} replies arrived"
+        replies.extend(batch)
+    return replies
