@@ -126,6 +126,12 @@ def main() -> None:
     default=None,
     help="Make the intermediate key inside a PKCS#11 token: pkcs11:token=..;object=..?pin-source=..",
 )
+@click.option(
+    "--base-url",
+    default=None,
+    help="Where the CRL, OCSP responder and CA certificate are served (http://pki.example.com); "
+    "the tls_server profile names them.",
+)
 def init(
     directory: Path,
     root_cn: str,
@@ -135,6 +141,7 @@ def init(
     key_type: str,
     passphrase_file: Path | None,
     intermediate_key_uri: str | None,
+    base_url: str | None,
 ) -> None:
     """Make a new root and intermediate CA in DIRECTORY, laid out as the OpenSSL CA guide does."""
     from keystore import KeyType
@@ -152,6 +159,7 @@ def init(
             key_type=KeyType(key_type),
             passphrase_file=passphrase_file,
             intermediate_key_uri=intermediate_key_uri,
+            base_url=base_url,
         ),
     )
     if passphrase_file is None:

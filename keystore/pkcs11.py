@@ -184,7 +184,6 @@ class _Registry:
             module.pid = pid
         return module.library
 
-
     def reinitialise_later(self, library: Pkcs11Library) -> None:
         """Have the next `library()` call finalize and initialise `library` again.
 

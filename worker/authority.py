@@ -37,6 +37,7 @@ class ProfileExtensions:
     authority_key_identifier: x509.AuthorityKeyIdentifier
     usage_rsa: tuple[tuple[x509.ExtensionType, bool], ...]
     usage_other: tuple[tuple[x509.ExtensionType, bool], ...]
+    locations: tuple[tuple[x509.ExtensionType, bool], ...]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class SigningAuthority:
             authority_key_identifier=aki,
             usage_rsa=tuple(profile.usage_extensions(rsa_subject=True)),
             usage_other=tuple(profile.usage_extensions(rsa_subject=False)),
+            locations=tuple(profile.location_extensions()),
         )
         self._extensions[profile.name] = (profile, built)
         return built

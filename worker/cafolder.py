@@ -17,7 +17,7 @@ from casign.errors import ConfigurationError
 from casign.keys import write_private_key
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
-from worker.profiles import DEFAULT_PROFILES_TOML
+from worker.profiles import default_profiles_toml
 
 ROOT_DAYS = 7300
 INTERMEDIATE_DAYS = 3650
@@ -36,6 +36,7 @@ class CAOptions:
     key_type: KeyType = KeyType.RSA4096
     passphrase_file: Path | None = None
     intermediate_key_uri: str | None = None
+    base_url: str | None = None  # where CRL, OCSP and the CA certificate are published
 
 
 class CAFolder:
@@ -264,7 +265,7 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
         _write_file(base / "index.txt.attr", "unique_subject = no\n", 0o644)
         _write_file(base / "serial", "1000\n", 0o644)
     _write_file(folder.intermediate / "crlnumber", "1000\n", 0o644)
-    _write_file(folder.profiles_path, DEFAULT_PROFILES_TOML, 0o644)
+    _write_file(folder.profiles_path, default_profiles_toml(options.base_url), 0o644)
     _write_file(
         folder.settings_path,
         "# casign settings of this CA. The key is named by URI (file: or pkcs11:);\n"

@@ -35,11 +35,14 @@ log = logging.getLogger("casign.issuance")
 
 SERIAL_BITS = 159  # BR 7.1: positive, below 2**159, at least 64 bits from a CSPRNG
 _MAX_SERIAL_DRAWS = 5
-# DER of the basicConstraints OID (2.5.29.19), and of the whole extension when it is the
-# non-critical, empty SEQUENCE that means CA:FALSE (RFC 5280 4.2.1.9): checked on the signed
-# bytes without parsing every extension back.
+# DER of the basicConstraints OID (2.5.29.19), and of the whole extension when it is the empty
+# SEQUENCE that means CA:FALSE (RFC 5280 4.2.1.9), non-critical or critical: checked on the
+# signed bytes without parsing every extension back.
 _BASIC_CONSTRAINTS_OID = bytes.fromhex("0603551d13")
-_BASIC_CONSTRAINTS_END_ENTITY = bytes.fromhex("0603551d1304023000")
+_BASIC_CONSTRAINTS_END_ENTITY = (
+    bytes.fromhex("0603551d1304023000"),
+    bytes.fromhex("0603551d130101ff04023000"),
+)
 
 
 def draw_serial() -> int:
@@ -175,6 +178,7 @@ def build_tbs(
         pairs.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
     pairs.append((profile_extensions.authority_key_identifier, False))
     pairs.extend(profile_extensions.usage_rsa if rsa_subject else profile_extensions.usage_other)
+    pairs.extend(profile_extensions.locations)
     if record.subject_alternative_names:
         names = [parse_san_text(text) for text in record.subject_alternative_names]
         pairs.append((x509.SubjectAlternativeName(names), False))
@@ -220,7 +224,9 @@ def verify_issued(
     ):
         raise IssuanceFault(f"job {record.job_id}: the signed certificate differs from its record")
     tbs = certificate.tbs_certificate_bytes
-    if tbs.count(_BASIC_CONSTRAINTS_OID) != 1 or _BASIC_CONSTRAINTS_END_ENTITY not in tbs:
+    if tbs.count(_BASIC_CONSTRAINTS_OID) != 1 or not any(
+        encoding in tbs for encoding in _BASIC_CONSTRAINTS_END_ENTITY
+    ):
         raise IssuanceFault(f"job {record.job_id}: refusing to hand out a CA certificate")
 
 

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    ObjectIdentifier,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from casign.errors import ConfigurationError
@@ -84,6 +88,11 @@ class Profile(BaseModel):
     ns_comment: str | None = None
     subject_key_identifier: bool = True
     authority_key_identifier: Literal["keyid", "keyid,issuer", "keyid,issuer:always"] = "keyid"
+    basic_constraints_critical: bool = False
+    certificate_policies: list[str] = Field(default_factory=list)
+    crl_distribution_points: list[str] = Field(default_factory=list)
+    ocsp_urls: list[str] = Field(default_factory=list)
+    ca_issuers_urls: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _known_names(self) -> Profile:
@@ -110,7 +119,7 @@ class Profile(BaseModel):
     def fixed_extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
         """The extensions that do not depend on the subject, in the guide's order."""
         extensions: list[tuple[x509.ExtensionType, bool]] = [
-            (x509.BasicConstraints(ca=False, path_length=None), False),
+            (x509.BasicConstraints(ca=False, path_length=None), self.basic_constraints_critical),
         ]
         if self.ns_cert_type:
             extensions.append(
@@ -158,6 +167,36 @@ class Profile(BaseModel):
                     self.extended_key_usage_critical,
                 )
             )
+        return extensions
+
+    def location_extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
+        """certificatePolicies, cRLDistributionPoints and authorityInfoAccess, when configured."""
+        extensions: list[tuple[x509.ExtensionType, bool]] = []
+        if self.certificate_policies:
+            policies = [
+                x509.PolicyInformation(ObjectIdentifier(oid), None)
+                for oid in self.certificate_policies
+            ]
+            extensions.append((x509.CertificatePolicies(policies), False))
+        if self.crl_distribution_points:
+            points = [
+                x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+                for url in self.crl_distribution_points
+            ]
+            extensions.append((x509.CRLDistributionPoints(points), False))
+        access = [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
+            )
+            for url in self.ocsp_urls
+        ] + [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)
+            )
+            for url in self.ca_issuers_urls
+        ]
+        if access:
+            extensions.append((x509.AuthorityInformationAccess(access), False))
         return extensions
 
     def _ns_cert_type_der(self) -> bytes:
@@ -220,7 +259,7 @@ class ProfileSet:
         return cls.from_toml(text, str(path))
 
 
-DEFAULT_PROFILES_TOML = """\
+_PROFILES_TEMPLATE = """\
 # Certificate profiles of this CA. server_cert and usr_cert are the sections of the guide's
 # intermediate/openssl.cnf; add a [profiles.NAME] table to offer another one.
 #
@@ -262,7 +301,34 @@ max_days = "baseline"
 common_name = "fqdn"
 san_types = ["DNS", "IP"]
 san_required = true
+subject_key_identifier = false
 authority_key_identifier = "keyid"
-key_usage = ["digitalSignature", "keyEncipherment"]
+basic_constraints_critical = true
+key_usage = ["digitalSignature"]
 extended_key_usage = ["serverAuth"]
+certificate_policies = ["2.23.140.1.2.1"]  # CA/B Forum domain-validated
+@LOCATIONS@"""
+
+_NO_LOCATIONS = """\
+# The Baseline Requirements want where revocation is published; `casign init --base-url URL`
+# fills these in (the CRL that `casign crl` writes, the `casign ocsp` responder, the CA cert):
+# crl_distribution_points = ["http://pki.example.com/intermediate.crl"]
+# ocsp_urls = ["http://pki.example.com/ocsp"]
+# ca_issuers_urls = ["http://pki.example.com/intermediate.cer"]
 """
+
+
+def default_profiles_toml(base_url: str | None = None) -> str:
+    """The profiles file `casign init` writes; `base_url` fills tls_server's CRL/OCSP/issuer URLs."""
+    if base_url is None:
+        return _PROFILES_TEMPLATE.replace("@LOCATIONS@", _NO_LOCATIONS)
+    base = base_url.rstrip("/")
+    locations = (
+        f'crl_distribution_points = ["{base}/intermediate.crl"]\n'
+        f'ocsp_urls = ["{base}/ocsp"]\n'
+        f'ca_issuers_urls = ["{base}/intermediate.cer"]\n'
+    )
+    return _PROFILES_TEMPLATE.replace("@LOCATIONS@", locations)
+
+
+DEFAULT_PROFILES_TOML = default_profiles_toml()
