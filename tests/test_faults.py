@@ -170,8 +170,17 @@ def test_pool_processes_killed_mid_run(
             collector.start()
             for fraction in kill_points:
                 wait_issued(fault_store, fraction * jobs)
-                # Kill while a batch is reserved and being signed, not between batches.
-                wait_until(lambda: pending_count(fault_store) > 0, 10, "a batch being signed")
+                # Kill while a batch is reserved and being signed, not between batches, and
+                # not a pool process still starting (jobs left pending by the last kill
+                # would otherwise look like a batch in progress).
+                issued_now = fault_store.count_issued()
+                wait_until(
+                    lambda: (
+                        pending_count(fault_store) > 0 and fault_store.count_issued() > issued_now
+                    ),
+                    30,
+                    "a batch being signed",
+                )
                 alive = pool_processes(worker, CONCURRENCY)
                 victim = alive[len(killed) % len(alive)]
                 pending = pending_count(fault_store)
