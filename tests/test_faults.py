@@ -175,9 +175,7 @@ def test_pool_processes_killed_mid_run(
                 # would otherwise look like a batch in progress).
                 issued_now = fault_store.count_issued()
                 wait_until(
-                    lambda: (
-                        pending_count(fault_store) > 0 and fault_store.count_issued() > issued_now
-                    ),
+                    partial(signing_since, fault_store, issued_now),
                     30,
                     "a batch being signed",
                 )
@@ -412,6 +410,11 @@ def test_main_worker_killed_after_fetch(
         resume(main)
         worker.stop()
         broker.close()
+
+
+def signing_since(store: ResultsStore, issued: int) -> bool:
+    """A batch is reserved now and the pool has issued more since `issued` was counted."""
+    return pending_count(store) > 0 and store.count_issued() > issued
 
 
 def frozen_in_brpop(main: int, broker: redis.Redis) -> bool:
