@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from casign.errors import ConfigurationError
+from casign.secret_source import read_secret_source
 
 SIGNATURE_ALGORITHM = "hmac-sha256"
 MIN_SECRET_BYTES = 16
@@ -22,25 +21,10 @@ MIN_SECRET_BYTES = 16
 
 def read_secret(source: str) -> bytes:
     """A producer secret from `file:PATH` or `env:VARIABLE` (never from a message or a flag)."""
-    kind, _, where = source.partition(":")
-    if kind == "file":
-        try:
-            secret = Path(where).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the producer secret file {where!r} ({exc.strerror})"
-            ) from None
-    elif kind == "env":
-        value = os.environ.get(where)
-        if value is None:
-            raise ConfigurationError(f"environment variable {where} (a producer secret) is not set")
-        secret = value.strip().encode()
-    else:
-        # Not echoed: it may be the secret itself, written in place of its source.
-        raise ConfigurationError("a producer secret comes from file:PATH or env:VARIABLE")
+    secret = read_secret_source(source, "producer secret").strip().encode()
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigurationError(
-            f"the producer secret from {kind}:{where} is shorter than {MIN_SECRET_BYTES} bytes"
+            f"the producer secret from {source} is shorter than {MIN_SECRET_BYTES} bytes"
         )
     return secret
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import unquote
 
 from casign.errors import ConfigurationError
+from casign.secret_source import read_secret_source
 
 # RFC 7512 section 2.3: pin-value puts the secret in the URI itself; we refuse it so a PIN
 # never ends up in a config file, a job or a log line that prints the URI.
@@ -36,20 +35,7 @@ class KeyURI:
         source = self.pin_source
         if source is None:
             return None
-        kind, _, where = source.partition(":")
-        if kind == "file":
-            try:
-                return Path(where).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"{self}: cannot read the pin-source file {where!r} ({exc.strerror})"
-                ) from None
-        if kind == "env":
-            value = os.environ.get(where)
-            if value is None:
-                raise ConfigurationError(f"{self}: environment variable {where} is not set")
-            return value
-        raise ConfigurationError(f"{self}: pin-source must be file:PATH or env:VARIABLE")
+        return read_secret_source(source, f"{self}: pin-source").rstrip("\r\n")
 
 
 def _split_pairs(text: str, separator: str, uri: str) -> dict[str, str]:
