@@ -146,6 +146,46 @@ def pool_processes(worker: WorkerProcess, expected: int, timeout: float = 30.0) 
         time.sleep(_POLL_SECONDS)
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU ticks the process has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (proc(5), counted after the name)
+
+
+def process_age(pid: int) -> float:
+    """Seconds since the process started (0 if it is gone)."""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+# A pool process younger than this may still be starting: killing it then is a different fault.
+_SETTLED_SECONDS = 1.0
+
+
+def busy_pool_process(worker: WorkerProcess, expected: int, timeout: float = 30.0) -> int:
+    """A pool process that is using the CPU now, that is, signing a batch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = pool_processes(worker, expected)
+        before = {pid: cpu_ticks(pid) for pid in pids}
+        time.sleep(0.2)
+        busy = [
+            pid
+            for pid in pids
+            if cpu_ticks(pid) - before[pid] >= 5 and process_age(pid) >= _SETTLED_SECONDS
+        ]
+        if busy:
+            return busy[0]
+    raise RuntimeError("no pool process was busy signing")
+
+
 def _is_pool_process(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]

@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ ENV_CA_DIR = "CASIGN_CA_DIR"
 ENV_STORE_URL = "CASIGN_STORE_URL"
 ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
 ENV_KEY_URI = "CASIGN_KEY_URI"
-RECOVERY_LOCK_SECONDS = 300
+RECOVERY_LOCK_SECONDS = 60
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 
@@ -128,7 +129,21 @@ def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
 
 @signals.worker_process_init.connect
 def _open_key_after_fork(**_: object) -> None:
+    # Celery may hand this process a batch before init returns, and a batch handed to a
+    # process that dies in init is stranded; so init only opens the key, and the recovery
+    # (which signs) runs beside the tasks.
     try:
-        recover_once(signer())
+        batch_signer = signer()
     except SigningError as exc:
         log.error("worker process cannot sign: %s", exc)
+        return
+    threading.Thread(
+        target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
+    ).start()
+
+
+def _recover_in_background(batch_signer: BatchSigner) -> None:
+    try:
+        recover_once(batch_signer)
+    except SigningError as exc:
+        log.error("recovery of reserved jobs failed (a later worker start retries): %s", exc)
