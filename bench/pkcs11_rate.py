@@ -18,6 +18,7 @@ from tests.softhsm_token import SoftHsmToken
 # About the size of a leaf TBSCertificate, which is what the CA key signs.
 TBS_BYTES = 900
 START_TIMEOUT = 60.0
+LOGIN_ATTEMPTS = 5
 
 
 def _sign_loop(
@@ -32,13 +33,19 @@ def _sign_loop(
 ) -> None:
     """Log in, wait for the other processes, then sign for `seconds` (a spawned process)."""
     pin = Path(pin_file).read_text(encoding="utf-8").strip()
-    library = pkcs11.lib(module_path)
-    token = library.get_token(token_label=token_label)
     data = os.urandom(TBS_BYTES)
-    # SoftHSM keeps the token in files that C_Login reads; two processes logging in at the same
-    # moment have failed here with CKR_GENERAL_ERROR, so they take turns.
+    # SoftHSM keeps the token in files that C_Initialize and C_Login read; two processes doing
+    # that at the same moment have failed with CKR_GENERAL_ERROR, so they take turns, and retry.
     with login:
-        session = token.open(user_pin=pin)
+        for attempt in range(LOGIN_ATTEMPTS):
+            try:
+                library = pkcs11.lib(module_path)
+                session = library.get_token(token_label=token_label).open(user_pin=pin)
+                break
+            except pkcs11.GeneralError:
+                if attempt == LOGIN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
     with session:
         key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=key_label)
         if not isinstance(key, SignMixin):
