@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from casign.embedded_redis import EmbeddedRedis
-from casign.keys import KeyType
 from casign.store import ResultsStore
+from tests.cas import make_alice_ca
 from tests.softhsm_token import softhsm_token  # noqa: F401  (a fixture)
 from worker.authority import SigningAuthority, load_authority
-from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
 
 REDIS_URL = os.environ.get("CASIGN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -60,16 +60,7 @@ def store(redis_url: str, store_prefix: str) -> Iterator[ResultsStore]:
 @pytest.fixture(scope="session")
 def ca_folder(tmp_path_factory: pytest.TempPathFactory) -> CAFolder:
     """One RSA-2048 CA for the whole run (tests that change a CA make their own)."""
-    return init_ca(
-        tmp_path_factory.mktemp("ca") / "ca",
-        CAOptions(
-            root_cn="Alice Ltd Root CA",
-            intermediate_cn="Alice Ltd Intermediate CA",
-            organization="Alice Ltd",
-            country="GB",
-            key_type=KeyType.RSA2048,
-        ),
-    )
+    return make_alice_ca(tmp_path_factory.mktemp("ca") / "ca")
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ from cryptography import x509
 
 from casign.cli import main as casign_main
 from casign.index import IndexEntry, Status, format_serial
-from casign.keys import KeyType
 from casign.revocations import RevocationStore, parse_revocation_field
 from casign.store import ResultsStore
+from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from worker.authority import SigningAuthority, load_authority
-from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache, build_crl, make_crl, seed_crl_number, write_crl_files
 from worker.issuance import BatchSigner
 
@@ -47,16 +47,7 @@ def openssl(*args: str | Path, check: bool = True) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def crl_ca(tmp_path_factory: pytest.TempPathFactory) -> CAFolder:
     """A CA of its own: these tests write crl/ and crlnumber in it."""
-    return init_ca(
-        tmp_path_factory.mktemp("crl") / "ca",
-        CAOptions(
-            root_cn="Alice Ltd Root CA",
-            intermediate_cn="Alice Ltd Intermediate CA",
-            organization="Alice Ltd",
-            country="GB",
-            key_type=KeyType.RSA2048,
-        ),
-    )
+    return make_alice_ca(tmp_path_factory.mktemp("crl") / "ca")
 
 
 @pytest.fixture(scope="module")

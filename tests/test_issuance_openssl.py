@@ -22,12 +22,12 @@ from cryptography.x509.oid import NameOID
 from casign.cli import main as casign_main
 from casign.errors import Retryable
 from casign.index import IndexEntry, Status, openssl_oneline
-from casign.keys import KeyType
 from casign.store import Issued, ResultsStore
+from tests.cas import make_alice_ca
 from tests.csrs import job
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON, SoftHsmToken
 from worker.authority import SigningAuthority, load_authority
-from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
 from worker.profiles import baseline_max_days
 
@@ -177,17 +177,7 @@ def backend(
     if not SOFTHSM_AVAILABLE:
         pytest.skip(SOFTHSM_SKIP_REASON)
     token: SoftHsmToken = request.getfixturevalue("softhsm_token")
-    folder = init_ca(
-        tmp_path / "hsm-ca",
-        CAOptions(
-            root_cn="Alice Ltd Root CA",
-            intermediate_cn="Alice Ltd Intermediate CA",
-            organization="Alice Ltd",
-            country="GB",
-            key_type=KeyType.RSA2048,
-            intermediate_key_uri=token.key_uri("intermediate"),
-        ),
-    )
+    folder = make_alice_ca(tmp_path / "hsm-ca", intermediate_key_uri=token.key_uri("intermediate"))
     hsm_authority = load_authority(folder.root)
     return Backend(BatchSigner(hsm_authority, store), hsm_authority, folder.chain_path)
 

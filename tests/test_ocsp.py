@@ -26,13 +26,13 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from casign.index import format_serial
-from casign.keys import KeyType
 from casign.ocsp_responder import OCSPServer, make_server, ocsp_cert_path, ocsp_key_path
 from casign.revocations import RevocationStore
 from casign.store import ResultsStore
+from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from worker.authority import SigningAuthority, load_authority
-from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
 from worker.ocsp_signer import RENEW_WITHIN, ensure_ocsp_certificate
 
@@ -42,16 +42,7 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl
 @pytest.fixture(scope="module")
 def ocsp_ca(tmp_path_factory: pytest.TempPathFactory) -> CAFolder:
     """A CA of its own: the delegate's key and certificate are written into it."""
-    return init_ca(
-        tmp_path_factory.mktemp("ocsp") / "ca",
-        CAOptions(
-            root_cn="Alice Ltd Root CA",
-            intermediate_cn="Alice Ltd Intermediate CA",
-            organization="Alice Ltd",
-            country="GB",
-            key_type=KeyType.RSA2048,
-        ),
-    )
+    return make_alice_ca(tmp_path_factory.mktemp("ocsp") / "ca")
 
 
 @pytest.fixture(scope="module")
