@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +20,7 @@ import redis
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+import tests.workers
 from casign.embedded_redis import redis_server_binary
 from casign.index import IndexEntry, format_serial, openssl_oneline
 from casign.messages import JobResult
@@ -480,37 +480,10 @@ def launch_worker(
     concurrency: int,
     extra_env: Mapping[str, str],
 ) -> WorkerProcess:
-    """Start `casign worker` without waiting for anything (it may refuse to start).
-
-    Unlike tests.workers.start_worker, this does not wait for a pool process to open the key.
-    """
-    env = {
-        **os.environ,
-        "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
-        "CASIGN_QUEUE": queue,
-        **extra_env,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "casign",
-        "worker",
-        "--ca",
-        str(ca_dir),
-        "--broker",
-        redis_url,
-        "--store",
-        redis_url,
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-    ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    return WorkerProcess(process, log_path)
+    """Start `casign worker` without waiting for anything (it may refuse to start)."""
+    return tests.workers.launch_worker(
+        ca_dir, redis_url, redis_url, store, queue, log_path, concurrency, extra_env
+    )
 
 
 def replaced(worker: WorkerProcess, victim: int, concurrency: int) -> bool:

@@ -36,6 +36,34 @@ class WorkerProcess:
                 self.process.wait()
 
 
+def launch_worker(
+    ca_dir: Path,
+    broker_url: str,
+    store_url: str,
+    store: ResultsStore,
+    queue: str,
+    log_path: Path,
+    concurrency: int = 2,
+    extra_env: Mapping[str, str] | None = None,
+) -> WorkerProcess:
+    """Start `casign worker` on the test's queue and key prefix without waiting for it."""
+    env = {
+        **os.environ,
+        "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
+        "CASIGN_QUEUE": queue,
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable, "-m", "casign", "worker", "--ca", str(ca_dir), "--broker", broker_url,
+        "--store", store_url, "--concurrency", str(concurrency), "--loglevel", "WARNING",
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return WorkerProcess(process, log_path)
+
+
 def start_worker(
     ca_dir: Path,
     broker_url: str,
@@ -47,33 +75,10 @@ def start_worker(
     extra_env: Mapping[str, str] | None = None,
 ) -> WorkerProcess:
     """Start a worker and wait until a pool process has opened the key and published the chain."""
-    env = {
-        **os.environ,
-        "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
-        "CASIGN_QUEUE": queue,
-        **(extra_env or {}),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "casign",
-        "worker",
-        "--ca",
-        str(ca_dir),
-        "--broker",
-        broker_url,
-        "--store",
-        store_url,
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-    ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    worker = WorkerProcess(process, log_path)
+    worker = launch_worker(
+        ca_dir, broker_url, store_url, store, queue, log_path, concurrency, extra_env
+    )
+    process = worker.process
     deadline = time.monotonic() + START_TIMEOUT
     while store.chain() is None:
         if process.poll() is not None or time.monotonic() > deadline:
