@@ -169,6 +169,15 @@ def process_age(pid: int) -> float:
 _SETTLED_SECONDS = 1.0
 
 
+def pool_settled(worker: WorkerProcess, expected: int, timeout: float = 30.0) -> None:
+    """Wait until the worker has `expected` pool processes, each past its start."""
+    deadline = time.monotonic() + timeout
+    while min(map(process_age, pool_processes(worker, expected))) < _SETTLED_SECONDS:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pool processes did not settle within {timeout:g} s")
+        time.sleep(_POLL_SECONDS)
+
+
 def busy_pool_process(worker: WorkerProcess, expected: int, timeout: float = 30.0) -> int:
     """A pool process that is using the CPU now, that is, signing a batch."""
     deadline = time.monotonic() + timeout

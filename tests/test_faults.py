@@ -41,6 +41,7 @@ from tests.faults import (
     pending_count,
     pending_jobs,
     pool_processes,
+    pool_settled,
     queued_job_ids,
     replaced,
     resume,
@@ -132,13 +133,19 @@ class Submitted(dict[str, str]):
     requests: dict[str, SignRequest]
 
 
-def submit_jobs(producer: Producer, count: int, tag: str) -> Submitted:
-    """Enqueue `count` jobs with distinct subjects, `BATCH_SIZE` to a message."""
+def make_jobs(producer: Producer, count: int, tag: str) -> Submitted:
+    """`count` jobs with distinct subjects, not yet sent."""
     names = [f"{tag}-{index}.example.com" for index in range(count)]
     requests = [producer.request(make_csr(name)) for name in names]
-    producer.submit_many(requests, batch_size=BATCH_SIZE)
     submitted = Submitted((r.job_id, name) for r, name in zip(requests, names, strict=True))
     submitted.requests = {r.job_id: r for r in requests}
+    return submitted
+
+
+def submit_jobs(producer: Producer, count: int, tag: str) -> Submitted:
+    """Enqueue `count` jobs with distinct subjects, `BATCH_SIZE` to a message."""
+    submitted = make_jobs(producer, count, tag)
+    producer.submit_many(submitted.requests.values(), batch_size=BATCH_SIZE)
     return submitted
 
 
@@ -160,29 +167,36 @@ def test_pool_processes_killed_mid_run(
     fault_queue: str,
     tmp_path: Path,
 ) -> None:
-    """kill -9 of a pool process, 4 times over a 5,000-job run: every job one certificate."""
-    jobs, kill_points = 5000, (0.1, 0.3, 0.5, 0.7)
+    """kill -9 of a pool process, 4 times over a 5,000-job run: every job one certificate.
+
+    The jobs go out in five waves of 1,000 and each of the first four waves has a pool process
+    killed while it signs: 5,000 jobs sign in about five seconds here, less than Celery takes to
+    notice four dead processes, so a run sent at once could end before the last kill.
+    """
+    jobs, kills = 5000, 4
     worker = start_fault_worker(
         ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log"
     )
     killed: list[tuple[int, int]] = []  # (pid, jobs pending when it died)
     try:
         with fault_producer(owned_redis, fault_store, fault_queue) as producer:
-            names = submit_jobs(producer, jobs, "pool")
+            names = make_jobs(producer, jobs, "pool")
+            requests = list(names.requests.values())
+            wave = jobs // (kills + 1)
             collector = Collector(producer, names, SETTLE_SECONDS + 60)
             collector.start()
-            for fraction in kill_points:
-                wait_issued(fault_store, fraction * jobs)
+            for start in range(0, jobs, wave):
+                pool_settled(worker, CONCURRENCY)  # a victim must be signing, not starting
+                producer.submit_many(requests[start : start + wave], batch_size=BATCH_SIZE)
+                if len(killed) == kills:
+                    continue
                 # Kill while a batch is reserved and being signed, not between batches.
                 wait_until(lambda: pending_count(fault_store) > 0, 30, "a batch being signed")
-                # A process that is signing (its CPU time grows), so the kill interrupts a
-                # task; an idle one may be caught with a batch in transit in its pipe, which
-                # Celery's prefork pool then strands (see RELIABILITY.md).
                 victim = busy_pool_process(worker, CONCURRENCY)
                 pending = pending_count(fault_store)
                 os.kill(victim, signal.SIGKILL)
                 killed.append((victim, pending))
-                # The main process replaces the lost one before the next kill.
+                # The main process replaces the lost one before the next wave.
                 wait_until(partial(replaced, worker, victim, CONCURRENCY), 30, "a new pool")
             results = collector.finish()
         counts = assert_exactly_once(
@@ -207,6 +221,7 @@ def test_pool_processes_killed_mid_run(
         certificates_lost=jobs - counts.certificates,
         producer_errors=collector.errors,
     )
+    assert len(killed) == kills
     assert interrupted, "no kill interrupted a task: the test tested nothing"
 
 
