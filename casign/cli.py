@@ -291,6 +291,13 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
     is_flag=True,
     help="Also run the schedule: a new CRL every hour (run it in one worker only).",
 )
+@click.option(
+    "--restart/--no-restart",
+    default=True,
+    show_default=True,
+    help="Start the Celery worker again (backing off 1 s to 30 s) when it dies, "
+    "e.g. on a broker connection loss; --no-restart runs it in this process.",
+)
 def worker(
     ca: Path | None,
     broker: str | None,
@@ -299,10 +306,13 @@ def worker(
     loglevel: str,
     pool: str,
     beat: bool,
+    restart: bool,
 ) -> None:
     """Run a signing worker: the only process that opens the intermediate key."""
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints(broker, store, folder)
+    if restart:
+        sys.exit(_supervised_worker(folder, endpoints, concurrency, loglevel, pool, beat))
     from worker.app import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL, create_app
     from worker.authority import load_authority
 
@@ -336,6 +346,36 @@ def worker(
             schedule_dir.mkdir(mode=0o700, exist_ok=True)
             argv += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
         app.worker_main(argv)
+
+
+def _supervised_worker(
+    folder: Path,
+    endpoints: Endpoints,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str,
+    beat: bool,
+) -> int:
+    """`casign worker --no-restart` in a child process, started again whenever it dies."""
+    from casign.supervise import Supervisor
+
+    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if endpoints.embedded_dir is not None:
+        from casign.embedded_redis import EmbeddedRedis
+
+        # Owned here, so a restarted worker finds the same Redis.
+        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
+    command = [
+        sys.executable, "-m", "casign", "worker", "--no-restart", "--ca", str(folder),
+        "--broker", endpoints.broker_url, "--store", endpoints.store_url,
+        "--loglevel", loglevel, "--pool", pool,
+    ]  # fmt: skip
+    if concurrency:
+        command += ["--concurrency", str(concurrency)]
+    if beat:
+        command.append("--beat")
+    with embedded:
+        return Supervisor(command).run()
 
 
 @main.command()

@@ -12,10 +12,9 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from tests.faults import (
     assert_exactly_once,
     assert_none_half_recorded,
     busy_pool_process,
+    child_pids,
     kill_whole_worker_when,
     launch_worker,
     locate_jobs,
@@ -106,6 +106,7 @@ def start_fault_worker(
     queue: str,
     log_path: Path,
     extra_env: dict[str, str] | None = None,
+    restart: bool = False,
 ) -> WorkerProcess:
     return start_worker(
         folder,
@@ -116,6 +117,7 @@ def start_fault_worker(
         log_path,
         concurrency=CONCURRENCY,
         extra_env=extra_env,
+        restart=restart,
     )
 
 
@@ -446,13 +448,11 @@ def test_redis_restarted_mid_run(
 ) -> None:
     """Redis stopped (SIGTERM, then kill -9) and started again on its AOF, twice in a run."""
     jobs = 2000
-    # Like a service manager (systemd Restart=, compose `restart:`), start the worker again if
-    # it exits: on a lost connection kombu's Redis transport can crash Celery's consumer
-    # ("'NoneType' object has no attribute 'hostname'"), which casign cannot catch.
-    worker = SupervisedWorker(
-        lambda n: start_fault_worker(
-            ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / f"worker-{n}.log"
-        )
+    # `casign worker` as users run it, which starts the Celery worker again if it dies: on a
+    # lost connection kombu's Redis transport can crash Celery's consumer ("'NoneType' object
+    # has no attribute 'hostname'"), which casign cannot catch.
+    worker = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log", restart=True
     )
     broker = owned_redis.client()
     restarts: list[dict[str, Any]] = []
@@ -494,40 +494,46 @@ def test_redis_restarted_mid_run(
         numbers.update(
             batches_rejected=len(lines_with(log, "reject requeue=False")),
             worker_crashed=lines_with(log, "Unrecoverable error"),
-            worker_restarts=worker.restarts,
+            worker_restarts=len(lines_with(log, "starting it again")),
         )
         record_numbers("test_redis_restarted_mid_run", **numbers)
         broker.close()
 
 
-class SupervisedWorker:
-    """A worker started again whenever it exits, until `stop()`, as a service manager would."""
-
-    def __init__(self, start: Callable[[int], WorkerProcess]) -> None:
-        self._start = start
-        self.current = start(0)
-        self.finished: list[WorkerProcess] = []
-        self.restarts = 0
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(0.5):
-            if self.current.process.poll() is not None:
-                if self.current not in self.finished:
-                    self.finished.append(self.current)
-                self.restarts += 1
-                with contextlib.suppress(RuntimeError):  # Redis may still be down: next round
-                    self.current = self._start(self.restarts)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=60)
-        self.current.stop()
-
-    def log(self) -> str:
-        return "".join(worker.log() for worker in [*self.finished, self.current])
+def test_celery_worker_killed_is_started_again(
+    ca_folder: CAFolder,
+    owned_redis: OwnedRedis,
+    fault_store: ResultsStore,
+    fault_queue: str,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the Celery worker under `casign worker`: it is started again and signs on."""
+    worker = start_fault_worker(
+        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log", restart=True
+    )
+    try:
+        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+            first = submit_jobs(producer, BATCH_SIZE, "before")
+            assert {r.status for r in producer.results(first, timeout=60)} == {"issued"}
+            [celery_main] = child_pids(worker.process.pid)
+            os.kill(celery_main, signal.SIGKILL)
+            wait_until(
+                lambda: (
+                    celery_main not in child_pids(worker.process.pid)
+                    and len(child_pids(worker.process.pid)) == 1
+                ),
+                30,
+                "a new Celery worker",
+            )
+            second = submit_jobs(producer, BATCH_SIZE, "after")
+            results = list(producer.results(second, timeout=90))
+        assert {r.status for r in results} == {"issued"}
+        assert worker.process.poll() is None, "casign worker itself exited"
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 0, "casign worker did not stop cleanly on SIGTERM"
+    [restarted] = lines_with(worker.log(), "starting it again")
+    assert "signal SIGKILL" in restarted
 
 
 # 3. The key backend fails ----------------------------------------------------------------

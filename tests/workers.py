@@ -45,8 +45,13 @@ def launch_worker(
     log_path: Path,
     concurrency: int = 2,
     extra_env: Mapping[str, str] | None = None,
+    restart: bool = False,
 ) -> WorkerProcess:
-    """Start `casign worker` on the test's queue and key prefix without waiting for it."""
+    """Start `casign worker` on the test's queue and key prefix without waiting for it.
+
+    Without `restart` the Celery worker is this process itself (`--no-restart`), so its pool
+    processes are its children; with it, it is the supervisor's child.
+    """
     env = {
         **os.environ,
         "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
@@ -56,6 +61,7 @@ def launch_worker(
     command = [
         sys.executable, "-m", "casign", "worker", "--ca", str(ca_dir), "--broker", broker_url,
         "--store", store_url, "--concurrency", str(concurrency), "--loglevel", "WARNING",
+        "--restart" if restart else "--no-restart",
     ]  # fmt: skip
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -73,10 +79,11 @@ def start_worker(
     log_path: Path,
     concurrency: int = 2,
     extra_env: Mapping[str, str] | None = None,
+    restart: bool = False,
 ) -> WorkerProcess:
     """Start a worker and wait until a pool process has opened the key and published the chain."""
     worker = launch_worker(
-        ca_dir, broker_url, store_url, store, queue, log_path, concurrency, extra_env
+        ca_dir, broker_url, store_url, store, queue, log_path, concurrency, extra_env, restart
     )
     process = worker.process
     deadline = time.monotonic() + START_TIMEOUT
