@@ -20,7 +20,6 @@ import redis
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-import tests.workers
 from casign.embedded_redis import redis_server_binary
 from casign.index import IndexEntry, format_serial, openssl_oneline
 from casign.messages import JobResult
@@ -478,21 +477,6 @@ def assert_none_half_recorded(store: ResultsStore, job_ids: Iterable[str]) -> di
             assert job_id not in pending and job_id not in owned, f"{job_id}: stray record"
         tally[state or "absent"] += 1
     return tally
-
-
-def launch_worker(
-    ca_dir: Path,
-    redis_url: str,
-    store: ResultsStore,
-    queue: str,
-    log_path: Path,
-    concurrency: int,
-    extra_env: Mapping[str, str],
-) -> WorkerProcess:
-    """Start `casign worker` without waiting for anything (it may refuse to start)."""
-    return tests.workers.launch_worker(
-        ca_dir, redis_url, redis_url, store, queue, log_path, concurrency, extra_env
-    )
 
 
 def replaced(worker: WorkerProcess, victim: int, concurrency: int) -> bool:

@@ -14,7 +14,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from tests.faults import (
     busy_pool_process,
     child_pids,
     kill_whole_worker_when,
-    launch_worker,
     locate_jobs,
     pending_count,
     pending_jobs,
@@ -49,7 +49,7 @@ from tests.faults import (
     wait_until,
 )
 from tests.softhsm_token import SoftHsmToken
-from tests.workers import WorkerProcess, start_worker
+from tests.workers import WorkerProcess, launch_worker, start_worker
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder, CAOptions, init_ca
 from worker.issuance import BatchSigner
@@ -87,46 +87,65 @@ def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
     server.stop()
 
 
-@pytest.fixture
-def fault_store(owned_redis: OwnedRedis) -> Iterator[ResultsStore]:
-    results_store = ResultsStore.from_url(owned_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
-    yield results_store
-    results_store.client.close()
+@dataclass
+class FaultRig:
+    """What a fault test breaks: its own Redis (broker and store), queue and key prefix."""
+
+    redis: OwnedRedis
+    store: ResultsStore
+    queue: str
+    folder: Path
+
+    def launch(
+        self, ca_dir: Path, log_name: str, extra_env: Mapping[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start `casign worker --no-restart` without waiting for it (it may refuse to start)."""
+        return launch_worker(
+            ca_dir,
+            self.redis.url,
+            self.redis.url,
+            self.store,
+            self.queue,
+            self.folder / log_name,
+            concurrency=CONCURRENCY,
+            extra_env=extra_env,
+        )
+
+    def worker(
+        self,
+        ca_dir: Path,
+        log_name: str,
+        extra_env: Mapping[str, str] | None = None,
+        restart: bool = False,
+    ) -> WorkerProcess:
+        """Start `casign worker` and wait until it has opened the key."""
+        return start_worker(
+            ca_dir,
+            self.redis.url,
+            self.redis.url,
+            self.store,
+            self.queue,
+            self.folder / log_name,
+            concurrency=CONCURRENCY,
+            extra_env=extra_env,
+            restart=restart,
+        )
+
+    def producer(self, resend_after: float = 60.0) -> Producer:
+        return Producer(
+            self.redis.url,
+            self.redis.url,
+            store_prefix=self.store.prefix,
+            queue=self.queue,
+            resend_after=resend_after,
+        )
 
 
 @pytest.fixture
-def fault_queue() -> str:
-    return f"casign-faults-{uuid.uuid4().hex[:8]}"
-
-
-def start_fault_worker(
-    folder: Path,
-    server: OwnedRedis,
-    store: ResultsStore,
-    queue: str,
-    log_path: Path,
-    extra_env: dict[str, str] | None = None,
-    restart: bool = False,
-) -> WorkerProcess:
-    return start_worker(
-        folder,
-        server.url,
-        server.url,
-        store,
-        queue,
-        log_path,
-        concurrency=CONCURRENCY,
-        extra_env=extra_env,
-        restart=restart,
-    )
-
-
-def fault_producer(
-    server: OwnedRedis, store: ResultsStore, queue: str, resend_after: float = 60.0
-) -> Producer:
-    return Producer(
-        server.url, server.url, store_prefix=store.prefix, queue=queue, resend_after=resend_after
-    )
+def rig(owned_redis: OwnedRedis, tmp_path: Path) -> Iterator[FaultRig]:
+    store = ResultsStore.from_url(owned_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
+    yield FaultRig(owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path)
+    store.client.close()
 
 
 class Submitted(dict[str, str]):
@@ -164,10 +183,7 @@ def lines_with(log: str, text: str) -> list[str]:
 
 def test_pool_processes_killed_mid_run(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """kill -9 of a pool process, 4 times over a 5,000-job run: every job one certificate.
 
@@ -176,12 +192,10 @@ def test_pool_processes_killed_mid_run(
     notice four dead processes, so a run sent at once could end before the last kill.
     """
     jobs, kills = 5000, 4
-    worker = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log"
-    )
+    worker = rig.worker(ca_folder.root, "worker.log")
     killed: list[tuple[int, int]] = []  # (pid, jobs pending when it died)
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = make_jobs(producer, jobs, "pool")
             requests = list(names.requests.values())
             wave = jobs // (kills + 1)
@@ -193,16 +207,16 @@ def test_pool_processes_killed_mid_run(
                 if len(killed) == kills:
                     continue
                 # Kill while a batch is reserved and being signed, not between batches.
-                wait_until(lambda: pending_count(fault_store) > 0, 30, "a batch being signed")
+                wait_until(lambda: pending_count(rig.store) > 0, 30, "a batch being signed")
                 victim = busy_pool_process(worker, CONCURRENCY)
-                pending = pending_count(fault_store)
+                pending = pending_count(rig.store)
                 os.kill(victim, signal.SIGKILL)
                 killed.append((victim, pending))
                 # The main process replaces the lost one before the next wave.
                 wait_until(partial(replaced, worker, victim, CONCURRENCY), 30, "a new pool")
             results = collector.finish()
         counts = assert_exactly_once(
-            fault_store, results, names, ca_folder.intermediate_certificate()
+            rig.store, results, names, ca_folder.intermediate_certificate()
         )
         assert worker.process.poll() is None, "the main worker process died"
         log = worker.log()
@@ -229,24 +243,19 @@ def test_pool_processes_killed_mid_run(
 
 def test_whole_worker_killed_then_replaced(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """kill -9 of the main worker and its pool mid-run, then a new worker: nothing lost."""
     jobs = 5000
-    first = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-1.log"
-    )
+    first = rig.worker(ca_folder.root, "worker-1.log")
     second: WorkerProcess | None = None
-    broker = owned_redis.client()
+    broker = rig.redis.client()
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = submit_jobs(producer, jobs, "whole")
             collector = Collector(producer, names, SETTLE_SECONDS)
             collector.start()
-            wait_issued(fault_store, 0.4 * jobs)
+            wait_issued(rig.store, 0.4 * jobs)
 
             # Kill when each pool process is signing a reserved batch. Then the main process
             # is not between BRPOP and recording a message as unacknowledged (kombu's Redis
@@ -256,41 +265,39 @@ def test_whole_worker_killed_then_replaced(
             def both_signing() -> bool:
                 if broker.hlen("unacked") != CONCURRENCY:
                     return False
-                return unacked_job_ids(broker) <= pending_jobs(fault_store)
+                return unacked_job_ids(broker) <= pending_jobs(rig.store)
 
             kill_whole_worker_when(first, both_signing, 20, "both pool processes signing")
-            pending_at_kill = pending_jobs(fault_store)
-            tally = assert_none_half_recorded(fault_store, names)
-            issued = {j for j in names if fault_store.job_state(j).get("state") == "issued"}
-            queued = queued_job_ids(broker, fault_queue)
+            pending_at_kill = pending_jobs(rig.store)
+            tally = assert_none_half_recorded(rig.store, names)
+            issued = {j for j in names if rig.store.job_state(j).get("state") == "issued"}
+            queued = queued_job_ids(broker, rig.queue)
             held = unacked_job_ids(broker)
             nowhere = set(names) - issued - pending_at_kill - queued - held
             assert nowhere == set(), f"{len(nowhere)} job(s) lost by the crash"
             stranded = held - issued - pending_at_kill  # delivered, never reserved
             assert stranded == set(), "killed while a message waited unreserved"
 
-            fault_store.client.delete(fault_store.key("chain"))  # so the new start is awaited
-            second = start_fault_worker(
-                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-2.log"
-            )
+            rig.store.client.delete(rig.store.key("chain"))  # so the new start is awaited
+            second = rig.worker(ca_folder.root, "worker-2.log")
             results = collector.finish()
         counts = assert_exactly_once(
-            fault_store, results, names, ca_folder.intermediate_certificate()
+            rig.store, results, names, ca_folder.intermediate_certificate()
         )
 
         # The dead worker's messages come back once their visibility timeout passes; a late
         # redelivery of the jobs it had reserved must answer with the same certificates.
         by_job = {result.job_id: result for result in results}
         again = sorted(pending_at_kill)
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             producer.submit_many(
                 [names.requests[job_id] for job_id in again], batch_size=BATCH_SIZE
             )
             replayed = list(producer.results(again, timeout=60))
         for result in replayed:
             assert result.certificate_pem == by_job[result.job_id].certificate_pem, result
-        assert fault_store.count_issued() == jobs == fault_store.count_serials()
-        assert pending_count(fault_store) == 0
+        assert rig.store.count_issued() == jobs == rig.store.count_serials()
+        assert pending_count(rig.store) == 0
         assert second.process.poll() is None
         recovered = lines_with(second.log(), "reserved before a crash")
     finally:
@@ -314,10 +321,7 @@ def test_whole_worker_killed_then_replaced(
 
 def test_dead_workers_unreserved_batch_comes_back(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A batch handed to a pool process that died before reserving it is redelivered.
@@ -327,33 +331,29 @@ def test_dead_workers_unreserved_batch_comes_back(
     timeout has passed restores it at start-up and signs it.
     """
     monkeypatch.setenv(VISIBILITY_TIMEOUT_ENV, str(SHORT_VISIBILITY_TIMEOUT))
-    first = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-1.log"
-    )
+    first = rig.worker(ca_folder.root, "worker-1.log")
     second: WorkerProcess | None = None
-    broker = owned_redis.client()
+    broker = rig.redis.client()
     pool: list[int] = []
     try:
         pool = pool_processes(first, CONCURRENCY)
         for pid in pool:
             os.kill(pid, signal.SIGSTOP)
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = submit_jobs(producer, BATCH_SIZE, "unreserved")
             wait_until(lambda: broker.hlen("unacked") == 1, 10, "the batch handed out")
             os.killpg(first.process.pid, signal.SIGKILL)
             first.process.wait(timeout=30)
             killed_at = time.monotonic()
             assert unacked_job_ids(broker) == set(names)
-            assert assert_none_half_recorded(fault_store, names)["absent"] == len(names)
+            assert assert_none_half_recorded(rig.store, names)["absent"] == len(names)
 
             time.sleep(max(0.0, killed_at + SHORT_VISIBILITY_TIMEOUT + 1 - time.monotonic()))
-            fault_store.client.delete(fault_store.key("chain"))
-            second = start_fault_worker(
-                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker-2.log"
-            )
+            rig.store.client.delete(rig.store.key("chain"))
+            second = rig.worker(ca_folder.root, "worker-2.log")
             results = list(producer.results(list(names), timeout=30))
         counts = assert_exactly_once(
-            fault_store, results, names, ca_folder.intermediate_certificate()
+            rig.store, results, names, ca_folder.intermediate_certificate()
         )
         waited = time.monotonic() - killed_at
     finally:
@@ -375,19 +375,14 @@ def test_dead_workers_unreserved_batch_comes_back(
 
 def test_main_worker_killed_after_fetch(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """A message the main process has taken from Redis but not yet recorded survives a kill."""
-    worker = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log"
-    )
-    broker = owned_redis.client()
+    worker = rig.worker(ca_folder.root, "worker.log")
+    broker = rig.redis.client()
     main = worker.process.pid
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue, resend_after=3) as producer:
+        with rig.producer(resend_after=3) as producer:
             for attempt in range(5):
                 names = {f"fetched-{attempt}-{n}": f"f{attempt}-{n}.example.com" for n in range(10)}
                 requests = [
@@ -399,7 +394,7 @@ def test_main_worker_killed_after_fetch(
                 wait_until(lambda: frozen_in_brpop(main, broker), 10, "the worker in BRPOP")
                 producer.submit_many(requests)
                 with contextlib.suppress(TimeoutError):
-                    wait_until(lambda: broker.llen(fault_queue) == 0, 0.5, "the batch popped")
+                    wait_until(lambda: broker.llen(rig.queue) == 0, 0.5, "the batch popped")
                     break
                 resume(main)  # the BRPOP timed out first: let this batch through, try again
             else:
@@ -409,10 +404,8 @@ def test_main_worker_killed_after_fetch(
             # Redis gave the batch to the killed consumer, which never marked it in flight: the
             # message is gone from the broker (celery/celery#7950). The producer notices that no
             # worker recorded its jobs and sends them again under the same job ids.
-            where = locate_jobs(fault_store, broker, fault_queue, names)
-            replacement = start_fault_worker(
-                ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker2.log"
-            )
+            where = locate_jobs(rig.store, broker, rig.queue, names)
+            replacement = rig.worker(ca_folder.root, "worker2.log")
             try:
                 results = list(producer.results(list(names), timeout=60))
             finally:
@@ -420,7 +413,7 @@ def test_main_worker_killed_after_fetch(
         record_numbers("test_main_worker_killed_after_fetch", jobs=len(names), where=where)
         assert sorted(result.job_id for result in results) == sorted(names)
         assert all(result.ok for result in results)
-        assert all(fault_store.job_state(job_id)["state"] == "issued" for job_id in names)
+        assert all(rig.store.job_state(job_id)["state"] == "issued" for job_id in names)
     finally:
         resume(main)
         worker.stop()
@@ -441,45 +434,40 @@ def frozen_in_brpop(main: int, broker: redis.Redis) -> bool:
 
 def test_redis_restarted_mid_run(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """Redis stopped (SIGTERM, then kill -9) and started again on its AOF, twice in a run."""
     jobs = 2000
     # `casign worker` as users run it, which starts the Celery worker again if it dies: on a
     # lost connection kombu's Redis transport can crash Celery's consumer ("'NoneType' object
     # has no attribute 'hostname'"), which casign cannot catch.
-    worker = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log", restart=True
-    )
-    broker = owned_redis.client()
+    worker = rig.worker(ca_folder.root, "worker.log", restart=True)
+    broker = rig.redis.client()
     restarts: list[dict[str, Any]] = []
     numbers: dict[str, Any] = {"jobs": jobs, "redis_restarts": restarts}
     collector: Collector | None = None
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = submit_jobs(producer, jobs, "restart")
             collector = Collector(
                 producer,
                 names,
                 RESTART_SETTLE_SECONDS,
-                lambda ids: locate_jobs(fault_store, broker, fault_queue, ids),
+                lambda ids: locate_jobs(rig.store, broker, rig.queue, ids),
             )
             collector.start()
             for fraction, how in ((0.25, signal.SIGTERM), (0.6, signal.SIGKILL)):
-                wait_issued(fault_store, fraction * jobs, timeout=30)
-                wait_until(lambda: pending_count(fault_store) > 0, 10, "a batch being signed")
-                before = fault_store.count_issued()
-                owned_redis.restart(how, down_seconds=2.0)
-                after = fault_store.count_issued()
+                wait_issued(rig.store, fraction * jobs, timeout=30)
+                wait_until(lambda: pending_count(rig.store) > 0, 10, "a batch being signed")
+                before = rig.store.count_issued()
+                rig.redis.restart(how, down_seconds=2.0)
+                after = rig.store.count_issued()
                 # With appendfsync always, nothing acknowledged before the stop is lost.
                 assert after >= before, f"{before - after} issued certificate(s) lost"
                 restarts.append({"signal": how.name, "issued_before": before, "after": after})
             results = collector.finish()
         counts = assert_exactly_once(
-            fault_store, results, names, ca_folder.intermediate_certificate()
+            rig.store, results, names, ca_folder.intermediate_certificate()
         )
         numbers.update(certificates=counts.certificates, certificates_lost=0)
     finally:
@@ -488,7 +476,7 @@ def test_redis_restarted_mid_run(
         if collector is not None:
             numbers.update(
                 jobs_without_result=len(collector.remaining),
-                where_they_are=locate_jobs(fault_store, broker, fault_queue, collector.remaining),
+                where_they_are=locate_jobs(rig.store, broker, rig.queue, collector.remaining),
                 producer_errors=len(collector.errors),
             )
         numbers.update(
@@ -502,17 +490,12 @@ def test_redis_restarted_mid_run(
 
 def test_celery_worker_killed_is_started_again(
     ca_folder: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """kill -9 of the Celery worker under `casign worker`: it is started again and signs on."""
-    worker = start_fault_worker(
-        ca_folder.root, owned_redis, fault_store, fault_queue, tmp_path / "worker.log", restart=True
-    )
+    worker = rig.worker(ca_folder.root, "worker.log", restart=True)
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             first = submit_jobs(producer, BATCH_SIZE, "before")
             assert {r.status for r in producer.results(first, timeout=60)} == {"issued"}
             [celery_main] = child_pids(worker.process.pid)
@@ -579,10 +562,7 @@ class TokenOutage:
 def test_token_lost_mid_run_then_back(
     softhsm_token: SoftHsmToken,
     hsm_ca: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """Token removed, then back with a wrong PIN, then the right one: retried, none half-done.
 
@@ -592,48 +572,37 @@ def test_token_lost_mid_run_then_back(
     jobs = 1000
     outage = TokenOutage(softhsm_token)
     workers = [
-        start_fault_worker(
+        rig.worker(
             hsm_ca.root,
-            owned_redis,
-            fault_store,
-            fault_queue,
-            tmp_path / "worker-1.log",
+            "worker-1.log",
             extra_env=softhsm_token.env,
         )
     ]
     phases: dict[str, Any] = {}
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = submit_jobs(producer, jobs, "hsm")
             collector = Collector(producer, names, SETTLE_SECONDS)
             collector.start()
-            wait_issued(fault_store, 0.3 * jobs)
+            wait_issued(rig.store, 0.3 * jobs)
             pool_before = pool_processes(workers[0], CONCURRENCY)
             outage.remove_token()
             outage.break_pin()
             time.sleep(1.0)  # batches in flight fail and go back to the queue for a retry
-            stalled = fault_store.count_issued()
+            stalled = rig.store.count_issued()
             time.sleep(4.0)
             phases["token_removed"] = {
-                "issued": fault_store.count_issued(),
-                **assert_none_half_recorded(fault_store, names),
+                "issued": rig.store.count_issued(),
+                **assert_none_half_recorded(rig.store, names),
             }
-            assert fault_store.count_issued() == stalled, "signed without the token"
+            assert rig.store.count_issued() == stalled, "signed without the token"
             assert workers[0].process.poll() is None, "the worker died with the token"
             assert pool_processes(workers[0], CONCURRENCY) == pool_before, "pool restarted"
 
             # The worker is restarted by hand: its PKCS#11 module never sees the token again.
             outage.return_token()
             workers[0].stop()
-            refused = launch_worker(
-                hsm_ca.root,
-                owned_redis.url,
-                fault_store,
-                fault_queue,
-                tmp_path / "worker-2.log",
-                CONCURRENCY,
-                softhsm_token.env,
-            )
+            refused = rig.launch(hsm_ca.root, "worker-2.log", softhsm_token.env)
             # A wrong PIN: the worker refuses to start, saying why, and signs nothing.
             exit_code = refused.process.wait(timeout=60)
             refusal = refused.log()
@@ -641,25 +610,22 @@ def test_token_lost_mid_run_then_back(
             assert "login to token 'casign-test' failed (PinIncorrect)" in refusal
             phases["wrong_pin"] = {
                 "worker_exit_code": exit_code,
-                "issued": fault_store.count_issued(),
-                **assert_none_half_recorded(fault_store, names),
+                "issued": rig.store.count_issued(),
+                **assert_none_half_recorded(rig.store, names),
             }
-            assert fault_store.count_issued() == stalled, "signed with a wrong PIN"
+            assert rig.store.count_issued() == stalled, "signed with a wrong PIN"
 
             outage.restore_pin()
-            fault_store.client.delete(fault_store.key("chain"))  # so the start is awaited
+            rig.store.client.delete(rig.store.key("chain"))  # so the start is awaited
             workers.append(
-                start_fault_worker(
+                rig.worker(
                     hsm_ca.root,
-                    owned_redis,
-                    fault_store,
-                    fault_queue,
-                    tmp_path / "worker-3.log",
+                    "worker-3.log",
                     extra_env=softhsm_token.env,
                 )
             )
             results = collector.finish()
-        counts = assert_exactly_once(fault_store, results, names, hsm_ca.intermediate_certificate())
+        counts = assert_exactly_once(rig.store, results, names, hsm_ca.intermediate_certificate())
         assert workers[-1].process.poll() is None
         logs = "\n".join(worker.log() for worker in workers) + refusal
     finally:
@@ -680,29 +646,23 @@ def test_token_lost_mid_run_then_back(
 def test_worker_signs_again_once_the_token_returns(
     softhsm_token: SoftHsmToken,
     hsm_ca: CAFolder,
-    owned_redis: OwnedRedis,
-    fault_store: ResultsStore,
-    fault_queue: str,
-    tmp_path: Path,
+    rig: FaultRig,
 ) -> None:
     """The token goes away for 3 s and comes back: the same worker finishes the run."""
     jobs = 400
     outage = TokenOutage(softhsm_token)
-    worker = start_fault_worker(
+    worker = rig.worker(
         hsm_ca.root,
-        owned_redis,
-        fault_store,
-        fault_queue,
-        tmp_path / "worker.log",
+        "worker.log",
         extra_env=softhsm_token.env,
     )
     try:
-        with fault_producer(owned_redis, fault_store, fault_queue) as producer:
+        with rig.producer() as producer:
             names = submit_jobs(producer, jobs, "hsm-back")
             # Retries back off (worker/app.py) for a few seconds at most after a 3 s outage.
             collector = Collector(producer, names, 30)
             collector.start()
-            wait_issued(fault_store, 0.25 * jobs)
+            wait_issued(rig.store, 0.25 * jobs)
             outage.remove_token()
             time.sleep(3.0)
             outage.return_token()
@@ -715,7 +675,7 @@ def test_worker_signs_again_once_the_token_returns(
                     jobs_without_result=len(collector.remaining),
                     worker_alive=worker.process.poll() is None,
                 )
-        assert_exactly_once(fault_store, results, names, hsm_ca.intermediate_certificate())
+        assert_exactly_once(rig.store, results, names, hsm_ca.intermediate_certificate())
         assert worker.process.poll() is None
     finally:
         if outage.moved_dir.exists():
