@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Self, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import pkcs11
@@ -446,8 +446,11 @@ def _hash_mechanisms(
     )
 
 
-class _TokenKey:
-    """What RSA and EC token keys share: the URI, the session and the cached key handle."""
+_PublicKey = TypeVar("_PublicKey", rsa.RSAPublicKey, ec.EllipticCurvePublicKey)
+
+
+class _TokenKey(Generic[_PublicKey]):
+    """What RSA and EC token keys share: the URI, the session, the cached handle, the public key."""
 
     def __init__(
         self,
@@ -455,15 +458,31 @@ class _TokenKey:
         token: _TokenSession,
         handle: SignMixin,
         template: dict[Attribute, Any],
+        public: _PublicKey,
     ) -> None:
         self._uri = uri
         self._token = token
         self._handle = handle
         self._template = template
         self._epoch = token.epoch
+        self._public: _PublicKey = public
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._uri}>"
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def public_key(self) -> _PublicKey:
+        return self._public
+
+    # A key object stands for the key in the token: a copy is the same key.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
 
     def _sign(self, data: bytes, mechanism: Mechanism, parameter: Any = None) -> bytes:
         """One C_Sign with the cached handle; reopens first if the session was lost or forked."""
@@ -512,26 +531,8 @@ class _TokenKey:
         self._not_extractable()
 
 
-class Pkcs11RsaPrivateKey(_TokenKey, rsa.RSAPrivateKey):
+class Pkcs11RsaPrivateKey(_TokenKey[rsa.RSAPublicKey], rsa.RSAPrivateKey):
     """An RSA key in a PKCS#11 token; signs PKCS#1 v1.5 or PSS with SHA-256/384/512."""
-
-    def __init__(
-        self,
-        uri: KeyURI,
-        token: _TokenSession,
-        handle: SignMixin,
-        template: dict[Attribute, Any],
-        public: rsa.RSAPublicKey,
-    ) -> None:
-        super().__init__(uri, token, handle, template)
-        self._public = public
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
 
     def sign(
         self,
@@ -570,37 +571,13 @@ class Pkcs11RsaPrivateKey(_TokenKey, rsa.RSAPrivateKey):
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> NoReturn:
         raise TypeError(f"{self._uri}: a CA key in a token only signs")
 
-    def __copy__(self) -> Pkcs11RsaPrivateKey:
-        return self
 
-    def __deepcopy__(self, memo: dict[int, object]) -> Pkcs11RsaPrivateKey:
-        return self
-
-
-class Pkcs11EcPrivateKey(_TokenKey, ec.EllipticCurvePrivateKey):
+class Pkcs11EcPrivateKey(_TokenKey[ec.EllipticCurvePublicKey], ec.EllipticCurvePrivateKey):
     """An EC (P-256, P-384) key in a PKCS#11 token; signs ECDSA with SHA-256/384/512."""
-
-    def __init__(
-        self,
-        uri: KeyURI,
-        token: _TokenSession,
-        handle: SignMixin,
-        template: dict[Attribute, Any],
-        public: ec.EllipticCurvePublicKey,
-    ) -> None:
-        super().__init__(uri, token, handle, template)
-        self._public = public
 
     @property
     def curve(self) -> ec.EllipticCurve:
         return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
 
     def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if (
@@ -620,12 +597,6 @@ class Pkcs11EcPrivateKey(_TokenKey, ec.EllipticCurvePrivateKey):
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> NoReturn:
         raise TypeError(f"{self._uri}: a CA key in a token only signs")
-
-    def __copy__(self) -> Pkcs11EcPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Pkcs11EcPrivateKey:
-        return self
 
 
 class Pkcs11KeyBackend:
