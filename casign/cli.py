@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 from cryptography import x509
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
 from casign.errors import ConfigurationError, Rejected, SigningError
@@ -80,6 +81,17 @@ def broker_option(function: F) -> F:
     return click.option(
         "--broker", default=None, help="Broker URL (default $CASIGN_BROKER_URL, else embedded)."
     )(function)
+
+
+def progress_bar() -> Progress:
+    """A bar on stderr for a long job, shown only when stderr is a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+    )
 
 
 class CasignGroup(click.Group):

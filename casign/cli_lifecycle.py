@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from casign.cli import broker_option, ca_option, fail, open_store, store_option
+from casign.cli import broker_option, ca_option, fail, open_store, progress_bar, store_option
 from casign.config import ca_dir, resolve_endpoints
 from casign.index import IndexEntry, format_serial
 from casign.revocations import REVOKE_REASONS, RevocationRefused, RevocationStore, parse_duration
@@ -161,8 +161,14 @@ def adopt(directory: Path, store: str | None, passphrase_file: Path | None) -> N
     from worker.adopt import adopt_ca
 
     endpoints = resolve_endpoints("unused://", store, directory)
-    with open_store(endpoints) as results_store:
-        report = adopt_ca(directory, results_store, passphrase_file)
+    with open_store(endpoints) as results_store, progress_bar() as progress:
+        task = progress.add_task("adopting index entries", total=None)
+        report = adopt_ca(
+            directory,
+            results_store,
+            passphrase_file,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(report.statuses.items()))
     click.echo(f"adopted {report.entries} index entries ({statuses or 'none'})")
     if report.already_present:

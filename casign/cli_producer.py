@@ -12,12 +12,12 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from casign.cli import (
     broker_option,
     ca_option,
     fail,
+    progress_bar,
     split_sans,
     store_option,
     write_certificate,
@@ -58,18 +58,6 @@ def open_producer(
         yield producer
 
 
-def progress_bar(description: str) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-        disable=not sys.stderr.isatty(),
-        console=None,
-    )
-
-
 def certificate_name(csr_path: Path) -> str:
     """`www.example.com.csr.pem` -> `www.example.com` (the guide's file naming)."""
     name = csr_path.name
@@ -87,7 +75,7 @@ def write_results(
     if chain:
         write_certificate(out / "ca-chain.cert.pem", chain)
     refused: list[JobResult] = []
-    with progress_bar("signing") as progress:
+    with progress_bar() as progress:
         task = progress.add_task("signing", total=len(names))
         try:
             for result in producer.results(list(names), timeout):

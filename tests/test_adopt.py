@@ -248,9 +248,11 @@ def test_adopted_revocations_reach_the_crl_and_ocsp(
 def test_adopting_again_adds_nothing_and_a_conflict_is_refused(
     guide_ca: Path, store: ResultsStore
 ) -> None:
-    first = adopt_ca(guide_ca, store)
+    heard: list[tuple[int, int]] = []
+    first = adopt_ca(guide_ca, store, on_progress=lambda done, total: heard.append((done, total)))
     again = adopt_ca(guide_ca, store)
     assert (first.entries, again.entries, again.already_present) == (12, 0, 12)
+    assert heard[0] == (0, 12) and heard[-1] == (12, 12)
     assert store.count_issued() == 12
     assert len(list(store.index_lines())) == 12
 

@@ -8,6 +8,7 @@ the revoked ones are listed for the CRL, and the CRL counter continues from `crl
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,9 +137,11 @@ def _store_lines(
     lines: list[_Line],
     issuer: x509.Certificate,
     report: AdoptionReport,
+    on_progress: Callable[[int, int], None],
 ) -> None:
     """Write the lines not yet in the store, in the file's order, a chunk per transaction."""
     index_key = store.key("index")
+    on_progress(0, len(lines))
     for start in range(0, len(lines), _CHUNK):
         chunk = lines[start : start + _CHUNK]
         present = store.client.hmget(index_key, [line.serial for line in chunk])
@@ -163,12 +166,19 @@ def _store_lines(
                 pipe.hset(store.key("revoked"), line.serial, line.text)
             report.entries += 1
         pipe.execute()
+        on_progress(min(start + _CHUNK, len(lines)), len(lines))
 
 
 def adopt_ca(
-    directory: Path, store: ResultsStore, passphrase_file: Path | None = None
+    directory: Path,
+    store: ResultsStore,
+    passphrase_file: Path | None = None,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> AdoptionReport:
-    """Import the OpenSSL CA database at `directory` into `store`; safe to run again."""
+    """Import the OpenSSL CA database at `directory` into `store`; safe to run again.
+
+    `on_progress(done, total)` hears after each chunk of index lines is stored.
+    """
     folder = CAFolder(directory)
     folder.require()
     issuer = folder.intermediate_certificate()
@@ -187,7 +197,7 @@ def adopt_ca(
         )
     if not folder.chain_path.exists():
         raise ConfigurationError(f"{folder.chain_path} is missing; cat the intermediate and root")
-    _store_lines(store, folder, lines, issuer, report)
+    _store_lines(store, folder, lines, issuer, report, on_progress)
     store.set_chain(folder.chain_pem())
     attributes = folder.intermediate / "index.txt.attr"
     if attributes.exists() and "unique_subject = yes" in attributes.read_text(encoding="utf-8"):
