@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 from cryptography import x509
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
@@ -90,6 +91,7 @@ def progress_bar() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not sys.stderr.isatty(),
     )
 
