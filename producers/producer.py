@@ -62,6 +62,9 @@ class Producer:
         self.reply_to = uuid.uuid4().hex
         self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
         self._unanswered: dict[str, SignRequest] = {}
+        # When this producer last heard an answer, or began waiting for one; kept across
+        # `results` calls, so a caller that polls in short rounds still gets lost jobs resent.
+        self._last_reply = time.monotonic()
         self._celery = Celery("casign-producer", set_as_current=False)
         self._celery.conf.update(celery_settings(broker_url, queue))
 
@@ -131,6 +134,8 @@ class Producer:
         return job_ids
 
     def _send(self, requests: list[SignRequest]) -> None:
+        if not self._unanswered:
+            self._last_reply = time.monotonic()  # the silence starts with the first job out
         for request in requests:
             self._fingerprints[request.job_id] = request.fingerprint()
             self._unanswered[request.job_id] = request
@@ -156,7 +161,6 @@ class Producer:
         deadline = time.monotonic() + timeout
         yield from self._collect_finished(waiting - self._fingerprints.keys(), waiting)
         quiet, recheck_after = 0.0, _RECHECK_SECONDS
-        last_reply = time.monotonic()
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -171,11 +175,11 @@ class Producer:
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
-                if waiting and time.monotonic() - last_reply >= self.resend_after:
+                if waiting and time.monotonic() - self._last_reply >= self.resend_after:
                     self._resend_lost(waiting)
-                    last_reply = time.monotonic()
+                    self._last_reply = time.monotonic()
                 continue
-            quiet, last_reply = 0.0, time.monotonic()
+            quiet, self._last_reply = 0.0, time.monotonic()
             for reply in replies:
                 expected = self._fingerprints.get(reply.job_id)
                 if expected and reply.fingerprint and reply.fingerprint != expected:

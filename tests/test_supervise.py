@@ -1,4 +1,4 @@
-"""`casign worker`'s supervisor: restarts a dying child, stops on request, never loops on a refusal."""
+"""`casign worker` keeps a worker running: the supervisor restarts a dead one, the worker exits when stuck."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import pytest
+from celery.apps.worker import Worker as CeleryWorker
+from celery.platforms import EX_FAILURE
+
+import worker.app as worker_app
 from casign.supervise import REFUSED_TO_START, RestartPolicy, Supervisor
 
 QUICK = RestartPolicy(first=0.01, most=0.05, steady=60.0)
@@ -88,3 +94,43 @@ def test_sigterm_is_passed_on_and_ends_the_supervisor(tmp_path: Path) -> None:
 def test_the_delay_backs_off_and_is_capped() -> None:
     policy = RestartPolicy(first=1.0, most=30.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_a_worker_celery_gave_up_on_exits_even_if_its_shutdown_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        exited.set()
+
+    def wedged_shutdown(
+        self: object, in_sighandler: bool = False, exitcode: int | None = None
+    ) -> None:
+        exited.wait(10)  # as a warm shutdown that hangs on a broker gone wrong
+
+    monkeypatch.setattr(worker_app, "FAILED_SHUTDOWN_SECONDS", 0.05)
+    monkeypatch.setattr(worker_app.os, "_exit", fake_exit)
+    monkeypatch.setattr(CeleryWorker, "stop", wedged_shutdown)
+    worker = object.__new__(worker_app.ExitingWorker)
+    worker.stop(exitcode=EX_FAILURE)
+    assert exits == [EX_FAILURE]
+
+
+def test_a_worker_asked_to_stop_is_left_to_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(worker_app, "FAILED_SHUTDOWN_SECONDS", 0.01)
+    monkeypatch.setattr(worker_app.os, "_exit", exits.append)
+    monkeypatch.setattr(CeleryWorker, "stop", lambda self, **_: None)
+    worker = object.__new__(worker_app.ExitingWorker)
+    worker.stop(exitcode=0)
+    worker.stop(in_sighandler=True)
+    time.sleep(0.1)
+    assert exits == []
+
+
+def test_the_casign_app_runs_the_exiting_worker() -> None:
+    app = worker_app.create_app("redis://127.0.0.1:6379/0")
+    assert issubclass(app.Worker, worker_app.ExitingWorker)

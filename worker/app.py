@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 
 from celery import Celery, signals
+from celery.apps.worker import Worker as CeleryWorker
+from celery.platforms import EX_FAILURE
+from kombu.utils.objects import cached_property
 from pydantic import ValidationError
 
 from casign.errors import Retryable, SigningError
@@ -33,6 +37,8 @@ ENV_KEY_URI = "CASIGN_KEY_URI"
 RECOVERY_LOCK_SECONDS = 60
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
+# How long a worker whose consumer Celery gave up on may take to shut down before it exits.
+FAILED_SHUTDOWN_SECONDS = 10.0
 
 _signer: BatchSigner | None = None
 _signer_pid: int | None = None
@@ -91,8 +97,40 @@ def _sign_parsed(parsed: SignBatch) -> int:
     return len(results)
 
 
+class ExitingWorker(CeleryWorker):
+    """A Celery worker that ends when Celery gives up on it, even if its shutdown wedges.
+
+    On a broker connection loss kombu's Redis transport can raise inside Celery's consumer
+    ("Unrecoverable error"); the warm shutdown that follows can then hang on the broker, and a
+    hung process is never restarted. Past FAILED_SHUTDOWN_SECONDS it exits with EX_FAILURE, so
+    `casign worker` (or a service manager) starts a new one: its unacknowledged batches come
+    back from the broker, and jobs reserved before signing are recovered.
+    """
+
+    def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
+        if exitcode == EX_FAILURE:
+            deadline = threading.Timer(FAILED_SHUTDOWN_SECONDS, _exit_failed, args=(exitcode,))
+            deadline.daemon = True
+            deadline.start()
+        super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
+
+
+def _exit_failed(exitcode: int) -> None:
+    # No logging here: the wedged shutdown may hold a handler's lock.
+    message = f"casign worker: not shut down within {FAILED_SHUTDOWN_SECONDS:.0f} s; exiting\n"
+    with contextlib.suppress(OSError):
+        os.write(2, message.encode())
+    os._exit(exitcode)
+
+
+class CasignCelery(Celery):
+    @cached_property
+    def Worker(self) -> type[CeleryWorker]:
+        return self.subclass_with_self(ExitingWorker)
+
+
 def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
-    app = Celery("casign", set_as_current=False)
+    app = CasignCelery("casign", set_as_current=False)
     app.conf.update(celery_settings(broker_url, queue))
 
     @app.task(name=SIGN_BATCH_TASK, acks_late=True)
