@@ -44,15 +44,19 @@ def write_certificate(path: Path, pem: str) -> None:
     path.chmod(CERT_MODE)
 
 
+def embedded_redis(endpoints: Endpoints) -> contextlib.AbstractContextManager[object]:
+    """The CA folder's embedded Redis, running for the block, when the endpoints use it."""
+    if endpoints.embedded_dir is None:
+        return contextlib.nullcontext()
+    from casign.embedded_redis import EmbeddedRedis
+
+    return EmbeddedRedis(endpoints.embedded_dir).running()
+
+
 @contextlib.contextmanager
 def open_store(endpoints: Endpoints) -> Iterator[ResultsStore]:
     """The results store, starting the CA folder's embedded Redis for the command if needed."""
-    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if endpoints.embedded_dir is not None:
-        from casign.embedded_redis import EmbeddedRedis
-
-        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
-    with embedded:
+    with embedded_redis(endpoints):
         store = ResultsStore.from_url(endpoints.store_url, endpoints.store_prefix)
         try:
             yield store
@@ -334,12 +338,7 @@ def worker(
     os.environ[ENV_CA_DIR] = str(folder)
     os.environ[ENV_STORE_URL] = endpoints.store_url
     os.environ[ENV_STORE_PREFIX] = endpoints.store_prefix
-    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if endpoints.embedded_dir is not None:
-        from casign.embedded_redis import EmbeddedRedis
-
-        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
-    with embedded:
+    with embedded_redis(endpoints):
         app = create_app(endpoints.broker_url, endpoints.queue)
         argv = [
             "worker",
@@ -373,12 +372,6 @@ def _supervised_worker(
     """`casign worker --no-restart` in a child process, started again whenever it dies."""
     from casign.supervise import Supervisor
 
-    embedded: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if endpoints.embedded_dir is not None:
-        from casign.embedded_redis import EmbeddedRedis
-
-        # Owned here, so a restarted worker finds the same Redis.
-        embedded = EmbeddedRedis(endpoints.embedded_dir).running()
     command = [
         sys.executable, "-m", "casign", "worker", "--no-restart", "--ca", str(folder),
         "--broker", endpoints.broker_url, "--store", endpoints.store_url,
@@ -388,7 +381,7 @@ def _supervised_worker(
         command += ["--concurrency", str(concurrency)]
     if beat:
         command.append("--beat")
-    with embedded:
+    with embedded_redis(endpoints):  # owned here, so a restarted worker finds the same Redis
         return Supervisor(command).run()
 
 
