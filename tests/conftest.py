@@ -76,3 +76,9 @@ def signer(authority: SigningAuthority, store: ResultsStore) -> BatchSigner:
 @pytest.fixture
 def chain_path(ca_folder: CAFolder) -> Path:
     return Path(ca_folder.chain_path)
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue of this test's own, so no other test's worker takes its batches."""
+    return f"casign-test-{uuid.uuid4().hex[:8]}"

@@ -49,7 +49,7 @@ from tests.faults import (
     wait_until,
 )
 from tests.softhsm_token import SoftHsmToken
-from tests.workers import WorkerProcess, launch_worker, start_worker
+from tests.workers import WorkerProcess, launch_worker, wait_until_started
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder, CAOptions, init_ca
 from worker.issuance import BatchSigner
@@ -97,29 +97,14 @@ class FaultRig:
     folder: Path
 
     def launch(
-        self, ca_dir: Path, log_name: str, extra_env: Mapping[str, str] | None = None
-    ) -> WorkerProcess:
-        """Start `casign worker --no-restart` without waiting for it (it may refuse to start)."""
-        return launch_worker(
-            ca_dir,
-            self.redis.url,
-            self.redis.url,
-            self.store,
-            self.queue,
-            self.folder / log_name,
-            concurrency=CONCURRENCY,
-            extra_env=extra_env,
-        )
-
-    def worker(
         self,
         ca_dir: Path,
         log_name: str,
         extra_env: Mapping[str, str] | None = None,
         restart: bool = False,
     ) -> WorkerProcess:
-        """Start `casign worker` and wait until it has opened the key."""
-        return start_worker(
+        """Start `casign worker` without waiting for it (it may refuse to start)."""
+        return launch_worker(
             ca_dir,
             self.redis.url,
             self.redis.url,
@@ -130,6 +115,16 @@ class FaultRig:
             extra_env=extra_env,
             restart=restart,
         )
+
+    def worker(
+        self,
+        ca_dir: Path,
+        log_name: str,
+        extra_env: Mapping[str, str] | None = None,
+        restart: bool = False,
+    ) -> WorkerProcess:
+        """Start `casign worker` and wait until it has opened the key."""
+        return wait_until_started(self.launch(ca_dir, log_name, extra_env, restart), self.store)
 
     def producer(self, resend_after: float = 60.0) -> Producer:
         return Producer(

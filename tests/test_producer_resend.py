@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import time
-import uuid
 
 import redis
 
@@ -16,9 +15,8 @@ from tests.csrs import make_csr
 
 
 def test_a_lost_job_is_sent_again_when_results_are_awaited_in_short_rounds(
-    broker_url: str, redis_url: str, store: ResultsStore
+    broker_url: str, redis_url: str, store: ResultsStore, queue: str
 ) -> None:
-    queue = f"casign-resend-{uuid.uuid4().hex[:8]}"
     broker = redis.Redis.from_url(redis_url)
     with Producer(
         broker_url, redis_url, store_prefix=store.prefix, queue=queue, resend_after=1.0

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +25,6 @@ from worker.cafolder import CAFolder, CAOptions, init_ca
 pytestmark = pytest.mark.slow
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.fixture
-def queue() -> str:
-    return f"casign-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and a revocation through a real worker process and the producer side."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,11 +285,6 @@ def worker_ca(tmp_path_factory: pytest.TempPathFactory) -> CAFolder:
         tmp_path_factory.mktemp("revocation") / "ca",
         CAOptions(intermediate_cn="Revocation Test Intermediate", key_type=KeyType.P256),
     )
-
-
-@pytest.fixture
-def queue() -> str:
-    return f"casign-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

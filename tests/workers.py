@@ -85,10 +85,14 @@ def start_worker(
     worker = launch_worker(
         ca_dir, broker_url, store_url, store, queue, log_path, concurrency, extra_env, restart
     )
-    process = worker.process
+    return wait_until_started(worker, store)
+
+
+def wait_until_started(worker: WorkerProcess, store: ResultsStore) -> WorkerProcess:
+    """Wait until a pool process of `worker` has opened the key and published the chain."""
     deadline = time.monotonic() + START_TIMEOUT
     while store.chain() is None:
-        if process.poll() is not None or time.monotonic() > deadline:
+        if worker.process.poll() is not None or time.monotonic() > deadline:
             worker.stop()
             raise RuntimeError(f"worker did not start; its log:\n{worker.log()[-3000:]}")
         time.sleep(0.1)
