@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from bench.cpu import CpuMeter
 from bench.rows import BenchError, Rate
 from bench.workload import Workload
+from casign.supervise import stop_process_group
 from worker.cafolder import CAFolder
 
 VERIFY_SAMPLE = 50
@@ -157,16 +157,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) 
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @dataclass(frozen=True)
 class CfsslServer:
     port: int
@@ -203,7 +193,7 @@ def cfssl_server(folder: CAFolder, work_dir: Path) -> Iterator[CfsslServer]:
         _wait_for_port(port, process, log_path)
         yield CfsslServer(port, process.pid)
     finally:
-        _stop(process)
+        stop_process_group(process, timeout=10)
 
 
 class _CfsslClient:

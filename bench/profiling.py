@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from casign.supervise import stop_process_group
 
 SAMPLE_RATE = 100
 ATTACH_SECONDS = 1.0
@@ -50,14 +51,8 @@ def py_spy_recording(pid: int, output: Path, subprocesses: bool) -> Iterator[Non
     try:
         yield
     finally:
-        if process.poll() is None:
-            # py-spy writes its output when interrupted, as on Ctrl-C.
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # py-spy writes its output when interrupted, as on Ctrl-C.
+        stop_process_group(process, timeout=60, first=signal.SIGINT)
 
 
 @dataclass(frozen=True)

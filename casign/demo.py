@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from casign.embedded_redis import EmbeddedRedis
 from casign.keys import KeyType, write_private_key
 from casign.messages import SignRequest
 from casign.store import ResultsStore
+from casign.supervise import stop_process_group
 from producers import Producer
 
 WORKER_START_TIMEOUT = 60.0
@@ -81,16 +80,6 @@ def _wait_for_worker(store: ResultsStore, worker: subprocess.Popen[bytes], log_p
             tail = log_path.read_text(errors="replace")[-2000:]
             fail(f"the worker did not start; its log ({log_path}) ends:\n{tail}")
         time.sleep(0.1)
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
 
 
 def _verify(paths: list[Path], chain: Path, intermediate: x509.Certificate) -> int:
@@ -187,7 +176,7 @@ def demo(count: int, directory: Path) -> None:
                 write_certificate(chain_path, folder.chain_pem())
                 recorded = producer.store.count_issued()
         finally:
-            _stop(worker)
+            stop_process_group(worker, timeout=20)
     verified = _verify(written, chain_path, folder.intermediate_certificate())
     click.echo(
         f"signed {len(written)} certificates in {elapsed:.2f} s "

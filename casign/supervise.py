@@ -4,12 +4,14 @@ kombu's Redis transport can end Celery's consumer with an "Unrecoverable error" 
 connection drops (celery/celery#9250, celery/kombu#582); a signer must outlive a Redis restart,
 so `casign worker` does what a service manager would. Its exit codes: 0 when asked to stop,
 2 when the worker refused to start (a configuration error, such as a wrong PIN, that no
-restart would cure), the child's own code otherwise.
+restart would cure), the child's own code otherwise. `stop_process_group` is how casign (and
+its tests and benchmark) stop a process it started in a group of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -92,6 +94,20 @@ class Supervisor:
         self._stop_signal = signum
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(STOP_SIGNALS[signal.Signals(signum)])
+
+
+def stop_process_group(
+    process: subprocess.Popen[bytes], timeout: float, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """Send `first` to the group `process` leads; SIGKILL it if it is not gone in `timeout` s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, first)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _describe_exit(code: int) -> str:
