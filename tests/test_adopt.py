@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from casign.index import Status, format_serial
 from casign.ocsp_responder import make_server
 from casign.revocations import RevocationStore
 from casign.store import ResultsStore
+from tests.openssl_cli import openssl
 from worker.adopt import ADOPTED, adopt_ca
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
@@ -33,21 +33,6 @@ LEAF_SUBJECT = "/C=US/ST=California/L=Mountain View/O=Alice Ltd/OU=Alice Ltd Web
 SERVERS = [f"www{index}.example.com" for index in range(8)]
 CLIENTS = [f"user{index}@example.com" for index in range(4)]
 REVOKED = {"www2.example.com": "keyCompromise", "user1@example.com": "superseded"}
-
-
-def openssl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        ["openssl", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
-    if completed.returncode != 0:
-        pytest.fail(f"openssl {' '.join(map(str, args))} failed:\n{completed.stderr}")
-    return completed
 
 
 def leaf(ca: Path, name: str, extensions: str, pass_file: Path) -> None:

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from casign.embedded_redis import EmbeddedRedis
 from casign.store import ResultsStore
+from tests.openssl_cli import openssl as run_openssl
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -60,19 +61,7 @@ def casign(
 def openssl(
     *args: str | Path, check: bool = True, new_session: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        ["openssl", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        # A new session has no controlling terminal, so openssl cannot prompt for a passphrase.
-        start_new_session=new_session,
-        timeout=30,
-        check=False,
-    )
-    if check and completed.returncode != 0:
-        pytest.fail(f"openssl {' '.join(map(str, args))} failed:\n{completed.stderr}")
-    return completed
+    return run_openssl(*args, check=check, new_session=new_session, timeout=30)
 
 
 def openssl_csr(directory: Path, name: str, subject: str) -> Path:

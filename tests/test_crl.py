@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from casign.revocations import RevocationStore, parse_revocation_field
 from casign.store import ResultsStore
 from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
+from tests.openssl_cli import openssl
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache, build_crl, make_crl, seed_crl_number, write_crl_files
@@ -28,20 +28,6 @@ from worker.issuance import BatchSigner
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
 REASONS = ["keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged"]
-
-
-def openssl(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        ["openssl", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
-    if check and completed.returncode != 0:
-        pytest.fail(f"openssl {' '.join(map(str, args))} failed:\n{completed.stderr}")
-    return completed
 
 
 @pytest.fixture(scope="module")

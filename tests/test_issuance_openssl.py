@@ -25,6 +25,7 @@ from casign.index import IndexEntry, Status, openssl_oneline
 from casign.store import Issued, ResultsStore
 from tests.cas import make_alice_ca
 from tests.csrs import job
+from tests.openssl_cli import openssl as run_openssl
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON, SoftHsmToken
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
@@ -62,18 +63,7 @@ PURPOSE = {"server_cert": "sslserver", "usr_cert": "sslclient", "tls_server": "s
 
 
 def openssl(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the openssl binary; on failure show what it said."""
-    completed = subprocess.run(
-        ["openssl", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-        check=False,
-    )
-    if check and completed.returncode != 0:
-        pytest.fail(f"openssl {' '.join(map(str, args))} failed:\n{completed.stderr}")
-    return completed
+    return run_openssl(*args, check=check, timeout=30)
 
 
 def build_csr(
