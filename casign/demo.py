@@ -59,6 +59,7 @@ def _start_worker(ca_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
         "-m",
         "casign",
         "worker",
+        "--no-restart",  # a short run: a worker that dies should end the demo with its log
         "--ca",
         str(ca_dir),
         "--concurrency",
