@@ -310,6 +310,21 @@ def test_sign_without_a_store_uses_the_folders_embedded_redis(tmp_path: Path) ->
     assert (ca / "store").is_dir()
 
 
+def test_demo_runs_the_whole_path_on_one_machine(tmp_path: Path) -> None:
+    """The README's first command: a CA, the embedded Redis, a worker, CSRs, verification."""
+    completed = casign("demo", "--count", "6", cwd=tmp_path)
+    assert "signed 6 certificates" in completed.stdout, completed.stdout
+    assert "verified 6 against" in completed.stdout, completed.stdout
+    assert not EmbeddedRedis(tmp_path / "casign-demo" / "ca").is_running(), "demo left Redis up"
+    [issued] = (tmp_path / "casign-demo" / "issued").iterdir()
+    certificates = sorted(issued.glob("*.cert.pem"))
+    assert len(certificates) == 7  # six leaves and ca-chain.cert.pem
+    chain = issued / "ca-chain.cert.pem"
+    for certificate in certificates:
+        if certificate != chain:
+            assert ": OK" in openssl("verify", "-CAfile", chain, certificate).stdout
+
+
 def test_a_refused_csr_exits_non_zero_with_its_code(
     cli_ca: tuple[Path, subprocess.CompletedProcess[str]],
     redis_url: str,
