@@ -6,6 +6,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY casign casign
+COPY core core
+COPY store store
+COPY ocsp ocsp
 COPY keystore keystore
 COPY worker worker
 COPY producers producers

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casign.keys import KeyType
+from core.keys import KeyType
 from tests.softhsm_token import (
     SOFTHSM_AVAILABLE,
     SOFTHSM_SKIP_REASON,

@@ -13,8 +13,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from bench.cpu import CpuMeter
 from bench.rows import BenchError, Rate
 from bench.workload import PROFILE, Workload
-from casign.messages import JobResult
-from casign.store import ResultsStore
+from core.messages import JobResult
+from store.results import ResultsStore
 from worker.authority import SigningAuthority
 from worker.issuance import BatchSigner
 

@@ -61,8 +61,8 @@ from bench.service import (
     running_service,
 )
 from bench.workload import LEAF_KEY_TYPES, Workload, make_workload
-from casign.keys import KeyType
-from casign.store import ResultsStore
+from core.keys import KeyType
+from store.results import ResultsStore
 from worker.authority import SigningAuthority, load_authority
 
 DEFAULT_REDIS_URL = os.environ.get("CASIGN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -16,9 +16,9 @@ from bench.authorities import BenchAuthority
 from bench.cpu import CpuMeter
 from bench.rows import BenchError, Latency, Rate
 from bench.workload import PROFILE, Workload
-from casign.messages import JobResult
-from casign.store import ResultsStore
+from core.messages import JobResult
 from producers import Producer
+from store.results import ResultsStore
 from tests.workers import WorkerProcess, start_worker
 
 WORKER_PROCESSES = 2

@@ -2,102 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from cryptography import x509
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from casign.cli_base import (
+    broker_option,
+    ca_option,
+    embedded_redis,
+    fail,
+    open_store,
+    split_sans,
+    store_option,
+    write_certificate,
+)
 from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
-from casign.errors import ConfigurationError, Rejected, SigningError
-from casign.store import ResultsStore
-
-F = TypeVar("F", bound=Callable[..., Any])
-CERT_MODE = 0o444
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.secho(f"casign: {message}", fg="red", err=True)
-    sys.exit(code)
-
-
-def split_sans(values: tuple[str, ...]) -> list[str]:
-    """`--san DNS:a,IP:1.2.3.4 --san email:x@y` as one list."""
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
-
-
-def write_certificate(path: Path, pem: str) -> None:
-    """Write a certificate 0444, replacing an older file of the same name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.chmod(0o644)
-        path.unlink()
-    path.write_text(pem, encoding="ascii")
-    path.chmod(CERT_MODE)
-
-
-def embedded_redis(endpoints: Endpoints) -> contextlib.AbstractContextManager[object]:
-    """The CA folder's embedded Redis, running for the block, when the endpoints use it."""
-    if endpoints.embedded_dir is None:
-        return contextlib.nullcontext()
-    from casign.embedded_redis import EmbeddedRedis
-
-    return EmbeddedRedis(endpoints.embedded_dir).running()
-
-
-@contextlib.contextmanager
-def open_store(endpoints: Endpoints) -> Iterator[ResultsStore]:
-    """The results store, starting the CA folder's embedded Redis for the command if needed."""
-    with embedded_redis(endpoints):
-        store = ResultsStore.from_url(endpoints.store_url, endpoints.store_prefix)
-        try:
-            yield store
-        finally:
-            store.client.close()
-
-
-def ca_option(function: F) -> F:
-    return click.option(
-        "--ca",
-        "ca",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="CA folder made by `casign init` (default $CASIGN_CA_DIR or ./ca).",
-    )(function)
-
-
-def store_option(function: F) -> F:
-    return click.option(
-        "--store",
-        default=None,
-        help="Results store URL (default $CASIGN_STORE_URL, else embedded).",
-    )(function)
-
-
-def broker_option(function: F) -> F:
-    return click.option(
-        "--broker", default=None, help="Broker URL (default $CASIGN_BROKER_URL, else embedded)."
-    )(function)
-
-
-def progress_bar() -> Progress:
-    """A bar on stderr for a long job, shown only when stderr is a terminal."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not sys.stderr.isatty(),
-    )
+from core.errors import Rejected, SigningError
+from core.files import PUBLIC_MODE, write_file_atomically
 
 
 class CasignGroup(click.Group):
@@ -278,7 +205,7 @@ def index() -> None:
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None)
 def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
     """Write index.txt as `openssl ca` writes it (expired entries read E); stdout by default."""
-    from casign.index import IndexEntry
+    from core.index import IndexEntry
 
     endpoints = resolve_endpoints("unused://", store, ca_dir(ca))
     now = datetime.now(UTC)
@@ -291,7 +218,7 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        write_file_atomically(out, text, PUBLIC_MODE)
         click.echo(f"{len(lines)} entries written to {out}", err=True)
 
 
@@ -331,7 +258,8 @@ def worker(
     endpoints = resolve_endpoints(broker, store, folder)
     if restart:
         sys.exit(_supervised_worker(folder, endpoints, concurrency, loglevel, pool, beat))
-    from worker.app import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL, create_app
+    from worker.app import create_app
+    from worker.process import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL
     from worker.authority import load_authority
 
     load_authority(folder)  # fail here, with a clear message, rather than in every pool process
@@ -412,7 +340,7 @@ def audit() -> None:
 @store_option
 def audit_verify(ca: Path | None, store: str | None) -> None:
     """Recompute the chain; exit 1 naming the first line that was altered or removed."""
-    from casign.audit import verify_chain
+    from core.audit import verify_chain
 
     with open_store(resolve_endpoints("unused://", store, ca_dir(ca))) as results_store:
         check = verify_chain(results_store.audit_entries(), results_store.audit_head())
@@ -449,7 +377,3 @@ def _register_other_commands() -> None:
 
 
 _register_other_commands()
-
-
-def die_on_config_error(exc: ConfigurationError) -> None:
-    fail(str(exc), 2)

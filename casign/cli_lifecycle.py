@@ -8,18 +8,38 @@ in this process with the CA folder, as `casign sign` does for an operator at the
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
-from casign.cli import broker_option, ca_option, fail, open_store, progress_bar, store_option
+from casign.cli_base import broker_option, ca_option, fail, open_store, progress_bar, store_option
 from casign.config import ca_dir, resolve_endpoints
-from casign.index import IndexEntry, format_serial
-from casign.revocations import REVOKE_REASONS, RevocationRefused, RevocationStore, parse_duration
+from core.errors import Rejected
+from core.files import PUBLIC_MODE, write_file_atomically
+from core.index import IndexEntry, format_serial
+from core.revocation import REVOKE_REASONS
+from store.revocations import RevocationStore
+
+_DURATION_UNITS = {
+    "w": timedelta(weeks=1),
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+}
 
 
-def _refused(exc: RevocationRefused) -> None:
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `2w`, `90m` or a bare number of days."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(f"{text!r} is not a duration such as 30d, 12h or 2w")
+    return int(number) * (unit or _DURATION_UNITS["d"])
+
+
+def _refused(exc: Rejected) -> None:
     fail(f"refused [{exc.code}]: {exc.message}", 3)
 
 
@@ -56,7 +76,7 @@ def revoke(
     try:
         with open_producer(ca, broker, store, requester) as producer:
             result = producer.revoke(serial, reason, timeout)
-    except RevocationRefused as exc:
+    except Rejected as exc:
         _refused(exc)
         return
     except TimeoutError as exc:
@@ -93,7 +113,7 @@ def crl(ca: Path | None, store: str | None, out: Path | None, der: bool) -> None
             fail("--der needs -o FILE (DER is binary)")
         click.echo(data.decode("ascii"), nl=False)
     else:
-        out.write_bytes(data)
+        write_file_atomically(out, data, PUBLIC_MODE)
     click.echo(
         f"CRL {published.number}: {published.entries} revoked, made in {published.seconds:.2f} s",
         err=True,
@@ -108,7 +128,7 @@ def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
     """Issue or renew the OCSP responder's delegated certificate (needs the CA key)."""
     from worker.authority import load_authority
     from worker.cafolder import CAFolder
-    from worker.ocsp_signer import ensure_ocsp_certificate
+    from worker.ocsp_delegate import ensure_ocsp_certificate
 
     folder = ca_dir(ca)
     endpoints = resolve_endpoints("unused://", store, folder)
@@ -131,7 +151,7 @@ def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def ocsp(ca: Path | None, store: str | None, port: int, host: str) -> None:
     """Serve OCSP (RFC 6960, GET and POST) for the intermediate, from the store."""
-    from casign.ocsp_responder import make_server
+    from ocsp.responder import make_server
 
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints("unused://", store, folder)

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from casign.cli import (
+from casign.cli_base import (
     broker_option,
     ca_option,
     fail,
@@ -23,8 +23,9 @@ from casign.cli import (
     write_certificate,
 )
 from casign.config import producer_identity, resolve_endpoints
-from casign.keys import KeyType, write_private_key
-from casign.messages import JobResult
+from core.files import PUBLIC_MODE, write_file_atomically
+from core.keys import KeyType, write_private_key
+from core.messages import JobResult
 from producers import Producer
 
 DEFAULT_TIMEOUT = 600.0
@@ -37,7 +38,7 @@ def open_producer(
     """A producer on the given endpoints; on the CA folder's embedded Redis if none are given."""
     endpoints = resolve_endpoints(broker, store, ca)
     if endpoints.embedded_dir is not None:
-        from casign.embedded_redis import EmbeddedRedis
+        from store.embedded import EmbeddedRedis
 
         if not EmbeddedRedis(endpoints.embedded_dir).is_running():
             fail(
@@ -203,7 +204,7 @@ def request(
     out.mkdir(parents=True, exist_ok=True)
     write_private_key(key_path, key, passphrase)
     csr_path = out / f"{name}.csr.pem"
-    csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    write_file_atomically(csr_path, csr.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
     with open_producer(ca, broker, store) as producer:
         job_id = producer.submit(
             csr.public_bytes(serialization.Encoding.PEM).decode(),

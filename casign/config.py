@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from casign.errors import ConfigurationError
-from casign.queue import SIGN_QUEUE
+from core.errors import ConfigurationError
+from core.queue import SIGN_QUEUE
 
 ENVIRONMENT = {
     "CASIGN_CA_DIR": "the CA folder made by `casign init` (default ./ca)",
@@ -58,7 +58,7 @@ def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | N
             "no broker or store given (--broker/--store or CASIGN_BROKER_URL/CASIGN_STORE_URL) "
             f"and no CA folder at {folder} to run an embedded Redis in"
         )
-    from casign.embedded_redis import EmbeddedRedis
+    from store.embedded import EmbeddedRedis
 
     embedded = EmbeddedRedis(folder.absolute())
     return Endpoints(

@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from rich.progress import Progress
 
-from casign.cli import fail, write_certificate
-from casign.embedded_redis import EmbeddedRedis
-from casign.keys import KeyType, write_private_key
-from casign.messages import SignRequest
-from casign.store import ResultsStore
+from casign.cli_base import fail, write_certificate
 from casign.supervise import stop_process_group
+from core.keys import KeyType, write_private_key
+from core.messages import SignRequest
 from producers import Producer
+from store.embedded import EmbeddedRedis
+from store.results import ResultsStore
 
 WORKER_START_TIMEOUT = 60.0
 

@@ -1,6 +1,6 @@
 """Pluggable key backends: a key named by URI becomes a `cryptography` private key."""
 
-from casign.keys import KeyType
+from core.keys import KeyType
 from keystore.backend import (
     KeyBackend,
     KeyGenerator,

@@ -7,8 +7,8 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from casign.errors import ConfigurationError
-from casign.keys import KeyType
+from core.errors import ConfigurationError
+from core.keys import KeyType
 from keystore.uri import KeyURI, parse_key_uri
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey

@@ -8,8 +8,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from casign.errors import ConfigurationError
-from casign.keys import KeyType, write_private_key
+from core.errors import ConfigurationError
+from core.keys import KeyType, write_private_key
 from keystore.backend import SigningKey
 from keystore.uri import KeyURI
 

@@ -29,8 +29,8 @@ from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11.mechanisms import MGF
 from pkcs11.types import Object, Session, SignMixin, Token
 
-from casign.errors import ConfigurationError, Retryable, SigningError
-from casign.keys import KeyType
+from core.errors import ConfigurationError, Retryable, SigningError
+from core.keys import KeyType
 from keystore.backend import SigningKey
 from keystore.uri import KeyURI
 

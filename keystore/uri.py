@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from casign.errors import ConfigurationError
-from casign.secret_source import read_secret_source
+from core.errors import ConfigurationError
+from core.secret_source import read_secret_source
 
 # RFC 7512 section 2.3: pin-value puts the secret in the URI itself; we refuse it so a PIN
 # never ends up in a config file, a job or a log line that prints the URI.

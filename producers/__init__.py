@@ -1,6 +1,6 @@
 """Enqueue CSR jobs for the casign signer and collect the certificates."""
 
-from casign.messages import JobResult, SignRequest
+from core.messages import JobResult, SignRequest
 from producers.producer import Producer
 
 __all__ = ["JobResult", "Producer", "SignRequest"]

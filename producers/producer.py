@@ -13,12 +13,12 @@ from types import TracebackType
 
 from celery import Celery
 
-from casign.auth import read_secret, sign_batch
-from casign.messages import JobResult, SignBatch, SignRequest
-from casign.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
-from casign.revocations import RevocationResult, RevocationStore
-from casign.store import ResultsStore
+from core.auth import read_secret, sign_batch
+from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
+from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 
 log = logging.getLogger("casign.producer")
 

@@ -9,13 +9,10 @@ import uuid
 
 from celery import Celery
 
-from casign.auth import sign_batch
-from casign.revocations import (
-    REVOKE_TASK,
-    RevokeRequest,
-    canonical_reason,
-    canonical_serial,
-)
+from core.auth import sign_batch
+from core.messages import RevokeRequest
+from core.queue import REVOKE_TASK
+from core.revocation import canonical_reason, canonical_serial
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -31,7 +28,7 @@ def send_revocation(
     identity: str | None = None,
     secret: bytes | None = None,
 ) -> RevokeRequest:
-    """Enqueue one revocation; serial and reason are checked here first (RevocationRefused)."""
+    """Enqueue one revocation; serial and reason are checked here first (Rejected)."""
     request = RevokeRequest(
         request_id=uuid.uuid4().hex,
         serial=canonical_serial(serial),

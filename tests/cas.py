@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from casign.keys import KeyType
+from core.keys import KeyType
 from worker.cafolder import CAFolder, CAOptions, init_ca
 
 ALICE = CAOptions(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from casign.embedded_redis import EmbeddedRedis
-from casign.store import ResultsStore
+from store.embedded import EmbeddedRedis
+from store.results import ResultsStore
 from tests.cas import make_alice_ca
 from tests.softhsm_token import softhsm_token  # noqa: F401  (a fixture)
 from worker.authority import SigningAuthority, load_authority

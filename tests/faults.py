@@ -20,11 +20,11 @@ import redis
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from casign.embedded_redis import redis_server_binary
-from casign.index import IndexEntry, format_serial, openssl_oneline
-from casign.messages import JobResult
-from casign.store import ResultsStore
+from core.index import IndexEntry, format_serial, openssl_oneline
+from core.messages import JobResult
 from producers import Producer
+from store.embedded import redis_server_binary
+from store.results import ResultsStore
 from tests.workers import WorkerProcess
 
 _POLL_SECONDS = 0.02

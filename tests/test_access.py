@@ -32,13 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from casign.auth import read_secret, sign_batch
-from casign.errors import ConfigurationError, RefusalCode
-from casign.keys import KeyType
-from casign.messages import JobResult
-from casign.queue import celery_settings
-from casign.store import ResultsStore
+from core.auth import read_secret, sign_batch
+from core.errors import ConfigurationError, RefusalCode
+from core.keys import KeyType
+from core.messages import JobResult
+from core.queue import celery_settings
 from producers import Producer
+from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from tests.workers import WorkerProcess, start_worker
 from worker.access import AccessPolicy

@@ -12,17 +12,17 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from casign.cli import main as casign_main
-from casign.errors import ConfigurationError
-from casign.index import Status, format_serial
-from casign.ocsp_responder import make_server
-from casign.revocations import RevocationStore
-from casign.store import ResultsStore
+from core.errors import ConfigurationError
+from core.index import Status, format_serial
+from ocsp.responder import make_server
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.openssl_cli import openssl
 from worker.adopt import ADOPTED, adopt_ca
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import make_crl
-from worker.ocsp_signer import ensure_ocsp_certificate
+from worker.ocsp_delegate import ensure_ocsp_certificate
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

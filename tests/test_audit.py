@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from casign.audit import GENESIS, chain_hash, verify_chain
-from casign.auth import sign_batch
-from casign.errors import RefusalCode
-from casign.store import ResultsStore
+from core.audit import GENESIS, chain_hash, verify_chain
+from core.auth import sign_batch
+from core.errors import RefusalCode
 from producers import Producer
+from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from tests.workers import start_worker
 from worker.access import AccessPolicy
@@ -384,7 +384,7 @@ def test_worker_decisions_reach_the_audit_log(
 
 
 def test_deleting_the_recorded_head_with_the_last_line_is_detected() -> None:
-    from casign.audit import GENESIS, audit_line, chain_hash, verify_chain
+    from core.audit import GENESIS, audit_line, chain_hash, verify_chain
 
     lines = [audit_line("issued", job_id=f"j{i}") for i in range(3)]
     stored, head = [], GENESIS

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from casign.keys import KeyType
-from casign.store import ResultsStore
+from core.keys import KeyType
+from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from worker.authority import load_authority
 from worker.cafolder import CAOptions, init_ca

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from casign.embedded_redis import EmbeddedRedis
-from casign.store import ResultsStore
+from store.embedded import EmbeddedRedis
+from store.results import ResultsStore
 from tests.openssl_cli import openssl as run_openssl
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from casign.errors import RefusalCode
-from casign.store import ResultsStore
+from core.errors import RefusalCode
+from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from worker.authority import SigningAuthority
 from worker.issuance import BatchSigner

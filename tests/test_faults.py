@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import redis
 
-from casign.errors import Retryable
-from casign.keys import KeyType
-from casign.messages import JobResult, SignRequest
-from casign.store import Issued, ResultsStore
+from core.errors import Retryable
+from core.keys import KeyType
+from core.messages import JobResult, SignRequest
 from producers import Producer
+from store.results import Issued, ResultsStore
 from tests.csrs import job, make_csr
 from tests.faults import (
     Collector,

@@ -18,9 +18,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casign.errors import Rejected
-from casign.messages import SignBatch, SignRequest, parse_sign_request
-from casign.store import ResultsStore
+from core.errors import Rejected
+from core.messages import SignBatch, SignRequest, parse_sign_request
+from store.results import ResultsStore
 from tests import hostile_csrs as hostile
 from tests.csrs import make_csr
 from worker.authority import SigningAuthority

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import NameOID
 
 from casign.cli import main as casign_main
-from casign.errors import Retryable
-from casign.index import IndexEntry, Status, openssl_oneline
-from casign.store import Issued, ResultsStore
+from core.errors import Retryable
+from core.index import IndexEntry, Status, openssl_oneline
+from store.results import Issued, ResultsStore
 from tests.cas import make_alice_ca
 from tests.csrs import job
 from tests.openssl_cli import openssl as run_openssl

@@ -25,16 +25,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from casign.index import format_serial
-from casign.ocsp_responder import OCSPServer, make_server, ocsp_cert_path, ocsp_key_path
-from casign.revocations import RevocationStore
-from casign.store import ResultsStore
+from core.index import format_serial
+from ocsp.responder import OCSPServer, make_server, ocsp_cert_path, ocsp_key_path
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
-from worker.ocsp_signer import RENEW_WITHIN, ensure_ocsp_certificate
+from worker.ocsp_delegate import RENEW_WITHIN, ensure_ocsp_certificate
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -319,7 +319,7 @@ def test_renewal_near_the_end_and_the_responder_picks_it_up(
 
 def test_the_responder_never_loads_the_keystore_or_the_worker() -> None:
     probe = (
-        "import sys, casign.cli, casign.ocsp_responder\n"
+        "import sys, casign.cli, ocsp.responder\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('keystore', 'worker', 'pkcs11')]\n"
         "assert not bad, bad\n"
     )

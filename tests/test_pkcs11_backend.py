@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from casign.errors import ConfigurationError, Retryable
-from casign.keys import KeyType
+from core.errors import ConfigurationError, Retryable
+from core.keys import KeyType
 from keystore import SigningKey, generate_key, load_signing_key, parse_key_uri
 from keystore.pkcs11 import Pkcs11EcPrivateKey, Pkcs11KeyBackend, Pkcs11RsaPrivateKey
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON, SoftHsmToken

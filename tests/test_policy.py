@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, ObjectIdentifier
 
-from casign.errors import RefusalCode as Code
-from casign.errors import Rejected
-from casign.messages import SignRequest
+from core.errors import RefusalCode as Code
+from core.errors import Rejected
+from core.messages import SignRequest
 from tests import hostile_csrs as hostile
 from tests.csrs import job, make_csr
 from worker.authority import SigningAuthority

@@ -9,8 +9,8 @@ import time
 
 import redis
 
-from casign.store import ResultsStore
 from producers import Producer
+from store.results import ResultsStore
 from tests.csrs import make_csr
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from casign.index import format_serial
-from casign.keys import KeyType
-from casign.messages import JobResult
-from casign.store import ResultsStore
+from core.index import format_serial
+from core.keys import KeyType
+from core.messages import JobResult
 from producers import Producer
+from store.results import ResultsStore
 from tests.csrs import make_csr
 from tests.softhsm_token import SoftHsmToken
 from tests.workers import WorkerProcess, start_worker

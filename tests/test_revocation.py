@@ -13,22 +13,18 @@ from celery import Celery
 from click.testing import CliRunner
 from cryptography import x509
 
-from casign.audit import verify_chain
 from casign.cli import main as casign_main
-from casign.index import IndexEntry, Status, format_serial, openssl_oneline
-from casign.keys import KeyType
-from casign.queue import celery_settings
-from casign.revocations import (
-    CRL_TASK,
-    RevocationCode,
-    RevocationRefused,
-    RevocationStore,
-    RevokeRequest,
-    canonical_serial,
-    parse_duration,
-)
-from casign.store import ResultsStore
+from casign.cli_lifecycle import parse_duration
+from core.audit import verify_chain
+from core.errors import RefusalCode, Rejected
+from core.index import IndexEntry, Status, format_serial, openssl_oneline
+from core.keys import KeyType
+from core.messages import RevokeRequest
+from core.queue import CRL_TASK, celery_settings
+from core.revocation import canonical_serial
 from producers import Producer
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.csrs import job, make_csr
 from tests.workers import WorkerProcess, start_worker
 from worker.access import AccessPolicy, AllowedProducer, ProducerPolicy
@@ -88,17 +84,17 @@ def test_revocation_is_audited_in_the_hash_chain(signer: BatchSigner, store: Res
 @pytest.mark.parametrize(
     ("serial", "reason", "code"),
     [
-        ("0123ABCD", "keyCompromise", RevocationCode.UNKNOWN_SERIAL),
-        ("not-hex", "keyCompromise", RevocationCode.UNKNOWN_SERIAL),
-        (None, "stolen", RevocationCode.BAD_REASON),
-        (None, "removeFromCRL", RevocationCode.BAD_REASON),  # delta CRLs only
+        ("0123ABCD", "keyCompromise", RefusalCode.REVOKE_UNKNOWN_SERIAL),
+        ("not-hex", "keyCompromise", RefusalCode.REVOKE_UNKNOWN_SERIAL),
+        (None, "stolen", RefusalCode.REVOKE_BAD_REASON),
+        (None, "removeFromCRL", RefusalCode.REVOKE_BAD_REASON),  # delta CRLs only
     ],
 )
 def test_refusals_have_stable_codes(
     signer: BatchSigner, store: ResultsStore, serial: str | None, reason: str, code: str
 ) -> None:
     (issued,) = issue(signer, 1)
-    with pytest.raises(RevocationRefused) as refused:
+    with pytest.raises(Rejected) as refused:
         RevocationStore(store).revoke(serial or issued, reason)
     assert refused.value.code == code
     assert store.index_entry(issued).status is Status.VALID  # type: ignore[union-attr]
@@ -113,10 +109,10 @@ def test_revoking_twice_is_refused_and_changes_nothing(
     (line,) = store.index_lines()
     audit_length = len(list(store.audit_entries()))
 
-    with pytest.raises(RevocationRefused) as refused:
+    with pytest.raises(Rejected) as refused:
         revocations.revoke(serial.lower(), "superseded")
 
-    assert refused.value.code == RevocationCode.ALREADY_REVOKED
+    assert refused.value.code == RefusalCode.REVOKE_ALREADY_REVOKED
     assert "keyCompromise" in refused.value.message
     assert list(store.index_lines()) == [line]
     assert len(list(store.audit_entries())) == audit_length
@@ -130,7 +126,7 @@ def test_a_redelivered_request_is_answered_not_refused(
     first = revocations.revoke(serial, "superseded", request_id="req-42")
     again = revocations.revoke(serial, "superseded", request_id="req-42")
     assert again == first
-    with pytest.raises(RevocationRefused):
+    with pytest.raises(Rejected):
         revocations.revoke(serial, "superseded", request_id="req-43")
 
 
@@ -145,7 +141,7 @@ def test_concurrent_revocations_of_one_serial_succeed_once(
         try:
             revocations.revoke(serial, reason)
             outcomes.append("revoked")
-        except RevocationRefused as exc:
+        except Rejected as exc:
             outcomes.append(exc.code)
 
     threads = [
@@ -157,7 +153,7 @@ def test_concurrent_revocations_of_one_serial_succeed_once(
     for thread in threads:
         thread.join()
     assert outcomes.count("revoked") == 1
-    assert outcomes.count(RevocationCode.ALREADY_REVOKED) == len(threads) - 1
+    assert outcomes.count(RefusalCode.REVOKE_ALREADY_REVOKED) == len(threads) - 1
 
 
 def test_reason_names_are_read_as_openssl_reads_them(
@@ -189,17 +185,17 @@ def test_the_handler_answers_on_the_reply_list(signer: BatchSigner, store: Resul
     refused = handle_revoke(
         request.model_copy(update={"request_id": "r2"}).model_dump(), revocations
     )
-    assert refused is not None and refused.code == RevocationCode.ALREADY_REVOKED
+    assert refused is not None and refused.code == RefusalCode.REVOKE_ALREADY_REVOKED
 
     bad = handle_revoke({"request_id": "r3", "reply_to": "me", "serial": 5}, revocations)
-    assert bad is not None and bad.code == RevocationCode.MALFORMED
+    assert bad is not None and bad.code == RefusalCode.REVOKE_MALFORMED
     assert handle_revoke({"nonsense": True}, revocations) is None
 
 
 def test_with_listed_producers_only_a_signed_request_is_heard(
     signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from casign.auth import sign_batch
+    from core.auth import sign_batch
 
     serial, other = issue(signer, 2)
     secret = b"s" * 32
@@ -325,10 +321,10 @@ def test_revocation_through_a_real_worker(
         assert revoked.ok, revoked
         assert revoked.serial == first and revoked.reason == "keyCompromise"
         again = client.revoke(first, "superseded", timeout=60)
-        assert again.code == RevocationCode.ALREADY_REVOKED
+        assert again.code == RefusalCode.REVOKE_ALREADY_REVOKED
         unknown = client.revoke("0BADC0DE", "superseded", timeout=60)
-        assert unknown.code == RevocationCode.UNKNOWN_SERIAL
-        with pytest.raises(RevocationRefused):  # refused before it is sent
+        assert unknown.code == RefusalCode.REVOKE_UNKNOWN_SERIAL
+        with pytest.raises(Rejected):  # refused before it is sent
             client.revoke(second, "because")
 
     entry = store.index_entry(first)

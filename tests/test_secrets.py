@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from casign.errors import ConfigurationError
-from casign.keys import KeyType
-from casign.store import ResultsStore
+from core.errors import ConfigurationError
+from core.keys import KeyType
 from keystore import load_signing_key, parse_key_uri
 from producers import Producer
+from store.results import ResultsStore
 from tests.csrs import make_csr
 from tests.softhsm_token import SoftHsmToken
 from tests.workers import WorkerProcess, start_worker

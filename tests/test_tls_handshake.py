@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from casign.keys import KeyType
-from casign.store import ResultsStore
+from core.keys import KeyType
+from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from worker.authority import load_authority
 from worker.cafolder import CAOptions, init_ca

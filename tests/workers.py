@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from casign.store import ResultsStore
 from casign.supervise import stop_process_group
+from store.results import ResultsStore
 
 START_TIMEOUT = 60.0
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from casign.auth import read_secret, signature_matches
-from casign.errors import ConfigurationError, RefusalCode, Rejected
-from casign.store import ResultsStore
+from core.auth import read_secret, signature_matches
+from core.errors import ConfigurationError, RefusalCode, Rejected
+from store.results import ResultsStore
 
 # Token bucket in Redis: KEYS[1] the bucket; ARGV rate, burst, now (s), tokens wanted.
 # Returns how many of the wanted tokens were granted.

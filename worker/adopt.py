@@ -16,10 +16,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from casign.errors import ConfigurationError, SigningError
-from casign.index import IndexEntry, Status
-from casign.revocations import RevocationStore
-from casign.store import ResultsStore
+from core.errors import ConfigurationError, SigningError
+from core.files import PUBLIC_MODE, write_file_atomically
+from core.index import IndexEntry, Status
+from store.results import ResultsStore
+from store.revocations import RevocationStore
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import seed_crl_number
@@ -116,17 +117,18 @@ def write_casign_files(
 ) -> None:
     """`profiles.toml` (the guide's sections) and `casign.toml` (the key's URI), if absent."""
     if not folder.profiles_path.exists():
-        folder.profiles_path.write_text(DEFAULT_PROFILES_TOML, encoding="utf-8")
+        write_file_atomically(folder.profiles_path, DEFAULT_PROFILES_TOML, PUBLIC_MODE)
         report.written.append(folder.profiles_path)
     if not folder.settings_path.exists():
         pin = f"?pin-source=file:{passphrase_file.absolute()}" if passphrase_file else ""
-        folder.settings_path.write_text(
+        write_file_atomically(
+            folder.settings_path,
             f"# casign settings of this CA, adopted from an OpenSSL CA folder. The key is\n"
             f"# named by URI; a passphrase is only ever named here by pin-source, never written.\n"
             f'intermediate_key = "file:private/{_key_file_name(folder)}{pin}"\n'
             f"# nextUpdate of each CRL, as default_crl_days in openssl.cnf\n"
             f"crl_days = 30\n",
-            encoding="utf-8",
+            PUBLIC_MODE,
         )
         report.written.append(folder.settings_path)
 

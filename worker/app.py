@@ -9,7 +9,6 @@ import os
 import random
 import threading
 import time
-from pathlib import Path
 
 from celery import Celery, signals
 from celery.apps.worker import Worker as CeleryWorker
@@ -17,64 +16,19 @@ from celery.platforms import EX_FAILURE
 from kombu.utils.objects import cached_property
 from pydantic import ValidationError
 
-from casign.errors import Retryable, SigningError
-from casign.messages import SignBatch, describe_validation_error
-from casign.queue import SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
-from casign.store import ResultsStore
-from worker.access import AccessPolicy
-from worker.authority import load_authority
-from worker.cafolder import CAFolder
+from core.errors import Retryable, SigningError
+from core.messages import SignBatch, describe_validation_error
+from core.queue import SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from worker.issuance import BatchSigner
 from worker.lifecycle_tasks import register_lifecycle_tasks
+from worker.process import recover_once, signer
 
 log = logging.getLogger("casign.worker")
 
-# Set by `casign worker` before the pool forks; read by every pool process.
-ENV_CA_DIR = "CASIGN_CA_DIR"
-ENV_STORE_URL = "CASIGN_STORE_URL"
-ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
-ENV_KEY_URI = "CASIGN_KEY_URI"
-RECOVERY_LOCK_SECONDS = 60
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 # How long a worker whose consumer Celery gave up on may take to shut down before it exits.
 FAILED_SHUTDOWN_SECONDS = 10.0
-
-_signer: BatchSigner | None = None
-_signer_pid: int | None = None
-
-
-def signer() -> BatchSigner:
-    """This process's signer, opened on first use after fork (keys are never shared)."""
-    global _signer, _signer_pid
-    if _signer is None or _signer_pid != os.getpid():
-        authority = load_authority(Path(os.environ[ENV_CA_DIR]), os.environ.get(ENV_KEY_URI))
-        store = ResultsStore.from_url(
-            os.environ[ENV_STORE_URL], os.environ.get(ENV_STORE_PREFIX, "casign")
-        )
-        store.set_chain(authority.chain_pem)
-        folder = CAFolder(Path(os.environ[ENV_CA_DIR]))
-        access = AccessPolicy.load(folder.producers_path)
-        if access is None:
-            log.warning(
-                "%s is absent: this signer accepts batches from any producer", folder.producers_path
-            )
-        _signer, _signer_pid = BatchSigner(authority, store, access), os.getpid()
-    return _signer
-
-
-def recover_once(batch_signer: BatchSigner) -> None:
-    """Publish jobs a crashed worker reserved but never published; one process at a time."""
-    store = batch_signer.store
-    lock = store.key("recovery-lock")
-    if not store.client.set(lock, str(os.getpid()), nx=True, ex=RECOVERY_LOCK_SECONDS):
-        return
-    try:
-        recovered = batch_signer.recover_pending()
-        if recovered:
-            log.warning("recovered %d job(s) reserved before a crash", len(recovered))
-    finally:
-        store.client.delete(lock)
 
 
 def _sign_parsed(parsed: SignBatch) -> int:

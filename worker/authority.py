@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from casign.errors import ConfigurationError
+from core.errors import ConfigurationError
 from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
 from worker.profiles import Profile, ProfileSet

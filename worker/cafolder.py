@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from casign.errors import ConfigurationError
-from casign.keys import write_private_key
+from core.errors import ConfigurationError
+from core.files import write_file_atomically
+from core.keys import write_private_key
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 from worker.profiles import default_profiles_toml
@@ -193,10 +194,7 @@ def _signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
 
 
 def _write_file(path: Path, data: str, mode: int) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(data)
-    os.chmod(path, mode)
+    write_file_atomically(path, data, mode, replace=False)
 
 
 def _pem(certificate: x509.Certificate) -> str:

@@ -9,7 +9,6 @@ revocation date and, when one was given, its reason code.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,9 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from casign.errors import ConfigurationError
-from casign.index import format_serial
-from casign.revocations import RevocationStore, parse_revocation_field
+from core.errors import ConfigurationError
+from core.files import PUBLIC_MODE, write_file_atomically
+from core.index import format_serial
+from core.revocation import parse_revocation_field
+from store.revocations import RevocationStore
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
 
@@ -162,23 +163,13 @@ def make_crl(
     return PublishedCRL(crl, number, len(lines), elapsed)
 
 
-def _replace_file(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` atomically (a reader never sees half a CRL)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
-
-
 def write_crl_files(folder: CAFolder, published: PublishedCRL) -> Path:
     """Write `crl/intermediate.crl.pem` (and `.der`) and move OpenSSL's `crlnumber` past it."""
     crl_dir = folder.intermediate / "crl"
     crl_dir.mkdir(parents=True, exist_ok=True)
     pem_path = crl_dir / CRL_FILE_NAME
-    _replace_file(pem_path, published.pem, 0o644)
-    _replace_file(crl_dir / CRL_DER_NAME, published.der, 0o644)
+    write_file_atomically(pem_path, published.pem, PUBLIC_MODE)
+    write_file_atomically(crl_dir / CRL_DER_NAME, published.der, PUBLIC_MODE)
     # So that `openssl ca -gencrl` on an exported index never reuses a number casign drew.
     counter = folder.intermediate / "crlnumber"
     try:
@@ -186,7 +177,7 @@ def write_crl_files(folder: CAFolder, published: PublishedCRL) -> Path:
     except (OSError, ValueError):
         on_disk = 0
     if on_disk <= published.number:
-        _replace_file(counter, (format_serial(published.number + 1) + "\n").encode(), 0o644)
+        write_file_atomically(counter, format_serial(published.number + 1) + "\n", PUBLIC_MODE)
     return pem_path
 
 

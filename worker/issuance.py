@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from casign.audit import audit_line
-from casign.errors import IssuanceFault, RefusalCode, Rejected, Retryable
-from casign.index import IndexEntry, Status, format_serial, openssl_oneline
-from casign.messages import JobResult, parse_sign_request
-from casign.store import Intent, Issued, Refusal, Reservation, ResultsStore
+from core.audit import audit_line
+from core.errors import IssuanceFault, RefusalCode, Rejected, Retryable
+from core.index import IndexEntry, Status, format_serial, openssl_oneline
+from core.messages import JobResult, parse_sign_request
+from store.results import Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.policy import CheckedRequest, check_request, parse_san_text

@@ -14,18 +14,11 @@ from typing import Any
 from celery import Celery
 from pydantic import ValidationError
 
-from casign.errors import Rejected, Retryable, SigningError
-from casign.messages import describe_validation_error
-from casign.ocsp_responder import ocsp_key_path
-from casign.revocations import (
-    CRL_TASK,
-    REVOKE_TASK,
-    RevocationCode,
-    RevocationRefused,
-    RevocationResult,
-    RevocationStore,
-    RevokeRequest,
-)
+from core.errors import RefusalCode, Rejected, Retryable, SigningError
+from core.layout import ocsp_key_path
+from core.messages import RevocationResult, RevokeRequest, describe_validation_error
+from core.queue import CRL_TASK, REVOKE_TASK
+from store.revocations import RevocationStore
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
@@ -37,7 +30,7 @@ from worker.crl import (
     seed_crl_number,
     write_crl_files,
 )
-from worker.ocsp_signer import ensure_ocsp_certificate
+from worker.ocsp_delegate import ensure_ocsp_certificate
 
 log = logging.getLogger("casign.lifecycle")
 
@@ -74,7 +67,7 @@ def handle_revoke(
         result = RevocationResult(
             request_id=request_id,
             status="refused",
-            code=RevocationCode.MALFORMED,
+            code=RefusalCode.REVOKE_MALFORMED,
             message=describe_validation_error(exc),
         )
         revocations.push_result(reply_to, result)
@@ -92,7 +85,7 @@ def handle_revoke(
             requester=requester,
             request_id=request.request_id,
         )
-    except (RevocationRefused, Rejected) as refusal:
+    except Rejected as refusal:
         result = RevocationResult(
             request_id=request.request_id,
             status="refused",
@@ -166,7 +159,7 @@ def register_lifecycle_tasks(app: Celery) -> None:
     )
     def revoke(self: Any, message: object) -> str:
         """Revoke one serial; the answer goes to the request's reply list."""
-        from worker.app import signer
+        from worker.process import signer
 
         try:
             batch_signer = signer()
@@ -187,7 +180,7 @@ def register_lifecycle_tasks(app: Celery) -> None:
     )
     def crl(self: Any) -> int:
         """Make and publish a new CRL; returns its number."""
-        from worker.app import ENV_CA_DIR, signer
+        from worker.process import ENV_CA_DIR, signer
 
         try:
             batch_signer = signer()

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from casign.errors import RefusalCode as Code
-from casign.errors import Rejected
-from casign.messages import SignRequest
+from core.errors import RefusalCode as Code
+from core.errors import Rejected
+from core.messages import SignRequest
 from worker.csr_der import rsa_public_exponent
 from worker.profiles import Profile, ProfileSet
 

@@ -15,7 +15,7 @@ from cryptography.x509.oid import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from casign.errors import ConfigurationError
+from core.errors import ConfigurationError
 
 NS_CERT_TYPE_OID = ObjectIdentifier("2.16.840.1.113730.1.1")
 NS_COMMENT_OID = ObjectIdentifier("2.16.840.1.113730.1.13")

@@ -53,7 +53,7 @@ class SignBatch(_Message):
     schema_version: Literal[1] = 1
     reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
     producer: Annotated[str, StringConstraints(max_length=64)] | None = None
-    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # casign.auth
+    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # core.auth
     # Each job is validated on its own so one malformed job cannot sink its neighbours.
     jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
 
@@ -88,3 +88,42 @@ def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors(include_input=False, include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "message"
     return f"{where}: {first['msg']}"
+
+
+Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class RevokeRequest(_Message):
+    """One `casign.revoke` task: which serial, why, who asks and where to answer."""
+
+    schema_version: Literal[1] = 1
+    request_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")
+    ]
+    serial: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "unspecified"
+    requester: Text128 | None = None
+    reply_to: Text128 | None = None
+    producer: Annotated[str, StringConstraints(max_length=64)] | None = None
+    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # core.auth
+
+    def signed_content(self) -> list[object]:
+        """What the producer's HMAC covers (with its name and reply_to, as for a batch)."""
+        return [self.model_dump(exclude={"producer", "signature"})]
+
+
+class RevocationResult(_Message):
+    """What became of a revocation request, pushed to the requester's reply list."""
+
+    schema_version: Literal[1] = 1
+    request_id: str
+    status: Literal["revoked", "refused", "failed"]
+    serial: str | None = None
+    revoked_at: str | None = None  # index.txt time, YYMMDDHHMMSSZ
+    reason: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "revoked"

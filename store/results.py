@@ -13,17 +13,16 @@ Keys, under a prefix (`casign` unless configured):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import RedisError
 
-from casign.errors import Retryable
-from casign.index import IndexEntry
-from casign.messages import JobResult
+from core.errors import Retryable
+from core.index import IndexEntry
+from core.messages import JobResult
+from store.boundary import optional_text, text, translated
 
 REPLY_TTL_SECONDS = 24 * 3600
 _EXPORT_CHUNK = 5000
@@ -57,7 +56,7 @@ return out
 
 # ARGV: prefix, reply key ('' for none), reply TTL, number of issued jobs, number of refusals,
 # then 6 values per issued job (its audit line last), 4 per refusal, then other audit lines.
-# Audit lines are chained here (see casign.audit), in the same step as what they record. A job already published by an earlier delivery is skipped,
+# Audit lines are chained here (see core.audit), in the same step as what they record. A job already published by an earlier delivery is skipped,
 # reply included, so a job signed twice is published and answered once.
 _PUBLISH_BATCH = """
 local prefix, reply_key, ttl = ARGV[1], ARGV[2], ARGV[3]
@@ -112,32 +111,6 @@ if reply_key ~= '' and redis.call('EXISTS', reply_key) == 1 then
 end
 return out
 """
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _translated(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn a Redis failure into `Retryable`, so callers retry rather than lose work."""
-
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(*args, **kwargs)
-        except RedisError as exc:
-            raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
-
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
-
-
-def _text(value: object) -> str:
-    """A reply of a client made with decode_responses=True, typed as the str it is."""
-    return value if isinstance(value, str) else str(value)
-
-
-def _optional_text(value: object) -> str | None:
-    return None if value is None else _text(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +186,11 @@ class ResultsStore:
     def reply_key(self, name: str) -> str:
         return self.key("reply", name)
 
-    @_translated
+    @translated
     def ping(self) -> bool:
         return bool(self.client.ping())
 
-    @_translated
+    @translated
     def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
         """Record each intent before signing: its serial (never reused) and its TBS record."""
         intents = list(intents)
@@ -228,14 +201,12 @@ class ResultsStore:
             args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
         reservations = []
         for intent, reply in zip(intents, self._reserve(keys=[], args=args), strict=True):
-            state = _text(reply[0])
+            state = text(reply[0])
             if len(reply) == 1:  # this call reserved the job, or found its serial taken
                 reservations.append(Reservation(intent.job_id, state))
                 continue
             # The job was there already; one still 'reserved' is an earlier delivery's intent.
-            fingerprint, record, serial, code, message, pem = (
-                _optional_text(v) for v in reply[1:7]
-            )
+            fingerprint, record, serial, code, message, pem = (optional_text(v) for v in reply[1:7])
             reservations.append(
                 Reservation(
                     intent.job_id,
@@ -250,7 +221,7 @@ class ResultsStore:
             )
         return reservations
 
-    @_translated
+    @translated
     def publish(
         self,
         issued: Iterable[Issued],
@@ -303,7 +274,7 @@ class ResultsStore:
             registered = self._scripts[source] = self.client.register_script(source)
         return registered
 
-    @_translated
+    @translated
     def audit_entries(self) -> Iterator[str]:
         """The audit log's stored `HASH JSON` entries, oldest first, read in chunks."""
         start = 0
@@ -311,27 +282,27 @@ class ResultsStore:
             chunk = self.client.lrange(self.key("audit"), start, start + _EXPORT_CHUNK - 1)
             if not chunk:
                 return
-            yield from (_text(entry) for entry in chunk)
+            yield from (text(entry) for entry in chunk)
             start += len(chunk)
 
-    @_translated
+    @translated
     def audit_head(self) -> str | None:
-        return _optional_text(self.client.get(self.key("audit:head")))
+        return optional_text(self.client.get(self.key("audit:head")))
 
-    @_translated
+    @translated
     def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:
         """Block up to `timeout` seconds for results pushed to `reply_to`; return all that came."""
         key = self.reply_key(reply_to)
         first = self.client.blpop([key], timeout=max(timeout, 0.01))
         if first is None:
             return []
-        raw = [_text(first[1])]
+        raw = [text(first[1])]
         more = self.client.lpop(key, limit)
         if isinstance(more, list):
-            raw.extend(_text(item) for item in more)
+            raw.extend(text(item) for item in more)
         return [JobResult.model_validate_json(item) for item in raw]
 
-    @_translated
+    @translated
     def job_results(
         self, job_ids: Iterable[str], fingerprints: Mapping[str, str] | None = None
     ) -> dict[str, JobResult]:
@@ -364,12 +335,12 @@ class ResultsStore:
                     job_id=job_id,
                     status="issued",
                     serial=serial,
-                    certificate_pem=_optional_text(pem),
+                    certificate_pem=optional_text(pem),
                     fingerprint=(fingerprints or {}).get(job_id),
                 )
         return finished
 
-    @_translated
+    @translated
     def known_jobs(self, job_ids: Iterable[str]) -> set[str]:
         """Which of `job_ids` the store has a record of (reserved, issued or refused)."""
         ids = list(job_ids)
@@ -378,17 +349,17 @@ class ResultsStore:
             pipe.exists(self.job_key(job_id))
         return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
 
-    @_translated
+    @translated
     def job_state(self, job_id: str) -> dict[str, str]:
         raw = self.client.hgetall(self.job_key(job_id))
-        state = {_text(name): _text(value) for name, value in raw.items()}
+        state = {text(name): text(value) for name, value in raw.items()}
         state.pop("record", None)
         return state
 
-    @_translated
+    @translated
     def pending_records(self) -> list[tuple[str, str]]:
         """(job id, record) of every job reserved but never published."""
-        ids = sorted(_text(member) for member in self.client.smembers(self.key("pending")))
+        ids = sorted(text(member) for member in self.client.smembers(self.key("pending")))
         if not ids:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -398,16 +369,16 @@ class ResultsStore:
             (job_id, record) for job_id, record in zip(ids, pipe.execute(), strict=True) if record
         ]
 
-    @_translated
+    @translated
     def certificate(self, serial: str) -> str | None:
-        return _optional_text(self.client.hget(self.key("certs"), serial.upper()))
+        return optional_text(self.client.hget(self.key("certs"), serial.upper()))
 
-    @_translated
+    @translated
     def index_entry(self, serial: str) -> IndexEntry | None:
         line = self.client.hget(self.key("index"), serial.upper())
-        return IndexEntry.from_openssl_line(_text(line)) if line else None
+        return IndexEntry.from_openssl_line(text(line)) if line else None
 
-    @_translated
+    @translated
     def index_lines(self) -> Iterator[str]:
         """Every index line in issuance order, read in chunks."""
         order_key, index_key = self.key("index:order"), self.key("index")
@@ -416,21 +387,21 @@ class ResultsStore:
             serials = self.client.lrange(order_key, start, start + _EXPORT_CHUNK - 1)
             if not serials:
                 return
-            yield from (_text(line) for line in self.client.hmget(index_key, serials) if line)
+            yield from (text(line) for line in self.client.hmget(index_key, serials) if line)
             start += len(serials)
 
-    @_translated
+    @translated
     def count_issued(self) -> int:
         return int(self.client.hlen(self.key("index")))
 
-    @_translated
+    @translated
     def count_serials(self) -> int:
         return int(self.client.hlen(self.key("serials")))
 
-    @_translated
+    @translated
     def set_chain(self, chain_pem: str) -> None:
         self.client.set(self.key("chain"), chain_pem)
 
-    @_translated
+    @translated
     def chain(self) -> str | None:
-        return _optional_text(self.client.get(self.key("chain")))
+        return optional_text(self.client.get(self.key("chain")))

@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from casign.errors import ConfigurationError
-from casign.secret_source import read_secret_source
+from core.errors import ConfigurationError
+from core.secret_source import read_secret_source
 
 SIGNATURE_ALGORITHM = "hmac-sha256"
 MIN_SECRET_BYTES = 16

@@ -23,15 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from casign.errors import ConfigurationError, Retryable
-from casign.index import format_serial
-from casign.revocations import revocation_info
-from casign.store import ResultsStore
+from core.errors import ConfigurationError, Retryable
+from core.index import format_serial
+from core.layout import intermediate_cert_path, ocsp_cert_path, ocsp_key_path
+from core.revocation import revocation_info
+from store.results import ResultsStore
 
 log = logging.getLogger("casign.ocsp")
 
-OCSP_CERT_NAME = "ocsp.cert.pem"
-OCSP_KEY_NAME = "ocsp.key.pem"
 MAX_REQUEST_BYTES = 16 * 1024  # a one-certificate request is ~100 bytes; a nonce adds ~40
 RESPONSE_LIFETIME = timedelta(hours=1)  # nextUpdate: how long a client may cache an answer
 OCSP_REQUEST_TYPE = "application/ocsp-request"
@@ -43,18 +42,6 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
-
-
-def ocsp_cert_path(ca_root: Path) -> Path:
-    return ca_root / "intermediate" / "certs" / OCSP_CERT_NAME
-
-
-def ocsp_key_path(ca_root: Path) -> Path:
-    return ca_root / "intermediate" / "private" / OCSP_KEY_NAME
-
-
-def intermediate_cert_path(ca_root: Path) -> Path:
-    return ca_root / "intermediate" / "certs" / "intermediate.cert.pem"
 
 
 @dataclass(frozen=True)

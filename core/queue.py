@@ -8,6 +8,8 @@ from typing import Any
 
 SIGN_QUEUE = "casign.sign"
 SIGN_BATCH_TASK = "casign.sign_batch"
+REVOKE_TASK = "casign.revoke"
+CRL_TASK = "casign.crl"
 DEFAULT_BATCH_SIZE = 250
 
 # Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT

@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from casign.errors import ConfigurationError
+from core.errors import ConfigurationError
 
 # sockaddr_un.sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 _MAX_SOCKET_PATH_BYTES = 103 if sys.platform == "darwin" else 107

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-KEY_FILE_MODE = 0o400
+from core.files import KEY_MODE, write_file_atomically
 
 SoftwareKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -50,8 +49,4 @@ def write_private_key(path: Path, key: SoftwareKey, passphrase: str | None) -> N
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
-    os.chmod(path, KEY_FILE_MODE)
+    write_file_atomically(path, pem, KEY_MODE, replace=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from casign.errors import ConfigurationError
+from core.errors import ConfigurationError
 
 
 def read_secret_source(source: str, what: str) -> str:

@@ -38,6 +38,10 @@ class RefusalCode(StrEnum):
     AUTH_PROFILE_NOT_ALLOWED = "auth.profile_not_allowed"
     AUTH_NAME_NOT_ALLOWED = "auth.name_not_allowed"
     AUTH_RATE_LIMITED = "auth.rate_limited"
+    REVOKE_UNKNOWN_SERIAL = "revoke.unknown_serial"
+    REVOKE_ALREADY_REVOKED = "revoke.already_revoked"
+    REVOKE_BAD_REASON = "revoke.bad_reason"
+    REVOKE_MALFORMED = "revoke.malformed"
 
 
 class SigningError(Exception):

@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from casign.audit import audit_line
-from casign.errors import ConfigurationError, Retryable
-from casign.index import IndexEntry, format_serial
-from casign.keys import write_private_key
-from casign.ocsp_responder import ocsp_cert_path, ocsp_key_path
-from casign.store import Issued, ResultsStore
+from core.audit import audit_line
+from core.errors import ConfigurationError, Retryable
+from core.files import CERT_MODE, write_file_atomically
+from core.index import IndexEntry, format_serial
+from core.keys import write_private_key
+from core.layout import ocsp_cert_path, ocsp_key_path
+from store.results import Issued, ResultsStore
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
 from worker.crl import ca_signature_digest
@@ -148,10 +149,8 @@ def _claim_serial(store: ResultsStore, job_id: str) -> int:
 
 
 def _write_certificate(path: Path, certificate: x509.Certificate) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    os.chmod(temporary, 0o444)
-    os.replace(temporary, path)  # the responder sees the old file or the new one, never half
+    # The responder sees the old file or the new one, never half.
+    write_file_atomically(path, certificate.public_bytes(serialization.Encoding.PEM), CERT_MODE)
 
 
 def ensure_ocsp_certificate(
