@@ -259,8 +259,8 @@ def worker(
     if restart:
         sys.exit(_supervised_worker(folder, endpoints, concurrency, loglevel, pool, beat))
     from worker.app import create_app
-    from worker.process import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL
     from worker.authority import load_authority
+    from worker.process import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL
 
     load_authority(folder)  # fail here, with a clear message, rather than in every pool process
     os.environ[ENV_CA_DIR] = str(folder)
