@@ -74,6 +74,13 @@ _HANDLED_REQUEST_EXTENSIONS = frozenset(
     }
 )
 _SAN_PREFIXES = {"DNS": "DNS", "IP": "IP", "IP ADDRESS": "IP", "EMAIL": "email", "URI": "URI"}
+# The general-name kinds a certificate of ours may hold, by the prefix `parse_san_text` reads.
+_SAN_KINDS: dict[type[x509.GeneralName], str] = {
+    x509.DNSName: "DNS",
+    x509.IPAddress: "IP",
+    x509.RFC822Name: "email",
+    x509.UniformResourceIdentifier: "URI",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +329,11 @@ def parse_san_text(text: str) -> x509.GeneralName:
         ) from None
 
 
+def san_text(name: x509.GeneralName) -> str:
+    """A checked GeneralName as the text `parse_san_text` reads back (`DNS:www.example.com`)."""
+    return f"{_SAN_KINDS[type(name)]}:{name.value}"
+
+
 def resolve_subject_alternative_names(
     profile: Profile,
     common_name: str,
@@ -346,12 +358,7 @@ def resolve_subject_alternative_names(
 
 
 def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
-    kind = {
-        x509.DNSName: "DNS",
-        x509.IPAddress: "IP",
-        x509.RFC822Name: "email",
-        x509.UniformResourceIdentifier: "URI",
-    }.get(type(name))
+    kind = _SAN_KINDS.get(type(name))
     if kind is None or kind not in profile.san_types:
         raise Rejected(
             Code.SAN_TYPE_NOT_ALLOWED,
