@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,7 +18,10 @@ from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
 from worker.profiles import Profile, ProfileSet
 
+log = logging.getLogger("casign.authority")
+
 SignatureHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+EXPIRY_WARNING_DAYS = 30
 
 _DIGESTS: dict[str, SignatureHash] = {
     "sha256": hashes.SHA256(),
@@ -52,10 +57,22 @@ class SigningAuthority:
     _extensions: dict[str, tuple[Profile, ProfileExtensions]] = field(
         default_factory=dict, compare=False
     )
+    _profile_json: dict[str, tuple[Profile, dict[str, Any]]] = field(
+        default_factory=dict, compare=False
+    )
 
     @classmethod
-    def load(cls, folder: CAFolder, key_uri: str | None = None) -> SigningAuthority:
-        """Open the CA folder's certificates, profiles and intermediate key, and check the chain."""
+    def load(
+        cls,
+        folder: CAFolder,
+        key_uri: str | None = None,
+        expiry_warning_days: int = EXPIRY_WARNING_DAYS,
+    ) -> SigningAuthority:
+        """Open the CA folder's certificates, profiles and intermediate key, and check the chain.
+
+        This is the start-up check: an expired intermediate is refused, one that expires within
+        `expiry_warning_days` is logged as a warning.
+        """
         intermediate = folder.intermediate_certificate()
         root = folder.root_certificate()
         key = load_signing_key(key_uri or folder.intermediate_key_uri())
@@ -66,11 +83,35 @@ class SigningAuthority:
             key=key,
             profiles=ProfileSet.load(folder.profiles_path),
         )
-        authority.check_own_chain(datetime.now(UTC))
+        now = datetime.now(UTC)
+        authority.check_expiry(now, timedelta(days=expiry_warning_days))
+        authority.check_own_chain(now)
         return authority
+
+    def check_expiry(self, now: datetime, warn_within: timedelta) -> None:
+        """Refuse (ConfigurationError) an expired intermediate; warn when it ends within `warn_within`."""
+        expires = self.intermediate.not_valid_after_utc
+        if now > expires:
+            raise ConfigurationError(self._expired_message())
+        if expires - now <= warn_within:
+            log.warning(
+                "the intermediate CA certificate expires on %s UTC, in %d day(s); renew it before "
+                "then (certificates that would outlive it are refused or clamped)",
+                f"{expires:%Y-%m-%d %H:%M}",
+                (expires - now).days,
+            )
+
+    def _expired_message(self) -> str:
+        return (
+            f"the intermediate CA certificate expired on "
+            f"{self.intermediate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "renew it: an expired CA signs nothing"
+        )
 
     def check_own_chain(self, now: datetime) -> None:
         """Refuse to sign with a key that is not the intermediate's, or a broken chain."""
+        if now > self.intermediate.not_valid_after_utc:
+            raise ConfigurationError(self._expired_message())
         public = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -136,6 +177,17 @@ class SigningAuthority:
         self._extensions[profile.name] = (profile, built)
         return built
 
+    def profile_json(self, profile: Profile) -> dict[str, Any]:
+        """`profile` as it is stored in each issuance record, dumped once per profile."""
+        cached = self._profile_json.get(profile.name)
+        if cached is None or cached[0] is not profile:
+            cached = (profile, profile.model_dump(mode="json"))
+            self._profile_json[profile.name] = cached
+        return cached[1]
 
-def load_authority(ca_dir: Path, key_uri: str | None = None) -> SigningAuthority:
-    return SigningAuthority.load(CAFolder(ca_dir), key_uri)
+
+def load_authority(
+    ca_dir: Path, key_uri: str | None = None, expiry_warning_days: int = EXPIRY_WARNING_DAYS
+) -> SigningAuthority:
+    """The CA folder's authority, after the start-up checks of `SigningAuthority.load`."""
+    return SigningAuthority.load(CAFolder(ca_dir), key_uri, expiry_warning_days)

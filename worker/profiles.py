@@ -56,6 +56,9 @@ _BR_VALIDITY_BEFORE_2026 = 398
 
 SanType = Literal["DNS", "IP", "email", "URI"]
 
+DEFAULT_BACKDATE_SECONDS = 5 * 60
+MAX_BACKDATE_SECONDS = 24 * 3600
+
 
 def baseline_max_days(today: date) -> int:
     """The longest TLS server validity the Baseline Requirements allow for a cert issued today."""
@@ -93,6 +96,12 @@ class Profile(BaseModel):
     crl_distribution_points: list[str] = Field(default_factory=list)
     ocsp_urls: list[str] = Field(default_factory=list)
     ca_issuers_urls: list[str] = Field(default_factory=list)
+    ocsp_no_check: bool = False
+    # notBefore this many seconds before signing, for relying parties whose clocks run slow;
+    # never before the intermediate's own notBefore.
+    backdate_seconds: int = Field(default=DEFAULT_BACKDATE_SECONDS, ge=0, le=MAX_BACKDATE_SECONDS)
+    # true: a notAfter past the intermediate's is cut to it; false: such a request is refused.
+    clamp_not_after_to_ca: bool = False
 
     @model_validator(mode="after")
     def _known_names(self) -> Profile:
@@ -170,8 +179,11 @@ class Profile(BaseModel):
         return extensions
 
     def location_extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
-        """certificatePolicies, cRLDistributionPoints and authorityInfoAccess, when configured."""
+        """id-pkix-ocsp-nocheck, certificatePolicies, cRLDistributionPoints and
+        authorityInfoAccess, when configured: the extensions after the usages."""
         extensions: list[tuple[x509.ExtensionType, bool]] = []
+        if self.ocsp_no_check:
+            extensions.append((x509.OCSPNoCheck(), False))
         if self.certificate_policies:
             policies = [
                 x509.PolicyInformation(ObjectIdentifier(oid), None)
@@ -212,6 +224,26 @@ def _ia5_string_der(text: str) -> bytes:
     if len(encoded) > 127:
         raise ValueError("ns_comment longer than 127 characters")
     return bytes([0x16, len(encoded)]) + encoded
+
+
+def ocsp_responder_profile(digest: Literal["sha256", "sha384", "sha512"]) -> Profile:
+    """The built-in profile of the delegated OCSP responder's certificate, never offered to a
+    producer: the guide's `[ ocsp ]` section plus id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1)."""
+    return Profile(
+        name="ocsp",
+        description="The guide's [ ocsp ] section: the delegated OCSP responder (RFC 6960 4.2.2.2)",
+        default_days=30,
+        max_days=30,
+        digest=digest,
+        common_name="any",
+        san_types=[],
+        authority_key_identifier="keyid",
+        key_usage=["digitalSignature"],
+        extended_key_usage=["OCSPSigning"],
+        extended_key_usage_critical=True,
+        ocsp_no_check=True,
+        clamp_not_after_to_ca=True,
+    )
 
 
 class ProfileSet:
@@ -267,6 +299,11 @@ _PROFILES_TEMPLATE = """\
 # common_name: "fqdn" (a domain name or IP address) or "any".
 # san_types: which subjectAltName kinds a request may ask for (DNS, IP, email, URI).
 # authority_key_identifier: "keyid", "keyid,issuer" or "keyid,issuer:always" as in openssl.cnf.
+# backdate_seconds: notBefore is this long before the moment of signing, for clients whose clock
+#   runs slow (default 300, at most 86400), but never before the intermediate's own notBefore.
+# clamp_not_after_to_ca: true cuts a notAfter past the intermediate's notAfter to it; false (the
+#   default) refuses such a request with request.validity_too_long, naming the CA's expiry date.
+# ocsp_no_check: add id-pkix-ocsp-nocheck (for an OCSP responder's own certificate).
 
 [profiles.server_cert]
 description = "The guide's server_cert: a TLS server certificate"
