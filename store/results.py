@@ -405,3 +405,48 @@ class ResultsStore:
     @translated
     def chain(self) -> str | None:
         return optional_text(self.client.get(self.key("chain")))
+
+    @translated
+    def mark_failed(self, failures: Iterable[Failure]) -> list[bool]:
+        """Close each job as `failed` (out of `pending`, record dropped, serial kept) if it is
+        reserved under the same fingerprint or unknown; True where this call closed it."""
+        failures = list(failures)
+        if not failures:
+            return []
+        args = [self.prefix]
+        for failure in failures:
+            args += (failure.job_id, failure.fingerprint, failure.code, failure.message)
+        return [bool(closed) for closed in self.script(_MARK_FAILED)(keys=[], args=args)]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that failed inside the signer (sign or verify): answered `failed`, never issued."""
+
+    job_id: str
+    fingerprint: str
+    code: str
+    message: str
+
+
+# ARGV: prefix, then job id, fingerprint, code and message per job. A job another delivery
+# issued or refused, or one reserved for a different request, is left as it is.
+_MARK_FAILED = """
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 4 do
+  local job_id, fingerprint = ARGV[i], ARGV[i + 1]
+  local key = prefix .. 'job:' .. job_id
+  local found = redis.call('HMGET', key, 'state', 'fingerprint')
+  if not found[1] or (found[1] == 'reserved' and found[2] == fingerprint) then
+    redis.call('HSET', key, 'state', 'failed', 'fingerprint', fingerprint, 'code', ARGV[i + 2],
+               'message', ARGV[i + 3])
+    redis.call('HDEL', key, 'record')
+    redis.call('SREM', prefix .. 'pending', job_id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
