@@ -352,7 +352,11 @@ def test_validity_is_375_days_by_default_and_days_is_honoured(
 
     not_before, not_after = openssl_dates(default_path)
     assert not_after - not_before == timedelta(days=375)
-    assert abs(not_before - datetime.now(UTC)) < timedelta(minutes=1)
+    # Backdated 5 minutes (the profile's backdate_seconds), never before the CA's notBefore.
+    backdated = max(
+        datetime.now(UTC) - timedelta(minutes=5), signer.authority.intermediate.not_valid_before_utc
+    )
+    assert abs(not_before - backdated) < timedelta(minutes=1)
     not_before, not_after = openssl_dates(short_path)
     assert not_after - not_before == timedelta(days=90)
 

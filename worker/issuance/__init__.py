@@ -1,0 +1,29 @@
+"""Issuance as numbered steps, in the order Boulder's `ca.go` keeps (modules: `steps.py`).
+
+1. authenticate  the batch's HMAC names a listed producer (`worker/access.py`), or the signer is open
+2. admit         each job's message and CSR parsed once, the CSR policy (`worker/policy.py`), the
+                 producer's profiles, names and rate
+3. fix_record    serial drawn, validity fixed (backdated, within the CA's): the `IssuanceRecord`
+4. build_tbs     the to-be-signed certificate, a pure function of the record and the CA
+5. reserve       the record stored under its job id and serial before anything is signed; a job
+                 an earlier delivery reserved is signed from its stored record, byte for byte
+6. sign          the key backend signs the TBS
+7. verify        the signature chains to the intermediate and the certificate is its record
+8. publish       certificates, index lines, replies, refusals and audit lines, one atomic call
+
+`batch.py` runs them over a batch (`BatchSigner`), `recovery.py` runs 6-8 over the records a
+crashed worker left reserved, `failures.py` closes the jobs that failed.
+
+A job refused in steps 1-5 gets a stable code. A job that raises in step 6 or 7 (an
+IssuanceFault, a token refusing a mechanism, any error of the key other than Retryable) fails
+alone: the rest of its batch is signed and published, and its reservation is first marked
+`failed` in the store (out of the pending set, record dropped, serial kept), then it is
+answered `failed` (`internal.error`): recovery never issues it, and a later delivery of the
+same job gets the same answer. A Retryable (store or HSM unavailable) ends the batch unpublished,
+to be delivered again.
+"""
+
+from worker.issuance.batch import BatchSigner
+from worker.issuance.record import Applicant, IssuanceRecord, draw_serial
+
+__all__ = ["Applicant", "BatchSigner", "IssuanceRecord", "draw_serial"]

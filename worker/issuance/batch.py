@@ -1,0 +1,295 @@
+"""`BatchSigner`: runs the issuance steps over one batch and keeps what each job came to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from cryptography import x509
+
+from core.audit import audit_line
+from core.errors import RefusalCode, Rejected, Retryable
+from core.messages import JobResult, parse_sign_request
+from store.results import Refusal, ResultsStore
+from worker.access import AccessPolicy
+from worker.authority import SigningAuthority
+from worker.issuance.failures import FailedJob, close_failed, failure_message
+from worker.issuance.record import Applicant, IssuanceRecord
+from worker.issuance.recovery import recover_pending_records
+from worker.issuance.steps import (
+    Admitted,
+    Answered,
+    Authenticated,
+    Decided,
+    Received,
+    Refused,
+    Reserved,
+    Verified,
+    admit,
+    authenticate,
+    build_tbs,
+    fix_record,
+    publish,
+    receive,
+    reserve,
+    sign,
+    tbs_of,
+    verify,
+    within_rate,
+)
+from worker.profiles import Profile, ProfileSet
+
+log = logging.getLogger("casign.issuance")
+
+
+class _Job(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+
+class _Recorded(Protocol):
+    @property
+    def record(self) -> IssuanceRecord: ...
+
+
+In = TypeVar("In", bound=_Job)
+Out = TypeVar("Out")
+Held = TypeVar("Held", bound=_Recorded)
+
+
+class BatchSigner:
+    """Signs batches of jobs for one authority, publishing each batch in one round trip."""
+
+    def __init__(
+        self,
+        authority: SigningAuthority,
+        store: ResultsStore,
+        access: AccessPolicy | None = None,
+    ) -> None:
+        self.authority = authority
+        self.store = store
+        self.access = access
+
+    def sign_batch(
+        self,
+        raw_jobs: Iterable[object],
+        reply_to: str | None = None,
+        producer: str | None = None,
+        signature: str | None = None,
+    ) -> list[JobResult]:
+        """Sign, verify and publish every acceptable job; refuse the rest with a code."""
+        jobs = list(raw_jobs)
+        now = datetime.now(UTC)
+        try:
+            batch = authenticate(jobs, reply_to, producer, signature, self.access, now)  # 1
+        except Rejected as refusal:
+            return self._refuse_whole_batch(jobs, reply_to, producer, refusal)
+        return self._issue(batch, self.authority.profiles)
+
+    def sign_builtin(self, job: dict[str, object], profile: Profile, now: datetime) -> JobResult:
+        """Steps 2-8 for a job the signer makes itself (the OCSP delegate's certificate), under
+        a built-in profile that no producer may ask for."""
+        (result,) = self._issue(
+            Authenticated((job,), None, None, now), ProfileSet({profile.name: profile})
+        )
+        return result
+
+    def _issue(self, batch: Authenticated, profiles: ProfileSet) -> list[JobResult]:
+        """Steps 2 to 8; every job ends issued, refused, answered as before, or failed."""
+        authority, store, jobs = self.authority, self.store, _BatchJobs(batch)
+        names = authority.common_names
+        received = jobs.receive(batch.jobs)
+        admitted = jobs.refusing(received, lambda job: admit(job, batch, profiles, names))  # 2
+        admitted = jobs.within_rate(admitted, self.access, store)  # 2
+        fixed = jobs.refusing(admitted, lambda job: fix_record(job, authority, batch))  # 3
+        built = jobs.refusing(fixed, lambda job: build_tbs(job, authority))  # 4
+        authority.check_own_chain(batch.now)
+        reserved = jobs.settle(reserve(built, store, authority))  # 5
+        signed = jobs.failing(reserved, lambda job: sign(job, authority))  # 6
+        verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 7
+        jobs.publish(verified, store)  # 8
+        return jobs.results()
+
+    def _refuse_whole_batch(
+        self, jobs: list[object], reply_to: str | None, producer: str | None, refusal: Rejected
+    ) -> list[JobResult]:
+        """An unauthenticated batch: answer and audit every job; record nothing under its ids."""
+        log.warning("refused a batch of %d job(s): %s", len(jobs), refusal)
+        results = [
+            _refused(raw["job_id"], refusal)
+            for raw in jobs
+            if isinstance(raw, dict) and isinstance(raw.get("job_id"), str)
+        ]
+        lines = [
+            audit_line("refused", job_id=result.job_id, requester=producer, reason=refusal.code)
+            for result in results
+        ] or [audit_line("refused", requester=producer, reason=refusal.code)]
+        self.store.publish([], [], results, reply_to, lines)
+        return results
+
+    def issue_record(
+        self,
+        record: IssuanceRecord,
+        applicant: Applicant,
+        now: datetime,
+        tbs: x509.CertificateBuilder | None = None,
+    ) -> x509.Certificate:
+        """Steps 4 (unless `tbs` is given), 6 and 7 for one record; nothing is stored."""
+        if tbs is None:
+            tbs = tbs_of(record, applicant, self.authority)
+        reserved = Reserved(record, applicant, tbs)
+        return verify(sign(reserved, self.authority), self.authority, now).certificate
+
+    def report_failure(
+        self, raw_jobs: Iterable[object], reply_to: str | None, error: Exception
+    ) -> None:
+        """Answer a batch that failed inside the signer: each job is closed as `failed` in the
+        store first (never left pending), or answered with what an earlier delivery published."""
+        failed: list[FailedJob] = []
+        for raw in raw_jobs:
+            if not isinstance(raw, dict) or not isinstance(raw.get("job_id"), str):
+                continue
+            try:
+                fingerprint: str | None = parse_sign_request(raw).fingerprint()
+            except ValueError:
+                fingerprint = None
+            failed.append(FailedJob(raw["job_id"], fingerprint, failure_message(error)))
+        now = datetime.now(UTC)
+        replies, audit = close_failed(failed, self.store, now)
+        self.store.publish([], [], replies, reply_to, audit)
+
+    def recover_pending(self) -> list[JobResult]:
+        """Sign and publish every job that was reserved but never published (after a crash)."""
+        return recover_pending_records(self.authority, self.store)
+
+
+def _refused(job_id: str, refusal: Rejected) -> JobResult:
+    return JobResult(job_id=job_id, status="refused", code=refusal.code, message=refusal.message)
+
+
+@dataclass
+class _BatchJobs:
+    """What each job of one batch has come to so far, in the order the jobs came."""
+
+    batch: Authenticated
+    order: list[str] = field(default_factory=list)
+    received: dict[str, Received] = field(default_factory=dict)
+    answers: dict[str, JobResult] = field(default_factory=dict)
+    refusals: list[Refusal] = field(default_factory=list)
+    audit: list[str] = field(default_factory=list)
+    failed: list[FailedJob] = field(default_factory=list)
+
+    def receive(self, raw_jobs: Iterable[object]) -> list[Received]:
+        """Each job's message validated once; a malformed one refused, a twin in the batch skipped."""
+        received: list[Received] = []
+        for raw in raw_jobs:
+            try:
+                job = receive(raw)
+            except ValueError as exc:
+                job_id = raw.get("job_id") if isinstance(raw, dict) else None
+                if not isinstance(job_id, str) or not 0 < len(job_id) <= 128:
+                    log.warning("dropped a job without a usable job_id: %s", exc)
+                elif job_id not in self.answers and job_id not in self.received:
+                    self.order.append(job_id)
+                    self.refuse(job_id, Rejected(RefusalCode.JOB_MALFORMED, str(exc)), False)
+                continue
+            if job.job_id in self.answers or job.job_id in self.received:
+                continue  # the same job twice in one batch: one answer serves both
+            self.order.append(job.job_id)
+            self.received[job.job_id] = job
+            received.append(job)
+        return received
+
+    def refuse(self, job_id: str, refusal: Rejected, recorded: bool) -> None:
+        """Answer `job_id` with `refusal`; `recorded` keeps it under the job id for redeliveries."""
+        self.answers[job_id] = _refused(job_id, refusal)
+        job = self.received.get(job_id)
+        if recorded and job is not None:
+            self.refusals.append(Refusal(job_id, job.fingerprint, refusal.code, refusal.message))
+        self.audit.append(
+            audit_line(
+                "refused",
+                job_id=job_id,
+                requester=self.batch.requester_of(job.request) if job else None,
+                profile=job.request.profile if job else None,
+                reason=refusal.code,
+                when=self.batch.now,
+            )
+        )
+
+    def refusing(self, jobs: Sequence[In], step: Callable[[In], Out]) -> list[Out]:
+        """`step` applied to each job; a job it refuses is answered and leaves the batch."""
+        kept: list[Out] = []
+        for job in jobs:
+            try:
+                kept.append(step(job))
+            except Rejected as refusal:
+                self.refuse(job.job_id, refusal, recorded=True)
+        return kept
+
+    def within_rate(
+        self, admitted: Sequence[Admitted], access: AccessPolicy | None, store: ResultsStore
+    ) -> list[Admitted]:
+        granted, over = within_rate(admitted, self.batch, access, store)
+        for job in over:
+            self.refuse(job.job_id, job.refusal, job.recorded)
+        return granted
+
+    def settle(self, outcomes: Sequence[Reserved | Answered | Refused]) -> list[Reserved]:
+        """The reserved jobs; the others take the answer or refusal the store gave them."""
+        reserved: list[Reserved] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Reserved):
+                reserved.append(outcome)
+            elif isinstance(outcome, Answered):
+                self.answers[outcome.job_id] = outcome.result
+            else:
+                self.refuse(outcome.job_id, outcome.refusal, outcome.recorded)
+        return reserved
+
+    def failing(self, jobs: Sequence[Held], step: Callable[[Held], Out]) -> list[Out]:
+        """`step` applied to each reserved job; one that raises fails alone (Retryable does not:
+        the whole batch is tried again)."""
+        kept: list[Out] = []
+        for job in jobs:
+            try:
+                kept.append(step(job))
+            except Retryable:
+                raise
+            except Exception as exc:
+                log.exception("job %s failed after its reservation", job.record.job_id)
+                self.failed.append(FailedJob.of_record(job.record, exc))
+        return kept
+
+    def publish(self, verified: Sequence[Verified], store: ResultsStore) -> None:
+        """Close the failed jobs, then publish certificates and every other answer together."""
+        batch = self.batch
+        replies, audit = close_failed(self.failed, store, batch.now)
+        self.answers.update((reply.job_id, reply) for reply in replies)
+        self.audit.extend(audit)
+        decided = Decided(
+            replies=[self._stamped(job_id) for job_id in self.order if job_id in self.answers],
+            refusals=self.refusals,
+            audit=self.audit,
+        )
+        for issued in publish(verified, decided, store, batch.reply_to, batch.now):
+            self.answers[issued.job_id] = JobResult(
+                job_id=issued.job_id,
+                status="issued",
+                serial=issued.serial,
+                certificate_pem=issued.certificate_pem,
+                fingerprint=issued.fingerprint,
+            )
+
+    def results(self) -> list[JobResult]:
+        return [self._stamped(job_id) for job_id in self.order]
+
+    def _stamped(self, job_id: str) -> JobResult:
+        result = self.answers[job_id]
+        job = self.received.get(job_id)
+        if job is None or result.fingerprint == job.fingerprint:
+            return result
+        return result.model_copy(update={"fingerprint": job.fingerprint})
