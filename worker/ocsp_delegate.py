@@ -1,43 +1,42 @@
 """The delegated OCSP responder certificate (RFC 6960 4.2.2.2), issued and renewed by the worker.
 
-Made with the guide's `[ ocsp ]` section (CA:FALSE, SKI, AKI keyid, keyUsage critical
-digitalSignature, extendedKeyUsage critical OCSPSigning) plus id-pkix-ocsp-nocheck (RFC 6960
-4.2.2.2.1) so clients do not ask about the responder itself. Its key is a software P-256 key
-in the CA folder, because the responder must sign unattended without the intermediate's key;
-the certificate is short-lived and renewed when fewer than `RENEW_WITHIN` days are left.
+Issued through the same steps as every certificate (`worker/issuance`), under the built-in
+profile `worker.profiles.ocsp_responder_profile`: the guide's `[ ocsp ]` section (CA:FALSE, SKI,
+AKI keyid, keyUsage critical digitalSignature, extendedKeyUsage critical OCSPSigning) plus
+id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1) so clients do not ask about the responder itself,
+30 days cut to the intermediate's notAfter. Its key is a software P-256 key in the CA folder,
+because the responder must sign unattended without the intermediate's key; the certificate is
+renewed when fewer than `RENEW_WITHIN` days are left.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-from core.audit import audit_line
-from core.errors import ConfigurationError, Retryable
+from core.errors import ConfigurationError
 from core.files import CERT_MODE, write_file_atomically
-from core.index import IndexEntry, format_serial
+from core.index import format_serial
 from core.keys import write_private_key
 from core.layout import ocsp_cert_path, ocsp_key_path
-from store.results import Issued, ResultsStore
+from store.results import ResultsStore
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
 from worker.crl import ca_signature_digest
-from worker.issuance import draw_serial
+from worker.issuance import BatchSigner
+from worker.profiles import Profile, ocsp_responder_profile
 
 log = logging.getLogger("casign.ocsp")
 
-OCSP_DAYS = 30
 RENEW_WITHIN = timedelta(days=7)
-_MAX_SERIAL_DRAWS = 5
 
 
 @dataclass(frozen=True)
@@ -97,55 +96,42 @@ def needs_renewal(
     )
 
 
-def build_ocsp_certificate(
-    authority: SigningAuthority,
-    key: ec.EllipticCurvePrivateKey,
-    serial: int,
-    now: datetime,
-    days: int = OCSP_DAYS,
-) -> x509.Certificate:
-    """Sign the delegate certificate with the guide's `[ ocsp ]` extensions."""
-    public_key = key.public_key()
-    not_before = now.astimezone(UTC).replace(microsecond=0)
-    not_after = min(not_before + timedelta(days=days), authority.intermediate.not_valid_after_utc)
-    # `keyid,issuer` adds the issuer name only when no key id can be had; ours always has one.
-    aki = x509.AuthorityKeyIdentifier(authority.key_identifier, None, None)
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    return (
-        x509.CertificateBuilder()
-        .issuer_name(authority.intermediate.subject)
+def delegate_profile(authority: SigningAuthority) -> Profile:
+    """The built-in `[ ocsp ]` profile, signed with the hash the CA certificates use."""
+    digest = ca_signature_digest(authority.key)
+    return ocsp_responder_profile("sha384" if isinstance(digest, hashes.SHA384) else "sha256")
+
+
+def delegate_csr(authority: SigningAuthority, key: ec.EllipticCurvePrivateKey) -> str:
+    """A CSR of the delegate's key, so its certificate passes the same steps as any other."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
         .subject_name(ocsp_subject(authority.intermediate))
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(aki, critical=False)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=True)
-        .add_extension(x509.OCSPNoCheck(), critical=False)
-        .sign(authority.key, ca_signature_digest(authority.key))
+        .sign(key, hashes.SHA256())
     )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _claim_serial(store: ResultsStore, job_id: str) -> int:
-    """A serial recorded as this certificate's before it is signed (never drawn twice)."""
-    for _ in range(_MAX_SERIAL_DRAWS):
-        serial = draw_serial()
-        if store.client.hsetnx(store.key("serials"), format_serial(serial), job_id):
-            return serial
-    raise Retryable("could not draw an unused serial for the OCSP certificate")
+def issue_ocsp_certificate(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime,
+) -> x509.Certificate:
+    """Issue the delegate's certificate through the issuance steps under the built-in profile:
+    reserved serial, record, index line, audit line, published like any certificate."""
+    profile = delegate_profile(authority)
+    job: dict[str, object] = {
+        "job_id": f"ocsp-responder:{now:%Y%m%dT%H%M%SZ}:{secrets.token_hex(4)}",
+        "csr_pem": delegate_csr(authority, key),
+        "profile": profile.name,
+    }
+    result = BatchSigner(authority, store).sign_builtin(job, profile, now)
+    if not result.ok or result.certificate_pem is None:
+        raise ConfigurationError(
+            f"the OCSP responder certificate was not issued: {result.code}: {result.message}"
+        )
+    return x509.load_pem_x509_certificate(result.certificate_pem.encode("ascii"))
 
 
 def _write_certificate(path: Path, certificate: x509.Certificate) -> None:
@@ -156,14 +142,14 @@ def _write_certificate(path: Path, certificate: x509.Certificate) -> None:
 def ensure_ocsp_certificate(
     folder: CAFolder,
     authority: SigningAuthority,
-    store: ResultsStore | None,
+    store: ResultsStore,
     now: datetime | None = None,
     force: bool = False,
 ) -> OCSPDelegate:
     """Issue the delegate certificate if it is missing, ending or stale; else keep it.
 
-    With a store, its serial is claimed first and it is published to the index like every
-    certificate the CA signs (the guide issues it with `openssl ca -extensions ocsp`).
+    It is issued as the guide does with `openssl ca -extensions ocsp`: through the issuance
+    steps, so its serial is reserved and it is in the index and the audit log.
     """
     now = now or datetime.now(UTC)
     cert_path, key_path = ocsp_cert_path(folder.root), ocsp_key_path(folder.root)
@@ -177,19 +163,7 @@ def ensure_ocsp_certificate(
     if current is not None and not force and not needs_renewal(current, authority, key, now):
         return OCSPDelegate(current, cert_path, key_path, issued=False)
 
-    job_id = f"ocsp-responder:{now:%Y%m%dT%H%M%S}:{os.getpid()}"
-    serial = _claim_serial(store, job_id) if store is not None else draw_serial()
-    certificate = build_ocsp_certificate(authority, key, serial, now)
-    certificate.verify_directly_issued_by(authority.intermediate)
-    if store is not None:
-        pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        line = IndexEntry.for_certificate(certificate).to_openssl_line()
-        fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER))
-        audit = audit_line(
-            "issued", job_id=job_id, serial=format_serial(serial), profile="ocsp", when=now
-        )
-        issued = Issued(job_id, fingerprint.hexdigest(), format_serial(serial), pem, line, audit)
-        store.publish([issued], [], [], None)
+    certificate = issue_ocsp_certificate(authority, store, key, now)
     _write_certificate(cert_path, certificate)
-    log.info("issued OCSP responder certificate %s", format_serial(serial))
+    log.info("issued OCSP responder certificate %s", format_serial(certificate.serial_number))
     return OCSPDelegate(certificate, cert_path, key_path, issued=True)
