@@ -3,8 +3,9 @@
 1 `authenticate` -> `Authenticated`; 2 `admit` (+ `within_rate`) -> `Admitted`;
 3 `fix_record` -> `Fixed`; 4 `build_tbs` -> `Built`; 5 `reserve` -> `Reserved`;
 6 `sign` -> `Signed`; 7 `verify` -> `Verified`; 8 `publish` -> `Issued`.
-A step refuses a job by raising `Rejected` (steps 2-4) or by returning `Refused`/`Answered`
-(step 5, which settles a whole batch in one store call); package docstring: the whole path.
+A step refuses by raising `Rejected` (step 1 the whole batch, steps 2-4 one job) or by
+returning `Refused`/`Answered` (step 5, which settles a whole batch in one store call); steps
+6-7 raise whatever the key or the check raises. The package docstring tells the whole path.
 """
 
 from __future__ import annotations
