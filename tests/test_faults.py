@@ -639,6 +639,7 @@ def test_sigterm_during_a_store_outage_ends_the_worker(
     ca_folder: CAFolder,
     split_rig: FaultRig,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     restart: bool,
     pool: str,
 ) -> None:
@@ -693,7 +694,7 @@ def test_sigterm_during_a_store_outage_ends_the_worker(
         worker.stop()
         broker.close()
     record_numbers(
-        f"test_sigterm_during_a_store_outage_ends_the_worker[{'restart' if restart else pool}]",
+        request.node.name,
         jobs=counts.jobs,
         seconds_from_sigterm_to_exit=round(took, 1),
         batch_after_exit=where,
