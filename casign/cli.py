@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,35 +257,26 @@ def worker(
     endpoints = resolve_endpoints(broker, store, folder)
     if restart:
         sys.exit(_supervised_worker(folder, endpoints, concurrency, loglevel, pool, beat))
-    from worker.app import create_app
+    from worker.app import WorkerConfig, run_worker
     from worker.authority import load_authority
-    from worker.process import ENV_CA_DIR, ENV_STORE_PREFIX, ENV_STORE_URL
+    from worker.process import SignerSettings
 
     load_authority(folder)  # fail here, with a clear message, rather than in every pool process
-    os.environ[ENV_CA_DIR] = str(folder)
-    os.environ[ENV_STORE_URL] = endpoints.store_url
-    os.environ[ENV_STORE_PREFIX] = endpoints.store_prefix
+    config = WorkerConfig(
+        broker_url=endpoints.broker_url,
+        signer=SignerSettings(folder, endpoints.store_url, endpoints.store_prefix),
+        queue=endpoints.queue,
+    )
+    options = [f"--loglevel={loglevel}", f"--pool={pool}"]
+    if concurrency:
+        options.append(f"--concurrency={concurrency}")
+    if beat:
+        schedule_dir = folder / "store"
+        schedule_dir.mkdir(mode=0o700, exist_ok=True)
+        options += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
     with embedded_redis(endpoints):
-        app = create_app(endpoints.broker_url, endpoints.queue)
-        argv = [
-            "worker",
-            f"--loglevel={loglevel}",
-            f"--pool={pool}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            f"--queues={endpoints.queue}",
-        ]
-        if concurrency:
-            argv.append(f"--concurrency={concurrency}")
-        if beat:
-            from worker.lifecycle_tasks import CRL_SCHEDULE
-
-            app.conf.beat_schedule = CRL_SCHEDULE
-            schedule_dir = folder / "store"
-            schedule_dir.mkdir(mode=0o700, exist_ok=True)
-            argv += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
-        app.worker_main(argv)
+        status = run_worker(config, options)
+    sys.exit(status)
 
 
 def _supervised_worker(

@@ -2,10 +2,13 @@
 
 kombu's Redis transport can end Celery's consumer with an "Unrecoverable error" when the broker
 connection drops (celery/celery#9250, celery/kombu#582); a signer must outlive a Redis restart,
-so `casign worker` does what a service manager would. Its exit codes: 0 when asked to stop,
-2 when the worker refused to start (a configuration error, such as a wrong PIN, that no
-restart would cure), the child's own code otherwise. `stop_process_group` is how casign (and
-its tests and benchmark) stop a process it started in a group of its own.
+so `casign worker` does what a service manager would: any exit it did not ask for, 0 included
+(Celery's own shutdown, `celery control shutdown`), is followed by a new start, except a refusal
+to start (exit 2: a configuration error, such as a wrong PIN, that no restart would cure).
+Its exit codes: 0 when asked to stop, 2 when the worker refused to start, otherwise the code
+the worker stopped with (128 + N for signal N). A stop it passes on is bounded: a worker still
+running `stop_grace` seconds later is killed. `stop_process_group` is how casign (and its tests
+and benchmark) stop a process it started in a group of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from types import FrameType
 log = logging.getLogger("casign.supervise")
 
 REFUSED_TO_START = 2
+# Longer than the worker's own shutdown deadline (worker/app.py SHUTDOWN_SECONDS, 30 s).
+STOP_GRACE_SECONDS = 45.0
+_POLL_SECONDS = 0.2
 # SIGTERM and SIGINT both mean a warm shutdown, passed on as SIGTERM: a Ctrl-C in a terminal
 # reaches the child as well, and a second SIGINT would make Celery's shutdown a cold one.
 # SIGQUIT (a cold shutdown) is passed on as it is.
@@ -45,14 +51,21 @@ class RestartPolicy:
 
 
 class Supervisor:
-    """Runs `command` until it exits cleanly, refuses to start, or a stop signal arrives."""
+    """Runs `command` again after every exit until it refuses to start or a stop signal arrives."""
 
-    def __init__(self, command: Sequence[str], policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        policy: RestartPolicy | None = None,
+        stop_grace: float = STOP_GRACE_SECONDS,
+    ) -> None:
         self.command = list(command)
         self.policy = policy or RestartPolicy()
+        self.stop_grace = stop_grace
         self.restarts = 0
         self._child: subprocess.Popen[bytes] | None = None
         self._stop_signal: int | None = None
+        self._stopped_at: float | None = None
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._forward) for sig in STOP_SIGNALS}
@@ -67,10 +80,12 @@ class Supervisor:
         while True:
             started = time.monotonic()
             self._child = subprocess.Popen(self.command)
-            code = self._child.wait()
+            code = self._wait(self._child)
             if self._stop_signal is not None:
-                return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
-            if code in (0, REFUSED_TO_START):
+                if code in (0, -signal.SIGTERM, -signal.SIGINT):
+                    return 0
+                return 128 - code if code < 0 else code
+            if code == REFUSED_TO_START:
                 return code
             failures = 1 if time.monotonic() - started >= self.policy.steady else failures + 1
             delay = self.policy.delay(failures)
@@ -84,6 +99,22 @@ class Supervisor:
                 return 0
             self.restarts += 1
 
+    def _wait(self, child: subprocess.Popen[bytes]) -> int:
+        """The child's exit status; SIGKILL it once it outlives a passed-on stop by `stop_grace`."""
+        while True:
+            try:
+                return child.wait(timeout=_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                if self._stopped_at is None:
+                    continue
+                if time.monotonic() - self._stopped_at >= self.stop_grace:
+                    log.error(
+                        "the worker did not stop within %.0f s of the stop signal; killing it",
+                        self.stop_grace,
+                    )
+                    child.kill()
+                    return child.wait()
+
     def _sleep_unless_stopped(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while self._stop_signal is None and time.monotonic() < deadline:
@@ -92,6 +123,8 @@ class Supervisor:
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self._stop_signal = signum
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(STOP_SIGNALS[signal.Signals(signum)])
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -22,12 +23,17 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from core.errors import Retryable
+from core.index import Status
 from core.keys import KeyType
 from core.messages import JobResult, SignRequest
+from core.queue import celery_settings
 from producers import Producer
+from producers.revocation import send_revocation
 from store.results import Issued, ResultsStore
+from store.revocations import RevocationStore
 from tests.csrs import job, make_csr
 from tests.faults import (
     Collector,
@@ -89,12 +95,18 @@ def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
 
 @dataclass
 class FaultRig:
-    """What a fault test breaks: its own Redis (broker and store), queue and key prefix."""
+    """What a fault test breaks: its own Redis (broker, and store unless `store_redis`), queue
+    and key prefix."""
 
     redis: OwnedRedis
     store: ResultsStore
     queue: str
     folder: Path
+    store_redis: OwnedRedis | None = None
+
+    @property
+    def store_url(self) -> str:
+        return (self.store_redis or self.redis).url
 
     def launch(
         self,
@@ -102,18 +114,20 @@ class FaultRig:
         log_name: str,
         extra_env: Mapping[str, str] | None = None,
         restart: bool = False,
+        pool: str = "prefork",
     ) -> WorkerProcess:
         """Start `casign worker` without waiting for it (it may refuse to start)."""
         return launch_worker(
             ca_dir,
             self.redis.url,
-            self.redis.url,
+            self.store_url,
             self.store,
             self.queue,
             self.folder / log_name,
             concurrency=CONCURRENCY,
             extra_env=extra_env,
             restart=restart,
+            pool=pool,
         )
 
     def worker(
@@ -122,14 +136,17 @@ class FaultRig:
         log_name: str,
         extra_env: Mapping[str, str] | None = None,
         restart: bool = False,
+        pool: str = "prefork",
     ) -> WorkerProcess:
         """Start `casign worker` and wait until it has opened the key."""
-        return wait_until_started(self.launch(ca_dir, log_name, extra_env, restart), self.store)
+        return wait_until_started(
+            self.launch(ca_dir, log_name, extra_env, restart, pool), self.store
+        )
 
     def producer(self, resend_after: float = 60.0) -> Producer:
         return Producer(
             self.redis.url,
-            self.redis.url,
+            self.store_url,
             store_prefix=self.store.prefix,
             queue=self.queue,
             resend_after=resend_after,
@@ -141,6 +158,19 @@ def rig(owned_redis: OwnedRedis, tmp_path: Path) -> Iterator[FaultRig]:
     store = ResultsStore.from_url(owned_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
     yield FaultRig(owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path)
     store.client.close()
+
+
+@pytest.fixture
+def split_rig(owned_redis: OwnedRedis, tmp_path: Path) -> Iterator[FaultRig]:
+    """A rig whose store is a second redis-server of its own, to fail while the broker works."""
+    store_redis = OwnedRedis(tmp_path / "store-redis")
+    store_redis.start()
+    store = ResultsStore.from_url(store_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
+    yield FaultRig(
+        owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path, store_redis
+    )
+    store.client.close()
+    store_redis.stop()
 
 
 class Submitted(dict[str, str]):
@@ -516,6 +546,223 @@ def test_celery_worker_killed_is_started_again(
     assert worker.process.returncode == 0, "casign worker did not stop cleanly on SIGTERM"
     [restarted] = lines_with(worker.log(), "starting it again")
     assert "signal SIGKILL" in restarted
+
+
+def celery_worker_pid(worker: WorkerProcess, timeout: float = 30.0) -> int:
+    """The Celery worker `casign worker` (the supervisor) runs now."""
+    deadline = time.monotonic() + timeout
+    while not (children := child_pids(worker.process.pid)):
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no Celery worker under casign worker; log:\n{worker.log()[-3000:]}"
+            )
+        time.sleep(0.05)
+    [celery_main] = children
+    return celery_main
+
+
+def test_out_of_memory_ends_the_worker_nonzero_and_it_is_started_again(
+    ca_folder: CAFolder,
+    split_rig: FaultRig,
+) -> None:
+    """Broker Redis out of memory: Celery gives up ("Unrecoverable error"), exits non-zero, and
+    `casign worker` starts it again; once memory is back every job is issued exactly once."""
+    rig = split_rig
+    worker = rig.worker(ca_folder.root, "worker.log", restart=True)
+    broker = rig.redis.client()
+    numbers: dict[str, Any] = {}
+    try:
+        # kombu pops a message and then fails to record it in flight (OOM): the producer
+        # sends it again after 5 s of silence.
+        with rig.producer(resend_after=5) as producer:
+            first = submit_jobs(producer, BATCH_SIZE, "before-oom")
+            before = list(producer.results(first, timeout=60))
+            celery_main = celery_worker_pid(worker)
+            os.kill(celery_main, signal.SIGSTOP)  # so the jobs wait in the queue for the OOM
+            try:
+                names = submit_jobs(producer, 3 * BATCH_SIZE, "oom")
+                broker.config_set("maxmemory-policy", "noeviction")
+                broker.config_set("maxmemory", "1")
+                out_of_memory_at = time.monotonic()
+            finally:
+                os.kill(celery_main, signal.SIGCONT)
+            wait_until(
+                lambda: bool(lines_with(worker.log(), "starting it again")),
+                30,
+                "the Celery worker to exit and be started again",
+            )
+            broker.config_set("maxmemory", "0")
+            numbers["out_of_memory_seconds"] = round(time.monotonic() - out_of_memory_at, 1)
+            collector = Collector(
+                producer,
+                names,
+                90,
+                lambda ids: locate_jobs(rig.store, broker, rig.queue, ids),
+            )
+            collector.start()
+            results = collector.finish()
+        counts = assert_exactly_once(
+            rig.store, before + results, {**first, **names}, ca_folder.intermediate_certificate()
+        )
+        assert worker.process.poll() is None, "casign worker itself exited"
+    finally:
+        broker.config_set("maxmemory", "0")
+        worker.stop()
+        broker.close()
+    log = worker.log()
+    crashes = lines_with(log, "Unrecoverable error")
+    restarts = lines_with(log, "starting it again")
+    numbers.update(
+        jobs=counts.jobs,
+        unrecoverable_errors=crashes,
+        restarts=restarts,
+        certificates_lost=counts.jobs - counts.certificates,
+    )
+    record_numbers("test_out_of_memory_ends_the_worker_nonzero_and_it_is_started_again", **numbers)
+    assert crashes, "Celery never gave up: the test tested nothing"
+    assert "exit code 0" not in restarts[0], restarts[0]
+
+
+# How long the revocation's task meets the store refusing writes.
+OUTAGE_SECONDS = 3.0
+# Seconds a worker may take to stop on SIGTERM while the store is down: a store call in
+# progress gives up within a few seconds, a wait between tries at once.
+STOP_DURING_OUTAGE_SECONDS = 20.0
+
+
+@pytest.mark.parametrize(
+    ("restart", "pool"),
+    [(True, "prefork"), (False, "prefork"), (False, "solo")],
+    ids=["casign-worker", "no-restart", "solo-pool"],
+)
+def test_sigterm_during_a_store_outage_ends_the_worker(
+    ca_folder: CAFolder,
+    split_rig: FaultRig,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    restart: bool,
+    pool: str,
+) -> None:
+    """SIGTERM to the worker's main process alone while a batch waits out a store outage: the
+    worker ends within STOP_DURING_OUTAGE_SECONDS, cleanly, and the batch is not lost. Pool
+    processes get no signal (as under tini or systemd's KillMode=mixed): they must be told."""
+    monkeypatch.setenv(VISIBILITY_TIMEOUT_ENV, str(SHORT_VISIBILITY_TIMEOUT))
+    rig = split_rig
+    assert rig.store_redis is not None
+    worker = rig.worker(ca_folder.root, "worker-1.log", restart=restart, pool=pool)
+    second: WorkerProcess | None = None
+    broker = rig.redis.client()
+    try:
+        with rig.producer() as producer:
+            warm = submit_jobs(producer, BATCH_SIZE, "warm")
+            before = list(producer.results(warm, timeout=60))
+            rig.store_redis.stop(signal.SIGKILL)
+            names = submit_jobs(producer, BATCH_SIZE, "outage")
+            wait_until(
+                lambda: bool(lines_with(worker.log(), "waits")),
+                30,
+                "the batch to wait out the store outage",
+            )
+            asked = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)  # the main process only, as tini does
+            try:
+                code = worker.process.wait(timeout=STOP_DURING_OUTAGE_SECONDS)
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    f"still running {STOP_DURING_OUTAGE_SECONDS:g} s after SIGTERM; log:\n"
+                    + worker.log()[-3000:]
+                )
+            took = time.monotonic() - asked
+            assert code == 0, f"exit code {code}; log:\n{worker.log()[-3000:]}"
+            held = queued_job_ids(broker, rig.queue) | unacked_job_ids(broker)
+            where = {
+                "queued": len(queued_job_ids(broker, rig.queue) & set(names)),
+                "unacked": len(unacked_job_ids(broker) & set(names)),
+            }
+            assert set(names) <= held, f"the batch is in no queue: {where}"
+
+            rig.store_redis.start()
+            rig.store.client.delete(rig.store.key("chain"))
+            second = rig.worker(ca_folder.root, "worker-2.log")
+            results = list(producer.results(list(names), timeout=60))
+        counts = assert_exactly_once(
+            rig.store, before + results, {**warm, **names}, ca_folder.intermediate_certificate()
+        )
+    finally:
+        if second is not None:
+            second.stop()
+        worker.stop()
+        broker.close()
+    record_numbers(
+        request.node.name,
+        jobs=counts.jobs,
+        seconds_from_sigterm_to_exit=round(took, 1),
+        batch_after_exit=where,
+        certificates_lost=counts.jobs - counts.certificates,
+    )
+
+
+def test_revoke_during_a_store_outage_is_done_once_the_store_is_back(
+    ca_folder: CAFolder,
+    rig: FaultRig,
+) -> None:
+    """A revocation that meets the store refusing writes (Redis, broker and store, out of
+    memory) is not dropped: the task waits with its message unacknowledged and revokes once
+    Redis takes writes again. Celery's autoretry had to publish a retry message to that same
+    Redis, failed, and rejected the revocation without requeue."""
+    worker = rig.worker(ca_folder.root, "worker.log", restart=True)
+    broker = rig.redis.client()
+    sender = Celery("test-revoke", set_as_current=False)
+    sender.conf.update(celery_settings(rig.redis.url, rig.queue))
+    pool: list[int] = []
+    try:
+        with rig.producer() as producer:
+            issued = list(producer.results(submit_jobs(producer, 1, "revoke-me"), timeout=60))
+        serial = issued[0].serial
+        assert serial is not None
+        # Both pool processes past their start (each has opened the key), the batch acknowledged.
+        wait_until(
+            lambda: len(lines_with(worker.log(), "accepts batches")) >= CONCURRENCY,
+            30,
+            "both pool processes ready",
+        )
+        wait_until(lambda: broker.hlen("unacked") == 0, 10, "the batch acknowledged")
+        pool = child_pids(celery_worker_pid(worker))
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)  # the task is handed out, not run, until the outage
+        request = send_revocation(sender, rig.queue, "revoker", serial, "keyCompromise")
+        wait_until(lambda: broker.hlen("unacked") == 1, 10, "the revocation handed out")
+        broker.config_set("maxmemory-policy", "noeviction")
+        broker.config_set("maxmemory", "1")
+        for pid in pool:
+            resume(pid)
+        time.sleep(OUTAGE_SECONDS)  # the task meets the outage
+        broker.config_set("maxmemory", "0")
+        back = time.monotonic()
+        answer = RevocationStore(rig.store).wait_result("revoker", request.request_id, 30)
+        answered_after = time.monotonic() - back
+        entry = rig.store.index_entry(serial)
+        assert answer.status == "revoked", answer
+        assert entry is not None and entry.status is Status.REVOKED
+        assert entry.revocation_reason == "keyCompromise"
+        wait_until(lambda: broker.hlen("unacked") == 0, 10, "the revocation acknowledged")
+        assert worker.process.poll() is None
+    finally:
+        broker.config_set("maxmemory", "0")
+        for pid in pool:
+            resume(pid)
+        sender.close()
+        worker.stop()
+        broker.close()
+    log = worker.log()
+    record_numbers(
+        "test_revoke_during_a_store_outage_is_done_once_the_store_is_back",
+        store_refusing_writes_seconds=OUTAGE_SECONDS,
+        seconds_from_store_back_to_answer=round(answered_after, 1),
+        waits=len(lines_with(log, "revocation request waits")),
+        rejected_without_requeue=len(lines_with(log, "reject requeue=False")),
+        worker_restarts=len(lines_with(log, "starting it again")),
+    )
 
 
 # 3. The key backend fails ----------------------------------------------------------------

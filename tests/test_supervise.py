@@ -1,7 +1,9 @@
-"""`casign worker` keeps a worker running: the supervisor restarts a dead one, the worker exits when stuck."""
+"""`casign worker` keeps a worker running: restarted after any exit it did not ask for but a
+refusal to start; a worker's shutdown always ends, and its pool processes hear of it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from celery.platforms import EX_FAILURE
 
 import worker.app as worker_app
 from casign.supervise import REFUSED_TO_START, RestartPolicy, Supervisor
+from worker.process import StopNotice
 
 QUICK = RestartPolicy(first=0.01, most=0.05, steady=60.0)
 
@@ -24,19 +27,37 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
-def test_a_dying_child_is_started_again_until_it_exits_cleanly(tmp_path: Path) -> None:
+def test_a_child_is_started_again_after_every_exit_until_it_refuses_to_start(
+    tmp_path: Path,
+) -> None:
     runs = tmp_path / "runs"
     child = python(f"""
         from pathlib import Path
         runs = Path({str(runs)!r})
         count = len(runs.read_text()) if runs.exists() else 0
         runs.write_text("x" * (count + 1))
-        raise SystemExit(0 if count == 2 else 70)
+        raise SystemExit([70, 1, 0, {REFUSED_TO_START}][count])
     """)
     supervisor = Supervisor(child, QUICK)
-    assert supervisor.run() == 0
-    assert supervisor.restarts == 2
-    assert runs.read_text() == "xxx"
+    assert supervisor.run() == REFUSED_TO_START
+    assert supervisor.restarts == 3
+    assert runs.read_text() == "xxxx"
+
+
+def test_a_child_that_exits_0_unasked_is_started_again(tmp_path: Path) -> None:
+    """A Celery worker that ends itself with 0 (as on Redis out of memory, before) is not done."""
+    marker = tmp_path / "exited-once"
+    child = python(f"""
+        from pathlib import Path
+        marker = Path({str(marker)!r})
+        if not marker.exists():
+            marker.touch()
+            raise SystemExit(0)
+        raise SystemExit({REFUSED_TO_START})
+    """)
+    supervisor = Supervisor(child, QUICK)
+    assert supervisor.run() == REFUSED_TO_START
+    assert supervisor.restarts == 1
 
 
 def test_a_child_killed_by_a_signal_is_started_again(tmp_path: Path) -> None:
@@ -48,9 +69,10 @@ def test_a_child_killed_by_a_signal_is_started_again(tmp_path: Path) -> None:
         if not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+        raise SystemExit({REFUSED_TO_START})
     """)
     supervisor = Supervisor(child, QUICK)
-    assert supervisor.run() == 0
+    assert supervisor.run() == REFUSED_TO_START
     assert supervisor.restarts == 1
 
 
@@ -96,8 +118,46 @@ def test_the_delay_backs_off_and_is_capped() -> None:
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [1, 2, 4, 8, 16, 30, 30]
 
 
+def test_a_worker_that_ignores_the_stop_is_killed_after_the_grace(tmp_path: Path) -> None:
+    ready = tmp_path / "child-ready"
+    child = [
+        sys.executable,
+        "-c",
+        "import signal, time; from pathlib import Path\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n",
+    ]
+    runner = python(f"""
+        import sys
+        from casign.supervise import RestartPolicy, Supervisor
+        sys.exit(Supervisor({child!r}, RestartPolicy(first=0.01), stop_grace=0.5).run())
+    """)
+    process = subprocess.Popen(runner)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.05)
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGKILL
+        assert time.monotonic() - stopped_at < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture
+def stop_notice(monkeypatch: pytest.MonkeyPatch) -> StopNotice:
+    """A stop notice of the test's own in place of the app's."""
+    notice = StopNotice()
+    monkeypatch.setattr(worker_app, "STOP", notice)
+    return notice
+
+
 def test_a_worker_celery_gave_up_on_exits_even_if_its_shutdown_hangs(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, stop_notice: StopNotice
 ) -> None:
     exits: list[int] = []
     exited = threading.Event()
@@ -114,23 +174,44 @@ def test_a_worker_celery_gave_up_on_exits_even_if_its_shutdown_hangs(
     monkeypatch.setattr(worker_app, "FAILED_SHUTDOWN_SECONDS", 0.05)
     monkeypatch.setattr(worker_app.os, "_exit", fake_exit)
     monkeypatch.setattr(CeleryWorker, "stop", wedged_shutdown)
+    watchdog = worker_app.watch_shutdown(stop_notice)
     worker = object.__new__(worker_app.ExitingWorker)
     worker.stop(exitcode=EX_FAILURE)
     assert exits == [EX_FAILURE]
+    watchdog.join(5)
 
 
-def test_a_worker_asked_to_stop_is_left_to_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    exits: list[int] = []
+def test_a_worker_asked_to_stop_has_longer_but_not_for_ever(
+    monkeypatch: pytest.MonkeyPatch, stop_notice: StopNotice
+) -> None:
+    exits: list[float] = []
     monkeypatch.setattr(worker_app, "FAILED_SHUTDOWN_SECONDS", 0.01)
-    monkeypatch.setattr(worker_app.os, "_exit", exits.append)
+    monkeypatch.setattr(worker_app, "SHUTDOWN_SECONDS", 0.6)
+    monkeypatch.setattr(worker_app.os, "_exit", lambda code: exits.append(time.monotonic()))
     monkeypatch.setattr(CeleryWorker, "stop", lambda self, **_: None)
+    watchdog = worker_app.watch_shutdown(stop_notice)
     worker = object.__new__(worker_app.ExitingWorker)
+    time.sleep(0.3)
+    assert exits == [], "exited before any stop"
+    asked = time.monotonic()
     worker.stop(exitcode=0)
-    worker.stop(in_sighandler=True)
-    time.sleep(0.1)
-    assert exits == []
+    assert stop_notice.raised and not stop_notice.failed
+    time.sleep(0.3)
+    assert exits == [], "an asked stop was cut at the failure deadline"
+    watchdog.join(5)
+    assert len(exits) == 1 and 0.5 < exits[0] - asked < 3
+
+
+def test_the_stop_reaches_processes_forked_before_it() -> None:
+    notice = StopNotice()
+    child = os.fork()
+    if child == 0:  # a pool process, waiting out an outage
+        os._exit(0 if notice.wait(20) else 1)
+    time.sleep(0.2)
+    notice.raise_()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_the_casign_app_runs_the_exiting_worker() -> None:
-    app = worker_app.create_app("redis://127.0.0.1:6379/0")
-    assert issubclass(app.Worker, worker_app.ExitingWorker)
+    assert issubclass(worker_app.app.Worker, worker_app.ExitingWorker)

@@ -40,6 +40,7 @@ def launch_worker(
     concurrency: int = 2,
     extra_env: Mapping[str, str] | None = None,
     restart: bool = False,
+    pool: str = "prefork",
 ) -> WorkerProcess:
     """Start `casign worker` on the test's queue and key prefix without waiting for it.
 
@@ -55,7 +56,7 @@ def launch_worker(
     command = [
         sys.executable, "-m", "casign", "worker", "--ca", str(ca_dir), "--broker", broker_url,
         "--store", store_url, "--concurrency", str(concurrency), "--loglevel", "WARNING",
-        "--restart" if restart else "--no-restart",
+        "--pool", pool, "--restart" if restart else "--no-restart",
     ]  # fmt: skip
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -1,80 +1,139 @@
-"""The Celery signer: registers signing tasks only, opens the key after the worker forks."""
+"""The signer's Celery app: its settings in one place, a worker that always ends, process set-up.
+
+`app` is what `celery -A worker.app inspect ping` (or Flower) loads: configured from the
+CASIGN_* variables README lists, its broker the CA folder's embedded Redis when
+CASIGN_BROKER_URL is unset. `casign worker` configures the same app from its flags
+(`WorkerConfig`) and runs it (`run_worker`). The tasks live in `worker.signing_task` and
+`worker.lifecycle_tasks`, which the worker imports as the app's `include`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
-import random
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from celery import Celery, signals
 from celery.apps.worker import Worker as CeleryWorker
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.platforms import EX_FAILURE
 from kombu.utils.objects import cached_property
-from pydantic import ValidationError
 
-from core.errors import Retryable, SigningError
-from core.messages import SignBatch, describe_validation_error
-from core.queue import SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
+from core.errors import SigningError
+from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings
+from store.embedded import EmbeddedRedis
 from worker.issuance import BatchSigner
-from worker.lifecycle_tasks import register_lifecycle_tasks
-from worker.process import recover_once, signer
+from worker.process import (
+    DEFAULT_STORE_PREFIX,
+    SignerProcess,
+    SignerSettings,
+    StopNotice,
+    current_signer_process,
+    recover_once,
+    start_signer_process,
+)
 
 log = logging.getLogger("casign.worker")
 
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 30.0
-# How long a worker whose consumer Celery gave up on may take to shut down before it exits.
+TASK_MODULES = ("worker.signing_task", "worker.lifecycle_tasks")
+
+# casign's own settings, kept in app.conf beside Celery's.
+CA_DIR_SETTING = "casign_ca_dir"
+STORE_URL_SETTING = "casign_store_url"
+STORE_PREFIX_SETTING = "casign_store_prefix"
+
+CRL_INTERVAL_SECONDS = 3600.0
+# Run where a beat runs (`casign worker --beat`, `celery -A worker.app beat`): a fresh CRL every
+# hour, long before the 30-day nextUpdate of the last one.
+CRL_SCHEDULE: dict[str, dict[str, Any]] = {
+    "casign-crl-hourly": {"task": CRL_TASK, "schedule": CRL_INTERVAL_SECONDS},
+}
+
+# How long a worker may take to shut down before it exits anyway: after a stop it was asked
+# for (a batch in hand is finished; one waiting out an outage goes back at once), and after
+# Celery gave up on it (its warm shutdown can hang on a broker gone wrong).
+SHUTDOWN_SECONDS = 30.0
 FAILED_SHUTDOWN_SECONDS = 10.0
 
+# Options of every `casign worker`: no worker-to-worker chatter; the queue is the config's.
+_WORKER_OPTIONS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+DEFAULT_CA_DIR = "ca"
 
-def _sign_parsed(parsed: SignBatch) -> int:
-    """Sign a validated batch; Retryable when the key or the store is unavailable now."""
-    try:
-        batch_signer = signer()
-    except SigningError as exc:
-        # The key or the store cannot be opened now (HSM gone, PIN changed): wait and retry.
-        raise Retryable(str(exc)) from exc
-    try:
-        results = batch_signer.sign_batch(
-            parsed.jobs, parsed.reply_to, parsed.producer, parsed.signature
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a signing worker is configured with: the broker and queue, the CA and the store."""
+
+    broker_url: str
+    signer: SignerSettings
+    queue: str = SIGN_QUEUE
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
+        """From CASIGN_CA_DIR, CASIGN_BROKER_URL, CASIGN_STORE_URL, CASIGN_STORE_PREFIX and
+        CASIGN_QUEUE; broker and store default to the CA folder's embedded Redis."""
+        ca_dir = Path(environ.get("CASIGN_CA_DIR") or DEFAULT_CA_DIR).absolute()
+        embedded = EmbeddedRedis(ca_dir)
+        return cls(
+            broker_url=environ.get("CASIGN_BROKER_URL") or embedded.broker_url,
+            signer=SignerSettings(
+                ca_dir=ca_dir,
+                store_url=environ.get("CASIGN_STORE_URL") or embedded.url,
+                store_prefix=environ.get("CASIGN_STORE_PREFIX") or DEFAULT_STORE_PREFIX,
+            ),
+            queue=environ.get("CASIGN_QUEUE") or SIGN_QUEUE,
         )
-    except Retryable:
-        raise
-    except Exception as exc:
-        log.exception("batch of %d job(s) failed", len(parsed.jobs))
-        batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
-        return 0
-    return len(results)
+
+    def celery_settings(self) -> dict[str, Any]:
+        """Celery's settings (core.queue, shared with producers), the schedule, and casign's."""
+        return {
+            **celery_settings(self.broker_url, self.queue),
+            "beat_schedule": CRL_SCHEDULE,
+            CA_DIR_SETTING: str(self.signer.ca_dir),
+            STORE_URL_SETTING: self.signer.store_url,
+            STORE_PREFIX_SETTING: self.signer.store_prefix,
+        }
+
+
+def signer_settings(conf: Any) -> SignerSettings:
+    """The SignerSettings an app's configuration holds."""
+    return SignerSettings(
+        ca_dir=Path(conf[CA_DIR_SETTING]),
+        store_url=conf[STORE_URL_SETTING],
+        store_prefix=conf[STORE_PREFIX_SETTING],
+    )
 
 
 class ExitingWorker(CeleryWorker):
-    """A Celery worker that ends when Celery gives up on it, even if its shutdown wedges.
+    """A Celery worker that tells its pool when it stops, and ends even if its shutdown wedges.
 
-    On a broker connection loss kombu's Redis transport can raise inside Celery's consumer
-    ("Unrecoverable error"); the warm shutdown that follows can then hang on the broker, and a
-    hung process is never restarted. Past FAILED_SHUTDOWN_SECONDS it exits with EX_FAILURE, so
-    `casign worker` (or a service manager) starts a new one: its unacknowledged batches come
-    back from the broker, and jobs reserved before signing are recovered.
+    A task waiting out a store or HSM outage sees the stop and hands its message back. Past
+    SHUTDOWN_SECONDS (FAILED_SHUTDOWN_SECONDS after an "Unrecoverable error", whose warm
+    shutdown can hang on the broker) the process exits with EX_FAILURE: its unacknowledged
+    messages come back from the broker, and jobs reserved before signing are recovered.
     """
 
+    def on_start(self) -> None:
+        STOP.clear()
+        super().on_start()
+        watch_shutdown(STOP)
+        if not issubclass(getattr(self, "pool_cls", PreforkPool), PreforkPool):
+            # Nothing forks (--pool solo, threads): this process signs, so it opens the key.
+            _open_and_recover(signer_process())
+
     def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
-        if exitcode == EX_FAILURE:
-            deadline = threading.Timer(FAILED_SHUTDOWN_SECONDS, _exit_failed, args=(exitcode,))
-            deadline.daemon = True
-            deadline.start()
+        STOP.raise_(failed=exitcode == EX_FAILURE)
         super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
 
-
-def _exit_failed(exitcode: int) -> None:
-    # No logging here: the wedged shutdown may hold a handler's lock.
-    message = f"casign worker: not shut down within {FAILED_SHUTDOWN_SECONDS:.0f} s; exiting\n"
-    with contextlib.suppress(OSError):
-        os.write(2, message.encode())
-    os._exit(exitcode)
+    def terminate(self, in_sighandler: bool = False) -> None:
+        STOP.raise_()
+        super().terminate(in_sighandler=in_sighandler)
 
 
 class CasignCelery(Celery):
@@ -83,40 +142,70 @@ class CasignCelery(Celery):
         return self.subclass_with_self(ExitingWorker)
 
 
-def create_app(broker_url: str, queue: str = SIGN_QUEUE) -> Celery:
-    app = CasignCelery("casign", set_as_current=False)
-    app.conf.update(celery_settings(broker_url, queue))
+app = CasignCelery("casign", include=TASK_MODULES, set_as_current=False)
+# Read when the configuration is first needed; `configure` then overrides it.
+app.add_defaults(lambda: WorkerConfig.from_environment().celery_settings())
 
-    @app.task(name=SIGN_BATCH_TASK, acks_late=True)
-    def sign_batch(batch: object) -> int:
-        """Sign one queue message's jobs; a malformed message is logged and dropped.
+# Made here, in the main process, so every pool process forked from it shares it.
+STOP = StopNotice()
 
-        A store or HSM outage is waited out here, with the message unacknowledged, rather than
-        by Celery's retry, which has to publish a new message and so fails when the broker is
-        the Redis that is down; if this worker dies meanwhile the message is delivered again.
-        """
-        try:
-            parsed = SignBatch.model_validate(batch)
-        except ValidationError as exc:
-            log.error("refused a malformed batch message: %s", describe_validation_error(exc))
-            return 0
-        for attempt in itertools.count():
-            try:
-                return _sign_parsed(parsed)
-            except Retryable as exc:
-                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt)
-                delay *= random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
-                log.warning(
-                    "batch of %d job(s) waits %.1f s and tries again: %s",
-                    len(parsed.jobs),
-                    delay,
-                    exc,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
 
-    register_lifecycle_tasks(app)
+def configure(config: WorkerConfig) -> Celery:
+    """Configure `app` as `config` says; returns it."""
+    app.conf.update(config.celery_settings())
     return app
+
+
+def run_worker(config: WorkerConfig, options: Sequence[str] = ()) -> int:
+    """Run `celery worker` on `app` configured by `config`, plus `options`; its exit status."""
+    from celery.bin.celery import celery as celery_command
+
+    configure(config)
+    arguments = ["worker", *_WORKER_OPTIONS, f"--queues={config.queue}", *options]
+    # As Celery.start does, but keeping the status that Celery.worker_main throws away.
+    celery_command.params[0].default = app
+    try:
+        status = celery_command.main(args=arguments, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return status if isinstance(status, int) else 0
+
+
+def signer_process() -> SignerProcess:
+    """This process's SignerProcess: made after fork, or here on first use (solo pool, tests)."""
+    return current_signer_process() or start_signer_process(signer_settings(app.conf), STOP)
+
+
+def watch_shutdown(stop: StopNotice) -> threading.Thread:
+    """Start a thread that exits this process once a shutdown outlasts its deadline."""
+    watchdog = threading.Thread(
+        target=_exit_after_deadline, args=(stop,), name="casign-shutdown-watchdog", daemon=True
+    )
+    watchdog.start()
+    return watchdog
+
+
+def _exit_after_deadline(stop: StopNotice) -> None:
+    while not stop.wait(3600.0):
+        pass
+    began = time.monotonic()
+    while True:
+        seconds = FAILED_SHUTDOWN_SECONDS if stop.failed else SHUTDOWN_SECONDS
+        if time.monotonic() - began >= seconds:
+            break
+        time.sleep(0.1)
+    # No logging here: the wedged shutdown may hold a handler's lock.
+    message = f"casign worker: not shut down within {seconds:.0f} s; exiting\n"
+    with contextlib.suppress(OSError):
+        os.write(2, message.encode())
+    os._exit(EX_FAILURE)
+
+
+@signals.worker_shutting_down.connect
+def _announce_stop(**_: object) -> None:
+    # Sent by Celery's signal handler in the main process (SIGTERM, SIGINT, SIGQUIT), before
+    # its loop notices: a solo pool's task waiting out an outage must see it from there.
+    STOP.raise_()
 
 
 @signals.worker_process_init.connect
@@ -124,8 +213,12 @@ def _open_key_after_fork(**_: object) -> None:
     # Celery may hand this process a batch before init returns, and a batch handed to a
     # process that dies in init is stranded; so init only opens the key, and the recovery
     # (which signs) runs beside the tasks.
+    _open_and_recover(start_signer_process(signer_settings(app.conf), STOP))
+
+
+def _open_and_recover(process: SignerProcess) -> None:
     try:
-        batch_signer = signer()
+        batch_signer = process.signer()
     except SigningError as exc:
         log.error("worker process cannot sign: %s", exc)
         return

@@ -1,4 +1,4 @@
-"""Celery tasks of the certificate life cycle: revoke a serial, make and publish the CRL.
+"""Celery tasks of the certificate life cycle: `casign.revoke` a serial, `casign.crl`.
 
 Both run in the signing worker, the only side holding the intermediate key: a revocation is
 signed off there (and lands in the next CRL it signs), the CRL is signed there.
@@ -7,19 +7,16 @@ signed off there (and lands in the next CRL it signs), the CRL is signed there.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
-from celery import Celery
 from pydantic import ValidationError
 
-from core.errors import RefusalCode, Rejected, Retryable, SigningError
+from core.errors import RefusalCode, Rejected, Retryable
 from core.layout import ocsp_key_path
 from core.messages import RevocationResult, RevokeRequest, describe_validation_error
 from core.queue import CRL_TASK, REVOKE_TASK
 from store.revocations import RevocationStore
 from worker.access import AccessPolicy
+from worker.app import app, signer_process
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
 from worker.crl import (
@@ -33,16 +30,6 @@ from worker.crl import (
 from worker.ocsp_delegate import ensure_ocsp_certificate
 
 log = logging.getLogger("casign.lifecycle")
-
-CRL_INTERVAL_SECONDS = 3600.0
-# Merge into `app.conf.beat_schedule` where a beat runs (`celery beat` or `worker --beat`):
-# a fresh CRL every hour, long before the 30-day nextUpdate of the last one.
-CRL_SCHEDULE: dict[str, dict[str, Any]] = {
-    "casign-crl-hourly": {"task": CRL_TASK, "schedule": CRL_INTERVAL_SECONDS},
-}
-
-# RevokedCertificate objects built by this process, reused by its next CRL.
-_entry_cache = RevokedEntryCache()
 
 
 def _field(raw: object, name: str) -> str | None:
@@ -144,48 +131,33 @@ def refresh_crl(
     return published
 
 
-def register_lifecycle_tasks(app: Celery) -> None:
-    """Add `casign.revoke` and `casign.crl` to the signing app."""
+@app.task(name=REVOKE_TASK, acks_late=True)
+def revoke(message: object) -> str:
+    """Revoke one serial; the answer goes to the request's reply list.
 
-    @app.task(
-        name=REVOKE_TASK,
-        bind=True,
-        autoretry_for=(Retryable,),
-        retry_backoff=True,
-        retry_backoff_max=30,
-        retry_jitter=True,
-        max_retries=None,
-        acks_late=True,
-    )
-    def revoke(self: Any, message: object) -> str:
-        """Revoke one serial; the answer goes to the request's reply list."""
-        from worker.process import signer
+    A store outage is waited out with the message unacknowledged, as a signing batch's is:
+    a revocation is never dropped because a retry message could not be published.
+    """
+    process = signer_process()
 
-        try:
-            batch_signer = signer()
-        except SigningError as exc:
-            raise Retryable(str(exc)) from exc
-        revocations = RevocationStore(batch_signer.store)
-        result = handle_revoke(message, revocations, batch_signer.access)
+    def attempt() -> str:
+        batch_signer = process.signer()
+        result = handle_revoke(message, RevocationStore(batch_signer.store), batch_signer.access)
         return result.status if result else "dropped"
 
-    @app.task(
-        name=CRL_TASK,
-        bind=True,
-        autoretry_for=(Retryable,),
-        retry_backoff=True,
-        retry_backoff_max=60,
-        max_retries=10,
-        acks_late=True,
-    )
-    def crl(self: Any) -> int:
-        """Make and publish a new CRL; returns its number."""
-        from worker.process import ENV_CA_DIR, signer
+    return process.wait_out_outages(attempt, "revocation request")
 
-        try:
-            batch_signer = signer()
-        except SigningError as exc:
-            raise Retryable(str(exc)) from exc
-        folder = CAFolder(Path(os.environ[ENV_CA_DIR]))
+
+@app.task(name=CRL_TASK, acks_late=True)
+def crl() -> int:
+    """Make and publish a new CRL; returns its number. Outages are waited out as for revoke."""
+    process = signer_process()
+
+    def attempt() -> int:
+        batch_signer = process.signer()
         revocations = RevocationStore(batch_signer.store)
-        return refresh_crl(folder, batch_signer.authority, revocations, _entry_cache).number
+        return refresh_crl(
+            process.folder, batch_signer.authority, revocations, process.crl_cache
+        ).number
+
+    return process.wait_out_outages(attempt, "CRL")

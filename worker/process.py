@@ -1,47 +1,169 @@
-"""The signer of this worker process: CA key, store and producer rights, opened after fork."""
+"""One signing worker process: its settings, its signer (opened after fork), its waits.
+
+`SignerProcess` is everything a pool process holds for the tasks it runs; the Celery app makes
+one in `worker_process_init` (or on first use where nothing forks: `--pool solo`, tests).
+`StopNotice` is how the worker's main process tells its pool processes that it is stopping, so
+a task waiting out an outage hands its message back instead of holding the shutdown up.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import mmap
 import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from celery.exceptions import Reject
+
+from core.errors import Retryable, SigningError
 from store.results import ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
+from worker.crl import RevokedEntryCache
 from worker.issuance import BatchSigner
 
 log = logging.getLogger("casign.worker")
 
-# Set by `casign worker` before the pool forks; read by every pool process.
-ENV_CA_DIR = "CASIGN_CA_DIR"
-ENV_STORE_URL = "CASIGN_STORE_URL"
-ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
-ENV_KEY_URI = "CASIGN_KEY_URI"
+T = TypeVar("T")
+
+DEFAULT_STORE_PREFIX = "casign"
 RECOVERY_LOCK_SECONDS = 60
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+_STOP_POLL_SECONDS = 0.1
 
-_signer: BatchSigner | None = None
-_signer_pid: int | None = None
+
+@dataclass(frozen=True)
+class SignerSettings:
+    """Where a worker process finds its CA folder (key, profiles, producers) and its store."""
+
+    ca_dir: Path
+    store_url: str
+    store_prefix: str = DEFAULT_STORE_PREFIX
 
 
-def signer() -> BatchSigner:
-    """This process's signer, opened on first use after fork (keys are never shared)."""
-    global _signer, _signer_pid
-    if _signer is None or _signer_pid != os.getpid():
-        authority = load_authority(Path(os.environ[ENV_CA_DIR]), os.environ.get(ENV_KEY_URI))
-        store = ResultsStore.from_url(
-            os.environ[ENV_STORE_URL], os.environ.get(ENV_STORE_PREFIX, "casign")
-        )
+class StopNotice:
+    """A flag the worker's main process raises when it stops; the processes it forks see it.
+
+    It lives in an anonymous shared page, so setting it is safe inside a signal handler and a
+    pool process forked before or after sees the same byte.
+    """
+
+    ASKED = 1  # a stop signal, or a shutdown Celery began for a reason of its own
+    FAILED = 2  # Celery gave up on the worker (an unrecoverable error)
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, 1)
+
+    def raise_(self, failed: bool = False) -> None:
+        """Announce the stop; a failure is never downgraded to an asked stop."""
+        self._page[0] = max(self._page[0], self.FAILED if failed else self.ASKED)
+
+    def clear(self) -> None:
+        self._page[0] = 0
+
+    @property
+    def raised(self) -> bool:
+        return self._page[0] != 0
+
+    @property
+    def failed(self) -> bool:
+        return self._page[0] == self.FAILED
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True as soon as the stop is raised."""
+        deadline = time.monotonic() + seconds
+        while not self.raised:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(_STOP_POLL_SECONDS, left))
+        return True
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before try `attempt + 1`: 0.5 s doubling to 30 s, with jitter."""
+    delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * float(2**attempt))
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
+
+
+class SignerProcess:
+    """What one worker process holds: settings, signer, CRL entry cache, the worker's stop notice."""
+
+    def __init__(self, settings: SignerSettings, stop: StopNotice) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.folder = CAFolder(settings.ca_dir)
+        self.crl_cache = RevokedEntryCache()
+        self._signer: BatchSigner | None = None
+
+    def signer(self) -> BatchSigner:
+        """The signer, opened on first use; Retryable while the key or the store cannot be."""
+        if self._signer is None:
+            try:
+                self._signer = self._open_signer()
+            except Retryable:
+                raise
+            except SigningError as exc:
+                # The key cannot be opened now (HSM gone, PIN changed): wait and retry.
+                raise Retryable(str(exc)) from exc
+        return self._signer
+
+    def wait_out_outages(self, attempt: Callable[[], T], what: str) -> T:
+        """Call `attempt` until it does not raise Retryable, backing off between tries.
+
+        The task's message stays unacknowledged meanwhile: no new message is published, so a
+        broker that is the Redis that is down loses nothing, and a worker that dies leaves the
+        message to be delivered again. Once the worker is stopping, Reject(requeue=True) hands
+        the message back to the broker (or, with the broker down too, leaves it unacknowledged
+        for the broker to deliver again).
+        """
+        for tries in itertools.count():
+            try:
+                return attempt()
+            except Retryable as exc:
+                delay = retry_delay(tries)
+                log.warning("%s waits %.1f s and tries again: %s", what, delay, exc)
+                if self.stop.wait(delay):
+                    log.warning("%s is handed back to the broker: the worker is stopping", what)
+                    raise Reject(f"{what}: the worker is stopping", requeue=True) from exc
+        raise AssertionError("unreachable")
+
+    def _open_signer(self) -> BatchSigner:
+        settings = self.settings
+        authority = load_authority(settings.ca_dir)
+        store = ResultsStore.from_url(settings.store_url, settings.store_prefix)
         store.set_chain(authority.chain_pem)
-        folder = CAFolder(Path(os.environ[ENV_CA_DIR]))
-        access = AccessPolicy.load(folder.producers_path)
+        access = AccessPolicy.load(self.folder.producers_path)
         if access is None:
             log.warning(
-                "%s is absent: this signer accepts batches from any producer", folder.producers_path
+                "%s is absent: this signer accepts batches from any producer",
+                self.folder.producers_path,
             )
-        _signer, _signer_pid = BatchSigner(authority, store, access), os.getpid()
-    return _signer
+        return BatchSigner(authority, store, access)
+
+
+# By pid: a forked child inherits its parent's entry, which it must never use.
+_by_pid: dict[int, SignerProcess] = {}
+
+
+def start_signer_process(settings: SignerSettings, stop: StopNotice) -> SignerProcess:
+    """Make this process's SignerProcess (after fork: nothing of the parent's is reused)."""
+    _by_pid.clear()
+    process = _by_pid[os.getpid()] = SignerProcess(settings, stop)
+    return process
+
+
+def current_signer_process() -> SignerProcess | None:
+    """The SignerProcess made in this very process, if any."""
+    return _by_pid.get(os.getpid())
 
 
 def recover_once(batch_signer: BatchSigner) -> None:
