@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -42,7 +41,7 @@ class ResponderIdentity:
     key: SigningKey
     issuer_hashes: dict[str, tuple[bytes, bytes]]  # hash name -> (issuerNameHash, issuerKeyHash)
     key_hash: bytes  # RFC 6960 4.2.2.3 KeyHash: SHA-1 of the delegate's subjectPublicKey
-    certificate_asn1: asn1_x509.Certificate = field(repr=False)
+    certificate_der: bytes = field(repr=False)
 
     @classmethod
     def load(cls, ca_root: Path) -> ResponderIdentity:
@@ -68,9 +67,7 @@ class ResponderIdentity:
         }
         key_hash = x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
         der = certificate.public_bytes(serialization.Encoding.DER)
-        return cls(
-            issuer, certificate, key, hashes_by_name, key_hash, asn1_x509.Certificate.load(der)
-        )
+        return cls(issuer, certificate, key, hashes_by_name, key_hash, der)
 
     def answers_for(self, cert_id: CertID) -> bool:
         """Whether `cert_id` names the issuer this responder answers for (RFC 6960 4.1.1)."""

@@ -123,7 +123,7 @@ class OCSPResponder:
         self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix="ocsp-poll")
         poller: asyncio.Task[None] | None = None
         try:
-            await self.poll()
+            await self._poll_once()
             poller = asyncio.create_task(self._poll_forever(), name="ocsp-poller")
             yield self
         finally:
@@ -243,12 +243,16 @@ class OCSPResponder:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
-            try:
-                await self.poll()
-            except Retryable as exc:
-                log.warning("OCSP poll: store unavailable (%s); answers kept as they are", exc)
-            except Exception:
-                log.exception("OCSP poll failed; trying again in %s s", self.poll_interval)
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        """`poll`, with a failure logged (answers stay as they are until a poll succeeds)."""
+        try:
+            await self.poll()
+        except Retryable as exc:
+            log.warning("OCSP poll: %s; answers kept as they are", exc)
+        except Exception:
+            log.exception("OCSP poll failed; trying again in %s s", self.poll_interval)
 
     async def poll(self) -> None:
         """One look at the store and the delegate's files; sign again what changed or is due."""

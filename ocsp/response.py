@@ -1,8 +1,9 @@
 """The DER of an OCSPResponse: a signed BasicOCSPResponse with one SingleResponse per CertID.
 
 cryptography's OCSPResponseBuilder holds one SingleResponse only, and RFC 6960 4.2.1 has a
-response cover every certificate of the request, so the ResponseData is built with asn1crypto
-and its DER signed with the delegate's key by cryptography (RFC 6960 4.2.1, 4.2.2.3).
+response cover every certificate of the request, so the structures of RFC 6960 4.2.1 are
+written here with `ocsp.der` and the ResponseData is signed by cryptography with the
+delegate's key (4.2.2.2). The constants are encoded once by asn1crypto.
 """
 
 from __future__ import annotations
@@ -12,29 +13,45 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
+from asn1crypto import algos as asn1_algos
 from asn1crypto import core as asn1_core
-from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
+from ocsp import der
 from ocsp.identity import ResponderIdentity
 from ocsp.request import CertID
 
-# RFC 5280 5.3.1 CRLReason values, as asn1crypto names them.
-_REASON_NAMES: dict[x509.ReasonFlags, str] = {
-    x509.ReasonFlags.unspecified: "unspecified",
-    x509.ReasonFlags.key_compromise: "key_compromise",
-    x509.ReasonFlags.ca_compromise: "ca_compromise",
-    x509.ReasonFlags.affiliation_changed: "affiliation_changed",
-    x509.ReasonFlags.superseded: "superseded",
-    x509.ReasonFlags.cessation_of_operation: "cessation_of_operation",
-    x509.ReasonFlags.certificate_hold: "certificate_hold",
-    x509.ReasonFlags.remove_from_crl: "remove_from_crl",
-    x509.ReasonFlags.privilege_withdrawn: "privilege_withdrawn",
-    x509.ReasonFlags.aa_compromise: "aa_compromise",
+# RFC 5280 5.3.1 CRLReason values.
+_REASON_CODES: dict[x509.ReasonFlags, int] = {
+    x509.ReasonFlags.unspecified: 0,
+    x509.ReasonFlags.key_compromise: 1,
+    x509.ReasonFlags.ca_compromise: 2,
+    x509.ReasonFlags.affiliation_changed: 3,
+    x509.ReasonFlags.superseded: 4,
+    x509.ReasonFlags.cessation_of_operation: 5,
+    x509.ReasonFlags.certificate_hold: 6,
+    x509.ReasonFlags.remove_from_crl: 8,
+    x509.ReasonFlags.privilege_withdrawn: 9,
+    x509.ReasonFlags.aa_compromise: 10,
 }
+# CertID hashAlgorithm, with NULL parameters as OpenSSL and cryptography write them.
+_HASH_ALGORITHMS = {
+    name: asn1_algos.DigestAlgorithm({"algorithm": name, "parameters": asn1_core.Null()}).dump()
+    for name in ("sha1", "sha224", "sha256", "sha384", "sha512")
+}
+_SIGNATURE_ALGORITHMS = {
+    name: asn1_algos.SignedDigestAlgorithm({"algorithm": name}).dump()
+    for name in ("sha256_rsa", "sha256_ecdsa")
+}
+_NONCE_OID = asn1_core.ObjectIdentifier("1.3.6.1.5.5.7.48.1.2").dump()  # id-pkix-ocsp-nonce
+_BASIC_OID = asn1_core.ObjectIdentifier("1.3.6.1.5.5.7.48.1.1").dump()  # id-pkix-ocsp-basic
+_SUCCESSFUL = der.enumerated(0)  # OCSPResponseStatus successful
+_GOOD = bytes((0x80, 0x00))  # [0] IMPLICIT NULL
+_UNKNOWN = bytes((0x82, 0x00))  # [2] IMPLICIT NULL
+_REVOKED_TAG = 0xA1  # [1] IMPLICIT RevokedInfo (constructed)
 
 
 class Status(Enum):
@@ -65,32 +82,54 @@ TRY_LATER = _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
 UNAUTHORIZED = _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 
 
-def _cert_status(status: CertStatus) -> asn1_ocsp.CertStatus:
+def _cert_status(status: CertStatus) -> bytes:
     if status.status is Status.GOOD:
-        return asn1_ocsp.CertStatus(name="good", value=asn1_core.Null())
+        return _GOOD
     if status.status is Status.UNKNOWN:
-        return asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
+        return _UNKNOWN
     assert status.revoked_at is not None
-    revoked: dict[str, object] = {"revocation_time": status.revoked_at}
+    revoked = der.generalized_time(status.revoked_at)
     if status.reason is not None:
-        revoked["revocation_reason"] = _REASON_NAMES[status.reason]
-    return asn1_ocsp.CertStatus(name="revoked", value=revoked)
+        revoked += der.explicit(0, der.enumerated(_REASON_CODES[status.reason]))
+    return der.tlv(_REVOKED_TAG, revoked)
 
 
 def _single_response(
-    cert_id: CertID, status: CertStatus, this_update: datetime, next_update: datetime
-) -> dict[str, object]:
-    return {
-        "cert_id": {
-            "hash_algorithm": {"algorithm": cert_id.algorithm},
-            "issuer_name_hash": cert_id.issuer_name_hash,
-            "issuer_key_hash": cert_id.issuer_key_hash,
-            "serial_number": cert_id.serial,
-        },
-        "cert_status": _cert_status(status),
-        "this_update": this_update,
-        "next_update": next_update,
-    }
+    cert_id: CertID, status: CertStatus, this_update: bytes, next_update: bytes
+) -> bytes:
+    return der.sequence(
+        der.sequence(
+            _HASH_ALGORITHMS[cert_id.algorithm],
+            der.octet_string(cert_id.issuer_name_hash),
+            der.octet_string(cert_id.issuer_key_hash),
+            der.integer(cert_id.serial),
+        ),
+        _cert_status(status),
+        this_update,
+        der.explicit(0, next_update),
+    )
+
+
+def response_data(
+    identity: ResponderIdentity,
+    answers: Sequence[tuple[CertID, CertStatus]],
+    this_update: datetime,
+    next_update: datetime,
+    nonce: bytes | None = None,
+) -> bytes:
+    """The DER ResponseData (v1, the default, is left out as DER requires)."""
+    this, following = der.generalized_time(this_update), der.generalized_time(next_update)
+    fields = [
+        der.explicit(2, der.octet_string(identity.key_hash)),  # responderID byKey
+        this,  # producedAt
+        der.sequence(
+            *(_single_response(cert_id, status, this, following) for cert_id, status in answers)
+        ),
+    ]
+    if nonce is not None:  # RFC 8954 2.1: the nonce is an OCTET STRING inside extnValue
+        extension = der.sequence(_NONCE_OID, der.octet_string(der.octet_string(nonce)))
+        fields.append(der.explicit(1, der.sequence(extension)))
+    return der.sequence(*fields)
 
 
 def _signature(identity: ResponderIdentity, tbs: bytes) -> tuple[str, bytes]:
@@ -115,32 +154,13 @@ def signed_response(
     The responder is named by key hash (RFC 6960 4.2.2.3) and its certificate is included so
     clients can check the delegation (4.2.2.2); a nonce is echoed as RFC 8954 2.1 asks.
     """
-    response_data: dict[str, object] = {
-        "responder_id": asn1_ocsp.ResponderId(name="by_key", value=identity.key_hash),
-        "produced_at": this_update,
-        "responses": [
-            _single_response(cert_id, status, this_update, next_update)
-            for cert_id, status in answers
-        ],
-    }
-    if nonce is not None:
-        response_data["response_extensions"] = [
-            {"extn_id": "nonce", "critical": False, "extn_value": nonce}
-        ]
-    tbs = asn1_ocsp.ResponseData(response_data)
-    algorithm, signature = _signature(identity, tbs.dump())
-    basic = asn1_ocsp.BasicOCSPResponse(
-        {
-            "tbs_response_data": tbs,
-            "signature_algorithm": {"algorithm": algorithm},
-            "signature": signature,
-            "certs": [identity.certificate_asn1],
-        }
+    tbs = response_data(identity, answers, this_update, next_update, nonce)
+    algorithm, signature = _signature(identity, tbs)
+    basic = der.sequence(
+        tbs,
+        _SIGNATURE_ALGORITHMS[algorithm],
+        der.bit_string(signature),
+        der.explicit(0, der.sequence(identity.certificate_der)),
     )
-    response = asn1_ocsp.OCSPResponse(
-        {
-            "response_status": "successful",
-            "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
-        }
-    )
-    return bytes(response.dump())
+    response_bytes = der.sequence(_BASIC_OID, der.octet_string(basic))
+    return der.sequence(_SUCCESSFUL, der.explicit(0, response_bytes))

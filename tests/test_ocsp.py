@@ -665,6 +665,19 @@ def test_answers_due_are_renewed_if_asked_for_and_dropped_if_not(
     assert renewed.this_update_utc > first.this_update_utc
 
 
+def test_a_store_that_does_not_answer_gives_try_later(
+    ocsp_ca: CAFolder, ocsp_authority: SigningAuthority, store: ResultsStore
+) -> None:
+    ensure_ocsp_certificate(ocsp_ca, ocsp_authority, store)
+    body = request_der(never_recorded(ocsp_authority), ocsp_authority.intermediate)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        dead = ResultsStore.from_url(f"redis://127.0.0.1:{unused.getsockname()[1]}/0")
+        with running(ocsp_ca, dead) as server:  # it starts all the same, and says so
+            answer = read_response(post(server, body))
+    assert answer.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+
+
 def test_the_delegate_certificate_has_the_guides_ocsp_profile(
     ocsp_ca: CAFolder, ocsp_authority: SigningAuthority, store: ResultsStore
 ) -> None:

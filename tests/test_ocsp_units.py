@@ -9,8 +9,11 @@ import time
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from asn1crypto import core as asn1_core
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 from core.errors import ConfigurationError
 from core.layout import ocsp_cert_path, ocsp_key_path
 from ocsp.cache import AnswerCache, CachedAnswer
+from ocsp.der import integer as der_integer
 from ocsp.identity import ResponderIdentity
 from ocsp.lifetime import (
     LATEST_RENEWAL,
@@ -33,7 +37,7 @@ from ocsp.lifetime import (
     renew_at,
 )
 from ocsp.request import CertID, MalformedRequest, StatusRequest, parse_request
-from ocsp.response import CertStatus, Status, signed_response
+from ocsp.response import CertStatus, Status, response_data, signed_response
 from ocsp.server import request_from_path
 from tests.cas import make_alice_ca
 from tests.openssl_cli import openssl
@@ -261,3 +265,61 @@ def test_an_rsa_delegate_signs_answers_openssl_accepts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "Response verify OK" in shown.stderr, shown.stdout + shown.stderr
     assert "Revocation Reason: keyCompromise" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 255, 256, -1, -128, -129, 2**159 - 1, 2**159, -(2**64)]
+)
+def test_integers_are_encoded_as_asn1crypto_does(value: int) -> None:
+    assert der_integer(value) == asn1_core.Integer(value).dump()
+
+
+def _reference_status(status: CertStatus) -> asn1_ocsp.CertStatus:
+    if status.status is not Status.REVOKED:
+        return asn1_ocsp.CertStatus(name=status.status.value, value=asn1_core.Null())
+    revoked: dict[str, object] = {"revocation_time": status.revoked_at}
+    if status.reason is not None:
+        revoked["revocation_reason"] = status.reason.name
+    return asn1_ocsp.CertStatus(name="revoked", value=revoked)
+
+
+@pytest.mark.parametrize("nonce", [None, b"n", b"n" * 32])
+def test_response_data_is_the_der_asn1crypto_writes(nonce: bytes | None) -> None:
+    """The hand-written DER, byte for byte against asn1crypto's encoder of RFC 6960's ASN.1."""
+    identity = cast(ResponderIdentity, SimpleNamespace(key_hash=b"k" * 20))
+    this_update = datetime(2027, 3, 1, 12, 30, 5, tzinfo=UTC)
+    next_update = this_update + timedelta(days=4, seconds=-1)
+    revoked_at = datetime(2027, 2, 1, tzinfo=UTC)
+    answers = [
+        (CertID("sha1", b"a" * 20, b"b" * 20, 0x1000), CertStatus(Status.GOOD)),
+        (CertID("sha256", b"c" * 32, b"d" * 32, 2**158 + 5), CertStatus(Status.UNKNOWN)),
+        (
+            CertID("sha1", b"a" * 20, b"b" * 20, 0x80),
+            CertStatus(Status.REVOKED, revoked_at, x509.ReasonFlags.key_compromise),
+        ),
+        (CertID("sha512", b"e" * 64, b"f" * 64, 7), CertStatus(Status.REVOKED, revoked_at)),
+    ]
+    reference: dict[str, object] = {
+        "responder_id": asn1_ocsp.ResponderId(name="by_key", value=b"k" * 20),
+        "produced_at": this_update,
+        "responses": [
+            {
+                "cert_id": {
+                    "hash_algorithm": {"algorithm": cert_id.algorithm},
+                    "issuer_name_hash": cert_id.issuer_name_hash,
+                    "issuer_key_hash": cert_id.issuer_key_hash,
+                    "serial_number": cert_id.serial,
+                },
+                "cert_status": _reference_status(status),
+                "this_update": this_update,
+                "next_update": next_update,
+            }
+            for cert_id, status in answers
+        ],
+    }
+    if nonce is not None:
+        reference["response_extensions"] = [
+            {"extn_id": "nonce", "critical": False, "extn_value": nonce}
+        ]
+    ours = response_data(identity, answers, this_update, next_update, nonce)
+    assert ours == asn1_ocsp.ResponseData(reference).dump()
