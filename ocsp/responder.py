@@ -265,7 +265,11 @@ class OCSPResponder:
             suspects.update(key for key, entry in self.cache.items() if entry.says_good)
         if generation.issued != previous.issued:
             suspects.update(key for key, entry in self.cache.items() if entry.says_unknown)
-        await self._recheck(suspects)
+        try:
+            await self._recheck(suspects)
+        except BaseException:
+            self._unchecked.update(suspects)  # the counters have moved on: look again next time
+            raise
         await self._renew_due()
 
     def _read_generation(self) -> Generation:

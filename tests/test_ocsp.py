@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from core.errors import Retryable
 from core.index import format_serial
 from core.layout import ocsp_key_path
 from ocsp.lifetime import MAX_VALIDITY, MIN_VALIDITY, ResponseLifetime
@@ -621,6 +622,31 @@ def test_a_revocation_is_signed_before_the_next_answer(
     assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
     assert answer.revocation_reason is x509.ReasonFlags.key_compromise
     assert responder.responder.signatures == signed + 1  # signed at revocation, not on request
+
+
+def test_a_recheck_cut_short_by_the_store_is_done_again(
+    ocsp_authority: SigningAuthority,
+    store: ResultsStore,
+    responder: RunningResponder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serial, pem = issue_pem(ocsp_authority, store, "flaky.example.com")
+    body = request_der(x509.load_pem_x509_certificate(pem.encode()), ocsp_authority.intermediate)
+    assert read_response(post(responder, body)).certificate_status is ocsp.OCSPCertStatus.GOOD
+    signed = responder.responder.signatures
+    read_lines, failures = store.index_lines_of, [Retryable("the store blinked")]
+
+    def blinking(serials: Any) -> list[str | None]:
+        if failures:
+            raise failures.pop()
+        return read_lines(serials)
+
+    monkeypatch.setattr(store, "index_lines_of", blinking)
+    RevocationStore(store).revoke(serial, "keyCompromise")
+    wait_for(lambda: responder.responder.signatures > signed, "the poller to sign again")
+
+    assert not failures  # the first recheck failed; a later poll did it again
+    assert read_response(post(responder, body)).certificate_status is ocsp.OCSPCertStatus.REVOKED
 
 
 def test_an_unknown_answer_turns_good_once_the_certificate_is_published(
