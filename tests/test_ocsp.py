@@ -282,7 +282,7 @@ def test_several_certificates_in_one_response_in_request_order(
     path = tmp_path / "several.der"
     path.write_bytes(body)
     linted = subprocess.run(
-        [str(Path(sys.executable).parent / "lint_ocsp_response"), "lint", str(path)],
+        [sys.executable, "-m", "pkilint.bin.lint_ocsp_response", "lint", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert linted.returncode == 0, linted.stdout + linted.stderr
