@@ -105,6 +105,8 @@ def compared(report: Report, row: Row) -> str:
             return _times(r(row, Row.RAW_PKCS11_1), lambda v: f"{v:.2f} x 1 process")
         case Row.OPENSSL_CA | Row.CFSSL:
             return _times(r(Row.CASIGN_RSA, row), lambda v: f"casign RSA-2048 = {v:.1f} x")
+        case Row.OCSP_CACHED:
+            return _times(r(row, Row.OCSP_NONCE), lambda v: f"{v:.1f} x signed each")
         case _:
             return ""
 

@@ -24,6 +24,8 @@ class Row(StrEnum):
     CFSSL = "cfssl serve"
     LATENCY = "latency"
     WORKER_RSS = "worker RSS"
+    OCSP_CACHED = "OCSP answers, pre-signed"
+    OCSP_NONCE = "OCSP answers with a nonce"
 
 
 # Processes that sign at once in a row, for its CPU-bound rate (the machine has 2 cores).
@@ -47,6 +49,7 @@ SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
     "softhsm": (Row.CASIGN_SOFTHSM, Row.RAW_PKCS11_1, Row.RAW_PKCS11_2),
     "openssl": (Row.OPENSSL_CA,),
     "cfssl": (Row.CFSSL,),
+    "ocsp": (Row.OCSP_CACHED, Row.OCSP_NONCE),
 }
 
 

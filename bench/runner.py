@@ -30,6 +30,7 @@ from bench.authorities import (
 )
 from bench.inprocess import measure_limit, measure_sign_only
 from bench.machine import describe_machine, load_average
+from bench.ocsp_rate import measure_ocsp, running_ocsp
 from bench.peers import (
     cfssl_missing,
     cfssl_server,
@@ -439,6 +440,18 @@ def measure_peers(run: Run, authority: BenchAuthority, workload: Workload, work_
                 )
 
 
+def measure_ocsp_rows(run: Run, authority: BenchAuthority, work_dir: Path) -> None:
+    """Rounds of `casign ocsp` answering from its cache and signing for nonces."""
+    with running_ocsp(
+        authority.folder, run.args.redis, f"{run.run_id}:ocsp", work_dir / "ocsp.log"
+    ) as server:
+        for round_ in range(run.repeat):
+            for row, nonce in ((Row.OCSP_CACHED, False), (Row.OCSP_NONCE, True)):
+                run.measure(
+                    row, functools.partial(measure_ocsp, server, run.args.count, nonce), round_
+                )
+
+
 def measure_all(run: Run, work_dir: Path) -> None:
     """Every row not skipped, one service at a time, on the same CSRs."""
     args = run.args
@@ -447,6 +460,7 @@ def measure_all(run: Run, work_dir: Path) -> None:
     workload = make_workload(args.count, args.leaf_key)
     rsa_rows: tuple[Row, ...] = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
     rsa_rows += (Row.CASIGN_PRELOADED, Row.LATENCY, Row.WORKER_RSS, Row.OPENSSL_CA, Row.CFSSL)
+    rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE)
     p256_rows = (Row.LIMIT_P256, Row.SIGN_ONLY_P256, Row.CASIGN_P256)
     console.print("making the CAs ...")
     rsa = (
@@ -467,6 +481,8 @@ def measure_all(run: Run, work_dir: Path) -> None:
         measure_softhsm(run, workload, work_dir)
     if rsa is not None and run.wants(Row.OPENSSL_CA, Row.CFSSL):
         measure_peers(run, rsa, workload, work_dir)
+    if rsa is not None and run.wants(Row.OCSP_CACHED, Row.OCSP_NONCE):
+        measure_ocsp_rows(run, rsa, work_dir)
     for row, name in run.skipped.items():
         run.report.outcomes.setdefault(row, Missing(f"skipped (--skip {name})"))
 

@@ -19,6 +19,7 @@ from core.errors import Rejected
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.index import IndexEntry, format_serial
 from core.revocation import REVOKE_REASONS
+from store.results import ResultsStore
 from store.revocations import RevocationStore
 
 _DURATION_UNITS = {
@@ -149,23 +150,64 @@ def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
 @store_option
 @click.option("--port", type=int, required=True, help="TCP port (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-def ocsp(ca: Path | None, store: str | None, port: int, host: str) -> None:
+@click.option(
+    "--validity",
+    default="4d",
+    show_default=True,
+    help="How long each answer is valid (thisUpdate to nextUpdate): 8h to 10d (BR 4.9.10).",
+)
+@click.option(
+    "--cache-mb",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Memory kept for pre-signed answers.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Open connections at once; more are closed.",
+)
+def ocsp(
+    ca: Path | None,
+    store: str | None,
+    port: int,
+    host: str,
+    validity: str,
+    cache_mb: int,
+    max_connections: int,
+) -> None:
     """Serve OCSP (RFC 6960, GET and POST) for the intermediate, from the store."""
-    from ocsp.responder import make_server
+    import asyncio
+    import signal
 
+    from ocsp.lifetime import ResponseLifetime
+    from ocsp.responder import OCSPResponder
+    from ocsp.server import ServerLimits, serve
+
+    try:
+        lifetime = ResponseLifetime(parse_duration(validity))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--validity") from None
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints("unused://", store, folder)
-    with open_store(endpoints) as results_store:
-        server = make_server(folder, results_store, host, port)
-        bound_host, bound_port = server.server_address[:2]
-        click.echo(f"OCSP responder on http://{bound_host!s}:{bound_port}", err=True)
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        click.echo(f"OCSP responder on http://{bound_host}:{bound_port}", err=True)
         sys.stderr.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+
+    async def run(results_store: ResultsStore) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        responder = OCSPResponder(folder, results_store, lifetime, cache_bytes=cache_mb << 20)
+        await serve(responder, host, port, stop, ready, ServerLimits(max_connections))
+
+    with open_store(endpoints) as results_store:
+        asyncio.run(run(results_store))
 
 
 @click.command()

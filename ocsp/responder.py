@@ -1,272 +1,349 @@
-"""An RFC 6960 OCSP responder over HTTP (GET and POST, appendix A.1), answering from the store.
+"""The OCSP responder (RFC 6960): answers from pre-signed answers, kept current from the store.
 
-It signs with the delegated OCSP certificate and key the worker side keeps in the CA folder
-(`intermediate/certs/ocsp.cert.pem`, `intermediate/private/ocsp.key.pem`); it never opens the
-intermediate's key. A renewed delegate certificate is picked up without a restart.
+An answer without a nonce is signed once and then served from `AnswerCache` at no signature.
+A poller, every `poll_interval` seconds, reads two counters of the store (certificates issued,
+certificates revoked): when one moves, it rereads the index lines of the answers it could
+change and signs again those whose line changed, so a revocation reaches the answers within
+one interval without waiting for a request. It also signs again each answer asked for since
+its signing when its renewal time comes (ocsp.lifetime), drops those nobody asked for, and
+reloads the delegate when the worker has renewed it. A request with a nonce is signed for
+itself (the nonce is inside the signed data, RFC 8954 2.1), from the store's current line.
+
+Store reads and signatures run in threads; the cache is touched only by the event loop.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
+import contextlib
 import logging
-import threading
-import urllib.parse
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from typing import TypeVar
 
 from core.errors import ConfigurationError, Retryable
-from core.index import format_serial
-from core.layout import intermediate_cert_path, ocsp_cert_path, ocsp_key_path
+from core.index import IndexEntry, format_serial
 from core.revocation import revocation_info
+from ocsp.cache import AnswerCache, AnswerKey, CachedAnswer
+from ocsp.identity import DelegateFiles, ResponderIdentity
+from ocsp.lifetime import ResponseLifetime, renew_at
+from ocsp.request import CertID, MalformedRequest, StatusRequest, parse_request
+from ocsp.response import (
+    INTERNAL_ERROR,
+    MALFORMED_REQUEST,
+    TRY_LATER,
+    UNAUTHORIZED,
+    CertStatus,
+    Status,
+    signed_response,
+)
 from store.results import ResultsStore
+from store.revocations import RevocationStore
 
 log = logging.getLogger("casign.ocsp")
 
-MAX_REQUEST_BYTES = 16 * 1024  # a one-certificate request is ~100 bytes; a nonce adds ~40
-RESPONSE_LIFETIME = timedelta(hours=1)  # nextUpdate: how long a client may cache an answer
-OCSP_REQUEST_TYPE = "application/ocsp-request"
-OCSP_RESPONSE_TYPE = "application/ocsp-response"
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_POLL_SECONDS = 1.0
+ANSWER_THREADS = 2  # store reads and signatures for requests the cache does not hold
+RENEWALS_PER_POLL = 500  # spreads a burst of renewals over polls (RENEWAL_LEAD leaves time)
+LINES_PER_READ = 2000  # index lines per HMGET when rechecking answers
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class ResponderIdentity:
-    """The issuer answered for, and the delegate that signs the answers."""
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """The store's two counters: a change of either may change some answers."""
 
-    issuer: x509.Certificate
-    certificate: x509.Certificate
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    issuer_hashes: dict[str, tuple[bytes, bytes]]  # hash name -> (issuerNameHash, issuerKeyHash)
-
-    @classmethod
-    def load(cls, ca_root: Path) -> ResponderIdentity:
-        """Read and check the intermediate certificate and the delegate's certificate and key."""
-        cert_path, key_path = ocsp_cert_path(ca_root), ocsp_key_path(ca_root)
-        try:
-            issuer = x509.load_pem_x509_certificate(intermediate_cert_path(ca_root).read_bytes())
-            certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except FileNotFoundError as exc:
-            raise ConfigurationError(
-                f"{exc.filename} is missing; make the OCSP responder's certificate with "
-                f"`casign ocsp-cert --ca {ca_root}` on the signing side"
-            ) from None
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigurationError(f"cannot read the OCSP responder's files: {exc}") from None
-        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise ConfigurationError(f"{key_path}: an OCSP signing key must be RSA or ECDSA")
-        _check_delegate(issuer, certificate, key, cert_path)
-        hashes_by_name = {
-            name: _issuer_hashes(issuer, certificate, algorithm())
-            for name, algorithm in _HASHES.items()
-        }
-        return cls(issuer, certificate, key, hashes_by_name)
+    issued: int
+    revoked: int
 
 
-def _check_delegate(
-    issuer: x509.Certificate,
-    certificate: x509.Certificate,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    cert_path: Path,
-) -> None:
-    """RFC 6960 4.2.2.2: the delegate is issued by the CA and carries id-kp-OCSPSigning."""
-    try:
-        certificate.verify_directly_issued_by(issuer)
-        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except Exception as exc:
-        raise ConfigurationError(
-            f"{cert_path} is not an OCSP certificate issued by the intermediate ({exc})"
-        ) from None
-    if ExtendedKeyUsageOID.OCSP_SIGNING not in usage:
-        raise ConfigurationError(f"{cert_path} lacks the OCSPSigning extended key usage")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(
-        serialization.Encoding.DER, spki
-    ) != certificate.public_key().public_bytes(serialization.Encoding.DER, spki):
-        raise ConfigurationError(f"{cert_path} does not match the OCSP key file")
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The DER to send, and how long an HTTP cache may keep it (None: not at all)."""
+
+    body: bytes
+    max_age: int | None = None
 
 
-def _issuer_hashes(
-    issuer: x509.Certificate, issued: x509.Certificate, algorithm: hashes.HashAlgorithm
-) -> tuple[bytes, bytes]:
-    """The CertID hashes (RFC 6960 4.1.1) of `issuer`, as every client computes them.
-
-    issuerKeyHash is over the BIT STRING of the issuer's key, which cryptography does not
-    expose for every key type; a request for a certificate it issued computes it exactly.
-    """
-    request = ocsp.OCSPRequestBuilder().add_certificate(issued, issuer, algorithm).build()
-    return request.issuer_name_hash, request.issuer_key_hash
+def answer_key(request: StatusRequest) -> AnswerKey:
+    return tuple((cert_id.algorithm, cert_id.serial) for cert_id in request.cert_ids)
 
 
-def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
-    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
-        serialization.Encoding.DER
-    )
+def index_serial(serial: int) -> str | None:
+    """The serial as the index spells it; None for one no certificate can have (RFC 5280 4.1.2.2)."""
+    return format_serial(serial) if serial > 0 else None
+
+
+def status_of(line: str | None) -> CertStatus:
+    """RFC 6960 2.2: good for a known certificate (expired too), revoked, or unknown."""
+    if line is None:
+        return CertStatus(Status.UNKNOWN)
+    revocation = revocation_info(IndexEntry.from_openssl_line(line))
+    if revocation is None:
+        return CertStatus(Status.GOOD)
+    return CertStatus(Status.REVOKED, revocation.revoked_at, revocation.reason)
 
 
 class OCSPResponder:
-    """Turns a DER OCSPRequest into a DER OCSPResponse; never raises."""
+    """Turns a DER OCSPRequest into an `Answer`; never raises. Use inside `running()`."""
 
-    def __init__(self, ca_root: Path, store: ResultsStore) -> None:
+    def __init__(
+        self,
+        ca_root: Path,
+        store: ResultsStore,
+        lifetime: ResponseLifetime | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        poll_interval: float = DEFAULT_POLL_SECONDS,
+    ) -> None:
         self.ca_root = ca_root.absolute()
         self.store = store
-        self._lock = threading.Lock()
-        self._identity = ResponderIdentity.load(self.ca_root)
-        self._loaded_stamp = self._stamp()
+        self.revocations = RevocationStore(store)
+        self.lifetime = lifetime or ResponseLifetime()
+        self.poll_interval = poll_interval
+        self.cache = AnswerCache(cache_bytes)
+        self.signatures = 0  # every signature this responder made, for the logs and tests
+        self.identity = ResponderIdentity.load(self.ca_root)
+        self._files = DelegateFiles(self.ca_root)
+        self._generation = Generation(-1, -1)
+        self._unchecked: set[AnswerKey] = set()
+        self._filling: dict[AnswerKey, asyncio.Future[CachedAnswer]] = {}
+        self._answer_pool: ThreadPoolExecutor | None = None
+        self._poll_pool: ThreadPoolExecutor | None = None
 
-    def _stamp(self) -> tuple[float, float]:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[OCSPResponder]:
+        """The threads and the poller, for the block; the first poll is done before it starts."""
+        self._answer_pool = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="ocsp-answer")
+        # The poller has a thread of its own, so a flood of requests never delays a revocation.
+        self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix="ocsp-poll")
+        poller: asyncio.Task[None] | None = None
         try:
-            return (
-                ocsp_cert_path(self.ca_root).stat().st_mtime,
-                ocsp_key_path(self.ca_root).stat().st_mtime,
-            )
-        except OSError:
-            return (0.0, 0.0)
+            await self._poll_once()
+            poller = asyncio.create_task(self._poll_forever(), name="ocsp-poller")
+            yield self
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            self._answer_pool.shutdown(wait=True, cancel_futures=True)
+            self._poll_pool.shutdown(wait=True, cancel_futures=True)
 
-    def identity(self) -> ResponderIdentity:
-        """The delegate, reloaded when the worker has renewed its files."""
-        stamp = self._stamp()
-        if stamp != self._loaded_stamp:
-            with self._lock:
-                if stamp != self._loaded_stamp:
-                    try:
-                        self._identity = ResponderIdentity.load(self.ca_root)
-                        self._loaded_stamp = stamp
-                    except ConfigurationError as exc:  # half-renewed: keep the previous one
-                        log.warning("keeping the previous OCSP certificate: %s", exc)
-        return self._identity
-
-    def respond(self, request_der: bytes) -> bytes:
-        """The DER answer to `request_der`: signed, or an unsuccessful status."""
+    async def answer(self, request_der: bytes) -> Answer:
+        """The answer to `request_der`: signed, or an unsuccessful status (RFC 6960 2.3)."""
         try:
-            request = ocsp.load_der_ocsp_request(request_der)
-            # Touch what the answer needs, so a request cryptography cannot read is refused here.
-            _ = (request.serial_number, request.hash_algorithm, request.extensions)
-        except Exception as exc:  # ValueError, or NotImplementedError for several CertIDs
+            request = parse_request(request_der)
+        except MalformedRequest as exc:
             log.info("malformed OCSP request: %s", exc)
-            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+            return Answer(MALFORMED_REQUEST)
+        identity = self.identity
+        if not all(identity.answers_for(cert_id) for cert_id in request.cert_ids):
+            # RFC 6960 2.3: this responder cannot answer authoritatively for another issuer.
+            return Answer(UNAUTHORIZED)
         try:
-            return self._signed_answer(request, datetime.now(UTC))
+            if request.nonce is not None:
+                return Answer(await self._signed_for_nonce(request, identity))
+            entry = await self._cached(request)
+            return Answer(entry.der, max(0, int(entry.renew_at - time.time())))
         except Retryable as exc:
             log.warning("store unavailable, answered tryLater: %s", exc)
-            return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+            return Answer(TRY_LATER)
         except Exception:
             log.exception("OCSP request failed")
-            return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+            return Answer(INTERNAL_ERROR)
 
-    def _signed_answer(self, request: ocsp.OCSPRequest, now: datetime) -> bytes:
-        identity = self.identity()
-        algorithm = request.hash_algorithm
-        status, revoked_at, reason = ocsp.OCSPCertStatus.UNKNOWN, None, None
-        # An issuer other than ours is "unknown" (RFC 6960 2.2), as openssl ocsp -index says.
-        if identity.issuer_hashes.get(algorithm.name) == (
-            request.issuer_name_hash,
-            request.issuer_key_hash,
-        ):
-            entry = self.store.index_entry(format_serial(request.serial_number))
-            revocation = revocation_info(entry) if entry is not None else None
-            if revocation is not None:
-                status = ocsp.OCSPCertStatus.REVOKED
-                revoked_at, reason = revocation.revoked_at, revocation.reason
-            elif entry is not None:
-                status = ocsp.OCSPCertStatus.GOOD  # expired but known and unrevoked is good
-        this_update = now.replace(microsecond=0)
-        builder = (
-            ocsp.OCSPResponseBuilder()
-            .add_response_by_hash(
-                issuer_name_hash=request.issuer_name_hash,
-                issuer_key_hash=request.issuer_key_hash,
-                serial_number=request.serial_number,
-                algorithm=algorithm,
-                cert_status=status,
-                this_update=this_update,
-                next_update=this_update + RESPONSE_LIFETIME,
-                revocation_time=revoked_at,
-                revocation_reason=reason,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, identity.certificate)
-            .certificates([identity.certificate])
+    async def _cached(self, request: StatusRequest) -> CachedAnswer:
+        key = answer_key(request)
+        entry = self.cache.get(key, time.time())
+        if entry is not None:
+            return entry
+        filling = self._filling.get(key)
+        if filling is None:  # one signature for every request that waits on the same answer
+            filling = asyncio.ensure_future(self._fill(key, request.cert_ids))
+            self._filling[key] = filling
+            filling.add_done_callback(lambda _: self._filling.pop(key, None))
+        return await asyncio.shield(filling)
+
+    async def _fill(self, key: AnswerKey, cert_ids: tuple[CertID, ...]) -> CachedAnswer:
+        seen, identity = self._generation, self.identity  # taken before the lines are read
+        entry = await self._in(self._answer_pool, self._sign_from_store, identity, cert_ids)
+        self.signatures += 1
+        self._keep(key, entry, seen)
+        return entry
+
+    def _keep(self, key: AnswerKey, entry: CachedAnswer, seen: Generation) -> None:
+        if entry.identity is not self.identity:
+            return  # signed by a delegate replaced meanwhile
+        self.cache.put(key, entry)
+        if seen != self._generation:  # the store moved after the lines were read
+            self._unchecked.add(key)
+
+    async def _signed_for_nonce(self, request: StatusRequest, identity: ResponderIdentity) -> bytes:
+        entry = await self._in(
+            self._answer_pool, self._sign_from_store, identity, request.cert_ids, request.nonce
         )
+        self.signatures += 1
+        return entry.der
+
+    def _sign_from_store(
+        self,
+        identity: ResponderIdentity,
+        cert_ids: Sequence[CertID],
+        nonce: bytes | None = None,
+    ) -> CachedAnswer:
+        """Read the certificates' index lines and sign an answer (in a thread)."""
+        (lines,) = self._read_lines([tuple((c.algorithm, c.serial) for c in cert_ids)])
+        return self._sign(identity, cert_ids, lines, nonce)
+
+    def _read_lines(self, keys: Sequence[AnswerKey]) -> list[tuple[str | None, ...]]:
+        """The index lines of each key's serials, with one store read for all (in a thread)."""
+        serials = {serial: index_serial(serial) for key in keys for _, serial in key}
+        wanted = sorted({text for text in serials.values() if text is not None})
+        found = dict(zip(wanted, self.store.index_lines_of(wanted), strict=True))
+        return [
+            tuple(found.get(text) if (text := serials[serial]) else None for _, serial in key)
+            for key in keys
+        ]
+
+    def _sign(
+        self,
+        identity: ResponderIdentity,
+        cert_ids: Sequence[CertID],
+        lines: tuple[str | None, ...],
+        nonce: bytes | None = None,
+    ) -> CachedAnswer:
+        this_update = datetime.now(UTC).replace(microsecond=0)
+        next_update = self.lifetime.next_update(
+            this_update, identity.certificate.not_valid_after_utc
+        )
+        answers = [
+            (cert_id, status_of(line)) for cert_id, line in zip(cert_ids, lines, strict=True)
+        ]
+        der = signed_response(identity, answers, this_update, next_update, nonce)
+        return CachedAnswer(
+            der,
+            lines,
+            next_update.timestamp(),
+            renew_at(this_update, next_update).timestamp(),
+            identity,
+        )
+
+    async def _in(
+        self, pool: ThreadPoolExecutor | None, function: Callable[..., _T], *args: object
+    ) -> _T:
+        if pool is None:
+            raise RuntimeError("the OCSP responder is used outside `running()`")
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        """`poll`, with a failure logged (answers stay as they are until a poll succeeds)."""
         try:
-            nonce = request.extensions.get_extension_for_class(x509.OCSPNonce).value
-            builder = builder.add_extension(nonce, critical=False)  # RFC 8954: echo the nonce
-        except x509.ExtensionNotFound:
-            pass
-        response = builder.sign(identity.key, hashes.SHA256())
-        return response.public_bytes(serialization.Encoding.DER)
+            await self.poll()
+        except Retryable as exc:
+            log.warning("OCSP poll: %s; answers kept as they are", exc)
+        except Exception:
+            log.exception("OCSP poll failed; trying again in %s s", self.poll_interval)
 
-
-class OCSPRequestHandler(BaseHTTPRequestHandler):
-    """GET /{url-encoded base64 DER} and POST application/ocsp-request (RFC 6960 A.1)."""
-
-    server: OCSPServer
-    server_version = "casign-ocsp"
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # seconds a client may take to send its request
-
-    def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path.lstrip("/")
+    async def poll(self) -> None:
+        """One look at the store and the delegate's files; sign again what changed or is due."""
+        if self._files.changed():
+            await self._reload_identity()
+        generation = await self._in(self._poll_pool, self._read_generation)
+        previous, self._generation = self._generation, generation
+        suspects, self._unchecked = self._unchecked, set()
+        if generation.revoked != previous.revoked:
+            suspects.update(key for key, entry in self.cache.items() if entry.says_good)
+        if generation.issued != previous.issued:
+            suspects.update(key for key, entry in self.cache.items() if entry.says_unknown)
         try:
-            der = base64.b64decode(urllib.parse.unquote(path), validate=True)
-        except (binascii.Error, ValueError):
-            der = b""
-        self._answer(der, cacheable=True)
+            await self._recheck(suspects)
+        except BaseException:
+            self._unchecked.update(suspects)  # the counters have moved on: look again next time
+            raise
+        await self._renew_due()
 
-    def do_POST(self) -> None:
+    def _read_generation(self) -> Generation:
+        return Generation(self.store.count_issued(), self.revocations.count_revoked())
+
+    async def _reload_identity(self) -> None:
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            length = -1
-        if not 0 < length <= MAX_REQUEST_BYTES:
-            self.close_connection = True  # the body, if any, is left unread
-            self._answer(b"", cacheable=False)
+            identity = await self._in(self._poll_pool, ResponderIdentity.load, self.ca_root)
+        except ConfigurationError as exc:  # half-renewed: keep the previous one
+            log.warning("keeping the previous OCSP certificate: %s", exc)
             return
-        self._answer(self.rfile.read(length), cacheable=False)
+        self.identity = identity
+        self.cache.clear()  # answers are signed again, by the new delegate, when asked for
+        log.info("OCSP certificate %x loaded", identity.certificate.serial_number)
 
-    def _answer(self, request_der: bytes, cacheable: bool) -> None:
-        body = (
-            self.server.responder.respond(request_der)
-            if request_der
-            else _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-        )
-        self.send_response(200)
-        self.send_header("Content-Type", OCSP_RESPONSE_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        if cacheable:  # RFC 5019 6.2
-            seconds = int(RESPONSE_LIFETIME.total_seconds())
-            self.send_header("Cache-Control", f"max-age={seconds}, public, no-transform")
-        self.end_headers()
-        self.wfile.write(body)
+    async def _recheck(self, keys: set[AnswerKey]) -> None:
+        """Sign again each answer among `keys` whose index lines changed."""
+        entries = [(key, entry) for key in keys if (entry := self.cache.peek(key)) is not None]
+        for start in range(0, len(entries), LINES_PER_READ):
+            chunk = entries[start : start + LINES_PER_READ]
+            seen, identity = self._generation, self.identity
+            changed = await self._in(self._poll_pool, self._resign_changed, identity, chunk)
+            for key, entry in changed:
+                self.signatures += 1
+                self._keep(key, entry, seen)
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    def _resign_changed(
+        self, identity: ResponderIdentity, chunk: list[tuple[AnswerKey, CachedAnswer]]
+    ) -> list[tuple[AnswerKey, CachedAnswer]]:
+        """Reread the lines of `chunk`'s answers; sign again those that changed (in a thread)."""
+        changed = []
+        fresh = self._read_lines([key for key, _ in chunk])
+        for (key, entry), lines in zip(chunk, fresh, strict=True):
+            if lines != entry.lines:
+                renewed = self._sign(identity, _cert_ids_of(identity, key), lines)
+                renewed.asked = entry.asked
+                changed.append((key, renewed))
+        return changed
+
+    async def _renew_due(self) -> None:
+        """Sign again the due answers that were asked for since their signing; drop the rest."""
+        due = self.cache.due(time.time(), RENEWALS_PER_POLL)
+        for key, entry in due:
+            if not entry.asked:
+                self.cache.discard(key)
+        wanted = [(key, entry) for key, entry in due if entry.asked]
+        if not wanted:
+            return
+        seen, identity = self._generation, self.identity
+        try:
+            renewed = await self._in(self._poll_pool, self._renew, identity, wanted)
+        except Exception:
+            for key, _ in wanted:
+                self.cache.requeue(key)
+            raise
+        for key, entry in renewed:
+            self.signatures += 1
+            self._keep(key, entry, seen)
+
+    def _renew(
+        self, identity: ResponderIdentity, wanted: list[tuple[AnswerKey, CachedAnswer]]
+    ) -> list[tuple[AnswerKey, CachedAnswer]]:
+        """Sign each answer of `wanted` again from the store's current lines (in a thread)."""
+        fresh = self._read_lines([key for key, _ in wanted])
+        return [
+            (key, self._sign(identity, _cert_ids_of(identity, key), lines))
+            for (key, _), lines in zip(wanted, fresh, strict=True)
+        ]
 
 
-class OCSPServer(ThreadingHTTPServer):
-    """A threading HTTP server that carries its responder."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], responder: OCSPResponder) -> None:
-        self.responder = responder
-        super().__init__(address, OCSPRequestHandler)
-
-
-def make_server(ca_root: Path, store: ResultsStore, host: str, port: int) -> OCSPServer:
-    """A responder for the CA at `ca_root` bound to host:port (port 0 picks a free one)."""
-    return OCSPServer((host, port), OCSPResponder(ca_root, store))
+def _cert_ids_of(identity: ResponderIdentity, key: AnswerKey) -> list[CertID]:
+    """The CertIDs an answer key stands for (the issuer is ours: only such answers are kept)."""
+    cert_ids = []
+    for algorithm, serial in key:
+        name_hash, key_hash = identity.issuer_hashes[algorithm]
+        cert_ids.append(CertID(algorithm, name_hash, key_hash, serial))
+    return cert_ids

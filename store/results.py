@@ -418,6 +418,18 @@ class ResultsStore:
             args += (failure.job_id, failure.fingerprint, failure.code, failure.message)
         return [bool(closed) for closed in self.script(_MARK_FAILED)(keys=[], args=args)]
 
+    @translated
+    def index_lines_of(self, serials: Iterable[str]) -> list[str | None]:
+        """The index line of each serial (as `format_serial` spells it), None if never issued.
+
+        One HMGET; the OCSP responder reads its answers' statuses with it.
+        """
+        fields = [serial.upper() for serial in serials]
+        if not fields:
+            return []
+        lines = self.client.hmget(self.key("index"), fields)
+        return [optional_text(line) for line in lines]
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,9 @@ from cryptography import x509
 from casign.cli import main as casign_main
 from core.errors import ConfigurationError
 from core.index import Status, format_serial
-from ocsp.responder import make_server
 from store.results import ResultsStore
 from store.revocations import RevocationStore
+from tests.ocsp_responder import running_responder
 from tests.openssl_cli import openssl
 from worker.adopt import ADOPTED, adopt_ca
 from worker.authority import load_authority
@@ -214,20 +213,14 @@ def test_adopted_revocations_reach_the_crl_and_ocsp(
     assert "Key Compromise" in shown.stdout and "Superseded" in shown.stdout
 
     ensure_ocsp_certificate(folder, authority, store)
-    server = make_server(guide_ca, store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with running_responder(guide_ca, store) as server:
         for name, expected in (("www2.example.com", "revoked"), ("www3.example.com", "good")):
             answer = openssl("ocsp", "-issuer", folder.intermediate_cert_path,
                              "-cert", f"intermediate/certs/{name}.cert.pem",
-                             "-url", f"http://127.0.0.1:{port}", "-CAfile", folder.chain_path,
+                             "-url", server.url, "-CAfile", folder.chain_path,
                              cwd=guide_ca)  # fmt: skip
             assert f"{name}.cert.pem: {expected}" in answer.stdout, answer.stdout
             assert "Response verify OK" in answer.stdout + answer.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_adopting_again_adds_nothing_and_a_conflict_is_refused(
