@@ -231,7 +231,7 @@ def est_client_add(
         updated = EstSettings.model_validate(settings.with_client(name, entry).model_dump())
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        fail(f"client {name!r}: {first['msg']}")
+        fail(f"client {name!r}: {first['msg'].removeprefix('Value error, ')}")
         return
     save_settings(path, updated)
     how = " and ".join(

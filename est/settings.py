@@ -130,7 +130,8 @@ def parse_settings(text: str, source: str) -> EstSettings:
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "file"
-        raise ConfigurationError(f"{source}: {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(f"{source}: {where}: {message}") from None
 
 
 def load_settings(path: Path) -> EstSettings:
