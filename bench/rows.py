@@ -24,6 +24,8 @@ class Row(StrEnum):
     CFSSL = "cfssl serve"
     LATENCY = "latency"
     WORKER_RSS = "worker RSS"
+    EST = "casign EST"
+    EST_LATENCY = "EST latency"
 
 
 # Processes that sign at once in a row, for its CPU-bound rate (the machine has 2 cores).
@@ -32,6 +34,7 @@ PARALLELISM: dict[Row, int] = {
     Row.CASIGN_PRELOADED: 2,
     Row.CASIGN_P256: 2,
     Row.CASIGN_SOFTHSM: 2,
+    Row.EST: 2,  # the worker's 2 processes; the front-end shares their cores
     Row.RAW_PKCS11_2: 2,
     Row.CFSSL: 2,  # a Go server: its goroutines run on every core
 }
@@ -47,6 +50,7 @@ SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
     "softhsm": (Row.CASIGN_SOFTHSM, Row.RAW_PKCS11_1, Row.RAW_PKCS11_2),
     "openssl": (Row.OPENSSL_CA,),
     "cfssl": (Row.CFSSL,),
+    "est": (Row.EST, Row.EST_LATENCY),
 }
 
 

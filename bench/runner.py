@@ -28,6 +28,7 @@ from bench.authorities import (
     softhsm_environment,
     softhsm_missing,
 )
+from bench.est_row import DEFAULT_CLIENTS, measure_est, measure_est_latency, running_est
 from bench.inprocess import measure_limit, measure_sign_only
 from bench.machine import describe_machine, load_average
 from bench.peers import (
@@ -99,6 +100,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--openssl-count", type=int, default=300, help="CSRs for `openssl ca`")
     parser.add_argument("--cfssl-count", type=int, default=3000, help="CSRs for cfssl serve")
     parser.add_argument("--batch-size", type=int, default=250, help="jobs per queue message")
+    parser.add_argument(
+        "--est-clients",
+        type=int,
+        default=DEFAULT_CLIENTS,
+        help="concurrent EST clients of the casign EST row",
+    )
     parser.add_argument("--leaf-key", choices=LEAF_KEY_TYPES, default="rsa2048")
     parser.add_argument(
         "--repeat",
@@ -116,7 +123,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rerun the casign RSA-2048 row under py-spy and write the stacks to DIR",
     )
     args = parser.parse_args(argv)
-    for name in ("count", "latency_jobs", "batch_size", "openssl_count", "cfssl_count", "repeat"):
+    for name in (
+        "count", "latency_jobs", "batch_size", "openssl_count", "cfssl_count", "repeat",
+        "est_clients",
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.preload_index < 0:
@@ -263,7 +273,7 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
     limit_rows = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA)
     signing = load_authority(authority.folder.root) if run.wants(*limit_rows) else None
     casign_rows = (Row.CASIGN_RSA, Row.LATENCY, Row.CASIGN_PRELOADED, Row.WORKER_RSS)
-    needed = run.wants(*casign_rows)
+    needed = run.wants(*casign_rows, Row.EST, Row.EST_LATENCY)
     with service(run, authority, "rsa", workload, work_dir, needed) as casign:
         rss_before = casign.pool_rss_kib() if casign else {}
         jobs = 0
@@ -281,6 +291,8 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
                 jobs += _jobs(outcome)
         if casign is None:
             return
+        if run.wants(Row.EST, Row.EST_LATENCY):
+            jobs += measure_est_rows(run, casign, workload, work_dir)
         outcome = run.measure(
             Row.LATENCY, lambda: measure_latency(casign, workload, args.latency_jobs, "latency")
         )
@@ -293,6 +305,39 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
         run.measure(Row.WORKER_RSS, lambda: _rss(rss_before, casign.pool_rss_kib(), jobs))
         if args.profile is not None and Row.CASIGN_RSA not in run.skipped:
             profile_casign(run, casign, workload, args.profile)
+
+
+def measure_est_rows(run: Run, casign: CasignService, workload: Workload, work_dir: Path) -> int:
+    """Rounds of the EST row, then its latency, through one `casign est` on the casign service.
+
+    Returns how many certificates they had the worker sign.
+    """
+    tags = [f"round{round_}" for round_ in range(run.repeat)] + ["latency"]
+    clients = run.args.est_clients
+    run.console.print(f"starting casign est ({clients} clients) ...")
+    jobs = 0
+    try:
+        with running_est(casign, work_dir, tags, clients) as front:
+            for round_ in range(run.repeat):
+                outcome = run.measure(
+                    Row.EST,
+                    functools.partial(
+                        measure_est, front, casign, workload, clients, f"round{round_}"
+                    ),
+                    round_,
+                )
+                jobs += _jobs(outcome)
+            outcome = run.measure(
+                Row.EST_LATENCY,
+                lambda: measure_est_latency(
+                    front, casign, workload, run.args.latency_jobs, "latency"
+                ),
+            )
+            jobs += _jobs(outcome)
+    except BenchError as exc:
+        for row in (Row.EST, Row.EST_LATENCY):
+            run.report.outcomes.setdefault(row, Failed(str(exc)))
+    return jobs
 
 
 def _preloaded(run: Run, casign: CasignService, workload: Workload) -> Rate:

@@ -51,6 +51,34 @@ def _load_issuers(path: str, client: str) -> list[x509.Certificate]:
     return certificates
 
 
+class PasswordChecks:
+    """Proves passwords off the event loop: one scrypt per distinct password however many
+    requests carry it at once, and at most `SCRYPT_AT_ONCE` running (32 MiB and tens of
+    milliseconds of a core each)."""
+
+    SCRYPT_AT_ONCE = 2
+
+    def __init__(self) -> None:
+        self._proven = ProvenPasswords()
+        self._running: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
+        self._slots = asyncio.Semaphore(self.SCRYPT_AT_ONCE)
+
+    async def check(self, client: str, password: bytes, stored: str) -> bool:
+        if self._proven.remembered(client, password, stored):
+            return True
+        key = (client, self._proven.tag(stored, password))
+        running = self._running.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._prove(client, password, stored))
+            self._running[key] = running
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _prove(self, client: str, password: bytes, stored: str) -> bool:
+        async with self._slots:
+            return await asyncio.to_thread(self._proven.check, client, password, stored)
+
+
 class TokenBucket:
     """`rate` tokens a second up to `burst`; one per enrollment (kept in this process)."""
 
@@ -74,7 +102,7 @@ class Admission:
 
     def __init__(self, settings: EstSettings) -> None:
         self.clients = dict(settings.clients)
-        self._passwords = ProvenPasswords()
+        self._passwords = PasswordChecks()
         self._buckets: dict[str, TokenBucket] = {}
         self._issuers: list[tuple[x509.Certificate, str]] = []
         owner: dict[bytes, str] = {}
@@ -134,9 +162,7 @@ class Admission:
         entry = self.clients.get(name)
         if not colon or entry is None or entry.password is None:
             raise refusal
-        stored = entry.password
-        # scrypt takes tens of milliseconds: never on the event loop.
-        if not await asyncio.to_thread(self._passwords.check, name, password, stored):
+        if not await self._passwords.check(name, password, entry.password):
             raise refusal
         return EstClient(name, entry, "password")
 

@@ -127,10 +127,10 @@ class Batcher:
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pool(identity).inbox.put(_Waiting(request, deadline, future, loop))
         try:
-            # The lane settles at the deadline; the margin covers a lane busy with a batch.
-            return await asyncio.wait_for(
-                asyncio.shield(future), max(0.0, deadline - time.monotonic()) + 0.5
-            )
+            # The lane settles at the deadline; the margin covers a lane busy with a batch. A
+            # future cancelled here is done, so the lane's later answer is simply dropped.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + 0.5):
+                return await future
         except TimeoutError:
             return StillSigning(request.job_id)
 
@@ -165,20 +165,21 @@ class Batcher:
                 lane.join(timeout)
 
     def _gather(self, pool: _Pool) -> list[_Waiting] | None:
-        """The next group: the first enrollment waiting, and what arrives within the window."""
+        """The next group: the first enrollment waiting, and what arrived within the window.
+
+        The lane sleeps through the window and then takes what came, rather than waking for
+        each arrival: one thread switch per group, not one per enrollment.
+        """
         with pool.gathering:
             first = pool.inbox.get()
             if first is None:
                 return None
             group = [first]
-            closes = time.monotonic() + self._window
+            if self._window > 0:
+                time.sleep(self._window)
             while len(group) < self._batch_max:
-                remaining = closes - time.monotonic()
                 try:
-                    if remaining > 0:
-                        item = pool.inbox.get(timeout=remaining)
-                    else:  # the window is over: take only what is already waiting
-                        item = pool.inbox.get_nowait()
+                    item = pool.inbox.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -213,8 +214,10 @@ class Batcher:
             waiting.setdefault(item.request.job_id, []).append(item)
         requests = {job_id: items[0].request for job_id, items in waiting.items()}
         fingerprints = {job_id: request.fingerprint() for job_id, request in requests.items()}
+        answered = _Answers()
         for result in producer.store.job_results(requests, fingerprints).values():
-            _settle_all(waiting.pop(result.job_id), result)
+            answered.add(waiting.pop(result.job_id), result)
+        answered.deliver()
         if not waiting:
             return True
         known = producer.store.known_jobs(waiting)
@@ -228,20 +231,40 @@ class Batcher:
         deadline = min(item.deadline for items in waiting.values() for item in items)
         timeout = max(_SHORTEST_WAIT, deadline - time.monotonic())
         try:
+            # A queue message's jobs are published together, so their answers arrive together:
+            # they are handed to the event loop in one go.
             for result in producer.results(list(waiting), timeout=timeout):
                 items = waiting.pop(result.job_id, None)
                 if items:
-                    _settle_all(items, result)
+                    answered.add(items, result)
         except TimeoutError:
             for job_id, items in waiting.items():
-                _settle_all(items, StillSigning(job_id))
+                answered.add(items, StillSigning(job_id))
             return False
+        finally:
+            answered.deliver()
         return True
 
 
-def _settle_all(items: list[_Waiting], outcome: Outcome) -> None:
-    for item in items:
-        item.settle(outcome)
+class _Answers:
+    """Outcomes gathered in a lane, handed to each event loop in one callback."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiting, Outcome]]] = {}
+
+    def add(self, items: list[_Waiting], outcome: Outcome) -> None:
+        for item in items:
+            self._by_loop.setdefault(item.loop, []).append((item, outcome))
+
+    def deliver(self) -> None:
+        for loop, pairs in self._by_loop.items():
+            loop.call_soon_threadsafe(_set_results, pairs)
+        self._by_loop = {}
+
+
+def _set_results(pairs: list[tuple[_Waiting, Outcome]]) -> None:
+    for item, outcome in pairs:
+        _set_result(item.future, outcome)
 
 
 def _close(producer: Producer | None) -> None:

@@ -93,18 +93,24 @@ class ProvenPasswords:
         self._proved: dict[tuple[str, bytes], float] = {}
         self._lock = threading.Lock()
 
-    def _tag(self, stored: str, password: bytes) -> bytes:
+    def tag(self, stored: str, password: bytes) -> bytes:
+        """What this process remembers of a password: an HMAC under its own random key."""
         # The stored hash is part of the tag: a changed password forgets the old one at once.
         return hmac.new(self._key, stored.encode() + b"\0" + password, hashlib.sha256).digest()
 
-    def check(self, client: str, password: bytes, stored: str) -> bool:
-        """`verify_password`, answered from memory when this password was proved lately."""
-        tag = (client, self._tag(stored, password))
-        now = time.monotonic()
+    def remembered(self, client: str, password: bytes, stored: str) -> bool:
+        """Whether this password was proved lately (cheap: no scrypt)."""
+        tag = (client, self.tag(stored, password))
         with self._lock:
             until = self._proved.get(tag)
-            if until is not None and until > now:
-                return True
+        return until is not None and until > time.monotonic()
+
+    def check(self, client: str, password: bytes, stored: str) -> bool:
+        """`verify_password`, answered from memory when this password was proved lately."""
+        if self.remembered(client, password, stored):
+            return True
+        tag = (client, self.tag(stored, password))
+        now = time.monotonic()
         if not verify_password(password, stored):
             return False
         with self._lock:

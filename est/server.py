@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -306,6 +307,7 @@ async def run_server(
         shutdown_timeout=5.0,
     )
     await runner.setup()
+    gc.freeze()  # what is loaded by now lives as long as the server: the collector skips it
     site = BoundedSite(runner, host, port, context, server.max_connections)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

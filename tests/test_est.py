@@ -189,6 +189,16 @@ def test_the_same_request_again_is_the_same_certificate(est: EstDeployment, tmp_
     assert print_certs(first) == print_certs(again)
 
 
+def test_a_new_csr_for_the_same_key_is_a_new_enrollment(est: EstDeployment, tmp_path: Path) -> None:
+    """ECDSA signatures differ each time: the job covers the whole CSR, never a reused id."""
+    key_path, first = openssl_key_and_csr(tmp_path, "k1", "/CN=same-key@example.com")
+    second = csr_from_key(tmp_path, "k2", key_path, "/CN=same-key@example.com")
+    one = enroll_with_curl(est, first, "--user", basic(est, "fleet"))
+    two = enroll_with_curl(est, second, "--user", basic(est, "fleet"))
+    assert (one.status, two.status) == (200, 200), two.body
+    assert print_certs(one) != print_certs(two)
+
+
 def test_a_label_picks_the_profile(est: EstDeployment, tmp_path: Path) -> None:
     _, body = openssl_key_and_csr(
         tmp_path, "www", "/CN=www.example.com", "-addext", "subjectAltName=DNS:www.example.com"

@@ -287,6 +287,34 @@ def test_bad_credentials_are_refused_with_a_challenge(
     assert caught.value.headers["WWW-Authenticate"].startswith("Basic realm=")
 
 
+def test_concurrent_requests_with_one_password_cost_one_scrypt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import est.passwords
+
+    calls: list[bytes] = []
+    real = est.passwords.verify_password
+
+    def counted(password: bytes, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(est.passwords, "verify_password", counted)
+    policy = Admission(
+        EstSettings(clients={"fleet": ClientEntry(password=hash_password(b"fleet password"))})
+    )
+
+    async def many() -> list[object]:
+        good = [policy.authenticate(basic("fleet", "fleet password"), None) for _ in range(20)]
+        bad = [policy.authenticate(basic("fleet", "guessed wrong"), None) for _ in range(5)]
+        return await asyncio.gather(*good, *bad, return_exceptions=True)
+
+    outcomes = asyncio.run(many())
+    assert all(isinstance(outcome, EstClient) for outcome in outcomes[:20])
+    assert all(isinstance(outcome, EstRefusal) for outcome in outcomes[20:])
+    assert sorted(calls) == [b"fleet password", b"guessed wrong"]
+
+
 def test_a_certificate_from_a_listed_issuer_names_its_client(
     admission: tuple[Admission, Bootstrap],
 ) -> None:
