@@ -28,7 +28,13 @@ from bench.authorities import (
     softhsm_environment,
     softhsm_missing,
 )
-from bench.est_row import DEFAULT_CLIENTS, measure_est, measure_est_latency, running_est
+from bench.est_row import (
+    DEFAULT_CLIENTS,
+    EstFrontEnd,
+    measure_est,
+    measure_est_latency,
+    running_est,
+)
 from bench.inprocess import measure_limit, measure_sign_only
 from bench.machine import describe_machine, load_average
 from bench.peers import (
@@ -274,7 +280,10 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
     signing = load_authority(authority.folder.root) if run.wants(*limit_rows) else None
     casign_rows = (Row.CASIGN_RSA, Row.LATENCY, Row.CASIGN_PRELOADED, Row.WORKER_RSS)
     needed = run.wants(*casign_rows, Row.EST, Row.EST_LATENCY)
-    with service(run, authority, "rsa", workload, work_dir, needed) as casign:
+    with (
+        service(run, authority, "rsa", workload, work_dir, needed) as casign,
+        est_front_end(run, casign, work_dir) as front,
+    ):
         rss_before = casign.pool_rss_kib() if casign else {}
         jobs = 0
         for round_ in range(run.repeat):
@@ -289,10 +298,23 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
                     round_,
                 )
                 jobs += _jobs(outcome)
+            if casign is not None and front is not None:  # interleaved: the ratio's two rows
+                outcome = run.measure(
+                    Row.EST,
+                    functools.partial(
+                        measure_est, front, casign, workload, args.est_clients, f"round{round_}"
+                    ),
+                    round_,
+                )
+                jobs += _jobs(outcome)
         if casign is None:
             return
-        if run.wants(Row.EST, Row.EST_LATENCY):
-            jobs += measure_est_rows(run, casign, workload, work_dir)
+        if front is not None:
+            outcome = run.measure(
+                Row.EST_LATENCY,
+                lambda: measure_est_latency(front, casign, workload, args.latency_jobs, "latency"),
+            )
+            jobs += _jobs(outcome)
         outcome = run.measure(
             Row.LATENCY, lambda: measure_latency(casign, workload, args.latency_jobs, "latency")
         )
@@ -307,37 +329,27 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
             profile_casign(run, casign, workload, args.profile)
 
 
-def measure_est_rows(run: Run, casign: CasignService, workload: Workload, work_dir: Path) -> int:
-    """Rounds of the EST row, then its latency, through one `casign est` on the casign service.
+@contextlib.contextmanager
+def est_front_end(
+    run: Run, casign: CasignService | None, work_dir: Path
+) -> Iterator[EstFrontEnd | None]:
+    """`casign est` on the casign service when an EST row is wanted, else None.
 
-    Returns how many certificates they had the worker sign.
+    Its clients: one per round and one for the latency row, so that each enrolls new jobs.
     """
+    if casign is None or not run.wants(Row.EST, Row.EST_LATENCY):
+        yield None
+        return
     tags = [f"round{round_}" for round_ in range(run.repeat)] + ["latency"]
-    clients = run.args.est_clients
-    run.console.print(f"starting casign est ({clients} clients) ...")
-    jobs = 0
-    try:
-        with running_est(casign, work_dir, tags, clients) as front:
-            for round_ in range(run.repeat):
-                outcome = run.measure(
-                    Row.EST,
-                    functools.partial(
-                        measure_est, front, casign, workload, clients, f"round{round_}"
-                    ),
-                    round_,
-                )
-                jobs += _jobs(outcome)
-            outcome = run.measure(
-                Row.EST_LATENCY,
-                lambda: measure_est_latency(
-                    front, casign, workload, run.args.latency_jobs, "latency"
-                ),
-            )
-            jobs += _jobs(outcome)
-    except BenchError as exc:
-        for row in (Row.EST, Row.EST_LATENCY):
-            run.report.outcomes.setdefault(row, Failed(str(exc)))
-    return jobs
+    run.console.print(f"starting casign est ({run.args.est_clients} clients) ...")
+    with contextlib.ExitStack() as stack:
+        front: EstFrontEnd | None = None
+        try:
+            front = stack.enter_context(running_est(casign, work_dir, tags, run.args.est_clients))
+        except BenchError as exc:
+            for row in (Row.EST, Row.EST_LATENCY):
+                run.report.outcomes[row] = Failed(str(exc))
+        yield front
 
 
 def _preloaded(run: Run, casign: CasignService, workload: Workload) -> Rate:

@@ -51,6 +51,15 @@ def _load_issuers(path: str, client: str) -> list[x509.Certificate]:
     return certificates
 
 
+def _bad_credentials() -> EstRefusal:
+    """The same answer whichever part was wrong: the name, the password, or the header."""
+    return EstRefusal(
+        Code.EST_BAD_CREDENTIALS,
+        "the Basic credentials are not those of a listed client",
+        headers=CHALLENGE,
+    )
+
+
 class PasswordChecks:
     """Proves passwords off the event loop: one scrypt per distinct password however many
     requests carry it at once, and at most `SCRYPT_AT_ONCE` running (32 MiB and tens of
@@ -145,25 +154,20 @@ class Admission:
         )
 
     async def _by_password(self, authorization: str) -> EstClient:
-        refusal = EstRefusal(
-            Code.EST_BAD_CREDENTIALS,
-            "the Basic credentials are not those of a listed client",
-            headers=CHALLENGE,
-        )
         scheme, _, encoded = authorization.partition(" ")
         if scheme.lower() != "basic" or len(encoded) > _MAX_AUTHORIZATION:
-            raise refusal
+            raise _bad_credentials()
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise refusal from None
+            raise _bad_credentials() from None
         user, colon, password = decoded.partition(b":")
         name = user.decode("utf-8", errors="replace")
         entry = self.clients.get(name)
         if not colon or entry is None or entry.password is None:
-            raise refusal
+            raise _bad_credentials()
         if not await self._passwords.check(name, password, entry.password):
-            raise refusal
+            raise _bad_credentials()
         return EstClient(name, entry, "password")
 
     def _by_certificate(self, peer: x509.Certificate) -> str | None:

@@ -126,13 +126,18 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pool(identity).inbox.put(_Waiting(request, deadline, future, loop))
+        # The lane settles at the deadline; this timer, half a second later, covers a lane still
+        # busy with an earlier batch. Whichever comes first answers; the other finds it done.
+        timer = loop.call_later(
+            max(0.0, deadline - time.monotonic()) + 0.5,
+            _set_result,
+            future,
+            StillSigning(request.job_id),
+        )
         try:
-            # The lane settles at the deadline; the margin covers a lane busy with a batch. A
-            # future cancelled here is done, so the lane's later answer is simply dropped.
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + 0.5):
-                return await future
-        except TimeoutError:
-            return StillSigning(request.job_id)
+            return await future
+        finally:
+            timer.cancel()
 
     def _pool(self, identity: Identity) -> _Pool:
         with self._lock:

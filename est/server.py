@@ -245,8 +245,11 @@ class EstService:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise EstRefusal(Code.CSR_TOO_LARGE, f"the request body is over {MAX_BODY_BYTES} bytes")
         try:
-            async with asyncio.timeout(self.settings.server.body_timeout_seconds):
+            if request.content.is_eof():  # all there already, as a small body usually is
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.server.body_timeout_seconds):
+                    body = await request.read()
         except TimeoutError:
             raise EstRefusal(
                 Code.EST_REQUEST_TIMEOUT, "the request body did not arrive in time"
