@@ -9,6 +9,7 @@ COPY casign casign
 COPY core core
 COPY store store
 COPY ocsp ocsp
+COPY est est
 COPY keystore keystore
 COPY worker worker
 COPY producers producers

@@ -97,6 +97,8 @@ def compared(report: Report, row: Row) -> str:
             return _times(r(row, Row.LIMIT_RSA, 2), lambda v: f"{v:.2f} x (2 x limit)")
         case Row.CASIGN_PRELOADED:
             return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x empty index")
+        case Row.EST:
+            return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x Producer.submit_many")
         case Row.CASIGN_P256:
             return _times(r(row, Row.LIMIT_P256, 2), lambda v: f"{v:.2f} x (2 x limit)")
         case Row.CASIGN_SOFTHSM:
@@ -236,6 +238,7 @@ def target_checks(report: Report) -> list[TargetCheck]:
             0.90,
             "",
         ),
+        ("casign EST / Producer.submit_many (issue 12)", Row.EST, Row.CASIGN_RSA, 1, 0.80, ""),
     )
     checks = [
         _check(

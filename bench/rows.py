@@ -26,6 +26,8 @@ class Row(StrEnum):
     WORKER_RSS = "worker RSS"
     OCSP_CACHED = "OCSP answers, pre-signed"
     OCSP_NONCE = "OCSP answers with a nonce"
+    EST = "casign EST"
+    EST_LATENCY = "EST latency"
 
 
 # Processes that sign at once in a row, for its CPU-bound rate (the machine has 2 cores).
@@ -34,6 +36,7 @@ PARALLELISM: dict[Row, int] = {
     Row.CASIGN_PRELOADED: 2,
     Row.CASIGN_P256: 2,
     Row.CASIGN_SOFTHSM: 2,
+    Row.EST: 2,  # the worker's 2 processes; the front-end shares their cores
     Row.RAW_PKCS11_2: 2,
     Row.CFSSL: 2,  # a Go server: its goroutines run on every core
 }
@@ -50,6 +53,7 @@ SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
     "openssl": (Row.OPENSSL_CA,),
     "cfssl": (Row.CFSSL,),
     "ocsp": (Row.OCSP_CACHED, Row.OCSP_NONCE),
+    "est": (Row.EST, Row.EST_LATENCY),
 }
 
 

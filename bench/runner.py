@@ -28,6 +28,13 @@ from bench.authorities import (
     softhsm_environment,
     softhsm_missing,
 )
+from bench.est_row import (
+    DEFAULT_CLIENTS,
+    EstFrontEnd,
+    measure_est,
+    measure_est_latency,
+    running_est,
+)
 from bench.inprocess import measure_limit, measure_sign_only
 from bench.machine import describe_machine, load_average
 from bench.ocsp_rate import measure_ocsp, running_ocsp
@@ -100,6 +107,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--openssl-count", type=int, default=300, help="CSRs for `openssl ca`")
     parser.add_argument("--cfssl-count", type=int, default=3000, help="CSRs for cfssl serve")
     parser.add_argument("--batch-size", type=int, default=250, help="jobs per queue message")
+    parser.add_argument(
+        "--est-clients",
+        type=int,
+        default=DEFAULT_CLIENTS,
+        help="concurrent EST clients of the casign EST row",
+    )
     parser.add_argument("--leaf-key", choices=LEAF_KEY_TYPES, default="rsa2048")
     parser.add_argument(
         "--repeat",
@@ -117,7 +130,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rerun the casign RSA-2048 row under py-spy and write the stacks to DIR",
     )
     args = parser.parse_args(argv)
-    for name in ("count", "latency_jobs", "batch_size", "openssl_count", "cfssl_count", "repeat"):
+    for name in (
+        "count", "latency_jobs", "batch_size", "openssl_count", "cfssl_count", "repeat",
+        "est_clients",
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.preload_index < 0:
@@ -264,8 +280,11 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
     limit_rows = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA)
     signing = load_authority(authority.folder.root) if run.wants(*limit_rows) else None
     casign_rows = (Row.CASIGN_RSA, Row.LATENCY, Row.CASIGN_PRELOADED, Row.WORKER_RSS)
-    needed = run.wants(*casign_rows)
-    with service(run, authority, "rsa", workload, work_dir, needed) as casign:
+    needed = run.wants(*casign_rows, Row.EST, Row.EST_LATENCY)
+    with (
+        service(run, authority, "rsa", workload, work_dir, needed) as casign,
+        est_front_end(run, casign, work_dir) as front,
+    ):
         rss_before = casign.pool_rss_kib() if casign else {}
         jobs = 0
         for round_ in range(run.repeat):
@@ -280,8 +299,23 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
                     round_,
                 )
                 jobs += _jobs(outcome)
+            if casign is not None and front is not None:  # interleaved: the ratio's two rows
+                outcome = run.measure(
+                    Row.EST,
+                    functools.partial(
+                        measure_est, front, casign, workload, args.est_clients, f"round{round_}"
+                    ),
+                    round_,
+                )
+                jobs += _jobs(outcome)
         if casign is None:
             return
+        if front is not None:
+            outcome = run.measure(
+                Row.EST_LATENCY,
+                lambda: measure_est_latency(front, casign, workload, args.latency_jobs, "latency"),
+            )
+            jobs += _jobs(outcome)
         outcome = run.measure(
             Row.LATENCY, lambda: measure_latency(casign, workload, args.latency_jobs, "latency")
         )
@@ -294,6 +328,29 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
         run.measure(Row.WORKER_RSS, lambda: _rss(rss_before, casign.pool_rss_kib(), jobs))
         if args.profile is not None and Row.CASIGN_RSA not in run.skipped:
             profile_casign(run, casign, workload, args.profile)
+
+
+@contextlib.contextmanager
+def est_front_end(
+    run: Run, casign: CasignService | None, work_dir: Path
+) -> Iterator[EstFrontEnd | None]:
+    """`casign est` on the casign service when an EST row is wanted, else None.
+
+    Its clients: one per round and one for the latency row, so that each enrolls new jobs.
+    """
+    if casign is None or not run.wants(Row.EST, Row.EST_LATENCY):
+        yield None
+        return
+    tags = [f"round{round_}" for round_ in range(run.repeat)] + ["latency"]
+    run.console.print(f"starting casign est ({run.args.est_clients} clients) ...")
+    with contextlib.ExitStack() as stack:
+        front: EstFrontEnd | None = None
+        try:
+            front = stack.enter_context(running_est(casign, work_dir, tags, run.args.est_clients))
+        except BenchError as exc:
+            for row in (Row.EST, Row.EST_LATENCY):
+                run.report.outcomes[row] = Failed(str(exc))
+        yield front
 
 
 def _preloaded(run: Run, casign: CasignService, workload: Workload) -> Rate:

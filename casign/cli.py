@@ -358,11 +358,12 @@ def audit_show(ca: Path | None, store: str | None, last: int) -> None:
 
 
 def _register_other_commands() -> None:
+    from casign.cli_est import est
     from casign.cli_lifecycle import COMMANDS as LIFECYCLE_COMMANDS
     from casign.cli_producer import request, status, submit
     from casign.demo import demo
 
-    for command in (submit, request, status, demo, *LIFECYCLE_COMMANDS):
+    for command in (submit, request, status, demo, est, *LIFECYCLE_COMMANDS):
         main.add_command(command)
 
 

@@ -42,6 +42,22 @@ class RefusalCode(StrEnum):
     REVOKE_ALREADY_REVOKED = "revoke.already_revoked"
     REVOKE_BAD_REASON = "revoke.bad_reason"
     REVOKE_MALFORMED = "revoke.malformed"
+    # The EST front-end's own refusals (RFC 7030); the CSR's go through the codes above.
+    EST_CONTENT_TYPE = "est.content_type"
+    EST_NOT_BASE64 = "est.not_base64"
+    EST_UNKNOWN_LABEL = "est.unknown_label"
+    EST_UNKNOWN_OPERATION = "est.unknown_operation"
+    EST_METHOD_NOT_ALLOWED = "est.method_not_allowed"
+    EST_UNAUTHENTICATED = "est.unauthenticated"
+    EST_BAD_CREDENTIALS = "est.bad_credentials"
+    EST_CERTIFICATE_REQUIRED = "est.certificate_required"
+    EST_CERTIFICATE_UNKNOWN = "est.certificate_unknown"
+    EST_CERTIFICATE_REVOKED = "est.certificate_revoked"
+    EST_SUBJECT_MISMATCH = "est.subject_mismatch"
+    EST_SAN_MISMATCH = "est.san_mismatch"
+    EST_REQUEST_TIMEOUT = "est.request_timeout"
+    EST_UNAVAILABLE = "est.unavailable"
+    EST_INTERNAL_ERROR = "est.internal_error"
 
 
 class SigningError(Exception):

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import grimp
 
-PACKAGES = ("casign", "core", "store", "ocsp", "keystore", "worker", "producers")
+PACKAGES = ("casign", "core", "store", "ocsp", "est", "keystore", "worker", "producers")
 
 
 def _import_graph() -> dict[str, set[str]]:

@@ -1,0 +1,145 @@
+"""EST's bodies (RFC 7030 4, as clarified by RFC 8951): base64 DER in, base64 DER out.
+
+Requests carry a base64 PKCS#10 CSR; certificates go back as a base64 certs-only CMS
+SignedData (PKCS#7); serverkeygen answers multipart/mixed with the PKCS#8 key first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from core.errors import RefusalCode as Code
+from est.refusals import EstRefusal
+
+PKCS10_TYPE = "application/pkcs10"
+CERTS_ONLY_TYPE = "application/pkcs7-mime; smime-type=certs-only"
+CSRATTRS_TYPE = "application/csrattrs"
+PKCS8_TYPE = "application/pkcs8"
+# The policy's own limit on a CSR (64 KiB DER) as base64, with line breaks and some slack.
+MAX_CSR_DER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 96 * 1024
+_LINE = 64
+_WHITESPACE = b" \t\r\n"
+
+
+def check_content_type(content_type: str) -> None:
+    """RFC 7030 4.2.1: a CSR is sent as `application/pkcs10`; parameters are ignored."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != PKCS10_TYPE:
+        raise EstRefusal(
+            Code.EST_CONTENT_TYPE,
+            f"the Content-Type is {media or 'missing'!s}; a CSR is sent as {PKCS10_TYPE}",
+        )
+
+
+def decode_base64(body: bytes) -> bytes:
+    """The DER under a base64 body; line breaks and spaces are allowed (RFC 8951 3)."""
+    compact = body.translate(None, _WHITESPACE)
+    if not compact:
+        raise EstRefusal(Code.EST_NOT_BASE64, "the request body is empty; send a base64 CSR")
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise EstRefusal(
+            Code.EST_NOT_BASE64, "the request body is not base64 (RFC 7030 4.2.1)"
+        ) from None
+    if len(der) > MAX_CSR_DER_BYTES:
+        raise EstRefusal(
+            Code.CSR_TOO_LARGE,
+            f"the CSR is {len(der)} bytes; at most {MAX_CSR_DER_BYTES} are accepted",
+        )
+    return der
+
+
+def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
+    """A PKCS#10 CSR from DER, or `csr.malformed`; its subject and extensions are read here."""
+    try:
+        csr = x509.load_der_x509_csr(der)
+        _ = (csr.subject, csr.extensions, csr.public_key())
+    except Exception:  # ValueError, or an unsupported key or attribute the parser names
+        raise EstRefusal(Code.CSR_MALFORMED, "the body's DER is not a PKCS#10 CSR") from None
+    return csr
+
+
+def csr_to_pem(csr: x509.CertificateSigningRequest) -> str:
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def wrap_base64(der: bytes) -> bytes:
+    """Base64 in lines of 64 characters ended by LF (which `base64 -d` reads; CR it refuses)."""
+    text = base64.b64encode(der)
+    return b"".join(text[i : i + _LINE] + b"\n" for i in range(0, len(text), _LINE))
+
+
+def certs_only(certificates: Sequence[x509.Certificate]) -> bytes:
+    """A base64 certs-only PKCS#7 (RFC 7030 4.1.3, 4.2.3) holding `certificates`."""
+    return wrap_base64(pkcs7.serialize_certificates(list(certificates), serialization.Encoding.DER))
+
+
+def load_certs_only(body: bytes) -> list[x509.Certificate]:
+    """The certificates in a base64 certs-only PKCS#7 (what an EST client reads)."""
+    try:
+        return pkcs7.load_der_pkcs7_certificates(decode_base64(body))
+    except EstRefusal as exc:
+        raise ValueError(f"the answer is not base64 ({exc.code})") from None
+
+
+def private_key_pkcs8(key: PrivateKeyTypes) -> bytes:
+    """The key as unencrypted PKCS#8 DER (RFC 7030 4.4.2: protected by TLS alone)."""
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def serverkeygen_body(key_der: bytes, certificate: x509.Certificate) -> tuple[bytes, str]:
+    """(body, Content-Type) of a serverkeygen answer: multipart/mixed, the key part first."""
+    boundary = f"est-{secrets.token_hex(12)}"
+    parts = [
+        (PKCS8_TYPE, wrap_base64(key_der)),
+        (CERTS_ONLY_TYPE, certs_only([certificate])),
+    ]
+    # RFC 2046 5.1.1: each delimiter is CRLF "--" boundary, the CRLF belonging to it.
+    body = b""
+    for content_type, payload in parts:
+        body += (
+            (
+                f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+            ).encode("ascii")
+            + payload.rstrip(b"\n")
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode("ascii")
+    return body, f"multipart/mixed; boundary={boundary}"
+
+
+def split_serverkeygen(body: bytes, content_type: str) -> tuple[bytes, list[x509.Certificate]]:
+    """(PKCS#8 DER, certificates) from a serverkeygen answer; ValueError when it is not one."""
+    marker = "boundary="
+    if marker not in content_type:
+        raise ValueError("the serverkeygen answer names no multipart boundary")
+    boundary = content_type.split(marker, 1)[1].split(";", 1)[0].strip().strip('"').encode()
+    key_der: bytes | None = None
+    certificates: list[x509.Certificate] = []
+    for part in body.split(b"--" + boundary)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, payload = part.partition(b"\r\n\r\n")
+        kind = head.lower()
+        if PKCS8_TYPE.encode() in kind:
+            key_der = decode_base64(payload)
+        elif b"application/pkcs7-mime" in kind:
+            certificates = load_certs_only(payload)
+    if key_der is None or not certificates:
+        raise ValueError("the serverkeygen answer lacks its key or its certificate")
+    return key_der, certificates

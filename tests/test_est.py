@@ -1,0 +1,560 @@
+"""EST end to end, with clients nobody here wrote: `curl` enrolls, `openssl` reads and verifies
+what comes back, Python's `ssl` does a mutual-TLS handshake with an issued certificate.
+
+One deployment serves the module: a real `casign worker` (its CA's producers.toml lists the
+EST front-end's producer), `casign est` started as a process, and its clients added with
+`casign est client add`.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import http.client
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from core.errors import RefusalCode
+from core.index import format_serial
+from tests.est_service import (
+    PRODUCER,
+    SERVER_NAME,
+    Bootstrap,
+    CurlAnswer,
+    EstDeployment,
+    add_password_client,
+    basic,
+    csr_der,
+    issue_server_certificate,
+    make_deployment,
+    running,
+)
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = """\
+default_label = "usr_cert"
+labels = ["usr_cert", "server_cert"]
+wait_seconds = 60
+"""
+
+
+@pytest.fixture(scope="module")
+def est(
+    tmp_path_factory: pytest.TempPathFactory, broker_url: str, redis_url: str
+) -> Iterator[EstDeployment]:
+    deployment = make_deployment(tmp_path_factory.mktemp("est"), broker_url, redis_url, SETTINGS)
+    yield from running(_configured(deployment))
+
+
+def _configured(deployment: EstDeployment) -> EstDeployment:
+    issue_server_certificate(deployment)
+    add_password_client(deployment, "fleet")
+    add_password_client(deployment, "servers-only", "--label", "server_cert")
+    add_password_client(deployment, "limited", "--rate", "0.01", "--burst", "1")
+    factory = Bootstrap.make(deployment.directory / "factory", "factory")
+    deployment.casign(
+        "est", "client", "add", "factory", "--ca", str(deployment.ca),
+        "--issuer", str(factory.ca_path), "--producer", PRODUCER,
+        "--secret", deployment.env["CASIGN_PRODUCER_SECRET"],
+    )  # fmt: skip
+    deployment.start_server()
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def factory(est: EstDeployment) -> Bootstrap:
+    directory = est.directory / "factory"
+    return Bootstrap(
+        directory / "factory-ca.pem",
+        directory / "factory-device.pem",
+        directory / "factory-device.key",
+    )
+
+
+# --- openssl, as a device runs it ------------------------------------------------------------
+
+
+def openssl(*args: str, data: bytes | None = None) -> bytes:
+    done = subprocess.run(
+        ["openssl", *args], input=data, capture_output=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
+def openssl_key_and_csr(directory: Path, name: str, subject: str, *extra: str) -> tuple[Path, Path]:
+    """`openssl req -new -newkey ec` with a base64 DER CSR, as an EST device sends it."""
+    key_path, der_path = directory / f"{name}.key", directory / f"{name}.csr.der"
+    openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(key_path), "-subj", subject, "-outform", "DER", "-out", str(der_path),
+        *extra,
+    )  # fmt: skip
+    return key_path, base64_file(der_path)
+
+
+def csr_from_key(directory: Path, name: str, key_path: Path, subject: str, *extra: str) -> Path:
+    der_path = directory / f"{name}.csr.der"
+    openssl(
+        "req", "-new", "-key", str(key_path), "-subj", subject, "-outform", "DER",
+        "-out", str(der_path), *extra,
+    )  # fmt: skip
+    return base64_file(der_path)
+
+
+def base64_file(der_path: Path) -> Path:
+    b64_path = der_path.with_suffix(".b64")
+    b64_path.write_bytes(openssl("base64", "-in", str(der_path)))
+    return b64_path
+
+
+def print_certs(answer: CurlAnswer) -> bytes:
+    """`base64 -d | openssl pkcs7 -inform DER -print_certs` on a certs-only answer."""
+    assert answer.status == 200, (answer.status, answer.body)
+    assert answer.headers["content-type"].startswith("application/pkcs7-mime")
+    return openssl("pkcs7", "-inform", "DER", "-print_certs", data=answer.der())
+
+
+def verify(est: EstDeployment, pem: bytes, directory: Path, name: str) -> x509.Certificate:
+    """`openssl verify -CAfile ca-chain.cert.pem` on the issued certificate."""
+    path = directory / f"{name}.cert.pem"
+    path.write_bytes(pem)
+    assert openssl("verify", "-CAfile", str(est.trust_path), str(path)).strip().endswith(b"OK")
+    return x509.load_pem_x509_certificates(pem)[0]
+
+
+def enroll_with_curl(
+    est: EstDeployment,
+    body_path: Path,
+    *auth: str,
+    operation: str = "simpleenroll",
+    label: str | None = None,
+) -> CurlAnswer:
+    return est.curl(
+        *auth, "-H", "Content-Type: application/pkcs10", "--data-binary", f"@{body_path}",
+        est.endpoint(operation, label),
+    )  # fmt: skip
+
+
+# --- the operations --------------------------------------------------------------------------
+
+
+def test_cacerts_is_the_chain_as_certs_only_pkcs7(est: EstDeployment) -> None:
+    answer = est.curl(est.endpoint("cacerts"))
+    printed = print_certs(answer)
+    served = x509.load_pem_x509_certificates(printed)
+    assert sorted(c.subject.rfc4514_string() for c in served) == [
+        "CN=Alice Ltd Intermediate CA,O=Alice Ltd,C=GB",
+        "CN=Alice Ltd Root CA,O=Alice Ltd,C=GB",
+    ]
+    assert set(served) == set(x509.load_pem_x509_certificates(est.trust_path.read_bytes()))
+    assert print_certs(est.curl(est.endpoint("cacerts", "server_cert"))) == printed
+
+
+def test_simpleenroll_with_curl_and_basic_then_openssl_verify(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    key_path, body = openssl_key_and_csr(tmp_path, "alice", "/CN=alice@example.com")
+    answer = enroll_with_curl(est, body, "--user", basic(est, "fleet"))
+    certificate = verify(est, print_certs(answer), tmp_path, "alice")
+    assert certificate.subject.rfc4514_string() == "CN=alice@example.com"
+    assert openssl(
+        "pkey", "-in", str(key_path), "-pubout"
+    ) == certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usage  # usr_cert, the default label
+    # The job carries the EST client's name: the audit log and re-enrollment read it back.
+    serial = format_serial(certificate.serial_number)
+    assert est.store.client.hget(est.store.key("serials"), serial).startswith("est:fleet:")
+
+
+def test_the_same_request_again_is_the_same_certificate(est: EstDeployment, tmp_path: Path) -> None:
+    _, body = openssl_key_and_csr(tmp_path, "twice", "/CN=twice@example.com")
+    first = enroll_with_curl(est, body, "--user", basic(est, "fleet"))
+    again = enroll_with_curl(est, body, "--user", basic(est, "fleet"))
+    assert print_certs(first) == print_certs(again)
+
+
+def test_a_new_csr_for_the_same_key_is_a_new_enrollment(est: EstDeployment, tmp_path: Path) -> None:
+    """ECDSA signatures differ each time: the job covers the whole CSR, never a reused id."""
+    key_path, first = openssl_key_and_csr(tmp_path, "k1", "/CN=same-key@example.com")
+    second = csr_from_key(tmp_path, "k2", key_path, "/CN=same-key@example.com")
+    one = enroll_with_curl(est, first, "--user", basic(est, "fleet"))
+    two = enroll_with_curl(est, second, "--user", basic(est, "fleet"))
+    assert (one.status, two.status) == (200, 200), two.body
+    assert print_certs(one) != print_certs(two)
+
+
+def test_a_label_picks_the_profile(est: EstDeployment, tmp_path: Path) -> None:
+    _, body = openssl_key_and_csr(
+        tmp_path, "www", "/CN=www.example.com", "-addext", "subjectAltName=DNS:www.example.com"
+    )
+    answer = enroll_with_curl(est, body, "--user", basic(est, "fleet"), label="server_cert")
+    certificate = verify(est, print_certs(answer), tmp_path, "www")
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_simpleenroll_with_a_bootstrap_certificate(
+    est: EstDeployment, factory: Bootstrap, tmp_path: Path
+) -> None:
+    _, body = openssl_key_and_csr(tmp_path, "device", "/CN=factory-device-0001")
+    answer = enroll_with_curl(
+        est, body, "--cert", str(factory.cert_path), "--key", str(factory.key_path)
+    )
+    certificate = verify(est, print_certs(answer), tmp_path, "device")
+    assert certificate.subject.rfc4514_string() == "CN=factory-device-0001"
+
+
+def test_a_certificate_from_an_unlisted_ca_fails_the_handshake_and_others_go_on(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    stranger = Bootstrap.make(tmp_path / "stranger", "stranger")
+    _, body = openssl_key_and_csr(tmp_path, "stranger", "/CN=stranger-device-0001")
+    refused = enroll_with_curl(
+        est, body, "--cert", str(stranger.cert_path), "--key", str(stranger.key_path)
+    )
+    assert refused.exit_code != 0 and refused.status == 0  # TLS alert: unknown CA
+    _, body = openssl_key_and_csr(tmp_path, "after", "/CN=after@example.com")
+    assert enroll_with_curl(est, body, "--user", basic(est, "fleet")).status == 200
+
+
+def enroll_key(est: EstDeployment, directory: Path, common_name: str) -> tuple[Path, Path]:
+    """Enroll over EST with curl; the key and certificate files (certificate + chain)."""
+    key_path, body = openssl_key_and_csr(directory, common_name, f"/CN={common_name}")
+    pem = print_certs(enroll_with_curl(est, body, "--user", basic(est, "fleet")))
+    cert_path = directory / f"{common_name}.pem"
+    cert_path.write_bytes(pem)
+    return key_path, cert_path
+
+
+def test_simplereenroll_with_the_current_certificate(est: EstDeployment, tmp_path: Path) -> None:
+    key_path, cert_path = enroll_key(est, tmp_path, "renew@example.com")
+    current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    new_key, body = openssl_key_and_csr(tmp_path, "renewed", "/CN=renew@example.com")
+    answer = enroll_with_curl(
+        est, body, "--cert", str(cert_path), "--key", str(key_path), operation="simplereenroll"
+    )
+    successor = verify(est, print_certs(answer), tmp_path, "renewed")
+    assert successor.subject == current.subject
+    assert successor.serial_number != current.serial_number
+    assert openssl("pkey", "-in", str(new_key), "-pubout") == successor.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )  # rekeyed: the new CSR's key
+    # The same key may be kept (renewal rather than rekey).
+    same_key = csr_from_key(tmp_path, "same", key_path, "/CN=renew@example.com")
+    kept = enroll_with_curl(
+        est, same_key, "--cert", str(cert_path), "--key", str(key_path), operation="simplereenroll"
+    )
+    assert verify(est, print_certs(kept), tmp_path, "kept").public_key() == current.public_key()
+
+
+def test_simplereenroll_refusals(est: EstDeployment, factory: Bootstrap, tmp_path: Path) -> None:
+    key_path, cert_path = enroll_key(est, tmp_path, "holder@example.com")
+    holder = ("--cert", str(cert_path), "--key", str(key_path))
+    other = csr_from_key(tmp_path, "other", key_path, "/CN=mallory@example.com")
+    named = csr_from_key(
+        tmp_path, "named", key_path, "/CN=holder@example.com",
+        "-addext", "subjectAltName=email:holder@example.com",
+    )  # fmt: skip
+    same = csr_from_key(tmp_path, "same", key_path, "/CN=holder@example.com")
+    cases = {
+        "another subject": (enroll_with_curl(est, other, *holder, operation="simplereenroll"), 400, RefusalCode.EST_SUBJECT_MISMATCH),
+        "a name added": (enroll_with_curl(est, named, *holder, operation="simplereenroll"), 400, RefusalCode.EST_SAN_MISMATCH),
+        "no certificate": (enroll_with_curl(est, same, "--user", basic(est, "fleet"), operation="simplereenroll"), 403, RefusalCode.EST_CERTIFICATE_REQUIRED),
+        "not casign's": (enroll_with_curl(est, same, "--cert", str(factory.cert_path), "--key", str(factory.key_path), operation="simplereenroll"), 403, RefusalCode.EST_CERTIFICATE_REQUIRED),
+    }  # fmt: skip
+    assert {name: (a.status, a.code) for name, (a, _, _) in cases.items()} == {
+        name: (status, code) for name, (_, status, code) in cases.items()
+    }
+
+
+def test_a_revoked_certificate_cannot_reenroll(est: EstDeployment, tmp_path: Path) -> None:
+    key_path, cert_path = enroll_key(est, tmp_path, "revoked@example.com")
+    serial = format_serial(x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number)
+    est.casign("revoke", serial, "--reason", "keyCompromise")
+    body = csr_from_key(tmp_path, "again", key_path, "/CN=revoked@example.com")
+    answer = enroll_with_curl(
+        est, body, "--cert", str(cert_path), "--key", str(key_path), operation="simplereenroll"
+    )
+    assert (answer.status, answer.code) == (403, RefusalCode.EST_CERTIFICATE_REVOKED)
+
+
+def test_csrattrs_with_curl_and_openssl_asn1parse(est: EstDeployment) -> None:
+    answer = est.curl(est.endpoint("csrattrs", "server_cert"))
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/csrattrs"
+    parsed = openssl("asn1parse", "-inform", "DER", data=answer.der()).decode()
+    for name in ("commonName", "rsaEncryption", "id-ecPublicKey", "prime256v1", "ED25519"):
+        assert name in parsed
+    assert "X509v3 Subject Alternative Name" in parsed
+    assert est.curl(est.endpoint("csrattrs")).status == 200
+
+
+def test_serverkeygen_returns_a_key_and_its_certificate_and_keeps_no_key(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    _, body = openssl_key_and_csr(tmp_path, "keygen", "/CN=keygen@example.com")
+    answer = enroll_with_curl(est, body, "--user", basic(est, "fleet"), operation="serverkeygen")
+    assert answer.status == 200, answer.body
+    message = email.message_from_bytes(
+        b"Content-Type: " + answer.headers["content-type"].encode() + b"\r\n\r\n" + answer.body
+    )
+    parts = message.get_payload()
+    assert isinstance(parts, list) and len(parts) == 2
+    key_der = parts[0].get_payload(decode=True)
+    assert parts[0].get_content_type() == "application/pkcs8"
+    key_text = openssl("pkey", "-inform", "DER", "-pubout", data=key_der)
+    pem = openssl("pkcs7", "-inform", "DER", "-print_certs", data=parts[1].get_payload(decode=True))
+    certificate = verify(est, pem, tmp_path, "keygen")
+    assert certificate.subject.rfc4514_string() == "CN=keygen@example.com"
+    assert key_text == certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # The key is in no value of the store: not as PEM or base64 DER, not as its scalar in hex.
+    scalar = serialization.load_der_private_key(key_der, None).private_numbers().private_value  # type: ignore[union-attr]
+    markers = ("PRIVATE KEY", base64.b64encode(key_der[:48]).decode(), f"{scalar:x}")
+    for key in est.store.client.scan_iter(match=f"{est.store.prefix}*", count=1000):
+        kind = est.store.client.type(key)
+        values = (
+            est.store.client.hvals(key) if kind == "hash"
+            else est.store.client.lrange(key, 0, -1) if kind == "list"
+            else [est.store.client.get(key)] if kind == "string" else []
+        )  # fmt: skip
+        assert not any(marker in str(value) for value in values for marker in markers), key
+
+
+# --- Python's ssl, a mutual-TLS handshake with an issued certificate ------------------------
+
+
+def test_python_ssl_mutual_tls_with_an_issued_certificate(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    key_path, cert_path = enroll_key(est, tmp_path, "mtls@example.com")
+    context = ssl.create_default_context(cafile=str(est.trust_path))
+    context.load_cert_chain(cert_path, key_path)
+    host, port = est.url.removeprefix("https://").rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        peer = tls.getpeercert()
+        assert ("DNS", SERVER_NAME) in peer["subjectAltName"]
+        assert ("IP Address", "127.0.0.1") in peer["subjectAltName"]
+        body = base64.b64encode(
+            csr_der("mtls@example.com", key=ec.generate_private_key(ec.SECP256R1()))
+        )
+        tls.sendall(
+            b"POST /.well-known/est/simplereenroll HTTP/1.1\r\nHost: " + SERVER_NAME.encode()
+            + b"\r\nContent-Type: application/pkcs10\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )  # fmt: skip
+        response = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        response.begin()
+        answer = response.read()
+    assert response.status == 200, answer  # the server saw and accepted our certificate
+    assert response.getheader("Content-Type", "").startswith("application/pkcs7-mime")
+
+
+def test_tls_below_1_2_is_refused(est: EstDeployment) -> None:
+    done = subprocess.run(
+        ["curl", "--silent", "--cacert", str(est.trust_path), "--tlsv1.0", "--tls-max", "1.1",
+         est.endpoint("cacerts")],
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+
+
+# --- bad input: a 4xx with a stable reason, while others are served -------------------------
+
+
+def bad_requests(
+    est: EstDeployment, directory: Path
+) -> dict[str, tuple[Callable[[], CurlAnswer], int, str]]:
+    _, good = openssl_key_and_csr(directory, "probe", "/CN=probe@example.com")
+    not_base64 = directory / "not-base64"
+    not_base64.write_bytes(b"this is not base64 at all!\n")
+    not_csr = directory / "not-csr"
+    not_csr.write_bytes(base64.b64encode(b"\x30\x03\x02\x01\x01"))
+    large = directory / "large"
+    large.write_bytes(base64.b64encode(b"\x00" * 100_000))
+    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak = directory / "weak"
+    weak.write_bytes(base64.b64encode(csr_der("weak@example.com", key=weak_key)))  # type: ignore[arg-type]
+    fleet = ("--user", basic(est, "fleet"))
+
+    def post(
+        path: Path, *args: str, label: str | None = None, content_type: str = "application/pkcs10"
+    ) -> Callable[[], CurlAnswer]:
+        return lambda: est.curl(
+            *args, "-H", f"Content-Type: {content_type}", "--data-binary", f"@{path}",
+            est.endpoint("simpleenroll", label),
+        )  # fmt: skip
+
+    return {
+        "not base64": (post(not_base64, *fleet), 400, RefusalCode.EST_NOT_BASE64),
+        "not a CSR": (post(not_csr, *fleet), 400, RefusalCode.CSR_MALFORMED),
+        "too large": (post(large, *fleet), 413, RefusalCode.CSR_TOO_LARGE),
+        "wrong content type": (post(good, *fleet, content_type="text/plain"), 415, RefusalCode.EST_CONTENT_TYPE),
+        "unknown label": (post(good, *fleet, label="nosuch"), 404, RefusalCode.EST_UNKNOWN_LABEL),
+        "unknown operation": (lambda: est.curl(est.endpoint("fullcmc")), 404, RefusalCode.EST_UNKNOWN_OPERATION),
+        "wrong method": (lambda: est.curl("-X", "POST", est.endpoint("cacerts")), 405, RefusalCode.EST_METHOD_NOT_ALLOWED),
+        "unauthenticated": (post(good), 401, RefusalCode.EST_UNAUTHENTICATED),
+        "wrong password": (post(good, "--user", "fleet:not-the-password"), 401, RefusalCode.EST_BAD_CREDENTIALS),
+        "label not allowed": (post(good, "--user", basic(est, "servers-only")), 403, RefusalCode.AUTH_PROFILE_NOT_ALLOWED),
+        "refused by policy": (post(weak, *fleet), 400, RefusalCode.KEY_RSA_TOO_SMALL),
+        "name not allowed": (post(base64_file(_der(directory, "evil", "eve@evil.test")), *fleet), 403, RefusalCode.AUTH_NAME_NOT_ALLOWED),
+    }  # fmt: skip
+
+
+def _der(directory: Path, name: str, common_name: str) -> Path:
+    path = directory / f"{name}.der"
+    path.write_bytes(csr_der(common_name))
+    return path
+
+
+def test_bad_input_gets_a_stable_reason_while_others_enroll(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    cases = bad_requests(est, tmp_path)
+    goods = [
+        openssl_key_and_csr(tmp_path, f"good{index}", f"/CN=good{index}@example.com")[1]
+        for index in range(6)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bad = {name: pool.submit(call) for name, (call, _, _) in cases.items()}
+        good = [
+            pool.submit(enroll_with_curl, est, body, "--user", basic(est, "fleet"))
+            for body in goods
+        ]
+        answers = {name: future.result() for name, future in bad.items()}
+        enrolled = [future.result() for future in good]
+    assert {name: (a.status, a.code) for name, a in answers.items()} == {
+        name: (status, code) for name, (_, status, code) in cases.items()
+    }
+    for answer in answers.values():
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert b"Traceback" not in answer.body
+    assert answers["unauthenticated"].headers["www-authenticate"].startswith("Basic realm=")
+    assert all(answer.status == 200 for answer in enrolled)
+    assert "Traceback" not in est.server_log.read_text()
+
+
+def test_a_client_over_its_rate_is_told_when_to_retry(est: EstDeployment, tmp_path: Path) -> None:
+    _, first = openssl_key_and_csr(tmp_path, "rate1", "/CN=rate1@example.com")
+    _, second = openssl_key_and_csr(tmp_path, "rate2", "/CN=rate2@example.com")
+    assert enroll_with_curl(est, first, "--user", basic(est, "limited")).status == 200
+    limited = enroll_with_curl(est, second, "--user", basic(est, "limited"))
+    assert (limited.status, limited.code) == (429, RefusalCode.AUTH_RATE_LIMITED)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert enroll_with_curl(est, second, "--user", basic(est, "fleet")).status == 200
+
+
+# --- casign est enroll | reenroll | cacerts ---------------------------------------------------
+
+
+def test_the_casign_est_client_enrolls_renews_and_fetches_the_chain(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    server = ("--server", est.url, "--cacert", str(est.trust_path))
+    fleet = ("--user", "fleet", "--password-file", str(est.passwords["fleet"]))
+    out = tmp_path / "out"
+    est.casign("est", "enroll", *server, *fleet, "--cn", "carol@example.com", "--out", str(out))
+    key_path, cert_path = out / "carol@example.com.key.pem", out / "carol@example.com.cert.pem"
+    chain_path = out / "ca-chain.cert.pem"
+    assert key_path.stat().st_mode & 0o777 == 0o400
+    assert openssl("verify", "-CAfile", str(chain_path), str(cert_path)).strip().endswith(b"OK")
+    chain = x509.load_pem_x509_certificates(chain_path.read_bytes())
+    assert [c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value for c in chain] == [
+        "Alice Ltd Intermediate CA",
+        "Alice Ltd Root CA",
+    ]
+    renewed = tmp_path / "renewed"
+    est.casign(
+        "est", "reenroll", *server, "--cert", str(cert_path), "--key", str(key_path),
+        "--out", str(renewed),
+    )  # fmt: skip
+    successor = x509.load_pem_x509_certificate(
+        (renewed / "carol@example.com.cert.pem").read_bytes()
+    )
+    first = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert successor.subject == first.subject and successor.serial_number != first.serial_number
+    keygen = tmp_path / "keygen"
+    est.casign(
+        "est", "enroll", *server, *fleet, "--cn", "dave@example.com", "--serverkeygen",
+        "--out", str(keygen),
+    )  # fmt: skip
+    made = serialization.load_pem_private_key(
+        (keygen / "dave@example.com.key.pem").read_bytes(), password=None
+    )
+    issued = x509.load_pem_x509_certificate((keygen / "dave@example.com.cert.pem").read_bytes())
+    assert made.public_key() == issued.public_key()
+    printed = est.casign("est", "cacerts", *server).stdout
+    assert x509.load_pem_x509_certificates(printed.encode()) == chain
+    refused = est.casign(
+        "est", "enroll", *server, "--user", "fleet", "--password-file", str(est.passwords["limited"]),
+        "--cn", "eve@example.com", "--out", str(tmp_path / "eve"), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 3
+    assert "refused [est.bad_credentials]" in refused.stderr
+
+
+def test_a_factory_device_enrolls_with_the_casign_client(
+    est: EstDeployment, factory: Bootstrap, tmp_path: Path
+) -> None:
+    done = est.casign(
+        "est", "enroll", "--server", est.url, "--cacert", str(est.trust_path),
+        "--cert", str(factory.cert_path), "--key", str(factory.key_path),
+        "--cn", "factory-device-0001", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert "certificate:" in done.stdout
+    issued = x509.load_pem_x509_certificate(
+        (tmp_path / "factory-device-0001.cert.pem").read_bytes()
+    )
+    assert issued.issuer.rfc4514_string() == "CN=Alice Ltd Intermediate CA,O=Alice Ltd,C=GB"
+
+
+def test_many_concurrent_enrollments_are_all_answered(est: EstDeployment) -> None:
+    """32 clients on 32 connections send at the same moment; each gets its certificate."""
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(32)]
+    bodies = [
+        base64.b64encode(csr_der(f"bulk{index}@example.com", key=key))
+        for index, key in enumerate(keys)
+    ]
+    host, port = est.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(est.trust_path))
+    credentials = base64.b64encode(basic(est, "fleet").encode()).decode()
+    barrier = threading.Barrier(len(bodies))
+
+    def enroll(body: bytes) -> int:
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=60)
+        connection.connect()
+        barrier.wait()
+        connection.request(
+            "POST", "/.well-known/est/simpleenroll", body=body,
+            headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {credentials}"},
+        )  # fmt: skip
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    before = est.store.count_issued()
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        statuses = list(pool.map(enroll, bodies))
+    assert statuses == [200] * len(bodies)
+    assert est.store.count_issued() - before == len(bodies)
