@@ -47,13 +47,33 @@ class SignRequest(_Message):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+ProducerName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+]
+
+
+class Envelope(_Message):
+    """Who sealed a message, for which CA and queue, until when, and its one-time nonce.
+
+    The HMAC in `signature` covers every field here, the message kind, the reply list and the
+    payload (core.auth).
+    """
+
+    producer: ProducerName
+    ca: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    queue: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    issued_at: Annotated[int, Field(ge=0, lt=2**40)]
+    expires_at: Annotated[int, Field(ge=0, lt=2**40)]
+    nonce: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    signature: Annotated[str, StringConstraints(max_length=128)]
+
+
 class SignBatch(_Message):
     """One queue message: many jobs, and where to push their results."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
-    producer: Annotated[str, StringConstraints(max_length=64)] | None = None
-    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # core.auth
+    envelope: Envelope | None = None  # none: an unsealed batch, served only by an open signer
     # Each job is validated on its own so one malformed job cannot sink its neighbours.
     jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
 
@@ -96,20 +116,17 @@ Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 class RevokeRequest(_Message):
     """One `casign.revoke` task: which serial, why, who asks and where to answer."""
 
-    schema_version: Literal[1] = 1
-    request_id: Annotated[
-        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")
-    ]
+    schema_version: Literal[2] = 2
+    request_id: JobId
     serial: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "unspecified"
     requester: Text128 | None = None
     reply_to: Text128 | None = None
-    producer: Annotated[str, StringConstraints(max_length=64)] | None = None
-    signature: Annotated[str, StringConstraints(max_length=128)] | None = None  # core.auth
+    envelope: Envelope | None = None
 
-    def signed_content(self) -> list[object]:
-        """What the producer's HMAC covers (with its name and reply_to, as for a batch)."""
-        return [self.model_dump(exclude={"producer", "signature"})]
+    def sealed_payload(self) -> dict[str, object]:
+        """What the producer's envelope covers besides itself: the whole request."""
+        return self.model_dump(exclude={"envelope"})
 
 
 class RevocationResult(_Message):

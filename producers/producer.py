@@ -13,10 +13,13 @@ from types import TracebackType
 
 from celery import Celery
 
-from core.auth import read_secret, sign_batch
+from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, read_secret, seal
+from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
+from store.envelopes import EnvelopeLedger
+from store.identity import CAIdentityRecord
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 
@@ -44,8 +47,14 @@ class Producer:
         identity: str | None = None,
         secret_source: str | None = None,
         resend_after: float = DEFAULT_RESEND_SECONDS,
+        ca_identity: str | None = None,
+        envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
     ) -> None:
-        """`identity` and `secret_source` (`file:PATH` or `env:VAR`) sign every batch (HMAC).
+        """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
+
+        A sealed message names the CA it is for (`ca_identity`, `casign ca-id` prints it;
+        by default the identity the CA's signer recorded in the store) and expires after
+        `envelope_seconds` (at most the producer's `envelope_seconds` in producers.toml).
 
         Jobs no worker has recorded after `resend_after` seconds without any answer are sent
         again (same job id, so never signed twice).
@@ -55,10 +64,13 @@ class Producer:
             raise ValueError("a producer identity and its secret_source go together")
         self.identity = identity
         self._secret = read_secret(secret_source) if secret_source else None
+        self._ca_identity = ca_identity
+        self.envelope_seconds = envelope_seconds
         self.batch_size = batch_size
         self.queue = queue
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
+        self._ledger = EnvelopeLedger(self.store)
         self.reply_to = uuid.uuid4().hex
         self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
         self._unanswered: dict[str, SignRequest] = {}
@@ -140,15 +152,34 @@ class Producer:
             self._fingerprints[request.job_id] = request.fingerprint()
             self._unanswered[request.job_id] = request
         jobs = [request.model_dump(exclude_none=True) for request in requests]
-        signature = None
+        envelope = None
         if self.identity is not None and self._secret is not None:
-            signature = sign_batch(self._secret, self.identity, self.reply_to, jobs)
-        batch = SignBatch(
-            reply_to=self.reply_to, producer=self.identity, signature=signature, jobs=jobs
-        )
+            envelope = seal(
+                self._secret,
+                MessageKind.SIGN,
+                producer=self.identity,
+                ca=self.ca_identity(),
+                queue=self.queue,
+                reply_to=self.reply_to,
+                payload=jobs,
+                lifetime_seconds=self.envelope_seconds,
+            )
+        batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
         self._celery.send_task(
             SIGN_BATCH_TASK, args=[batch.model_dump()], queue=self.queue, ignore_result=True
         )
+
+    def ca_identity(self) -> str:
+        """The identity of the CA this producer's sealed messages are for."""
+        if self._ca_identity is None:
+            self._ca_identity = CAIdentityRecord(self.store).recorded()
+        if self._ca_identity is None:
+            raise ConfigurationError(
+                "no signer has recorded its CA in this store yet, so a sealed message cannot "
+                "name it: start `casign worker` once, or give the producer ca_identity "
+                "(`casign ca-id --ca DIR` prints it)"
+            )
+        return self._ca_identity
 
     def results(self, job_ids: Iterable[str], timeout: float) -> Iterator[JobResult]:
         """Yield each job's result as it arrives; TimeoutError names how many are still out.
@@ -174,6 +205,7 @@ class Producer:
                 quiet += wait
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
+                    yield from self._collect_refused_unheard(waiting)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
                 if waiting and time.monotonic() - self._last_reply >= self.resend_after:
                     self._resend_lost(waiting)
@@ -182,13 +214,29 @@ class Producer:
             quiet, self._last_reply = 0.0, time.monotonic()
             for reply in replies:
                 expected = self._fingerprints.get(reply.job_id)
-                if expected and reply.fingerprint and reply.fingerprint != expected:
-                    continue  # an answer to an earlier request under the same job id
+                if expected and reply.fingerprint != expected:
+                    continue  # not an answer to the request this producer sent
                 if reply.job_id in waiting:
                     waiting.discard(reply.job_id)
                     self._fingerprints.pop(reply.job_id, None)
                     self._unanswered.pop(reply.job_id, None)
                     yield reply
+
+    def _collect_refused_unheard(self, waiting: set[str]) -> Iterator[JobResult]:
+        """Refuse our waiting jobs when the signer left a note that it could not authenticate us.
+
+        A message the signer cannot authenticate gets no reply (a forger could otherwise write
+        to any reply list); it leaves one short note under this producer's reply list instead.
+        """
+        note = self._ledger.refusal_note(self.reply_to)
+        if note is None:
+            return
+        code, message = note
+        for job_id in sorted(job_id for job_id in waiting if job_id in self._unanswered):
+            waiting.discard(job_id)
+            self._fingerprints.pop(job_id, None)
+            self._unanswered.pop(job_id, None)
+            yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
     def _resend_lost(self, waiting: set[str]) -> None:
         """Send again the jobs of ours that no worker has recorded after a long silence.
@@ -227,6 +275,8 @@ class Producer:
             requester=self.requester,
             identity=self.identity,
             secret=self._secret,
+            ca=self.ca_identity() if self._secret is not None else "",
+            envelope_seconds=self.envelope_seconds,
         )
         return RevocationStore(self.store).wait_result(self.reply_to, request.request_id, timeout)
 

@@ -9,7 +9,7 @@ import uuid
 
 from celery import Celery
 
-from core.auth import sign_batch
+from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, seal
 from core.messages import RevokeRequest
 from core.queue import REVOKE_TASK
 from core.revocation import canonical_reason, canonical_serial
@@ -27,6 +27,8 @@ def send_revocation(
     requester: str | None = None,
     identity: str | None = None,
     secret: bytes | None = None,
+    ca: str = "",
+    envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
 ) -> RevokeRequest:
     """Enqueue one revocation; serial and reason are checked here first (Rejected)."""
     request = RevokeRequest(
@@ -35,10 +37,18 @@ def send_revocation(
         reason=canonical_reason(reason),
         requester=requester,
         reply_to=reply_to,
-        producer=identity,
     )
     if identity is not None and secret is not None:
-        signature = sign_batch(secret, identity, reply_to, request.signed_content())
-        request = request.model_copy(update={"signature": signature})
+        envelope = seal(
+            secret,
+            MessageKind.REVOKE,
+            producer=identity,
+            ca=ca,
+            queue=queue,
+            reply_to=reply_to,
+            payload=request.sealed_payload(),
+            lifetime_seconds=envelope_seconds,
+        )
+        request = request.model_copy(update={"envelope": envelope})
     celery.send_task(REVOKE_TASK, args=[request.model_dump()], queue=queue, ignore_result=True)
     return request

@@ -22,8 +22,9 @@ from pathlib import Path
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.auth import read_secret, signature_matches
+from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
 from core.errors import ConfigurationError, RefusalCode, Rejected
+from core.messages import Envelope
 from store.results import ResultsStore
 
 # Token bucket in Redis: KEYS[1] the bucket; ARGV rate, burst, now (s), tokens wanted.
@@ -52,6 +53,8 @@ class ProducerPolicy(BaseModel):
     names: list[str] | None = None
     rate_per_second: float | None = Field(default=None, gt=0)
     burst: int | None = Field(default=None, gt=0)
+    # The longest a message of this producer may be sealed for (issued-at to expires-at).
+    envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,14 @@ class AllowedProducer:
 class AccessPolicy:
     """The producers of one CA; `None` from `load` means the signer is open to any producer."""
 
-    def __init__(self, producers: dict[str, AllowedProducer]) -> None:
+    def __init__(self, producers: dict[str, AllowedProducer], ca: str, queue: str) -> None:
         self.producers = producers
+        self.ca = ca
+        self.queue = queue
 
     @classmethod
-    def load(cls, path: Path) -> AccessPolicy | None:
+    def load(cls, path: Path, ca: str, queue: str) -> AccessPolicy | None:
+        """The producers listed in `path`, for the CA `ca` (its identity) serving `queue`."""
         if not path.exists():
             return None
         try:
@@ -86,27 +92,41 @@ class AccessPolicy:
                     f"{path}: producer {name!r}, {where}: {first['msg']}"
                 ) from None
             producers[name] = AllowedProducer(name, read_secret(policy.secret), policy)
-        return cls(producers)
+        return cls(producers, ca, queue)
 
     def authenticate(
-        self, producer: str | None, signature: str | None, reply_to: str | None, jobs: list[object]
+        self,
+        envelope: Envelope | None,
+        kind: MessageKind,
+        reply_to: str | None,
+        payload: object,
+        now: float | None = None,
     ) -> AllowedProducer:
-        """The listed producer that signed this batch; raise Rejected otherwise."""
-        if not producer or not signature:
+        """The listed producer that sealed this message for this CA and queue, in time.
+
+        Raise Rejected otherwise; whether the nonce was seen before is the caller's check.
+        """
+        if envelope is None:
             raise Rejected(
                 RefusalCode.AUTH_UNSIGNED,
-                "the batch is not signed; this CA only signs for listed producers",
+                "the message is not sealed; this CA only serves listed producers",
             )
-        known = self.producers.get(producer)
+        known = self.producers.get(envelope.producer)
         if known is None:
             raise Rejected(
-                RefusalCode.AUTH_UNKNOWN_PRODUCER, f"producer {producer!r} is not listed"
+                RefusalCode.AUTH_UNKNOWN_PRODUCER, f"producer {envelope.producer!r} is not listed"
             )
-        if not signature_matches(known.secret, producer, reply_to, jobs, signature):
-            raise Rejected(
-                RefusalCode.AUTH_BAD_SIGNATURE,
-                f"the batch's signature does not verify with producer {producer!r}'s secret",
-            )
+        check_envelope(
+            envelope,
+            known.secret,
+            kind,
+            ca=self.ca,
+            queue=self.queue,
+            reply_to=reply_to,
+            payload=payload,
+            max_lifetime_seconds=known.policy.envelope_seconds,
+            now=now,
+        )
         return known
 
     def take_tokens(self, store: ResultsStore, producer: AllowedProducer, wanted: int) -> int:
