@@ -22,7 +22,7 @@ from casign.cli_base import (
     write_certificate,
 )
 from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
-from core.errors import Rejected, SigningError
+from core.errors import Rejected, Retryable, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
 
 
@@ -261,7 +261,7 @@ def worker(
     from worker.authority import load_authority
     from worker.process import SignerSettings
 
-    load_authority(folder)  # fail here, with a clear message, rather than in every pool process
+    authority = load_authority(folder)  # fail here, with a clear message, not in every process
     config = WorkerConfig(
         broker_url=endpoints.broker_url,
         signer=SignerSettings(folder, endpoints.store_url, endpoints.store_prefix),
@@ -275,8 +275,21 @@ def worker(
         schedule_dir.mkdir(mode=0o700, exist_ok=True)
         options += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
     with embedded_redis(endpoints):
+        _claim_store(authority.intermediate, endpoints)
         status = run_worker(config, options)
     sys.exit(status)
+
+
+def _claim_store(intermediate: x509.Certificate, endpoints: Endpoints) -> None:
+    """Record this CA in the store before any producer seals a message for it; refuse
+    (exit 2) a store another CA owns. A store down now is waited out by the worker itself."""
+    from worker.process import claim_store
+
+    try:
+        with open_store(endpoints) as results_store:
+            claim_store(intermediate, results_store)
+    except Retryable as exc:
+        logging.getLogger("casign.worker").warning("store not reachable at start: %s", exc)
 
 
 def _supervised_worker(

@@ -27,6 +27,8 @@ def audit_line(
     profile: str | None = None,
     reason: str | None = None,
     when: datetime | None = None,
+    jobs: int | None = None,
+    claimed_by: str | None = None,
 ) -> str:
     """One decision (issued, refused, revoked) as a compact JSON line."""
     moment = (when or datetime.now(UTC)).astimezone(UTC)
@@ -38,6 +40,8 @@ def audit_line(
         "serial": serial,
         "profile": profile,
         "reason": reason,
+        "jobs": jobs,  # how many jobs an unauthenticated batch carried (one line for all)
+        "claimed_by": claimed_by,  # the producer an unauthenticated message claimed to be
     }
     return json.dumps({k: v for k, v in entry.items() if v is not None}, separators=(",", ":"))
 

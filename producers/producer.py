@@ -278,7 +278,27 @@ class Producer:
             ca=self.ca_identity() if self._secret is not None else "",
             envelope_seconds=self.envelope_seconds,
         )
-        return RevocationStore(self.store).wait_result(self.reply_to, request.request_id, timeout)
+        revocations = RevocationStore(self.store)
+        deadline = time.monotonic() + timeout
+        while True:
+            spell = max(0.01, min(deadline - time.monotonic(), _REPLY_WAIT_SECONDS * 2))
+            try:
+                return revocations.wait_result(self.reply_to, request.request_id, spell)
+            except TimeoutError as silence:
+                note = self._ledger.refusal_note(self.reply_to)
+                if note is not None:
+                    code, message = note
+                    return RevocationResult(
+                        request_id=request.request_id,
+                        status="refused",
+                        serial=request.serial,
+                        code=code,
+                        message=message,
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        str(silence).replace(f"after {spell:g} s", f"after {timeout:g} s")
+                    ) from None
 
     def status(self, job_id: str) -> JobResult | None:
         """The job's result if it has one, else None (queued, or reserved and signing)."""

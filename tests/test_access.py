@@ -32,12 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from core.auth import read_secret, sign_batch
+from core.auth import MessageKind, ca_identity, read_secret, seal
 from core.errors import ConfigurationError, RefusalCode
 from core.keys import KeyType
-from core.messages import JobResult
-from core.queue import celery_settings
+from core.messages import Envelope, JobResult
+from core.queue import SIGN_QUEUE, celery_settings
 from producers import Producer
+from store.envelopes import EnvelopeLedger
 from store.results import ResultsStore
 from tests.csrs import job, make_csr
 from tests.workers import WorkerProcess, start_worker
@@ -152,10 +153,30 @@ def guarded(
     """A signer that serves only the producers in a producers.toml."""
     path = tmp_path / "producers.toml"
     path.write_text(credentials.producers_toml(), encoding="utf-8")
-    policy = AccessPolicy.load(path)
+    policy = AccessPolicy.load(path, ca_identity(authority.intermediate), SIGN_QUEUE)
     assert policy is not None
     assert sorted(policy.producers) == ["bulk", "hr-portal", "web-frontend"]
     return BatchSigner(authority, store, policy)
+
+
+def sealed(
+    signer: BatchSigner,
+    jobs: list[dict[str, Any]],
+    producer: str,
+    secret: bytes,
+    reply_to: str | None,
+) -> Envelope:
+    """`jobs` sealed by `producer` for the signer's CA and queue."""
+    assert signer.access is not None
+    return seal(
+        secret,
+        MessageKind.SIGN,
+        producer=producer,
+        ca=signer.access.ca,
+        queue=signer.access.queue,
+        reply_to=reply_to,
+        payload=jobs,
+    )
 
 
 def submit(
@@ -165,13 +186,13 @@ def submit(
     secret: bytes | None = None,
     reply_to: str | None = None,
 ) -> dict[str, JobResult]:
-    """Sign `jobs` as `producer` with `secret` (unsigned without one) and hand them over."""
-    signature = sign_batch(secret, producer or "", reply_to, jobs) if secret else None
-    return by_id(signer.sign_batch(jobs, reply_to, producer, signature))
+    """Seal `jobs` as `producer` with `secret` (unsealed without one) and hand them over."""
+    envelope = sealed(signer, jobs, producer or "", secret, reply_to) if secret else None
+    return by_id(signer.sign_batch(jobs, reply_to, envelope))
 
 
 def test_missing_producers_file_means_an_open_signer(tmp_path: Path) -> None:
-    assert AccessPolicy.load(tmp_path / "producers.toml") is None
+    assert AccessPolicy.load(tmp_path / "producers.toml", "a" * 64, SIGN_QUEUE) is None
 
 
 def test_signed_batch_is_issued(
@@ -193,14 +214,17 @@ def test_unsigned_batch_is_refused_and_the_job_ids_stay_free(
     reply_to = uuid.uuid4().hex
     refused = submit(guarded, jobs, reply_to=reply_to)
     assert set(codes(refused).values()) == {RefusalCode.AUTH_UNSIGNED}
-    # A producer name without a signature is just as unsigned.
-    named_only = by_id(guarded.sign_batch(jobs, reply_to, "web-frontend", None))
-    assert set(codes(named_only).values()) == {RefusalCode.AUTH_UNSIGNED}
+    # A producer's name on an envelope without its seal is a bad signature.
+    unsealed = sealed(guarded, jobs, "web-frontend", b"x" * 32, reply_to).model_copy(
+        update={"signature": ""}
+    )
+    named_only = by_id(guarded.sign_batch(jobs, reply_to, unsealed))
+    assert set(codes(named_only).values()) == {RefusalCode.AUTH_BAD_SIGNATURE}
     job_ids = [str(item["job_id"]) for item in jobs]
     assert_nothing_recorded(store, job_ids)
-    # The refusals were still answered on the reply list.
-    replies = store.wait_replies(reply_to, timeout=1)
-    assert sorted(reply.job_id for reply in replies) == sorted(job_ids * 2)
+    # Nothing was pushed to the reply list; its owner finds one short note instead.
+    assert store.wait_replies(reply_to, timeout=0.2) == []
+    assert EnvelopeLedger(store).refusal_note(reply_to) is not None
 
     issued = submit(guarded, jobs, "web-frontend", credentials.secret("web-frontend"))
     assert set(codes(issued).values()) == {"issued"}
@@ -255,9 +279,9 @@ def test_job_changed_after_signing_is_a_bad_signature(
         job(new_id("t"), make_csr("www.example.com")),
         job(new_id("t"), make_csr("api.example.com")),
     ]
-    signature = sign_batch(credentials.secret("web-frontend"), "web-frontend", reply_to, jobs)
+    envelope = sealed(guarded, jobs, "web-frontend", credentials.secret("web-frontend"), reply_to)
     tamper(jobs)
-    results = by_id(guarded.sign_batch(jobs, reply_to, "web-frontend", signature))
+    results = by_id(guarded.sign_batch(jobs, reply_to, envelope))
     assert set(codes(results).values()) == {RefusalCode.AUTH_BAD_SIGNATURE}
     assert_nothing_recorded(store, results)
 
@@ -266,10 +290,12 @@ def test_signature_covers_the_reply_list_and_the_producer_name(
     guarded: BatchSigner, credentials: Credentials, store: ResultsStore
 ) -> None:
     jobs = [job(new_id("t"), make_csr("www.example.com"))]
-    signature = sign_batch(credentials.secret("web-frontend"), "web-frontend", "mine", jobs)
-    redirected = by_id(guarded.sign_batch(jobs, "theirs", "web-frontend", signature))
-    # hr-portal's name on web-frontend's signature: hr-portal's secret does not verify it.
-    renamed = by_id(guarded.sign_batch(jobs, "mine", "hr-portal", signature))
+    envelope = sealed(guarded, jobs, "web-frontend", credentials.secret("web-frontend"), "mine")
+    redirected = by_id(guarded.sign_batch(jobs, "theirs", envelope))
+    # hr-portal's name on web-frontend's seal: hr-portal's secret does not verify it.
+    renamed = by_id(
+        guarded.sign_batch(jobs, "mine", envelope.model_copy(update={"producer": "hr-portal"}))
+    )
     for results in (redirected, renamed):
         assert set(codes(results).values()) == {RefusalCode.AUTH_BAD_SIGNATURE}
     assert_nothing_recorded(store, redirected)
@@ -414,7 +440,7 @@ def test_producers_file_problems_are_named_without_the_secret(
     for text, expected in cases.items():
         path.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigurationError) as caught:
-            AccessPolicy.load(path)
+            AccessPolicy.load(path, "a" * 64, SIGN_QUEUE)
         assert expected in str(caught.value)
         for value in (*credentials.values.values(), "tooshort", in_place):
             assert value not in str(caught.value)

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from core.audit import GENESIS, chain_hash, verify_chain
-from core.auth import sign_batch
+from core.auth import MessageKind, ca_identity, seal
 from core.errors import RefusalCode
+from core.queue import SIGN_QUEUE
 from producers import Producer
 from store.results import ResultsStore
 from tests.csrs import job, make_csr
@@ -75,15 +76,23 @@ def guarded(authority: SigningAuthority, store: ResultsStore, tmp_path: Path) ->
         "burst = 2\n",
         encoding="utf-8",
     )
-    policy = AccessPolicy.load(producers)
+    policy = AccessPolicy.load(producers, ca_identity(authority.intermediate), SIGN_QUEUE)
     assert policy is not None
     return BatchSigner(authority, store, policy)
 
 
 def as_hr_portal(signer: BatchSigner, jobs: list[dict[str, object]]) -> None:
-    signer.sign_batch(
-        jobs, None, "hr-portal", sign_batch(HR_SECRET.encode(), "hr-portal", None, jobs)
+    assert signer.access is not None
+    envelope = seal(
+        HR_SECRET.encode(),
+        MessageKind.SIGN,
+        producer="hr-portal",
+        ca=signer.access.ca,
+        queue=signer.access.queue,
+        reply_to=None,
+        payload=jobs,
     )
+    signer.sign_batch(jobs, None, envelope)
 
 
 def test_issued_and_refused_decisions_are_audited_with_their_details(
@@ -98,7 +107,7 @@ def test_issued_and_refused_decisions_are_audited_with_their_details(
         ]
     )
     serials = {result.job_id: result.serial for result in results}
-    lines = {line["job_id"]: line for line in audit_lines(store)}
+    lines = {line["job_id"]: line for line in audit_lines(store) if "job_id" in line}
     assert sorted(lines) == ["bad-cn", "client", "no-profile", "ok-1"]
     for line in lines.values():
         assert recent(line.pop("time"))
@@ -135,9 +144,26 @@ def test_access_refusals_are_audited_with_the_producer(
     guarded: BatchSigner, store: ResultsStore
 ) -> None:
     unsigned = [job("unsigned-1", make_csr("alice@example.com"), "usr_cert")]
-    guarded.sign_batch(unsigned, None, "hr-portal", None)
-    forged = [job("forged-1", make_csr("alice@example.com"), "usr_cert")]
-    guarded.sign_batch(forged, None, "hr-portal", sign_batch(b"x" * 32, "hr-portal", None, forged))
+    guarded.sign_batch(unsigned, None, None)
+    # A flood of forged jobs costs one audit line for the whole batch, naming no job id.
+    forged = [job(f"forged-{n}", make_csr("alice@example.com"), "usr_cert") for n in range(50)]
+    assert guarded.access is not None
+    forged_seal = seal(
+        b"x" * 32,
+        MessageKind.SIGN,
+        producer="hr-portal",
+        ca=guarded.access.ca,
+        queue=guarded.access.queue,
+        reply_to=None,
+        payload=forged,
+    )
+    guarded.sign_batch(forged, None, forged_seal)
+    refused_batches = [line for line in audit_lines(store) if "job_id" not in line]
+    assert [(line["reason"], line["jobs"]) for line in refused_batches] == [
+        (RefusalCode.AUTH_UNSIGNED, 1),
+        (RefusalCode.AUTH_BAD_SIGNATURE, 50),
+    ]
+    assert refused_batches[1]["claimed_by"] == "hr-portal"
     as_hr_portal(
         guarded,
         [
@@ -148,10 +174,8 @@ def test_access_refusals_are_audited_with_the_producer(
             job("carol", make_csr("carol@example.com"), "usr_cert"),  # over the burst of 2
         ],
     )
-    lines = {line["job_id"]: line for line in audit_lines(store)}
+    lines = {line["job_id"]: line for line in audit_lines(store) if "job_id" in line}
     assert {job_id: (line["event"], line.get("reason")) for job_id, line in lines.items()} == {
-        "unsigned-1": ("refused", RefusalCode.AUTH_UNSIGNED),
-        "forged-1": ("refused", RefusalCode.AUTH_BAD_SIGNATURE),
         "alice": ("issued", None),
         "server": ("refused", RefusalCode.AUTH_PROFILE_NOT_ALLOWED),
         "mallory": ("refused", RefusalCode.AUTH_NAME_NOT_ALLOWED),
@@ -374,7 +398,7 @@ def test_worker_decisions_reach_the_audit_log(
             results = {result.job_id: result for result in producer.results([good, bad], 90)}
     finally:
         process.stop()
-    lines = {line["job_id"]: line for line in audit_lines(store)}
+    lines = {line["job_id"]: line for line in audit_lines(store) if "job_id" in line}
     assert lines[good]["event"] == "issued"
     assert lines[good]["serial"] == results[good].serial
     assert lines[good]["requester"] == "web"

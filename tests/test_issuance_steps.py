@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from core.audit import verify_chain
-from core.auth import sign_batch
+from core.auth import MessageKind, seal
 from core.errors import ConfigurationError, IssuanceFault, RefusalCode, Rejected, Retryable
 from core.files import CERT_MODE, write_file_atomically
 from core.index import IndexEntry, format_serial
+from core.messages import Envelope
+from store.envelopes import EnvelopeLedger
 from store.results import ResultsStore
 from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
@@ -97,25 +99,50 @@ def reserved_one(authority: SigningAuthority, store: ResultsStore, name: str) ->
 
 def web_access(**policy: Any) -> AccessPolicy:
     settings = ProducerPolicy(secret="env:UNUSED", **policy)
-    return AccessPolicy({"web": AllowedProducer("web", WEB_SECRET, settings)})
+    return AccessPolicy({"web": AllowedProducer("web", WEB_SECRET, settings)}, "c" * 64, "q")
+
+
+def sealed_by_web(jobs: list[object], reply_to: str | None, access: AccessPolicy) -> Envelope:
+    return seal(
+        WEB_SECRET,
+        MessageKind.SIGN,
+        producer="web",
+        ca=access.ca,
+        queue=access.queue,
+        reply_to=reply_to,
+        payload=jobs,
+        now=NOW.timestamp(),
+    )
+
+
+def web_batch(
+    jobs: list[object], reply_to: str | None, access: AccessPolicy, store: ResultsStore
+) -> Authenticated:
+    envelope = sealed_by_web(jobs, reply_to, access)
+    return authenticate(jobs, reply_to, envelope, access, EnvelopeLedger(store), NOW)
 
 
 # -- 1. authenticate ---------------------------------------------------------------------------
 
 
-def test_authenticate_names_the_producer_whose_hmac_covers_the_batch() -> None:
+def test_authenticate_names_the_producer_whose_seal_covers_the_batch(store: ResultsStore) -> None:
     jobs: list[object] = [job("a", make_csr("a.example.com"))]
-    signature = sign_batch(WEB_SECRET, "web", "replies", jobs)
-    batch = authenticate(jobs, "replies", "web", signature, web_access(), NOW)
+    access, ledger = web_access(), EnvelopeLedger(store)
+    envelope = sealed_by_web(jobs, "replies", access)
+    batch = authenticate(jobs, "replies", envelope, access, ledger, NOW)
     assert batch.producer is not None and batch.producer.name == "web"
     assert (batch.jobs, batch.reply_to, batch.now) == (tuple(jobs), "replies", NOW)
 
     with pytest.raises(Rejected) as unsigned:
-        authenticate(jobs, "replies", None, None, web_access(), NOW)
+        authenticate(jobs, "replies", None, access, ledger, NOW)
     assert unsigned.value.code == RefusalCode.AUTH_UNSIGNED
     with pytest.raises(Rejected) as forged:
-        authenticate(jobs, "elsewhere", "web", signature, web_access(), NOW)
+        authenticate(jobs, "elsewhere", envelope, access, ledger, NOW)
     assert forged.value.code == RefusalCode.AUTH_BAD_SIGNATURE
+    ledger.remember("web", envelope.nonce, envelope.expires_at)
+    with pytest.raises(Rejected) as replayed:
+        authenticate(jobs, "replies", envelope, access, ledger, NOW)
+    assert replayed.value.code == RefusalCode.AUTH_REPLAYED
     assert authenticate(jobs, None, None, None, None, NOW).producer is None
 
 
@@ -145,17 +172,17 @@ def test_admit_keeps_the_names_as_general_name_objects(authority: SigningAuthori
     assert refused.value.code == RefusalCode.PROFILE_UNKNOWN
 
 
-def test_admit_applies_the_producers_names(authority: SigningAuthority) -> None:
+def test_admit_applies_the_producers_names(
+    authority: SigningAuthority, store: ResultsStore
+) -> None:
     raw = job("elsewhere", make_csr("www.elsewhere.test"))
     access = web_access(names=["*.example.com"])
-    signature = sign_batch(WEB_SECRET, "web", None, [raw])
-    batch = authenticate([raw], None, "web", signature, access, NOW)
+    batch = web_batch([raw], None, access, store)
     with pytest.raises(Rejected) as refused:
         admit(receive(raw), batch, authority.profiles, authority.common_names)
     assert refused.value.code == RefusalCode.AUTH_NAME_NOT_ALLOWED
     allowed = job("allowed", make_csr("www.example.com"))
-    signature = sign_batch(WEB_SECRET, "web", None, [allowed])
-    batch = authenticate([allowed], None, "web", signature, access, NOW)
+    batch = web_batch([allowed], None, access, store)
     assert (
         admit(receive(allowed), batch, authority.profiles, authority.common_names).requester
         == "web"
@@ -167,7 +194,7 @@ def test_within_rate_grants_the_bucket_and_known_jobs_cost_nothing(
 ) -> None:
     access = web_access(rate_per_second=0.001, burst=2)
     raws = [job(f"rate-{n}", make_csr(f"rate-{n}.example.com")) for n in range(3)]
-    batch = authenticate(raws, None, "web", sign_batch(WEB_SECRET, "web", None, raws), access, NOW)
+    batch = web_batch(list(raws), None, access, store)
     jobs = [admit(receive(raw), batch, authority.profiles, authority.common_names) for raw in raws]
     granted, over = within_rate(jobs, batch, access, store)
     assert [job.job_id for job in granted] == ["rate-0", "rate-1"]

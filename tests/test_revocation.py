@@ -192,33 +192,71 @@ def test_the_handler_answers_on_the_reply_list(signer: BatchSigner, store: Resul
     assert handle_revoke({"nonsense": True}, revocations) is None
 
 
-def test_with_listed_producers_only_a_signed_request_is_heard(
+def test_with_listed_producers_only_a_sealed_request_is_heard(
     signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.auth import sign_batch
+    from core.auth import MessageKind, seal
+    from store.envelopes import EnvelopeLedger
 
     serial, other = issue(signer, 2)
     secret = b"s" * 32
     monkeypatch.setenv("TEST_REVOKER_SECRET", secret.decode())
     policy = ProducerPolicy(secret="env:TEST_REVOKER_SECRET")
-    access = AccessPolicy({"ops": AllowedProducer("ops", secret, policy)})
+    access = AccessPolicy({"ops": AllowedProducer("ops", secret, policy)}, "c" * 64, "casign.sign")
     revocations = RevocationStore(store)
+    ledger = EnvelopeLedger(store)
 
+    # Unsealed: no answer on the reply list, one note for its owner, nothing revoked.
     unsigned = RevokeRequest(request_id="u1", serial=serial, reply_to="me")
-    result = handle_revoke(unsigned.model_dump(), revocations, access)
-    assert result is not None and result.code == "auth.unsigned"
+    assert handle_revoke(unsigned.model_dump(), revocations, access) is None
+    assert ledger.refusal_note("me") == (RefusalCode.AUTH_UNSIGNED, ledger.refusal_note("me")[1])  # type: ignore[index]
+    assert store.index_entry(serial).status is Status.VALID  # type: ignore[union-attr]
 
-    request = RevokeRequest(request_id="s1", serial=serial, reply_to="me", producer="ops")
-    signature = sign_batch(secret, "ops", "me", request.signed_content())
-    signed = request.model_copy(update={"signature": signature})
+    request = RevokeRequest(request_id="s1", serial=serial, reply_to="me")
+
+    def sealed(update: dict[str, object]) -> RevokeRequest:
+        payload_of = request.model_copy(update=update)
+        envelope = seal(
+            secret,
+            MessageKind.REVOKE,
+            producer="ops",
+            ca="c" * 64,
+            queue="casign.sign",
+            reply_to="me",
+            payload=payload_of.sealed_payload(),
+        )
+        return payload_of.model_copy(update={"envelope": envelope})
+
+    signed = sealed({})
     result = handle_revoke(signed.model_dump(), revocations, access)
     assert result is not None and result.ok
     assert '"requester":"ops"' in list(store.audit_entries())[-1]
 
-    # The signature covers the serial: moved to another serial, it no longer verifies.
-    forged = signed.model_copy(update={"request_id": "s1", "serial": other})
-    result = handle_revoke(forged.model_dump(), revocations, access)
-    assert result is not None and result.code == "auth.bad_signature"
+    # The same sealed message again is a replay: no answer, a note, one audit line.
+    lines = len(list(store.audit_entries()))
+    assert handle_revoke(signed.model_dump(), revocations, access) is None
+    assert ledger.refusal_note("me")[0] == RefusalCode.AUTH_REPLAYED  # type: ignore[index]
+    assert len(list(store.audit_entries())) == lines + 1
+
+    # The seal covers the serial: moved to another serial, it no longer verifies.
+    forged = sealed({}).model_copy(update={"serial": other})
+    assert handle_revoke(forged.model_dump(), revocations, access) is None
+    assert ledger.refusal_note("me")[0] == RefusalCode.AUTH_BAD_SIGNATURE  # type: ignore[index]
+    assert store.index_entry(other).status is Status.VALID  # type: ignore[union-attr]
+
+    # A sealed signing batch does not open as a revocation (the kind is inside the seal).
+    as_batch = seal(
+        secret,
+        MessageKind.SIGN,
+        producer="ops",
+        ca="c" * 64,
+        queue="casign.sign",
+        reply_to="me",
+        payload=request.model_copy(update={"serial": other}).sealed_payload(),
+    )
+    crossed = request.model_copy(update={"serial": other, "envelope": as_batch})
+    assert handle_revoke(crossed.model_dump(), revocations, access) is None
+    assert store.index_entry(other).status is Status.VALID  # type: ignore[union-attr]
 
 
 # -- expiry --------------------------------------------------------------------------------------

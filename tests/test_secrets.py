@@ -405,7 +405,12 @@ def test_job_messages_carry_no_secret(
         ("payroll", "env:CASIGN_TEST_PRODUCER_SECRET"),
     ):
         with Producer(
-            redis_url, redis_url, queue="casign-test", identity=identity, secret_source=source
+            redis_url,
+            redis_url,
+            queue="casign-test",
+            identity=identity,
+            secret_source=source,
+            ca_identity="c" * 64,
         ) as producer:
             producer.submit(make_csr("alice@example.com"), profile="usr_cert")
             producer.submit_many(
@@ -415,8 +420,8 @@ def test_job_messages_carry_no_secret(
     wire = [json.dumps(message["args"]) for message in sent]  # Celery's serializer is JSON
     for message in sent:
         (batch,) = message["args"]
-        assert set(batch) == {"schema_version", "reply_to", "producer", "signature", "jobs"}
-        assert batch["signature"].startswith("hmac-sha256:")
+        assert set(batch) == {"schema_version", "reply_to", "envelope", "jobs"}
+        assert batch["envelope"]["signature"].startswith("hmac-sha256:")
         for item in batch["jobs"]:
             assert set(item) <= {
                 "schema_version",

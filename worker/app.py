@@ -107,6 +107,7 @@ def signer_settings(conf: Any) -> SignerSettings:
         ca_dir=Path(conf[CA_DIR_SETTING]),
         store_url=conf[STORE_URL_SETTING],
         store_prefix=conf[STORE_PREFIX_SETTING],
+        queue=conf.get("task_default_queue") or SIGN_QUEUE,
     )
 
 

@@ -10,10 +10,13 @@ import logging
 
 from pydantic import ValidationError
 
+from core.audit import audit_line
+from core.auth import MessageKind
 from core.errors import RefusalCode, Rejected, Retryable
 from core.layout import ocsp_key_path
 from core.messages import RevocationResult, RevokeRequest, describe_validation_error
 from core.queue import CRL_TASK, REVOKE_TASK
+from store.envelopes import EnvelopeLedger
 from store.revocations import RevocationStore
 from worker.access import AccessPolicy
 from worker.app import app, signer_process
@@ -51,6 +54,12 @@ def handle_revoke(
         log.error("refused a malformed revocation message: %s", describe_validation_error(exc))
         if request_id is None or reply_to is None:
             return None
+        if access is not None:  # an unauthenticated message writes no reply (a forger's could)
+            ledger = EnvelopeLedger(revocations.store)
+            ledger.note_refusal(
+                reply_to, RefusalCode.REVOKE_MALFORMED, describe_validation_error(exc)
+            )
+            return None
         result = RevocationResult(
             request_id=request_id,
             status="refused",
@@ -60,12 +69,23 @@ def handle_revoke(
         revocations.push_result(reply_to, result)
         return result
     requester = request.requester
-    try:
-        if access is not None:
+    ledger = EnvelopeLedger(revocations.store)
+    if access is not None:
+        try:
             producer = access.authenticate(
-                request.producer, request.signature, request.reply_to, request.signed_content()
+                request.envelope, MessageKind.REVOKE, request.reply_to, request.sealed_payload()
             )
-            requester = producer.name
+            assert request.envelope is not None
+            if ledger.seen(producer.name, request.envelope.nonce):
+                raise Rejected(
+                    RefusalCode.AUTH_REPLAYED,
+                    f"producer {producer.name!r}'s revocation request was done before",
+                )
+        except Rejected as refusal:
+            _refuse_unauthenticated(request, refusal, revocations, ledger)
+            return None
+        requester = producer.name
+    try:
         entry = revocations.revoke(
             request.serial,
             request.reason,
@@ -108,7 +128,23 @@ def handle_revoke(
         )
     if request.reply_to:
         revocations.push_result(request.reply_to, result)
+    if access is not None and request.envelope is not None:
+        ledger.remember(
+            request.envelope.producer, request.envelope.nonce, request.envelope.expires_at
+        )
     return result
+
+
+def _refuse_unauthenticated(
+    request: RevokeRequest, refusal: Rejected, revocations: RevocationStore, ledger: EnvelopeLedger
+) -> None:
+    """One audit line and a short note for the reply list's owner; no reply, no revocation."""
+    claimed = request.envelope.producer if request.envelope is not None else None
+    log.warning("refused a revocation request from %s: %s", claimed, refusal)
+    line = audit_line("refused", reason=refusal.code, serial=request.serial, claimed_by=claimed)
+    revocations.store.publish([], [], [], None, [line])
+    if request.reply_to:
+        ledger.note_refusal(request.reply_to, refusal.code, refusal.message)
 
 
 def refresh_crl(

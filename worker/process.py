@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from celery.exceptions import Reject
+from cryptography import x509
 
+from core.auth import ca_identity
 from core.errors import Retryable, SigningError
+from core.queue import SIGN_QUEUE
+from store.identity import CAIdentityRecord
 from store.results import ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import load_authority
@@ -47,6 +51,7 @@ class SignerSettings:
     ca_dir: Path
     store_url: str
     store_prefix: str = DEFAULT_STORE_PREFIX
+    queue: str = SIGN_QUEUE
 
 
 class StopNotice:
@@ -140,14 +145,22 @@ class SignerProcess:
         settings = self.settings
         authority = load_authority(settings.ca_dir)
         store = ResultsStore.from_url(settings.store_url, settings.store_prefix)
+        identity = claim_store(authority.intermediate, store)
         store.set_chain(authority.chain_pem)
-        access = AccessPolicy.load(self.folder.producers_path)
+        access = AccessPolicy.load(self.folder.producers_path, identity, settings.queue)
         if access is None:
             log.warning(
                 "%s is absent: this signer accepts batches from any producer",
                 self.folder.producers_path,
             )
         return BatchSigner(authority, store, access)
+
+
+def claim_store(intermediate: x509.Certificate, store: ResultsStore) -> str:
+    """Record this CA as the owner of the store's key space, or refuse one another CA owns."""
+    identity = ca_identity(intermediate)
+    CAIdentityRecord(store).claim(identity, intermediate.subject.rfc4514_string())
+    return identity
 
 
 # By pid: a forked child inherits its parent's entry, which it must never use.

@@ -39,9 +39,7 @@ def _sign_parsed(process: SignerProcess, parsed: SignBatch) -> int:
     """Sign a validated batch; Retryable when the key or the store is unavailable now."""
     batch_signer = process.signer()
     try:
-        results = batch_signer.sign_batch(
-            parsed.jobs, parsed.reply_to, parsed.producer, parsed.signature
-        )
+        results = batch_signer.sign_batch(parsed.jobs, parsed.reply_to, parsed.envelope)
     except Retryable:
         raise
     except Exception as exc:

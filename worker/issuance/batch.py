@@ -12,7 +12,8 @@ from cryptography import x509
 
 from core.audit import audit_line
 from core.errors import RefusalCode, Rejected, Retryable
-from core.messages import JobResult, parse_sign_request
+from core.messages import Envelope, JobResult, parse_sign_request
+from store.envelopes import EnvelopeLedger
 from store.results import Refusal, ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
@@ -72,22 +73,27 @@ class BatchSigner:
         self.authority = authority
         self.store = store
         self.access = access
+        self.ledger = EnvelopeLedger(store)
 
     def sign_batch(
         self,
         raw_jobs: Iterable[object],
         reply_to: str | None = None,
-        producer: str | None = None,
-        signature: str | None = None,
+        envelope: Envelope | None = None,
     ) -> list[JobResult]:
         """Sign, verify and publish every acceptable job; refuse the rest with a code."""
         jobs = list(raw_jobs)
         now = datetime.now(UTC)
         try:
-            batch = authenticate(jobs, reply_to, producer, signature, self.access, now)  # 1
+            batch = authenticate(jobs, reply_to, envelope, self.access, self.ledger, now)  # 1
         except Rejected as refusal:
-            return self._refuse_whole_batch(jobs, reply_to, producer, refusal)
-        return self._issue(batch, self.authority.profiles)
+            return self._refuse_whole_batch(jobs, reply_to, envelope, refusal)
+        results = self._issue(batch, self.authority.profiles)
+        if batch.producer is not None and batch.envelope is not None:
+            self.ledger.remember(
+                batch.producer.name, batch.envelope.nonce, batch.envelope.expires_at
+            )
+        return results
 
     def sign_builtin(self, job: dict[str, object], profile: Profile, now: datetime) -> JobResult:
         """Steps 2-8 for a job the signer makes itself (the OCSP delegate's certificate), under
@@ -114,21 +120,34 @@ class BatchSigner:
         return jobs.results()
 
     def _refuse_whole_batch(
-        self, jobs: list[object], reply_to: str | None, producer: str | None, refusal: Rejected
+        self,
+        jobs: list[object],
+        reply_to: str | None,
+        envelope: Envelope | None,
+        refusal: Rejected,
     ) -> list[JobResult]:
-        """An unauthenticated batch: answer and audit every job; record nothing under its ids."""
-        log.warning("refused a batch of %d job(s): %s", len(jobs), refusal)
-        results = [
+        """A batch that fails authentication costs one audit line and one short note.
+
+        Nothing is written under its job ids and nothing is pushed to its reply list: whoever
+        forged it could otherwise fill any reply list or the audit log. The producer that is
+        really waiting on `reply_to` reads the note (`Producer.results`) and reports the code.
+        """
+        claimed = envelope.producer if envelope is not None else None
+        log.warning("refused a batch of %d job(s) from %s: %s", len(jobs), claimed, refusal)
+        self.store.publish(
+            [],
+            [],
+            [],
+            None,
+            [audit_line("refused", reason=refusal.code, jobs=len(jobs), claimed_by=claimed)],
+        )
+        if reply_to:
+            self.ledger.note_refusal(reply_to, refusal.code, refusal.message)
+        return [
             _refused(raw["job_id"], refusal)
             for raw in jobs
             if isinstance(raw, dict) and isinstance(raw.get("job_id"), str)
         ]
-        lines = [
-            audit_line("refused", job_id=result.job_id, requester=producer, reason=refusal.code)
-            for result in results
-        ] or [audit_line("refused", requester=producer, reason=refusal.code)]
-        self.store.publish([], [], results, reply_to, lines)
-        return results
 
     def issue_record(
         self,

@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core.audit import audit_line
+from core.auth import MessageKind
 from core.errors import IssuanceFault, RefusalCode, Rejected, Retryable
 from core.index import IndexEntry, Status, openssl_oneline
-from core.messages import JobResult, SignRequest, parse_sign_request
+from core.messages import Envelope, JobResult, SignRequest, parse_sign_request
+from store.envelopes import EnvelopeLedger
 from store.results import Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
@@ -53,6 +55,7 @@ class Authenticated:
     reply_to: str | None
     producer: AllowedProducer | None
     now: datetime
+    envelope: Envelope | None = None  # remembered once the batch is published (replay cache)
 
     def requester_of(self, request: SignRequest) -> str | None:
         """Who the record and the audit log name: the producer that signed, else the request's."""
@@ -62,16 +65,28 @@ class Authenticated:
 def authenticate(
     jobs: Sequence[object],
     reply_to: str | None,
-    producer: str | None,
-    signature: str | None,
+    envelope: Envelope | None,
     access: AccessPolicy | None,
+    ledger: EnvelopeLedger | None,
     now: datetime,
 ) -> Authenticated:
-    """Step 1: the listed producer whose HMAC covers the batch; raise Rejected otherwise."""
-    identity = None
-    if access is not None:
-        identity = access.authenticate(producer, signature, reply_to, list(jobs))
-    return Authenticated(tuple(jobs), reply_to, identity, now)
+    """Step 1: the listed producer that sealed the batch for this CA and queue, in time, once.
+
+    Raise Rejected otherwise (auth.*); an open signer (no access policy) takes any batch.
+    """
+    if access is None:
+        return Authenticated(tuple(jobs), reply_to, None, now)
+    identity = access.authenticate(
+        envelope, MessageKind.SIGN, reply_to, list(jobs), now.timestamp()
+    )
+    assert envelope is not None and ledger is not None
+    if ledger.seen(identity.name, envelope.nonce):
+        raise Rejected(
+            RefusalCode.AUTH_REPLAYED,
+            f"producer {identity.name!r}'s message {envelope.nonce} was done before; "
+            "a replayed message is not served again",
+        )
+    return Authenticated(tuple(jobs), reply_to, identity, now, envelope)
 
 
 # -- 2. admit ----------------------------------------------------------------------------------
