@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from core.queue import SIGN_QUEUE
 from store.results import ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import load_authority
@@ -19,6 +20,7 @@ ENV_CA_DIR = "CASIGN_CA_DIR"
 ENV_STORE_URL = "CASIGN_STORE_URL"
 ENV_STORE_PREFIX = "CASIGN_STORE_PREFIX"
 ENV_KEY_URI = "CASIGN_KEY_URI"
+ENV_QUEUE = "CASIGN_QUEUE"
 RECOVERY_LOCK_SECONDS = 60
 
 _signer: BatchSigner | None = None
@@ -41,6 +43,7 @@ def signer() -> BatchSigner:
                 "%s is absent: this signer accepts batches from any producer", folder.producers_path
             )
         _signer, _signer_pid = BatchSigner(authority, store, access), os.getpid()
+    _signer.store.note_worker_active(os.environ.get(ENV_QUEUE, SIGN_QUEUE))  # read by `status`
     return _signer
 
 
