@@ -7,11 +7,17 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import ConfigurationError, Rejected
 from core.errors import RefusalCode as Code
-from worker.policy import MAX_CSR_BYTES, check_validity, is_dns_name
-from worker.profiles import ProfileSet
+
+if TYPE_CHECKING:
+    from worker.profiles import ProfileSet
+
+# The signer's own limit (worker/policy.py MAX_CSR_BYTES); importing the policy here would load
+# the worker's modules in every `casign` command.
+MAX_CSR_BYTES = 64 * 1024
 
 _PEM_CSR = re.compile(
     rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----\r?\n.*?-----END (NEW )?CERTIFICATE REQUEST-----",
@@ -93,6 +99,8 @@ def _is_one_der_element(data: bytes) -> bool:
 
 def local_profiles(ca_folder: Path | None) -> ProfileSet | None:
     """The CA folder's profiles when this machine has them; None when they cannot be read."""
+    from worker.profiles import ProfileSet
+
     if ca_folder is None:
         return None
     try:
@@ -103,6 +111,8 @@ def local_profiles(ca_folder: Path | None) -> ProfileSet | None:
 
 def check_profile_and_days(profiles: ProfileSet | None, profile: str, days: int | None) -> None:
     """Refuse, before anything is queued, a validity or profile the signer would refuse."""
+    from worker.policy import check_validity
+
     if days is not None and days <= 0:
         raise Rejected(Code.VALIDITY_INVALID, f"days must be a positive number, not {days}")
     if profiles is None:
@@ -122,6 +132,8 @@ def san_from_common_name(common_name: str, profile: str, profiles: ProfileSet | 
     For `casign request` without --san: a TLS profile that requires a SAN then gets the name
     the CN already gives, as `openssl req -addext subjectAltName=DNS:...` would put it.
     """
+    from worker.policy import is_dns_name
+
     try:
         ipaddress.ip_address(common_name)
         san = f"IP:{common_name}"

@@ -634,3 +634,10 @@ def test_help_lists_collect(tmp_path: Path) -> None:
         capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=60, check=True,
     )  # fmt: skip
     assert "JOB_LIST" in done.stdout
+
+
+def test_submit_refuses_the_same_csr_size_as_the_signer() -> None:
+    from casign.csr_files import MAX_CSR_BYTES
+    from worker.policy import MAX_CSR_BYTES as SIGNER_LIMIT
+
+    assert MAX_CSR_BYTES == SIGNER_LIMIT
