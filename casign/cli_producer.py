@@ -80,14 +80,21 @@ def open_producer(
         yield producer
 
 
-def _collect_command(manifest: Path, out: Path, ca: Path | None, store: str | None) -> str:
-    words = ["casign", "collect"]
+def _same_place(command: str, ca: Path | None, broker: str | None, store: str | None) -> list[str]:
+    """`casign COMMAND` with the --ca, --broker and --store this one was given (passwords masked)."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    words = ["casign", command]
     if ca is not None:
         words += ["--ca", str(ca)]
-    if store is not None:
-        from kombu.utils.url import maybe_sanitize_url
+    for flag, url in (("--broker", broker), ("--store", store)):
+        if url is not None:
+            words += [flag, str(maybe_sanitize_url(url))]
+    return words
 
-        words += ["--store", str(maybe_sanitize_url(store))]
+
+def _collect_command(manifest: Path, out: Path, ca: Path | None, store: str | None) -> str:
+    words = _same_place("collect", ca, None, store)
     if out != manifest.parent:
         words += ["--out", str(out)]
     return shlex.join([*words, str(manifest)])
@@ -375,7 +382,8 @@ def request(
     (result,) = collected.refused or collected.not_written
     if result.code == Code.AUTH_RATE_LIMITED:
         retry = shlex.join(
-            ["casign", "submit", "--job-id", job.job_id, "--profile", profile]
+            [*_same_place("submit", ca, broker, store), "--job-id", job.job_id]
+            + ["--profile", profile]
             + (["--days", str(days)] if days is not None else [])
             + [str(csr_path), "--out", str(out)]
         )

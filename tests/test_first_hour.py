@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -641,3 +643,47 @@ def test_submit_refuses_the_same_csr_size_as_the_signer() -> None:
     from worker.policy import MAX_CSR_BYTES as SIGNER_LIMIT
 
     assert MAX_CSR_BYTES == SIGNER_LIMIT
+
+
+@pytest.mark.slow
+def test_a_rate_limited_request_keeps_its_key_and_is_retried_under_its_job_id(
+    broker_url: str,
+    redis_url: str,
+    endpoints: list[str],
+    queue_env: dict[str, str],
+    store: ResultsStore,
+    queue: str,
+    tmp_path: Path,
+    worker_starter: list[WorkerProcess],
+) -> None:
+    from tests.cas import make_alice_ca
+
+    ca = make_alice_ca(tmp_path / "ca")
+    secret = tmp_path / "cli.secret"
+    secret.write_text(secrets.token_hex(32))
+    ca.producers_path.write_text(
+        f'[producers.cli]\nsecret = "file:{secret}"\nrate_per_second = 0.5\nburst = 1\n'
+    )
+    env = queue_env | {"CASIGN_PRODUCER_ID": "cli", "CASIGN_PRODUCER_SECRET": f"file:{secret}"}
+    start_test_worker(worker_starter, ca, broker_url, redis_url, store, queue, tmp_path / "w.log")
+    out = tmp_path / "out"
+    casign("request", *endpoints, "--cn", "first.example.com", "--out", out, cwd=tmp_path, env=env)
+    limited = casign(
+        "request", *endpoints, "--cn", "second.example.com", "--out", out,
+        cwd=tmp_path, env=env, expect=3,
+    )  # fmt: skip
+    assert "[auth.rate_limited]" in limited.stderr
+    assert (out / "second.example.com.key.pem").exists()
+    retry = re.search(r"retry later with `(casign submit [^`]+)`", limited.stderr)
+    assert retry is not None, limited.stderr
+    job_id = manifest_jobs(out)["second.example.com"]
+    assert f"--job-id {job_id}" in retry.group(1)
+
+    time.sleep(2.5)  # the bucket holds a token again
+    casign(*shlex.split(retry.group(1))[1:], cwd=tmp_path, env=env)
+    assert store.job_state(job_id)["state"] == "issued"
+    certificate = x509.load_pem_x509_certificate((out / "second.example.com.cert.pem").read_bytes())
+    key = serialization.load_pem_private_key(
+        (out / "second.example.com.key.pem").read_bytes(), None
+    )
+    assert certificate.public_key() == key.public_key()
