@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from cryptography import x509
 
 from casign.cli_base import (
     broker_option,
@@ -25,6 +25,9 @@ from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
 from core.errors import Rejected, Retryable, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 
 class CasignGroup(click.Group):
     """Turns our own errors into one red line and an exit code, never a traceback."""
@@ -36,6 +39,37 @@ class CasignGroup(click.Group):
             fail(f"refused [{exc.code}]: {exc.message}", 3)
         except SigningError as exc:
             fail(str(exc), 2)
+        except OSError as exc:
+            fail(describe_os_error(exc), 2)
+        except Exception as exc:
+            problem = describe_connection_error(exc)
+            if problem is None:
+                raise
+            fail(problem, 2)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A failed file or socket operation as one sentence that names what to change."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use by another process; choose another --port"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename is not None:
+        return f"cannot write under {exc.filename}: a file stands where a folder should be"
+    if exc.filename is not None:
+        return f"cannot use {exc.filename}: {reason}"
+    return reason
+
+
+def describe_connection_error(exc: Exception) -> str | None:
+    """A broker or Redis that cannot be reached, in one sentence; None for anything else."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, OperationalError):
+        return f"cannot reach the broker ({exc}); is it running, and is --broker right?"
+    if isinstance(exc, RedisError):
+        return f"cannot reach Redis ({exc}); is it running, and are --broker/--store right?"
+    return None
 
 
 @click.group(
@@ -119,6 +153,7 @@ def init(
     click.echo(f"chain:           {folder.chain_path}")
     click.echo(f"profiles:        {folder.profiles_path}")
     click.echo(f"openssl config:  {folder.openssl_cnf_path}")
+    click.echo(f"next, start a signer: casign worker --ca {directory}")
 
 
 @main.command()
@@ -175,22 +210,13 @@ def sign(
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 def inspect(path: Path) -> None:
-    """Show a certificate or CSR as `openssl x509 -text` would, without openssl."""
-    from casign.inspect import describe_certificate, describe_csr
+    """Show a certificate or CSR (PEM or DER) as `openssl x509 -text` / `req -text` would."""
+    from casign.inspect import describe_file
 
-    data = path.read_bytes()
-    if b"CERTIFICATE REQUEST" in data:
-        click.echo(describe_csr(x509.load_pem_x509_csr(data)))
-        return
     try:
-        certificates = x509.load_pem_x509_certificates(data)
+        click.echo(describe_file(path.read_bytes()))
     except ValueError:
-        try:
-            certificates = [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            fail(f"{path} holds no PEM or DER certificate or CSR")
-            return
-    click.echo("\n".join(describe_certificate(certificate) for certificate in certificates))
+        fail(f"{path} holds no PEM or DER certificate or CSR")
 
 
 @main.group()
@@ -373,10 +399,10 @@ def audit_show(ca: Path | None, store: str | None, last: int) -> None:
 def _register_other_commands() -> None:
     from casign.cli_est import est
     from casign.cli_lifecycle import COMMANDS as LIFECYCLE_COMMANDS
-    from casign.cli_producer import request, status, submit
+    from casign.cli_producer import collect, request, status, submit
     from casign.demo import demo
 
-    for command in (submit, request, status, demo, est, *LIFECYCLE_COMMANDS):
+    for command in (submit, request, collect, status, demo, est, *LIFECYCLE_COMMANDS):
         main.add_command(command)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigurationError
+from core.layout import ca_folder_problem
 from core.queue import SIGN_QUEUE
 
 ENVIRONMENT = {
@@ -21,6 +22,9 @@ ENVIRONMENT = {
     "CASIGN_PRODUCER_SECRET": "where this producer's HMAC secret is: file:PATH or env:VARIABLE",
 }
 DEFAULT_CA_DIR = Path("ca")
+DEFAULT_STORE_PREFIX = "casign"
+# Given as the broker by commands that never send a task.
+UNUSED_BROKER = "unused://"
 
 
 @dataclass(frozen=True)
@@ -43,20 +47,29 @@ def queue_name() -> str:
 
 
 def store_prefix() -> str:
-    return os.environ.get("CASIGN_STORE_PREFIX", "casign")
+    return os.environ.get("CASIGN_STORE_PREFIX", DEFAULT_STORE_PREFIX)
 
 
-def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | None) -> Endpoints:
-    """Flags win over CASIGN_* variables; with neither, the CA folder's embedded Redis."""
+def resolve_endpoints(
+    broker: str | None, store: str | None, ca_folder: Path | None, *, need_broker: bool = True
+) -> Endpoints:
+    """Flags win over CASIGN_* variables; with neither, the CA folder's embedded Redis.
+
+    A wrong CA folder is named first, before the missing broker or store it was to stand for.
+    Without `need_broker` a store alone will do (the broker is then UNUSED_BROKER).
+    """
     broker_url = broker or os.environ.get("CASIGN_BROKER_URL")
     store_url = store or os.environ.get("CASIGN_STORE_URL")
-    if broker_url and store_url:
-        return Endpoints(broker_url, store_url, store_prefix(), queue_name(), None)
+    if store_url and (broker_url or not need_broker):
+        return Endpoints(broker_url or UNUSED_BROKER, store_url, store_prefix(), queue_name(), None)
     folder = ca_dir(ca_folder)
-    if not folder.exists():
+    problem = ca_folder_problem(folder)
+    if problem is not None:
         raise ConfigurationError(
-            "no broker or store given (--broker/--store or CASIGN_BROKER_URL/CASIGN_STORE_URL) "
-            f"and no CA folder at {folder} to run an embedded Redis in"
+            problem.sentence(
+                "give --ca the folder `casign init` made (or set CASIGN_CA_DIR), or name a "
+                "broker and store with --broker/--store (CASIGN_BROKER_URL/CASIGN_STORE_URL)"
+            )
         )
     from store.embedded import EmbeddedRedis
 
@@ -68,6 +81,22 @@ def resolve_endpoints(broker: str | None, store: str | None, ca_folder: Path | N
         queue_name(),
         folder.absolute(),
     )
+
+
+def known_ca_folder(flag: Path | None, endpoints: Endpoints) -> Path | None:
+    """The CA folder this command is surely about: the embedded Redis's, or one named by
+    --ca or CASIGN_CA_DIR; None when only the default ./ca would be a guess."""
+    if endpoints.embedded_dir is not None:
+        return endpoints.embedded_dir
+    if flag is not None:
+        problem = ca_folder_problem(flag)
+        if problem is not None:
+            raise ConfigurationError(problem.sentence("check --ca"))
+        return flag.absolute()
+    named = os.environ.get("CASIGN_CA_DIR")
+    if named and ca_folder_problem(Path(named)) is None:
+        return Path(named).absolute()
+    return None
 
 
 def producer_identity() -> tuple[str | None, str | None]:

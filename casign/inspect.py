@@ -200,6 +200,23 @@ def describe_csr(csr: x509.CertificateSigningRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_file(data: bytes) -> str:
+    """The certificates or the CSR in `data`, PEM or DER; ValueError when it holds neither.
+
+    Never quotes `data`: a key file given by mistake must not be printed.
+    """
+    if b"CERTIFICATE REQUEST-----" in data:
+        return describe_csr(x509.load_pem_x509_csr(data))
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return "\n".join(
+            describe_certificate(cert) for cert in x509.load_pem_x509_certificates(data)
+        )
+    try:
+        return describe_certificate(x509.load_der_x509_certificate(data))
+    except ValueError:
+        return describe_csr(x509.load_der_x509_csr(data))
+
+
 def oid_name(oid: x509.ObjectIdentifier) -> str:
     """Return OpenSSL's long name for `oid`, or its dotted form when OpenSSL has none."""
     return OPENSSL_LONG_NAMES.get(oid.dotted_string, oid.dotted_string)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 OCSP_CERT_NAME = "ocsp.cert.pem"
@@ -20,3 +21,34 @@ def ocsp_key_path(ca_root: Path) -> Path:
 
 def intermediate_cert_path(ca_root: Path) -> Path:
     return ca_root / "intermediate" / "certs" / "intermediate.cert.pem"
+
+
+@dataclass(frozen=True)
+class FolderProblem:
+    """Why a folder given as a CA folder is not one; `ca_above` is set when it is a CA's inside."""
+
+    reason: str
+    ca_above: Path | None = None
+
+    def sentence(self, remedy: str) -> str:
+        """The reason, then `remedy`, or the CA folder above when that is what was meant."""
+        if self.ca_above is not None:
+            return f"{self.reason}; give --ca {self.ca_above}, the CA folder above it"
+        return f"{self.reason}; {remedy}"
+
+
+def ca_folder_problem(ca_root: Path) -> FolderProblem | None:
+    """None when `ca_root` is a CA folder made by `casign init` (or the guide); else why not."""
+    if intermediate_cert_path(ca_root).is_file():
+        return None
+    if not ca_root.exists():
+        return FolderProblem(f"no CA folder at {ca_root}")
+    if not ca_root.is_dir():
+        return FolderProblem(f"{ca_root} is a file, not a CA folder")
+    for above in (ca_root.absolute().parent, ca_root.absolute().parent.parent):
+        # The intermediate folder itself, or one of its subfolders (certs/, private/, ...).
+        if intermediate_cert_path(above).is_file() and above != ca_root.absolute():
+            return FolderProblem(f"{ca_root} is inside the CA folder {above}", above)
+    return FolderProblem(
+        f"{ca_root} is not a CA folder (no intermediate/certs/intermediate.cert.pem)"
+    )

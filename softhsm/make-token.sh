@@ -5,7 +5,8 @@
 #   softhsm/make-token.sh DIR LABEL OBJECT [rsa2048|rsa4096|p256|none]
 #
 # With `none` the token is made empty, for `casign init --intermediate-key-uri` to generate the
-# key in it.
+# key in it: that is the README's way. Without it (rsa2048 by default) the script makes the key
+# itself, for a signer that is given an existing key; `casign init` then refuses to make another.
 #
 # The SO and user PINs are random, written to DIR/so-pin and DIR/user-pin (mode 0400) and
 # handed to pkcs11-tool through its environment (env:NAME), never on a command line.
@@ -98,9 +99,9 @@ if [[ -n $key_type ]]; then
     CASIGN_USER_PIN=$user_pin p11 --token-label "$label" --login --pin env:CASIGN_USER_PIN \
         --keypairgen --key-type "$key_type" --label "$object" --id "$key_id" \
         --usage-sign --sensitive >/dev/null
-    echo "made token '$label' with $key key '$object' in $dir/tokens" >&2
+    echo "made token '$label' with $key key '$object' in $dir/tokens (for \`casign init\` to make the key, run with none instead)" >&2
 else
-    echo "made empty token '$label' in $dir/tokens; \`casign init\` makes the key '$object'" >&2
+    echo "made empty token '$label' in $dir/tokens; \`casign init CA --intermediate-key-uri URI\` makes the key '$object'" >&2
 fi
 token_part=$(percent_encode "$label")
 object_part=$(percent_encode "$object")

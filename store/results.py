@@ -9,10 +9,12 @@ Keys, under a prefix (`casign` unless configured):
   index:order   list of serial hex in issuance order (export keeps the order)
   reply:{name}  list of JobResult JSON a producer waits on
   chain         the CA chain PEM handed out with every certificate
+  workers       hash: queue name -> unix time a worker serving it last started or took a batch
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -405,6 +407,17 @@ class ResultsStore:
     @translated
     def chain(self) -> str | None:
         return optional_text(self.client.get(self.key("chain")))
+
+    @translated
+    def note_worker_active(self, queue: str) -> None:
+        """Record that a worker serving `queue` is alive now (it started, or took a batch)."""
+        self.client.hset(self.key("workers"), queue, f"{time.time():.3f}")
+
+    @translated
+    def workers_last_active(self) -> dict[str, float]:
+        """When a worker last started or took a batch (unix time), by the queue it serves."""
+        raw = self.client.hgetall(self.key("workers"))
+        return {text(queue): float(text(when)) for queue, when in raw.items()}
 
     @translated
     def mark_failed(self, failures: Iterable[Failure]) -> list[bool]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import shutil
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
 from core.keys import write_private_key
+from core.layout import ca_folder_problem
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 from worker.profiles import default_profiles_toml
@@ -91,10 +96,10 @@ class CAFolder:
         return self.intermediate_cert_path.exists()
 
     def require(self) -> None:
-        if not self.exists():
+        problem = ca_folder_problem(self.root)
+        if problem is not None:
             raise ConfigurationError(
-                f"{self.root} is not a CA folder (no intermediate/certs/intermediate.cert.pem); "
-                f"make one with `casign init {self.root}`"
+                problem.sentence(f"make one with `casign init {self.root}`, or give --ca another")
             )
 
     def _read_certificate(self, path: Path) -> x509.Certificate:
@@ -202,22 +207,151 @@ def _pem(certificate: x509.Certificate) -> str:
 
 
 def init_ca(directory: Path, options: CAOptions) -> CAFolder:
-    """Make a new root and intermediate pair in the guide's layout; refuse an existing CA."""
-    folder = CAFolder(directory)
+    """Make a new root and intermediate pair in the guide's layout, all or nothing.
+
+    Everything, the token key included, is made in a staging folder beside `directory` and
+    moved into place only once complete; on any failure the staging folder is removed, so
+    nothing is left and the same command can simply be run again.
+    """
+    target = CAFolder(directory)
+    _refuse_existing_ca(target)
+    passphrase = _read_passphrase(options.passphrase_file)
+    key_uri = (
+        _stored_key_uri(options.intermediate_key_uri) if options.intermediate_key_uri else None
+    )
+    target.root.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.root.with_name(f".{target.root.name}.casign-init-{secrets.token_hex(4)}")
+    staging.mkdir(mode=0o777)  # the umask decides, as for a folder made by hand
+    token_key_made = False
+    try:
+        work = CAFolder(staging)
+        _make_folders(work)
+        root_key = options.key_type.generate()
+        write_private_key(work.root_key_path, root_key, passphrase)
+        root_name = _name(options.root_cn, options)
+        root_cert = _ca_certificate(root_name, root_key, root_name, root_key, ROOT_DAYS, None)
+        _write_file(work.root_cert_path, _pem(root_cert), CERT_MODE)
+
+        if key_uri is not None:
+            intermediate_key = _generate_token_key(key_uri, options.key_type)
+            token_key_made = True
+        else:
+            pin_query = (
+                f"?pin-source=file:{options.passphrase_file.absolute()}"
+                if options.passphrase_file is not None
+                else ""
+            )
+            key_uri = f"file:private/intermediate.key.pem{pin_query}"
+            intermediate_key = options.key_type.generate()
+            write_private_key(work.intermediate_key_path, intermediate_key, passphrase)
+        intermediate_cert = _ca_certificate(
+            _name(options.intermediate_cn, options),
+            intermediate_key,
+            root_name,
+            root_key,
+            INTERMEDIATE_DAYS,
+            0,
+        )
+        _write_file(work.intermediate_cert_path, _pem(intermediate_cert), CERT_MODE)
+        _write_file(work.chain_path, _pem(intermediate_cert) + _pem(root_cert), CERT_MODE)
+        _write_configuration(work, target, options, key_uri)
+        _move_into_place(staging, target.root)
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if token_key_made and options.intermediate_key_uri:
+            raise ConfigurationError(
+                f"{exc}; nothing was written, but the token now holds the new key of "
+                f"{options.intermediate_key_uri}: delete it (pkcs11-tool --delete-object) or "
+                "name another object= before trying again"
+            ) from exc
+        raise
+    except BaseException:  # Ctrl-C: leave nothing half-made either
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _refuse_existing_ca(folder: CAFolder) -> None:
+    if folder.exists():
+        raise ConfigurationError(
+            f"{folder.root} already holds a CA ({folder.intermediate_cert_path} exists); "
+            "refusing to overwrite it"
+        )
     for existing in (folder.root_key_path, folder.root_cert_path, folder.intermediate):
         if existing.exists():
             raise ConfigurationError(
-                f"{folder.root} already holds a CA ({existing} exists); refusing to overwrite it"
+                f"{folder.root} already holds a CA or part of one ({existing} exists); refusing "
+                f"to overwrite it (a half-made CA left by an older casign may be removed)"
             )
-    passphrase = (
-        options.passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
-        if options.passphrase_file
-        else None
-    )
-    if options.passphrase_file is not None and not passphrase:
-        raise ConfigurationError(f"{options.passphrase_file}: the passphrase file is empty")
+    if folder.root.exists() and not folder.root.is_dir():
+        raise ConfigurationError(f"{folder.root} is a file; give a new or empty folder")
 
-    folder.root.mkdir(parents=True, exist_ok=True)
+
+def _read_passphrase(passphrase_file: Path | None) -> str | None:
+    if passphrase_file is None:
+        return None
+    try:
+        passphrase = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{passphrase_file}: cannot read the passphrase file ({exc.strerror})"
+        ) from None
+    if not passphrase:
+        raise ConfigurationError(f"{passphrase_file}: the passphrase file is empty")
+    return passphrase
+
+
+def _stored_key_uri(text: str) -> str:
+    """The key URI as `casign.toml` keeps it: checked now, a relative pin-source file made absolute.
+
+    A worker reads the PIN from its own working folder, so `file:hsm/user-pin` is resolved here,
+    where the operator typed it.
+    """
+    parsed = parse_key_uri(text)  # refuses pin-value and a pin-source that is no source
+    source = parsed.pin_source
+    if source is None or not source.startswith("file:") or Path(source[5:]).is_absolute():
+        return text
+    body, _, query = text.partition("?")
+    items = [
+        f"pin-source=file:{quote(str(Path(source[5:]).absolute()), safe='/')}"
+        if unquote(item.partition("=")[0]) == "pin-source"
+        else item
+        for item in query.split("&")
+    ]
+    return f"{body}?{'&'.join(items)}"
+
+
+def _generate_token_key(key_uri: str, key_type: KeyType) -> SigningKey:
+    """The intermediate key, made inside the token; a failure says what to fix."""
+    try:
+        return generate_key(key_uri, key_type)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc}{_token_hint(str(exc), key_uri)}") from exc
+
+
+def _token_hint(message: str, key_uri: str) -> str:
+    """What an operator following the README most likely has to change after `message`."""
+    if "already holds an object" in message:
+        return (
+            "; for `casign init` to make the key, make the token empty with "
+            "`softhsm/make-token.sh DIR LABEL OBJECT none`, or name another object= in the URI"
+        )
+    parsed = parse_key_uri(key_uri)
+    module = parsed.query.get("module-path") or os.environ.get(
+        "CASIGN_PKCS11_MODULE", "libsofthsm2.so"
+    )
+    if "softhsm" not in module.lower():
+        return ""
+    conf = os.environ.get("SOFTHSM2_CONF")
+    if conf is None:
+        return (
+            "; SOFTHSM2_CONF is not set, so SoftHSM looked in its default token folder: "
+            "export SOFTHSM2_CONF=DIR/softhsm2.conf as softhsm/make-token.sh printed"
+        )
+    return f" (SoftHSM read its tokens from SOFTHSM2_CONF={conf})"
+
+
+def _make_folders(folder: CAFolder) -> None:
     for sub in ("certs", "crl", "newcerts", "private"):
         (folder.root / sub).mkdir(exist_ok=True)
         (folder.intermediate / sub).mkdir(parents=True, exist_ok=True)
@@ -225,50 +359,51 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
     os.chmod(folder.root / "private", 0o700)
     os.chmod(folder.intermediate / "private", 0o700)
 
-    root_key = options.key_type.generate()
-    write_private_key(folder.root_key_path, root_key, passphrase)
-    root_name = _name(options.root_cn, options)
-    root_cert = _ca_certificate(root_name, root_key, root_name, root_key, ROOT_DAYS, None)
-    _write_file(folder.root_cert_path, _pem(root_cert), CERT_MODE)
 
-    pin_query = (
-        f"?pin-source=file:{options.passphrase_file.absolute()}"
-        if options.passphrase_file is not None
-        else ""
-    )
-    if options.intermediate_key_uri:
-        key_uri = options.intermediate_key_uri
-        intermediate_key = generate_key(key_uri, options.key_type)
-    else:
-        key_uri = f"file:private/intermediate.key.pem{pin_query}"
-        intermediate_key = options.key_type.generate()
-        write_private_key(folder.intermediate_key_path, intermediate_key, passphrase)
-    intermediate_cert = _ca_certificate(
-        _name(options.intermediate_cn, options),
-        intermediate_key,
-        root_name,
-        root_key,
-        INTERMEDIATE_DAYS,
-        0,
-    )
-    _write_file(folder.intermediate_cert_path, _pem(intermediate_cert), CERT_MODE)
-    _write_file(folder.chain_path, _pem(intermediate_cert) + _pem(root_cert), CERT_MODE)
-
+def _write_configuration(
+    work: CAFolder, target: CAFolder, options: CAOptions, key_uri: str
+) -> None:
+    """openssl.cnf, the CA databases, profiles and settings, written in `work` for `target`."""
     for base, cnf in (
-        (folder.root, root_openssl_cnf),
-        (folder.intermediate, intermediate_openssl_cnf),
+        (work.root, root_openssl_cnf),
+        (work.intermediate, intermediate_openssl_cnf),
     ):
-        _write_file(base / "openssl.cnf", cnf(folder.root), 0o644)
+        _write_file(base / "openssl.cnf", cnf(target.root), 0o644)
         _write_file(base / "index.txt", "", 0o644)
         _write_file(base / "index.txt.attr", "unique_subject = no\n", 0o644)
         _write_file(base / "serial", "1000\n", 0o644)
-    _write_file(folder.intermediate / "crlnumber", "1000\n", 0o644)
-    _write_file(folder.profiles_path, default_profiles_toml(options.base_url), 0o644)
+    _write_file(work.intermediate / "crlnumber", "1000\n", 0o644)
+    _write_file(work.profiles_path, default_profiles_toml(options.base_url), 0o644)
     _write_file(
-        folder.settings_path,
+        work.settings_path,
         "# casign settings of this CA. The key is named by URI (file: or pkcs11:);\n"
         "# a PIN or passphrase is only ever named here by pin-source, never written.\n"
         f'intermediate_key = "{key_uri}"\n',
         0o644,
     )
-    return folder
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished CA to `target`; into an existing folder entry by entry, or not at all."""
+    try:
+        os.rename(staging, target)  # `target` absent, or an empty folder
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    entries = sorted(staging.iterdir())
+    for entry in entries:
+        if os.path.lexists(target / entry.name):
+            raise ConfigurationError(
+                f"{target} already holds {entry.name}; give a new or empty folder"
+            )
+    moved: list[str] = []
+    try:
+        for entry in entries:
+            os.rename(entry, target / entry.name)
+            moved.append(entry.name)
+    except BaseException:
+        for name in moved:
+            os.rename(target / name, staging / name)
+        raise
+    staging.rmdir()

@@ -119,6 +119,7 @@ class SignerProcess:
             except SigningError as exc:
                 # The key cannot be opened now (HSM gone, PIN changed): wait and retry.
                 raise Retryable(str(exc)) from exc
+        self._signer.store.note_worker_active(self.settings.queue)  # read by `casign status`
         return self._signer
 
     def wait_out_outages(self, attempt: Callable[[], T], what: str) -> T:
