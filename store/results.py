@@ -2,7 +2,8 @@
 
 It holds one part per concern, each owning its keys (all named in `store.keys`):
 `jobs` (records, reservation, publishing), `index` (certificates, index lines, adoption),
-`replies`, `audit`, `ca_chain`, `crls`, `rate_limits` and `locks`. Revocation is `store.revocations.RevocationStore(store)`. The methods
+`replies`, `audit`, `ca_chain`, `crls`, `rate_limits`, `locks`, and `health` (eviction policy,
+persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
 below are the entry points callers have always used; each hands over to its part.
 """
 
@@ -18,6 +19,7 @@ from store.audit import AuditLog
 from store.boundary import translated
 from store.chain import ChainRecord
 from store.crls import CRLStore
+from store.health import Fitness, MemoryUse, StoreHealth
 from store.index import CertificateIndex
 from store.jobs import Failure, Intent, Issued, JobRecords, Refusal, Reservation
 from store.keys import KeySpace
@@ -53,6 +55,7 @@ class ResultsStore:
         self.crls = CRLStore(client, self.keys, self.scripts)
         self.rate_limits = RateLimits(client, self.keys, self.scripts)
         self.locks = Locks(client, self.keys, self.scripts)
+        self.health = StoreHealth(client)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:
@@ -83,7 +86,11 @@ class ResultsStore:
         return bool(self.client.ping())
 
     def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
-        """Record each intent before signing: its serial (never reused) and its TBS record."""
+        """Record each intent before signing: its serial (never reused) and its TBS record.
+
+        Refused (Retryable) while the store may evict keys; see `store.health`.
+        """
+        self.health.guard()
         return self.jobs.reserve(intents)
 
     def publish(
@@ -161,3 +168,11 @@ class ResultsStore:
 
     def chain(self) -> str | None:
         return self.ca_chain.get()
+
+    def require_fit(self) -> Fitness | None:
+        """A worker's start-up check: StoreUnfit unless maxmemory-policy is noeviction."""
+        return self.health.require_fit()
+
+    def memory(self) -> MemoryUse:
+        """Memory used by Redis and its `maxmemory` headroom."""
+        return self.health.memory()

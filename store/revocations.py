@@ -47,6 +47,7 @@ class RevocationStore:
         reason = canonical_reason(reason)
         serial = canonical_serial(serial)
         moment = (when or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        self.store.health.guard()
         keys = self._keys
         script_keys = [keys.index, keys.revoked, keys.audit, keys.audit_head]
         if request_id:
