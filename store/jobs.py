@@ -265,6 +265,11 @@ class JobRecords:
         ]
 
     @translated
+    def serial_owner(self, serial: str) -> str | None:
+        """The job id `serial` (hex as stored) was drawn for, `adopted`, or None if unused."""
+        return optional_text(self._client.hget(self._keys.serials, serial))
+
+    @translated
     def count_serials(self) -> int:
         """Serials drawn or adopted so far."""
         return int(self._client.hlen(self._keys.serials))

@@ -163,6 +163,10 @@ class ResultsStore:
     def count_serials(self) -> int:
         return self.jobs.count_serials()
 
+    def serial_owner(self, serial: str) -> str | None:
+        """The job id `serial` was issued for (`adopted` before casign), None if never drawn."""
+        return self.jobs.serial_owner(serial.upper())
+
     def set_chain(self, chain_pem: str) -> None:
         self.ca_chain.set(chain_pem)
 

