@@ -11,7 +11,7 @@ Jobs and records (`store.jobs`):
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
-Certificates, index and revocations (`store.index`, `store.revocations`):
+Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:certs             hash: serial hex -> certificate PEM
   P:index             hash: serial hex -> index.txt line
   P:index:order       list of serial hex in issuance order (export keeps the order)
@@ -24,7 +24,7 @@ The audit log (`store.audit`, appended by `lua/audit.lua` only):
 CRLs (`store.crls`):
   P:crl:number        counter: the last CRL number drawn (INCR)
   P:crl:latest        hash: number, pem, this_update, next_update of the newest CRL published
-The CA (`store.chain`):
+The CA (`store.ca_chain`):
   P:chain             string: the CA chain PEM handed out with every certificate
 Rate limits and locks (`store.rate_limits`, `store.locks`):
   P:rate:{producer}   hash: tokens, at of a producer's token bucket; expires when full again
