@@ -93,7 +93,7 @@ class Producer:
 
     def close(self) -> None:
         self._celery.close()
-        self.store.client.close()
+        self.store.close()
 
     def request(
         self,
