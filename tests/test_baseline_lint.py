@@ -24,7 +24,7 @@ from core.errors import RefusalCode
 from core.keys import KeyType
 from store.results import ResultsStore
 from tests.csrs import job, make_csr
-from worker import lint
+from worker import lint, policy
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAOptions, init_ca
 from worker.issuance import BatchSigner
@@ -260,3 +260,45 @@ def test_whatever_tls_server_issues_passes_the_baseline_linter(
         lint.findings(certificate.public_bytes(serialization.Encoding.DER), "pkilint-br-serverauth")
         == []
     )
+
+
+@pytest.mark.parametrize(
+    ("profile", "common_name", "san"),
+    [
+        ("server_cert", "*.example.com", ["DNS:*.example.com", "DNS:printer.local"]),
+        ("usr_cert", "alice@example.com", ["URI:spiffe://example.org/ns/default/sa/alice"]),
+        ("usr_cert", "alice@example.com", ["URI:urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"]),
+        ("usr_cert", "alice@example.com", ["URI:mailto:alice@example.com"]),
+    ],
+)
+def test_the_rfc5280_linter_takes_wildcards_and_absolute_uris(
+    signer: BatchSigner, profile: str, common_name: str, san: list[str]
+) -> None:
+    """pkilint's own syntax checks know web URLs and no wildcard label; lint.py drops those two
+    findings where the value is a wildcard over a valid name or an absolute URI (RFC 5280
+    4.2.1.6), so the guide's profiles keep issuing them."""
+    (result,) = signer.sign_batch(
+        [job(f"rfc5280-{next(_job_numbers)}", make_csr(common_name), profile, san=san)]
+    )
+    assert result.status == "issued", result.message
+
+
+def test_the_rfc5280_linter_still_refuses_a_broken_name(
+    signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the policy's DNS syntax check off, `www..example.com` reaches the linter, which
+    refuses it (pkix.invalid_domain_name_syntax): the two exceptions above are that narrow."""
+    monkeypatch.setattr(policy, "check_dns_name", lambda name, what: None)
+    (result,) = signer.sign_batch(
+        [
+            job(
+                "rfc5280-broken",
+                make_csr("www.example.com"),
+                "server_cert",
+                san=["DNS:www..example.com"],
+            )
+        ]
+    )
+    assert (result.status, result.code) == ("refused", RefusalCode.LINT_FAILED)
+    assert "pkix.invalid_domain_name_syntax" in (result.message or "")
+    assert store.count_serials() == 0

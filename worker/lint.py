@@ -8,6 +8,7 @@ key type and size) and pkilint's validators are made once per process, on first 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -24,9 +25,14 @@ from pkilint.validation import ValidationFindingSeverity
 
 from core.errors import RefusalCode, Rejected
 from worker.profiles import LinterName
+from worker.web_names import is_dns_name
 
 _REFUSING = ValidationFindingSeverity.ERROR  # ERROR and FATAL (FATAL is 0, ERROR 1)
 _SHOWN_FINDINGS = 3
+_PKIX_DOMAIN_SYNTAX = "pkix.invalid_domain_name_syntax"
+_PKIX_URI_SYNTAX = "pkix.invalid_uri_syntax"
+# RFC 3986 4.3 absolute-URI: scheme ":" hier-part, printable ASCII without spaces.
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +71,23 @@ def findings(der: bytes, linter: LinterName) -> list[Finding]:
         for result in results
         for description in result.finding_descriptions
         if description.finding.severity <= _REFUSING
+        and not _is_narrower_than_rfc5280(description.finding.code, result.node)
     ]
+
+
+def _is_narrower_than_rfc5280(code: str, node: Any) -> bool:
+    """Two of pkilint's RFC 5280 syntax checks use the `validators` package's web rules, which
+    are narrower than the RFCs: its domain check knows no wildcard label (RFC 6125 6.4.3's
+    `*.example.com`, which the guide's server_cert issues; the BR linter drops that finding for
+    a wildcard-aware check of its own), and its URI check knows only web URLs (it refuses
+    `spiffe://`, `urn:` and `mailto:` URIs, absolute URIs as RFC 5280 4.2.1.6 asks). Such a
+    finding is dropped when the value is a wildcard over a valid name, or an absolute URI."""
+    value = str(node.pdu)
+    if code == _PKIX_DOMAIN_SYNTAX:
+        return value.startswith("*.") and is_dns_name(value[2:], wildcard=False)
+    if code == _PKIX_URI_SYNTAX:
+        return _ABSOLUTE_URI.match(value) is not None
+    return False
 
 
 def lint_tbs(
