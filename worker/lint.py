@@ -82,11 +82,11 @@ def _is_narrower_than_rfc5280(code: str, node: Any) -> bool:
     a wildcard-aware check of its own), and its URI check knows only web URLs (it refuses
     `spiffe://`, `urn:` and `mailto:` URIs, absolute URIs as RFC 5280 4.2.1.6 asks). Such a
     finding is dropped when the value is a wildcard over a valid name, or an absolute URI."""
-    value = str(node.pdu)
     if code == _PKIX_DOMAIN_SYNTAX:
+        value = str(node.pdu)
         return value.startswith("*.") and is_dns_name(value[2:], wildcard=False)
     if code == _PKIX_URI_SYNTAX:
-        return _ABSOLUTE_URI.match(value) is not None
+        return _ABSOLUTE_URI.match(str(node.pdu)) is not None
     return False
 
 
