@@ -302,3 +302,17 @@ def test_the_rfc5280_linter_still_refuses_a_broken_name(
     assert (result.status, result.code) == ("refused", RefusalCode.LINT_FAILED)
     assert "pkix.invalid_domain_name_syntax" in (result.message or "")
     assert store.count_serials() == 0
+
+
+def test_a_linter_that_breaks_refuses_the_job_rather_than_skipping_it(
+    signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(der: bytes, linter: str) -> list[lint.Finding]:
+        raise RuntimeError("pkilint bug")
+
+    monkeypatch.setattr(lint, "findings", broken)
+    csr = make_csr("www.example.com", san=[x509.DNSName("www.example.com")])
+    (result,) = signer.sign_batch([job("lint-broken", csr, "tls_server")])
+    assert (result.status, result.code) == ("refused", RefusalCode.LINT_FAILED)
+    assert "could not lint" in (result.message or "") and "RuntimeError" in (result.message or "")
+    assert store.count_serials() == 0

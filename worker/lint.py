@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from pkilint import finding_filter, loader
@@ -93,16 +93,22 @@ def _is_narrower_than_rfc5280(code: str, node: Any) -> bool:
 def lint_tbs(
     tbs: x509.CertificateBuilder,
     ca_key: CertificateIssuerPrivateKeyTypes,
-    algorithm: Any,
+    algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None,
     linter: LinterName,
 ) -> None:
     """Sign `tbs` with a throwaway key like `ca_key` and lint it; raise Rejected (`lint.failed`)
-    naming the findings when the linter reports an error or a fatal finding."""
+    naming the findings when the linter reports an error or a fatal finding, or cannot run."""
     if linter == "off":
         return
     throwaway = throwaway_key_like(ca_key)
     der = tbs.sign(throwaway, algorithm).public_bytes(serialization.Encoding.DER)
-    found = findings(der, linter)
+    try:
+        found = findings(der, linter)
+    except Exception as exc:  # a linter that cannot read what we built: refuse, never skip
+        raise Rejected(
+            RefusalCode.LINT_FAILED,
+            f"{linter} could not lint the certificate ({type(exc).__name__}); nothing was signed",
+        ) from exc
     if found:
         shown = "; ".join(finding.describe() for finding in found[:_SHOWN_FINDINGS])
         more = f" and {len(found) - _SHOWN_FINDINGS} more" if len(found) > _SHOWN_FINDINGS else ""
