@@ -321,3 +321,22 @@ def test_every_profile_refuses_a_trailing_dot_and_a_wildcard_on_a_public_suffix(
         signer, "every", make_csr("www.example.com", san=dns(name)), "server_cert", []
     )
     assert result.code in (Code.SAN_TRAILING_DOT, Code.SAN_WILDCARD_PUBLIC_SUFFIX), result.message
+
+
+def test_the_ocsp_responder_subject_keeps_whatever_the_intermediate_holds() -> None:
+    """The delegate's subject is the intermediate's with its own CN; an adopted CA's
+    intermediate may hold DC or serialNumber, which the built-in profile must not refuse."""
+    from worker.profiles import ocsp_responder_profile
+    from worker.subject import build_subject
+
+    intermediate_like = x509.Name(
+        [
+            A(NameOID.DOMAIN_COMPONENT, "example"),
+            A(NameOID.COUNTRY_NAME, "GB"),
+            A(NameOID.ORGANIZATION_NAME, "Alice Ltd"),
+            A(NameOID.SERIAL_NUMBER, "42"),
+            A(NameOID.COMMON_NAME, "Alice Ltd Intermediate CA OCSP Responder"),
+        ]
+    )
+    built = build_subject(intermediate_like, ocsp_responder_profile("sha256"))
+    assert set(built) == set(intermediate_like)

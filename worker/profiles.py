@@ -288,6 +288,8 @@ def ocsp_responder_profile(digest: Literal["sha256", "sha384", "sha512"]) -> Pro
         digest=digest,
         common_name="any",
         san_types=[],
+        # The responder's subject is the intermediate's with its own CN: whatever it holds.
+        subject_attributes=list(SUBJECT_ATTRIBUTE_OIDS),
         authority_key_identifier="keyid",
         key_usage=["digitalSignature"],
         extended_key_usage=["OCSPSigning"],
