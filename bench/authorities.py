@@ -39,6 +39,8 @@ def make_file_authority(directory: Path, key_type: KeyType, name: str) -> BenchA
             root_cn=f"casign bench {name} Root CA",
             intermediate_cn=f"casign bench {name} Intermediate CA",
             key_type=key_type,
+            # Revocation locations: without them the BR linter refuses every tls_server job.
+            base_url="http://pki.bench.example.com",
         ),
     )
     return BenchAuthority(name, folder)

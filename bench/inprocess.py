@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from core.messages import JobResult
 from store.results import ResultsStore
 from worker.authority import SigningAuthority
 from worker.issuance import BatchSigner
+from worker.profiles import ProfileSet
 
 SIGN_ONLY_MAX_JOBS = 5000
 WARMUP_JOBS = 20
@@ -28,22 +30,47 @@ NS_CERT_TYPE_SERVER = bytes.fromhex("03020640")  # BIT STRING, bit 1 (SSL server
 NS_COMMENT_TEXT = b"OpenSSL Generated Server Certificate"
 
 
-def jobs_for(workload: Workload, tag: str) -> list[dict[str, object]]:
-    """The jobs as a worker receives them off the queue, with job ids unique to `tag`."""
+def jobs_for(workload: Workload, tag: str, profile: str = PROFILE) -> list[dict[str, object]]:
+    """The jobs as a worker receives them off the queue, with job ids unique to `tag`; each
+    names its CN as a DNS SAN (tls_server requires one, the others take it as given)."""
     return [
-        {"job_id": f"{tag}-{index:07d}", "csr_pem": pem, "profile": PROFILE}
-        for index, pem in enumerate(workload.csr_pems)
+        {
+            "job_id": f"{tag}-{index:07d}",
+            "csr_pem": pem,
+            "profile": profile,
+            "san": [f"DNS:{name}"],
+        }
+        for index, (pem, name) in enumerate(
+            zip(workload.csr_pems, workload.common_names, strict=True)
+        )
     ]
 
 
+def with_lint(authority: SigningAuthority, profile: str, lint: bool) -> SigningAuthority:
+    """`authority` with only `profile`, whose linter is its own (lint on) or off."""
+    chosen = authority.profiles.get(profile)
+    if chosen is None:
+        raise BenchError(f"the bench CA has no {profile} profile")
+    if not lint:
+        chosen = chosen.model_copy(update={"lint": "off"})
+    return dataclasses.replace(authority, profiles=ProfileSet({profile: chosen}), _extensions={})
+
+
 def measure_limit(
-    authority: SigningAuthority, store: ResultsStore, workload: Workload, batch_size: int, tag: str
+    authority: SigningAuthority,
+    store: ResultsStore,
+    workload: Workload,
+    batch_size: int,
+    tag: str,
+    profile: str = PROFILE,
 ) -> Rate:
-    """`BatchSigner.sign_batch` over the workload in one process: policy, reserve, sign, publish."""
+    """`BatchSigner.sign_batch` over the workload in one process: policy, lint, reserve, sign,
+    publish, under `profile` as the authority defines it."""
     signer = BatchSigner(authority, store)
-    warmup = jobs_for(workload.head(WARMUP_JOBS), f"{tag}-warmup")
+    linter = authority.profiles.get(profile)
+    warmup = jobs_for(workload.head(WARMUP_JOBS), f"{tag}-warmup", profile)
     _check_issued(signer.sign_batch(warmup), len(warmup))
-    jobs = jobs_for(workload, tag)
+    jobs = jobs_for(workload, tag, profile)
     batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
     issued = 0
     cpu = CpuMeter()
@@ -58,7 +85,8 @@ def measure_limit(
     return Rate(
         len(jobs),
         elapsed,
-        f"BatchSigner.sign_batch in a loop, batches of {batch_size}, 1 process, no queue",
+        f"BatchSigner.sign_batch in a loop, {profile} (lint "
+        f"{linter.lint if linter else 'unknown'}), batches of {batch_size}, 1 process, no queue",
         cpu_seconds,
     )
 
@@ -66,7 +94,10 @@ def measure_limit(
 def _check_issued(results: list[JobResult], expected: int) -> None:
     issued = sum(result.status == "issued" for result in results)
     if issued != expected:
-        raise BenchError(f"warm-up issued {issued} of {expected} certificates")
+        first = next(result for result in results if result.status != "issued")
+        raise BenchError(
+            f"warm-up issued {issued} of {expected} certificates ({first.code}: {first.message})"
+        )
 
 
 def server_cert_builder(

@@ -13,7 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import Machine
-from bench.rows import PARALLELISM, Failed, Latency, Missing, Outcome, Rate, Row, Rss
+from bench.rows import (
+    LINT_ROWS,
+    PARALLELISM,
+    Failed,
+    Latency,
+    Missing,
+    Outcome,
+    Rate,
+    Row,
+    Rss,
+)
 
 TARGET_N = 20_000
 SECTION_START = "<!-- what-bounds-it:start (hand-written; `python -m bench` keeps it) -->"
@@ -109,6 +119,9 @@ def compared(report: Report, row: Row) -> str:
             return _times(r(Row.CASIGN_RSA, row), lambda v: f"casign RSA-2048 = {v:.1f} x")
         case Row.OCSP_CACHED:
             return _times(r(row, Row.OCSP_NONCE), lambda v: f"{v:.1f} x signed each")
+        case Row.LINT_SERVER_ON | Row.LINT_USR_ON | Row.LINT_TLS_ON:
+            (off,) = [rows[1] for rows in LINT_ROWS.values() if rows[0] is row]
+            return _times(r(row, off), lambda v: f"{v:.2f} x lint off")
         case _:
             return ""
 
@@ -312,7 +325,10 @@ LEGEND = (
     "CPU time of the row's own processes per job (workers, producer, openssl, cfssl; never the "
     "shared Redis server); cores: CPUs the row kept busy on average; CPU-bound: the row's "
     "parallelism (1, or 2 for casign, cfssl and 2 PKCS#11 processes) / CPU per job, the rate "
-    "it would reach with its cores to itself, which other tenants of the machine do not move."
+    "it would reach with its cores to itself, which other tenants of the machine do not move. "
+    "lint rows: the limit row on the first --lint-count CSRs under each profile, with its "
+    "pkilint linter (server_cert and usr_cert: RFC 5280, tls_server: CA/B Forum BR) and with "
+    "lint off; the limit row itself is server_cert with its linter."
 )
 
 

@@ -12,6 +12,12 @@ class Row(StrEnum):
 
     LIMIT_RSA = "limit RSA-2048"
     SIGN_ONLY_RSA = "sign only RSA-2048"
+    LINT_SERVER_ON = "limit RSA-2048 server_cert, lint on"
+    LINT_SERVER_OFF = "limit RSA-2048 server_cert, lint off"
+    LINT_USR_ON = "limit RSA-2048 usr_cert, lint on"
+    LINT_USR_OFF = "limit RSA-2048 usr_cert, lint off"
+    LINT_TLS_ON = "limit RSA-2048 tls_server, lint on"
+    LINT_TLS_OFF = "limit RSA-2048 tls_server, lint off"
     LIMIT_P256 = "limit P-256"
     SIGN_ONLY_P256 = "sign only P-256"
     CASIGN_RSA = "casign RSA-2048"
@@ -45,6 +51,14 @@ PARALLELISM: dict[Row, int] = {
 SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
     "limit": (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA),
     "limit-p256": (Row.LIMIT_P256, Row.SIGN_ONLY_P256),
+    "lint": (
+        Row.LINT_SERVER_ON,
+        Row.LINT_SERVER_OFF,
+        Row.LINT_USR_ON,
+        Row.LINT_USR_OFF,
+        Row.LINT_TLS_ON,
+        Row.LINT_TLS_OFF,
+    ),
     "casign": (Row.CASIGN_RSA, Row.WORKER_RSS),
     "preload": (Row.CASIGN_PRELOADED,),
     "latency": (Row.LATENCY,),
@@ -156,6 +170,14 @@ class Failed:
 
 
 Outcome = Rate | Latency | Rss | Missing | Failed
+
+
+# The lint rows by profile: (lint on, lint off), the profile's own linter in the first.
+LINT_ROWS: dict[str, tuple[Row, Row]] = {
+    "server_cert": (Row.LINT_SERVER_ON, Row.LINT_SERVER_OFF),
+    "usr_cert": (Row.LINT_USR_ON, Row.LINT_USR_OFF),
+    "tls_server": (Row.LINT_TLS_ON, Row.LINT_TLS_OFF),
+}
 
 
 class BenchError(Exception):

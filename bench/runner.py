@@ -35,7 +35,7 @@ from bench.est_row import (
     measure_est_latency,
     running_est,
 )
-from bench.inprocess import measure_limit, measure_sign_only
+from bench.inprocess import measure_limit, measure_sign_only, with_lint
 from bench.machine import describe_machine, load_average
 from bench.ocsp_rate import measure_ocsp, running_ocsp
 from bench.peers import (
@@ -49,6 +49,7 @@ from bench.pkcs11_rate import raw_sign_rate
 from bench.profiling import SAMPLE_RATE, py_spy_missing, py_spy_recording, summarise
 from bench.report import Report, RunSettings, print_tables, write_markdown
 from bench.rows import (
+    LINT_ROWS,
     SKIP_GROUPS,
     BenchError,
     Failed,
@@ -104,6 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="K",
         help="index entries to add before rerunning the casign row (0: not measured)",
     )
+    parser.add_argument(
+        "--lint-count", type=int, default=2000, help="CSRs per lint on/off row of each profile"
+    )
     parser.add_argument("--openssl-count", type=int, default=300, help="CSRs for `openssl ca`")
     parser.add_argument("--cfssl-count", type=int, default=3000, help="CSRs for cfssl serve")
     parser.add_argument("--batch-size", type=int, default=250, help="jobs per queue message")
@@ -132,7 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for name in (
         "count", "latency_jobs", "batch_size", "openssl_count", "cfssl_count", "repeat",
-        "est_clients",
+        "est_clients", "lint_count",
     ):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -240,6 +244,33 @@ def measure_in_process(
     run.measure(sign_row, lambda: measure_sign_only(signing, workload), round_)
 
 
+def measure_lint(run: Run, signing: SigningAuthority, workload: Workload, round_: int) -> None:
+    """One round of the in-process limit per profile, with the profile's linter and without."""
+    lint_workload = workload.head(run.args.lint_count)
+    for profile, rows in LINT_ROWS.items():
+        for row, lint in zip(rows, (True, False), strict=True):
+            tag = f"lint-{profile}-{'on' if lint else 'off'}-{round_}"
+            store = run.store(tag)
+            linted = with_lint(signing, profile, lint)
+            try:
+                run.measure(
+                    row,
+                    functools.partial(
+                        measure_limit,
+                        linted,
+                        store,
+                        lint_workload,
+                        run.args.batch_size,
+                        tag,
+                        profile,
+                    ),
+                    round_,
+                )
+            finally:
+                delete_keys(store.client, f"{store.prefix}*")
+                store.client.close()
+
+
 @contextlib.contextmanager
 def service(
     run: Run,
@@ -278,7 +309,11 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
     """Rounds of limit, sign only and casign RSA-2048, then latency, preloaded index, memory."""
     args = run.args
     limit_rows = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA)
-    signing = load_authority(authority.folder.root) if run.wants(*limit_rows) else None
+    lint_rows = [row for rows in LINT_ROWS.values() for row in rows]
+    wants_lint = run.wants(*lint_rows)
+    signing = (
+        load_authority(authority.folder.root) if run.wants(*limit_rows) or wants_lint else None
+    )
     casign_rows = (Row.CASIGN_RSA, Row.LATENCY, Row.CASIGN_PRELOADED, Row.WORKER_RSS)
     needed = run.wants(*casign_rows, Row.EST, Row.EST_LATENCY)
     with (
@@ -288,8 +323,10 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
         rss_before = casign.pool_rss_kib() if casign else {}
         jobs = 0
         for round_ in range(run.repeat):
-            if signing is not None:
+            if signing is not None and run.wants(*limit_rows):
                 measure_in_process(run, authority, signing, workload, limit_rows, round_)
+            if signing is not None and wants_lint:
+                measure_lint(run, signing, workload, round_)
             if casign is not None:
                 outcome = run.measure(
                     Row.CASIGN_RSA,
@@ -516,6 +553,7 @@ def measure_all(run: Run, work_dir: Path) -> None:
     console.print(f"making {args.count:,} CSRs ({args.leaf_key} leaf key) ...")
     workload = make_workload(args.count, args.leaf_key)
     rsa_rows: tuple[Row, ...] = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
+    rsa_rows += tuple(row for rows in LINT_ROWS.values() for row in rows)
     rsa_rows += (Row.CASIGN_PRELOADED, Row.LATENCY, Row.WORKER_RSS, Row.OPENSSL_CA, Row.CFSSL)
     rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE)
     p256_rows = (Row.LIMIT_P256, Row.SIGN_ONLY_P256, Row.CASIGN_P256)

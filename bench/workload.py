@@ -36,7 +36,8 @@ class Workload:
 
 def common_name(index: int) -> str:
     """A distinct fully qualified name, as the server_cert profile requires of its CN."""
-    return f"host{index:07d}.bench.example"
+    # Under example.com, a public suffix: the tls_server profile takes only public names.
+    return f"host{index:07d}.bench.example.com"
 
 
 def _leaf_key_pem(leaf_key: str) -> bytes:
@@ -71,7 +72,7 @@ def _csrs(key_pem: bytes, names: Sequence[str]) -> list[str]:
 
 
 def make_workload(count: int, leaf_key: str = "rsa2048") -> Workload:
-    """`count` CSRs named `host0000000.bench.example` onwards, made on every CPU."""
+    """`count` CSRs named `host0000000.bench.example.com` onwards, made on every CPU."""
     key_pem = _leaf_key_pem(leaf_key)
     names = [common_name(index) for index in range(count)]
     chunks = [names[start : start + _CHUNK] for start in range(0, count, _CHUNK)]

@@ -132,7 +132,7 @@ def san_from_common_name(common_name: str, profile: str, profiles: ProfileSet | 
     For `casign request` without --san: a TLS profile that requires a SAN then gets the name
     the CN already gives, as `openssl req -addext subjectAltName=DNS:...` would put it.
     """
-    from worker.policy import is_dns_name
+    from worker.web_names import is_dns_name
 
     try:
         ipaddress.ip_address(common_name)

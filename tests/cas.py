@@ -15,6 +15,8 @@ ALICE = CAOptions(
     organization="Alice Ltd",
     country="GB",
     key_type=KeyType.RSA2048,
+    # Where revocation is published: without it the BR linter refuses every tls_server request.
+    base_url="http://pki.example.com",
 )
 
 

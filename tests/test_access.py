@@ -8,6 +8,7 @@ that sign their batches), including Redis with a password, and with TLS (`rediss
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -29,7 +30,7 @@ import redis
 from celery import Celery
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from core.auth import MessageKind, ca_identity, read_secret, seal
@@ -966,3 +967,271 @@ def test_a_redelivered_batch_costs_no_rate_tokens(
     assert {job_id: r.certificate_pem for job_id, r in again.items()} == {
         job_id: r.certificate_pem for job_id, r in first.items()
     }
+
+
+# --- subject and names: per-producer rights that hold (issue 10 item 5) ----------------------
+
+SMUGGLED = {
+    "DC": (NameOID.DOMAIN_COMPONENT, "corp"),
+    "UID": (NameOID.USER_ID, "root"),
+    "OU": (NameOID.ORGANIZATIONAL_UNIT_NAME, "Domain Admins"),
+    "O": (NameOID.ORGANIZATION_NAME, "system:masters"),
+}
+
+
+def wide_usr_cert(authority: SigningAuthority) -> SigningAuthority:
+    """The session authority with a usr_cert that allows every subject attribute casign knows,
+    so that only the producer's rights stand between hr-portal and DC, UID, OU and O."""
+    from worker.profiles import SUBJECT_ATTRIBUTE_OIDS, ProfileSet
+
+    usr_cert = authority.profiles.get("usr_cert")
+    assert usr_cert is not None
+    wide = usr_cert.model_copy(update={"subject_attributes": list(SUBJECT_ATTRIBUTE_OIDS)})
+    return dataclasses.replace(authority, profiles=ProfileSet({"usr_cert": wide}), _extensions={})
+
+
+def smuggling_csr(*labels: str) -> str:
+    return make_csr(
+        "alice@example.com",
+        extra_attributes=[x509.NameAttribute(*SMUGGLED[label]) for label in labels],
+    )
+
+
+@pytest.mark.parametrize("label", [*SMUGGLED, "all"])
+def test_hr_portal_cannot_put_dc_uid_ou_or_o_in_its_subject(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    credentials: Credentials,
+    tmp_path: Path,
+    label: str,
+) -> None:
+    """The issue's attack: DC=corp, UID=root, OU=Domain Admins, O=system:masters with
+    CN=alice@example.com (Kubernetes reads O as a group). hr-portal is restricted by names, so
+    it may send CN and emailAddress only: refused even where the profile allows the attribute."""
+    path = tmp_path / "producers.toml"
+    path.write_text(credentials.producers_toml(), encoding="utf-8")
+    policy = AccessPolicy.load(path)
+    signer = BatchSigner(wide_usr_cert(authority), store, policy)
+    labels = list(SMUGGLED) if label == "all" else [label]
+    job_id = new_id(f"smuggle-{label}")
+    results = submit(
+        signer,
+        [job(job_id, smuggling_csr(*labels), "usr_cert")],
+        "hr-portal",
+        credentials.secret("hr-portal"),
+    )
+    assert codes(results) == {job_id: RefusalCode.AUTH_SUBJECT_NOT_ALLOWED}
+    assert "hr-portal" in (results[job_id].message or "")
+    assert store.count_issued() == 0 and store.count_serials() == 0
+
+
+def test_the_guide_usr_cert_refuses_dc_and_uid_for_everyone(
+    guarded: BatchSigner, credentials: Credentials
+) -> None:
+    """usr_cert lists the guide's policy_loose attributes; DC and UID are not among them."""
+    for label in ("DC", "UID"):
+        job_id = new_id(label)
+        results = submit(
+            guarded,
+            [job(job_id, smuggling_csr(label), "usr_cert")],
+            "bulk",
+            credentials.secret("bulk"),
+        )
+        assert codes(results) == {job_id: RefusalCode.SUBJECT_ATTRIBUTE_NOT_ALLOWED}
+        assert f"subject {label} " in (results[job_id].message or "")
+
+
+def eng_portal(
+    authority: SigningAuthority, store: ResultsStore, tmp_path: Path, extra: str = ""
+) -> tuple[BatchSigner, bytes]:
+    """A producer held to *.example.com names, with O and OU values allowed by its entry."""
+    secret = secrets.token_hex(32)
+    write_secret(tmp_path / "eng-portal", secret)
+    path = tmp_path / "eng-producers.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            [producers.eng-portal]
+            secret = "file:{tmp_path / "eng-portal"}"
+            names = ["*.example.com", "*@example.com"]
+            subject = {{ O = ["Example Ltd"], OU = ["eng-*"] }}
+            """
+        )
+        + extra,
+        encoding="utf-8",
+    )
+    return BatchSigner(authority, store, AccessPolicy.load(path)), secret.encode()
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({"O": "Example Ltd", "OU": "eng-payments"}, "issued"),
+        ({"O": "Example Ltd"}, "issued"),
+        ({"O": "Evil Ltd"}, RefusalCode.AUTH_SUBJECT_NOT_ALLOWED),
+        ({"OU": "sales"}, RefusalCode.AUTH_SUBJECT_NOT_ALLOWED),
+        ({"OU": "Eng-payments"}, RefusalCode.AUTH_SUBJECT_NOT_ALLOWED),  # values are exact
+        ({"L": "London"}, RefusalCode.AUTH_SUBJECT_NOT_ALLOWED),
+    ],
+)
+def test_a_producer_entry_allows_subject_values_per_attribute(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    tmp_path: Path,
+    attributes: dict[str, str],
+    expected: str,
+) -> None:
+    signer, secret = eng_portal(authority, store, tmp_path)
+    oids = {"O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
+    oids["L"] = NameOID.LOCALITY_NAME
+    csr = make_csr(
+        "api.example.com",
+        extra_attributes=[
+            x509.NameAttribute(oids[key], value) for key, value in attributes.items()
+        ],
+    )
+    job_id = new_id("eng")
+    results = submit(signer, [job(job_id, csr, "server_cert")], "eng-portal", secret)
+    assert codes(results) == {job_id: expected}, results[job_id].message
+
+
+def test_the_subject_is_built_from_the_checked_values(
+    authority: SigningAuthority, store: ResultsStore, tmp_path: Path
+) -> None:
+    """Not the CSR's subject copied: each attribute in its own RDN, in the profile's order,
+    a T61String O written as UTF8String, the CN lower-cased like the SAN."""
+    from tests import hostile_csrs as hostile
+
+    signer, secret = eng_portal(authority, store, tmp_path)
+    csr = hostile.request_with_subject(
+        rsa.generate_private_key(65537, 2048),
+        [
+            (hostile.OID_COMMON_NAME, hostile.tlv(hostile.TAG_UTF8_STRING, b"API.Example.com")),
+            ("2.5.4.11", hostile.tlv(0x0C, b"eng-core")),
+            ("2.5.4.10", hostile.tlv(0x14, b"Example Ltd")),  # T61String
+        ],
+    )
+    job_id = new_id("built")
+    results = submit(signer, [job(job_id, csr, "server_cert")], "eng-portal", secret)
+    assert codes(results) == {job_id: "issued"}, results[job_id].message
+    certificate = x509.load_pem_x509_certificate((results[job_id].certificate_pem or "").encode())
+    assert certificate.subject.rfc4514_string() == "CN=api.example.com,OU=eng-core,O=Example Ltd"
+    assert [len(rdn) for rdn in certificate.subject.rdns] == [1, 1, 1]
+    organization = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0]
+    assert organization._type.name == "UTF8String"
+
+
+@pytest.mark.parametrize(
+    ("name", "wildcards", "expected"),
+    [
+        ("api.example.com", False, "issued"),
+        ("*.example.com", False, RefusalCode.AUTH_NAME_NOT_ALLOWED),
+        ("*.example.com", True, "issued"),
+        ("a.b.example.com", False, RefusalCode.AUTH_NAME_NOT_ALLOWED),
+        ("a.b.example.com", True, RefusalCode.AUTH_NAME_NOT_ALLOWED),
+        ("example.com", False, RefusalCode.AUTH_NAME_NOT_ALLOWED),
+    ],
+)
+def test_a_star_is_one_label_and_a_wildcard_certificate_needs_wildcards_true(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    tmp_path: Path,
+    name: str,
+    wildcards: bool,
+    expected: str,
+) -> None:
+    extra = "wildcards = true\n" if wildcards else ""
+    signer, secret = eng_portal(authority, store, tmp_path, extra)
+    csr = make_csr(name, san=[x509.DNSName(name)])
+    job_id = new_id("star")
+    results = submit(signer, [job(job_id, csr, "server_cert")], "eng-portal", secret)
+    assert codes(results) == {job_id: expected}, results[job_id].message
+
+
+def test_the_kelvin_sign_cannot_fold_into_k(
+    guarded: BatchSigner, credentials: Credentials, store: ResultsStore
+) -> None:
+    """U+212A KELVIN SIGN lower-cases to an ASCII 'k' in Python; names are compared as ASCII,
+    so a CN that looks like kate@example.com but is not ASCII matches no pattern."""
+    job_id = new_id("kelvin")
+    results = submit(
+        guarded,
+        [job(job_id, make_csr("\u212aate@example.com"), "usr_cert")],
+        "hr-portal",
+        credentials.secret("hr-portal"),
+    )
+    assert codes(results) == {job_id: RefusalCode.AUTH_NAME_NOT_ALLOWED}
+    assert store.count_issued() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "wildcards", "allowed"),
+    [
+        ("www.example.com", "*.example.com", False, True),
+        ("WWW.Example.COM", "*.example.com", False, True),
+        ("*.example.com", "*.example.com", False, False),
+        ("*.example.com", "*.example.com", True, True),
+        ("*.example.com", "www.example.com", True, False),
+        ("a.b.example.com", "*.example.com", True, False),
+        ("example.com", "*.example.com", False, False),
+        ("www.example.com.", "*.example.com", False, False),
+        ("a.*.example.com", "*.*.example.com", True, False),
+        ("\u212a.example.com", "k.example.com", False, False),
+        ("k.example.com", "K.example.com", False, True),
+        ("alice@\u212aexample.com", "*@kexample.com", False, False),
+        ("10.1.2.3", "10.0.0.0/8", False, True),
+        ("11.1.2.3", "10.0.0.0/8", False, False),
+        ("10.1.2.3", "*.example.com", False, False),
+        ("https://api.example.com/path", "https://*.example.com", False, True),
+        ("https://evil.test/#@example.com", "https://*.example.com", False, False),
+        ("https://api.example.com@evil.test/", "https://*.example.com", False, False),
+        ("http://api.example.com/", "https://*.example.com", False, False),
+    ],
+)
+def test_name_patterns_match_label_by_label_on_ascii(
+    value: str, pattern: str, wildcards: bool, allowed: bool
+) -> None:
+    from worker.access import name_matches
+
+    assert name_matches(value, pattern, wildcards) is allowed
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("www*.example.com", "whole '*'"),
+        ("\u212aelvin.example.com", "not ASCII"),
+        ("*@", "LOCAL@DOMAIN"),
+        ("https://", "SCHEME://DOMAIN"),
+    ],
+)
+def test_a_pattern_that_cannot_match_label_by_label_is_a_configuration_error(
+    tmp_path: Path, credentials: Credentials, pattern: str, problem: str
+) -> None:
+    path = tmp_path / "producers.toml"
+    path.write_text(
+        f'[producers.a]\nsecret = "file:{credentials.directory / "hr-portal"}"\n'
+        f"names = [{json.dumps(pattern)}]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        AccessPolicy.load(path)
+    assert problem in str(caught.value)
+
+
+def test_a_subject_entry_names_attributes_casign_knows(
+    tmp_path: Path, credentials: Credentials
+) -> None:
+    path = tmp_path / "producers.toml"
+    for table, problem in [
+        ('{ CN = ["x"] }', "list its patterns under `names`"),
+        ('{ shoeSize = ["42"] }', "'shoeSize' is not one of"),
+    ]:
+        path.write_text(
+            f'[producers.a]\nsecret = "file:{credentials.directory / "hr-portal"}"\n'
+            f"subject = {table}\n",
+            encoding="utf-8",
+        )
+        with pytest.raises(ConfigurationError) as caught:
+            AccessPolicy.load(path)
+        assert problem in str(caught.value)

@@ -214,7 +214,13 @@ def test_openssl_verify_accepts_every_profile_and_key_type(
     key_kind: str,
 ) -> None:
     subject, san = PROFILE_REQUESTS[profile]
-    certificate = issue(backend.signer, build_csr(leaf_keys[key_kind], subject, san), profile)
+    csr_pem = build_csr(leaf_keys[key_kind], subject, san)
+    if profile == "tls_server" and key_kind == "ed25519":
+        # BR 6.1.5: RSA and ECDSA only (tests/test_key_quality.py has the rest).
+        (refused,) = backend.signer.sign_batch([job(uuid.uuid4().hex, csr_pem, profile)])
+        assert refused.code == "key.type_not_allowed", refused.message
+        return
+    certificate = issue(backend.signer, csr_pem, profile)
     path = write_cert(tmp_path / "leaf.pem", certificate)
 
     verified = openssl(

@@ -7,24 +7,38 @@ batch must be signed by a listed producer; without it the signer runs open (and 
     secret = "file:/run/secrets/hr-portal"   # or "env:HR_PORTAL_SECRET"
     profiles = ["usr_cert"]
     names = ["*@example.com"]                # every CN and SAN value must match one pattern
+    subject = { O = ["Example Ltd"], OU = ["eng-*"] }  # other subject attributes, by value
+    wildcards = false                        # a wildcard certificate (`*.example.com`) only if true
     rate_per_second = 10                     # token bucket, refilled at this rate
     burst = 200                              # and holding at most this many
+
+How names match is `worker/name_patterns.py`'s docstring. A producer with `names` may put only
+CN (and emailAddress, itself a name) in a subject unless `subject` lists more attributes;
+`subject`, where given, holds every producer to its attributes and values.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope
 from store.results import ResultsStore
+from worker.name_patterns import check_pattern, name_matches, value_matches
+from worker.profiles import SUBJECT_ATTRIBUTE_OIDS
+from worker.subject import attribute_name
+
+__all__ = ["AccessPolicy", "AllowedProducer", "ProducerPolicy", "check_allowed", "name_matches"]
+
+# Attributes that are names, checked against `names`, never against `subject`.
+_NAME_ATTRIBUTES = frozenset({NameOID.COMMON_NAME, NameOID.EMAIL_ADDRESS})
 
 
 class ProducerPolicy(BaseModel):
@@ -35,10 +49,34 @@ class ProducerPolicy(BaseModel):
     secret: str
     profiles: list[str] | None = None
     names: list[str] | None = None
+    # Allowed values (a `*` matches any run of characters) per subject attribute short name.
+    subject: dict[str, list[str]] | None = None
+    wildcards: bool = False
     rate_per_second: float | None = Field(default=None, gt=0)
     burst: int | None = Field(default=None, gt=0)
     # The longest a message of this producer may be sealed for (issued-at to expires-at).
     envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
+
+    @field_validator("names")
+    @classmethod
+    def _usable_patterns(cls, names: list[str] | None) -> list[str] | None:
+        for pattern in names or ():
+            problem = check_pattern(pattern)
+            if problem is not None:
+                raise ValueError(f"name pattern {pattern!r} {problem}")
+        return names
+
+    @field_validator("subject")
+    @classmethod
+    def _known_attributes(cls, subject: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for attribute in subject or {}:
+            if attribute in ("CN", "emailAddress"):
+                raise ValueError(f"{attribute} is a name: list its patterns under `names`")
+            if attribute not in SUBJECT_ATTRIBUTE_OIDS:
+                raise ValueError(
+                    f"subject attribute {attribute!r} is not one of {', '.join(SUBJECT_ATTRIBUTE_OIDS)}"
+                )
+        return subject
 
 
 @dataclass(frozen=True)
@@ -122,29 +160,20 @@ class AccessPolicy:
         return store.rate_limits.take(producer.name, policy.rate_per_second, burst, wanted)
 
 
-def name_matches(value: str, pattern: str) -> bool:
-    """Case-insensitive glob whose `*` and `?` stand for characters of one name, never for
-    `@ / , :` or white space, so `*@example.com` is not met by `eve@evil.test@example.com`."""
-    regex = "".join(
-        r"[^@/,:\s]*" if char == "*" else r"[^@/,:\s]" if char == "?" else re.escape(char)
-        for char in pattern.lower()
-    )
-    return re.fullmatch(regex, value.lower()) is not None
-
-
 def check_allowed(
     producer: AllowedProducer,
     profile: str,
     subject: x509.Name,
     names: tuple[x509.GeneralName, ...],
 ) -> None:
-    """Refuse a profile or a name the producer may not have."""
+    """Refuse a profile, a subject attribute or a name the producer may not have."""
     policy = producer.policy
     if policy.profiles is not None and profile not in policy.profiles:
         raise Rejected(
             RefusalCode.AUTH_PROFILE_NOT_ALLOWED,
             f"producer {producer.name!r} may not request profile {profile!r}",
         )
+    check_subject_allowed(producer, subject)
     if policy.names is None:
         return
     # A legacy subject emailAddress is a name too: S/MIME clients still read it (RFC 5280 4.1.2.6).
@@ -155,8 +184,36 @@ def check_allowed(
     ]
     values += [str(name.value) for name in names]
     for value in values:
-        if not any(name_matches(value, pattern) for pattern in policy.names):
+        if not any(name_matches(value, pattern, policy.wildcards) for pattern in policy.names):
             raise Rejected(
                 RefusalCode.AUTH_NAME_NOT_ALLOWED,
-                f"producer {producer.name!r} may not request the name {value!r}",
+                f"producer {producer.name!r} may not request the name {value!r} "
+                f"(patterns match ASCII names label by label; wildcards "
+                f"{'allowed' if policy.wildcards else 'not allowed'})",
+            )
+
+
+def check_subject_allowed(producer: AllowedProducer, subject: x509.Name) -> None:
+    """Refuse a subject attribute other than CN and emailAddress that the producer's `subject`
+    does not allow; with no `subject` entry, a producer restricted by `names` may send none."""
+    policy = producer.policy
+    if policy.subject is None and policy.names is None:
+        return
+    allowed = policy.subject or {}
+    for attribute in subject:
+        if attribute.oid in _NAME_ATTRIBUTES:
+            continue
+        label, value = attribute_name(attribute.oid), str(attribute.value)
+        patterns = allowed.get(label)
+        if patterns is None:
+            raise Rejected(
+                RefusalCode.AUTH_SUBJECT_NOT_ALLOWED,
+                f"producer {producer.name!r} may not put {label} in a subject (its "
+                "producers.toml entry allows "
+                f"{', '.join(['CN', 'emailAddress', *allowed]) if allowed else 'CN and emailAddress only'})",
+            )
+        if not any(value_matches(value, pattern) for pattern in patterns):
+            raise Rejected(
+                RefusalCode.AUTH_SUBJECT_NOT_ALLOWED,
+                f"producer {producer.name!r} may not have subject {label} {value!r}",
             )

@@ -19,8 +19,24 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from core.errors import RefusalCode as Code
 from core.errors import Rejected
 from core.messages import SignRequest
-from worker.csr_der import rsa_public_exponent
-from worker.profiles import Profile, ProfileSet
+from worker.csr_der import is_ec_public_key, rsa_public_exponent
+from worker.key_quality import check_key_quality
+from worker.profiles import KeyType, Profile, ProfileSet
+from worker.subject import (
+    attribute_name,
+    build_subject,
+    canonical_common_name,
+    check_attributes_allowed,
+    check_country,
+)
+from worker.web_names import (
+    IPAddress,
+    check_dns_name,
+    check_public_dns_name,
+    check_public_ip_address,
+    check_wildcard_base,
+    is_dns_name,
+)
 
 MAX_CSR_BYTES = 64 * 1024
 MAX_RSA_BITS = 8192
@@ -52,18 +68,12 @@ _TEXT_TYPES = frozenset(
         _ASN1Type.IA5String,
     }
 )
-_NAME_LABEL = {
-    NameOID.COMMON_NAME: "CN",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-}
+# Attributes whose ASN.1 type is IA5String (RFC 5280 A.1, RFC 4519 2.4): ASCII only.
+_IA5_ATTRIBUTES = frozenset({NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT})
+# A wildcard label where a profile refuses wildcards: `*.example.com`, `a.*.example.com`.
+_WILDCARD_LABEL = re.compile(r"(?:^|\.)\*(?:\.|$)")
 # A value like `Alice/CN=Root CA` would read as a second attribute in a one-line subject.
 _FORGED_ATTRIBUTE = re.compile(r"/\s*[A-Za-z][A-Za-z0-9.]*\s*=")
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@([A-Za-z0-9.-]{1,253})$")
 _HANDLED_REQUEST_EXTENSIONS = frozenset(
     {
@@ -85,7 +95,8 @@ _SAN_KINDS: dict[type[x509.GeneralName], str] = {
 
 @dataclass(frozen=True, slots=True)
 class CheckedRequest:
-    """A request that passed policy: its parsed CSR, profile, names and validity."""
+    """A request that passed policy: its parsed CSR, profile, names and validity; `subject` is
+    the subject the certificate will carry, built from the checked values."""
 
     request: SignRequest
     csr: x509.CertificateSigningRequest
@@ -110,12 +121,16 @@ def check_request(
     csr = parse_csr(request.csr_pem)
     public_key = read_public_key(csr)
     check_public_key(public_key)
+    check_key_type_allowed(public_key, profile)
+    check_key_quality(public_key)
     if not signature_verifies(csr):
         raise Rejected(Code.CSR_BAD_SIGNATURE, "the CSR's signature does not verify with its key")
-    subject = read_subject(csr)
-    common_name = check_subject(subject, profile, ca_common_names)
+    requested_subject = read_subject(csr)
+    common_name = check_subject(requested_subject, profile, ca_common_names)
     requested = check_requested_extensions(csr)
     names = resolve_subject_alternative_names(profile, common_name, requested, request.san)
+    check_common_name_in_names(common_name, names, profile)
+    subject = build_subject(requested_subject, profile)
     return CheckedRequest(request, csr, subject, public_key, profile, names, days)
 
 
@@ -161,11 +176,19 @@ def read_public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKey
             Code.KEY_UNSUPPORTED, "the CSR's subjectPublicKeyInfo algorithm is not supported"
         ) from None
     except ValueError:
-        exponent = rsa_public_exponent(csr.public_bytes(serialization.Encoding.DER))
+        der = csr.public_bytes(serialization.Encoding.DER)
+        exponent = rsa_public_exponent(der)
         if exponent is not None and (exponent % 2 == 0 or exponent < MIN_RSA_EXPONENT):
             raise Rejected(
                 Code.KEY_RSA_EXPONENT,
                 f"the RSA public exponent {exponent} is refused; use 65537",
+            ) from None
+        if is_ec_public_key(der):
+            # cryptography checks the point as it loads it (SEC 1 3.2.2.1) and refuses one
+            # that is off its curve or the point at infinity.
+            raise Rejected(
+                Code.KEY_EC_POINT,
+                "the CSR's EC public key is not a valid point of its curve (SEC 1 3.2.2.1)",
             ) from None
         raise Rejected(
             Code.CSR_MALFORMED, "the CSR's subjectPublicKeyInfo does not parse"
@@ -215,10 +238,33 @@ def check_public_key(key: object) -> None:
         )
 
 
+def key_type_of(key: object) -> KeyType | None:
+    """The profile's name for a subject key's type (`RSA`, `EC`, `Ed25519`)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    return None
+
+
+def check_key_type_allowed(key: object, profile: Profile) -> None:
+    """Refuse a key type the profile does not certify (BR 6.1.5: no Ed25519 under tls_server)."""
+    kind = key_type_of(key)
+    if kind not in profile.key_types:
+        raise Rejected(
+            Code.KEY_TYPE_NOT_ALLOWED,
+            f"the CSR's {kind} key is not certified by the {profile.name} profile (allowed: "
+            f"{', '.join(profile.key_types)}; BR 6.1.5 allows RSA and ECDSA only)",
+        )
+
+
 def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[str]) -> str:
-    """Check every DN value and the CN rules; return the CN."""
+    """Check every DN value, the attributes the profile allows and the CN rules; return the CN."""
+    check_attributes_allowed(name, profile)
     for attribute in name:
-        label = _NAME_LABEL.get(attribute.oid, attribute.oid.dotted_string)
+        label = attribute_name(attribute.oid)
         value = attribute.value
         if not isinstance(value, str) or attribute._type not in _TEXT_TYPES:
             raise Rejected(
@@ -243,6 +289,12 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
             )
         if not value.strip():
             raise Rejected(Code.SUBJECT_BAD_CHARACTER, f"subject {label} is empty")
+        if attribute.oid in _IA5_ATTRIBUTES and not value.isascii():
+            raise Rejected(
+                Code.SUBJECT_BAD_CHARACTER,
+                f"subject {label} is not ASCII, which its IA5String type requires (RFC 5280 A.1)",
+            )
+    check_country(name)
     common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not common_names:
         raise Rejected(Code.SUBJECT_CN_MISSING, "the subject has no commonName (CN)")
@@ -261,7 +313,27 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
             Code.SUBJECT_CN_NOT_FQDN,
             f"subject CN {common_name!r} is not a fully qualified domain name or IP address",
         )
+    if not profile.wildcards and _WILDCARD_LABEL.search(common_name):
+        raise Rejected(
+            Code.SUBJECT_CN_WILDCARD,
+            f"subject CN {common_name!r} is a wildcard, which the {profile.name} profile refuses",
+        )
     return common_name
+
+
+def check_common_name_in_names(
+    common_name: str, names: tuple[x509.GeneralName, ...], profile: Profile
+) -> None:
+    """Refuse a CN that is none of the SAN values, where the profile asks (BR 7.1.2.7.2)."""
+    if not profile.common_name_in_san:
+        return
+    canonical = canonical_common_name(common_name, profile)
+    if not any(str(name.value) == canonical for name in names):
+        raise Rejected(
+            Code.SUBJECT_CN_NOT_IN_SAN,
+            f"subject CN {common_name!r} is not one of the subjectAltName values; the "
+            f"{profile.name} profile wants it among them (BR 7.1.2.7.2)",
+        )
 
 
 def check_requested_extensions(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
@@ -353,8 +425,21 @@ def resolve_subject_alternative_names(
     unique: dict[x509.GeneralName, None] = {}
     for name in names:
         check_general_name(name, profile)
-        unique.setdefault(name, None)
+        unique.setdefault(_normalised(name), None)
+        if len(unique) > profile.max_san:
+            raise Rejected(
+                Code.SAN_TOO_MANY,
+                f"the request has more than {profile.max_san} subjectAltName values, the "
+                f"{profile.name} profile's max_san",
+            )
     return tuple(unique)
+
+
+def _normalised(name: x509.GeneralName) -> x509.GeneralName:
+    """A DNS name in lower case (RFC 4343: case carries no meaning); other names as they are."""
+    if isinstance(name, x509.DNSName):
+        return x509.DNSName(name.value.lower())
+    return name
 
 
 def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
@@ -380,8 +465,15 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
                 Code.SAN_WILDCARD,
                 f"SAN DNS:{value} is a wildcard, which the {profile.name} profile refuses",
             )
-        if not is_dns_name(value, wildcard=True):
-            raise Rejected(Code.SAN_MALFORMED, f"SAN DNS:{value!r} is not a valid domain name")
+        dns_name, what = value.lower(), f"SAN DNS:{value}"
+        check_dns_name(dns_name, what)
+        check_wildcard_base(dns_name, what)
+        if profile.public_names:
+            check_public_dns_name(dns_name, what)
+    elif isinstance(name, x509.IPAddress):
+        address = name.value
+        if profile.public_names and isinstance(address, IPAddress):
+            check_public_ip_address(address, f"SAN IP:{address}")
     elif isinstance(name, x509.RFC822Name):
         match = _EMAIL.match(value)
         if not match or not is_dns_name(match.group(1), wildcard=False):
@@ -390,22 +482,6 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
         r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$", value
     ):
         raise Rejected(Code.SAN_MALFORMED, f"SAN URI:{value!r} is not an absolute URI")
-
-
-def is_dns_name(text: str, wildcard: bool) -> bool:
-    """A fully qualified LDH domain name (RFC 1035 2.3.1), at least two labels, ASCII only."""
-    if not text.isascii():  # before lower(): KELVIN SIGN U+212A lower-cases to an ASCII 'k'
-        return False
-    name = text.lower().removesuffix(".")
-    if wildcard and name.startswith("*."):
-        name = name[2:]
-    labels = name.split(".")
-    return (
-        len(name) <= 253
-        and len(labels) >= 2
-        and all(_DNS_LABEL.match(label) for label in labels)
-        and not labels[-1].isdigit()
-    )
 
 
 def _comparable_name(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import (
     AuthorityInformationAccessOID,
     ExtendedKeyUsageOID,
+    NameOID,
     ObjectIdentifier,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,6 +57,32 @@ _BR_VALIDITY_STEPS = (
 _BR_VALIDITY_BEFORE_2026 = 398
 
 SanType = Literal["DNS", "IP", "email", "URI"]
+KeyType = Literal["RSA", "EC", "Ed25519"]
+ALL_KEY_TYPES: tuple[KeyType, ...] = ("RSA", "EC", "Ed25519")
+LinterName = Literal["pkilint-br-serverauth", "pkilint-rfc5280", "off"]
+
+# The subject attributes a profile may name, by the short names openssl and RFC 4514 use.
+SUBJECT_ATTRIBUTE_OIDS: dict[str, ObjectIdentifier] = {
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "postalCode": NameOID.POSTAL_CODE,
+    "street": NameOID.STREET_ADDRESS,
+    "O": NameOID.ORGANIZATION_NAME,
+    "SN": NameOID.SURNAME,
+    "GN": NameOID.GIVEN_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "title": NameOID.TITLE,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+    "UID": NameOID.USER_ID,
+    "CN": NameOID.COMMON_NAME,
+    "emailAddress": NameOID.EMAIL_ADDRESS,
+}
+# The guide's [ policy_loose ] (REFERENCE.md section 2), in its order: what `openssl ca` keeps.
+GUIDE_SUBJECT_ATTRIBUTES = ["C", "ST", "L", "O", "OU", "CN", "emailAddress"]
+# Let's Encrypt's limit; BR 7.1.2.7.12 sets none, but 1,500 names in one certificate is a mistake.
+DEFAULT_MAX_SAN = 100
 
 DEFAULT_BACKDATE_SECONDS = 5 * 60
 MAX_BACKDATE_SECONDS = 24 * 3600
@@ -83,6 +111,17 @@ class Profile(BaseModel):
     san_required: bool = False
     san_from_common_name: bool = False
     wildcards: bool = True
+    # The subject attributes a request may carry, in the order the certificate lists them.
+    subject_attributes: list[str] = Field(default_factory=lambda: list(GUIDE_SUBJECT_ATTRIBUTES))
+    # The CN must be one of the SAN values (BR 7.1.2.7.2: byte for byte).
+    common_name_in_san: bool = False
+    # Names that resolve in the public DNS only: a TLD of the public suffix list's ICANN
+    # section, no reserved names, IP addresses that are globally routable (BR 7.1.2.7.12).
+    public_names: bool = False
+    max_san: int = Field(default=DEFAULT_MAX_SAN, ge=1, le=1000)
+    key_types: list[KeyType] = Field(default_factory=lambda: list(ALL_KEY_TYPES))
+    # The linter every to-be-signed certificate passes before the CA key signs it.
+    lint: LinterName = "pkilint-rfc5280"
     key_usage: list[str] = Field(default_factory=list)
     key_usage_critical: bool = True
     extended_key_usage: list[str] = Field(default_factory=list)
@@ -116,6 +155,18 @@ class Profile(BaseModel):
                 raise ValueError(
                     f"ns_cert_type {kind!r} is not one of {', '.join(_NS_CERT_TYPE_BITS)}"
                 )
+        for attribute in self.subject_attributes:
+            if attribute not in SUBJECT_ATTRIBUTE_OIDS:
+                raise ValueError(
+                    f"subject_attributes {attribute!r} is not one of "
+                    f"{', '.join(SUBJECT_ATTRIBUTE_OIDS)}"
+                )
+        if len(set(self.subject_attributes)) != len(self.subject_attributes):
+            raise ValueError("subject_attributes names an attribute twice")
+        if "CN" not in self.subject_attributes:
+            raise ValueError("subject_attributes must include CN (every request names one)")
+        if not self.key_types:
+            raise ValueError("key_types is empty: no key could be certified")
         return self
 
     def validity_days(self, requested: int | None, today: date | None = None) -> tuple[int, int]:
@@ -237,6 +288,8 @@ def ocsp_responder_profile(digest: Literal["sha256", "sha384", "sha512"]) -> Pro
         digest=digest,
         common_name="any",
         san_types=[],
+        # The responder's subject is the intermediate's with its own CN: whatever it holds.
+        subject_attributes=list(SUBJECT_ATTRIBUTE_OIDS),
         authority_key_identifier="keyid",
         key_usage=["digitalSignature"],
         extended_key_usage=["OCSPSigning"],
@@ -261,6 +314,9 @@ class ProfileSet:
     @property
     def names(self) -> list[str]:
         return sorted(self._profiles)
+
+    def __iter__(self) -> Iterator[Profile]:
+        return iter(self._profiles.values())
 
     @classmethod
     def from_toml(cls, text: str, source: str = "profiles.toml") -> ProfileSet:
@@ -304,6 +360,21 @@ _PROFILES_TEMPLATE = """\
 # clamp_not_after_to_ca: true cuts a notAfter past the intermediate's notAfter to it; false (the
 #   default) refuses such a request with request.validity_too_long, naming the CA's expiry date.
 # ocsp_no_check: add id-pkix-ocsp-nocheck (for an OCSP responder's own certificate).
+# subject_attributes: the subject attributes a request may carry (C, ST, L, O, OU, CN,
+#   emailAddress, DC, UID, serialNumber, street, postalCode, title, GN, SN); the certificate's
+#   subject lists them in this order, built from the checked values (subject.attribute_not_allowed).
+# common_name_in_san: the CN must be one of the SAN values (subject.cn_not_in_san).
+# public_names: names the public DNS resolves only: the TLD in the public suffix list's ICANN
+#   section, no reserved names (.local, .internal, .home.arpa, ...), globally routable IP
+#   addresses only (san.internal_name, san.ip_not_public).
+# max_san: most subjectAltName values in one certificate (default 100; san.too_many).
+# key_types: which subject keys the profile certifies: RSA, EC, Ed25519 (key.type_not_allowed).
+# lint: the linter each to-be-signed certificate passes before the CA key signs it:
+#   "pkilint-br-serverauth" (CA/B Forum TLS Baseline Requirements), "pkilint-rfc5280" (the
+#   default) or "off"; any error refuses the request with lint.failed. The guide's two
+#   profiles below ship with it off: casign's own checks refuse what pkilint's RFC 5280
+#   validators would, and linting costs about 4 ms of CPU a certificate, five times the rest
+#   of issuance (BENCHMARKS.md, the lint rows); set "pkilint-rfc5280" for a second opinion.
 
 [profiles.server_cert]
 description = "The guide's server_cert: a TLS server certificate"
@@ -312,6 +383,8 @@ max_days = 825
 common_name = "fqdn"
 san_types = ["DNS", "IP"]
 san_from_common_name = true
+subject_attributes = ["C", "ST", "L", "O", "OU", "CN", "emailAddress"]
+lint = "off"
 ns_cert_type = ["server"]
 ns_comment = "OpenSSL Generated Server Certificate"
 authority_key_identifier = "keyid,issuer:always"
@@ -325,6 +398,8 @@ max_days = 825
 common_name = "any"
 san_types = ["email", "DNS", "URI"]
 wildcards = false
+subject_attributes = ["C", "ST", "L", "O", "OU", "CN", "emailAddress"]
+lint = "off"
 ns_cert_type = ["client", "email"]
 ns_comment = "OpenSSL Generated Client Certificate"
 authority_key_identifier = "keyid,issuer"
@@ -338,6 +413,12 @@ max_days = "baseline"
 common_name = "fqdn"
 san_types = ["DNS", "IP"]
 san_required = true
+subject_attributes = ["C", "CN"]  # BR 7.1.2.7.2: a DV subject holds countryName and commonName only
+common_name_in_san = true
+public_names = true
+max_san = 100
+key_types = ["RSA", "EC"]  # BR 6.1.5: RSA or ECDSA P-256/P-384/P-521, no Ed25519
+lint = "pkilint-br-serverauth"
 subject_key_identifier = false
 authority_key_identifier = "keyid"
 basic_constraints_critical = true
@@ -348,7 +429,9 @@ certificate_policies = ["2.23.140.1.2.1"]  # CA/B Forum domain-validated
 
 _NO_LOCATIONS = """\
 # The Baseline Requirements want where revocation is published; `casign init --base-url URL`
-# fills these in (the CRL that `casign crl` writes, the `casign ocsp` responder, the CA cert):
+# fills these in (the CRL that `casign crl` writes, the `casign ocsp` responder, the CA cert).
+# Until they are set, the BR linter refuses every tls_server request (lint.failed names
+# cabf.serverauth.subscriber.revocation_information_absent):
 # crl_distribution_points = ["http://pki.example.com/intermediate.crl"]
 # ocsp_urls = ["http://pki.example.com/ocsp"]
 # ca_issuers_urls = ["http://pki.example.com/intermediate.cer"]

@@ -19,10 +19,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for `tests.*` when run directly
 
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa  # noqa: E402
 from cryptography.x509.oid import ExtensionOID, NameOID, ObjectIdentifier  # noqa: E402
 
 from tests import hostile_csrs as hostile  # noqa: E402
+from tests import weak_keys  # noqa: E402
 from tests.csrs import make_csr  # noqa: E402
 
 PRIVATE_OID = ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
@@ -537,6 +538,117 @@ def entries() -> list[Entry]:
             "san.required",
             "tls_server needs a SAN",
             profile="tls_server",
+            csr=make_csr("www.example.com"),
+        ),
+        # --- key quality and the Baseline Requirements' names (tls_server)
+        Entry(
+            "rsa-1009-times-q",
+            "key.rsa_small_factor",
+            "RSA-2048 modulus n = 1009 * q, with a valid proof of possession",
+            csr=make_csr("www.example.com", key=weak_keys.small_factor_key()),
+        ),
+        Entry(
+            "rsa-close-primes",
+            "key.rsa_fermat",
+            "RSA-2048 whose primes are neighbours: Fermat splits it in one round",
+            csr=make_csr("www.example.com", key=weak_keys.close_primes_key()),
+        ),
+        Entry(
+            "rsa-roca",
+            "key.roca",
+            "RSA-2048 with both primes of Infineon's k * M + (65537^a mod M) shape",
+            csr=make_csr("www.example.com", key=weak_keys.roca_key()),
+        ),
+        Entry(
+            "ec-point-off-curve",
+            "key.ec_point_invalid",
+            "P-256 public point (1, 1)",
+            csr=weak_keys.off_curve_ec_request(),
+        ),
+        Entry(
+            "tls-server-ed25519",
+            "key.type_not_allowed",
+            "an Ed25519 key under tls_server (BR 6.1.5)",
+            profile="tls_server",
+            san=["DNS:www.example.com"],
+            csr=hostile.edwards_request(ed25519.Ed25519PrivateKey.generate()),
+        ),
+        Entry(
+            "tls-server-google-o-l",
+            "subject.attribute_not_allowed",
+            "O=Google LLC, L=Mountain View, CN=www.google.com under tls_server",
+            profile="tls_server",
+            san=["DNS:www.google.com"],
+            csr=make_csr(
+                "www.google.com",
+                extra_attributes=[
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Google LLC"),
+                    x509.NameAttribute(NameOID.LOCALITY_NAME, "Mountain View"),
+                ],
+            ),
+        ),
+        Entry(
+            "country-uk",
+            "subject.country_invalid",
+            "C=UK (the ISO 3166 code is GB)",
+            csr=make_csr(
+                "www.example.com",
+                extra_attributes=[x509.NameAttribute(NameOID.COUNTRY_NAME, "UK")],
+            ),
+        ),
+        Entry(
+            "tls-server-cn-not-in-san",
+            "subject.cn_not_in_san",
+            "CN www.google.com, SAN www.example.com only",
+            profile="tls_server",
+            san=["DNS:www.example.com"],
+            csr=make_csr("www.google.com"),
+        ),
+        Entry(
+            "usr-cert-wildcard-cn",
+            "subject.cn_wildcard_not_allowed",
+            "usr_cert with CN *.example.com",
+            profile="usr_cert",
+            csr=make_csr("*.example.com"),
+        ),
+        Entry(
+            "tls-server-1500-sans",
+            "san.too_many",
+            "1,500 DNS names in one CSR",
+            profile="tls_server",
+            csr=make_csr(
+                "host0.example.com",
+                san=[x509.DNSName(f"host{index}.example.com") for index in range(1500)],
+            ),
+        ),
+        Entry(
+            "san-trailing-dot",
+            "san.trailing_dot",
+            "DNS:www.example.com. (absolute form)",
+            san=["DNS:www.example.com."],
+            csr=make_csr("www.example.com"),
+        ),
+        Entry(
+            "tls-server-printer-local",
+            "san.internal_name",
+            "DNS:printer.local under tls_server",
+            profile="tls_server",
+            san=["DNS:www.example.com", "DNS:printer.local"],
+            csr=make_csr("www.example.com"),
+        ),
+        Entry(
+            "wildcard-co-uk",
+            "san.wildcard_on_public_suffix",
+            "DNS:*.co.uk",
+            san=["DNS:*.co.uk"],
+            csr=make_csr("www.example.com"),
+        ),
+        Entry(
+            "tls-server-loopback",
+            "san.ip_not_public",
+            "IP:127.0.0.1 under tls_server",
+            profile="tls_server",
+            san=["DNS:www.example.com", "IP:127.0.0.1"],
             csr=make_csr("www.example.com"),
         ),
         # --- the request

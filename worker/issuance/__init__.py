@@ -4,17 +4,20 @@
 2. admit         each job's message and CSR parsed once, the CSR policy (`worker/policy.py`), the
                  producer's profiles, names and rate
 3. fix_record    serial drawn, validity fixed (backdated, within the CA's): the `IssuanceRecord`
-4. build_tbs     the to-be-signed certificate, a pure function of the record and the CA
-5. reserve       the record stored under its job id and serial before anything is signed; a job
+4. build_tbs     the to-be-signed certificate, a pure function of the record and the CA; its
+                 subject built from the checked values (`worker/subject.py`)
+5. lint          the TBS signed with a throwaway key like the CA's and run through the profile's
+                 pkilint linter (`worker/lint.py`); an error refuses it (`lint.failed`)
+6. reserve       the record stored under its job id and serial before anything is signed; a job
                  an earlier delivery reserved is signed from its stored record, byte for byte
-6. sign          the key backend signs the TBS
-7. verify        the signature chains to the intermediate and the certificate is its record
-8. publish       certificates, index lines, replies, refusals and audit lines, one atomic call
+7. sign          the key backend signs the TBS
+8. verify        the signature chains to the intermediate and the certificate is its record
+9. publish       certificates, index lines, replies, refusals and audit lines, one atomic call
 
-`batch.py` runs them over a batch (`BatchSigner`), `recovery.py` runs 6-8 over the records a
+`batch.py` runs them over a batch (`BatchSigner`), `recovery.py` runs 7-9 over the records a
 crashed worker left reserved, `failures.py` closes the jobs that failed.
 
-A job refused in steps 1-5 gets a stable code. A job that raises in step 6 or 7 (an
+A job refused in steps 1-6 gets a stable code. A job that raises in step 7 or 8 (an
 IssuanceFault, a token refusing a mechanism, any error of the key other than Retryable) fails
 alone: the rest of its batch is signed and published, and its reservation is first marked
 `failed` in the store (out of the pending set, record dropped, serial kept), then it is

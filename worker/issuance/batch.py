@@ -33,6 +33,7 @@ from worker.issuance.steps import (
     authenticate,
     build_tbs,
     fix_record,
+    lint,
     publish,
     receive,
     reserve,
@@ -41,6 +42,7 @@ from worker.issuance.steps import (
     verify,
     within_rate,
 )
+from worker.lint import prepare as prepare_linters
 from worker.profiles import Profile, ProfileSet
 
 log = logging.getLogger("casign.issuance")
@@ -74,6 +76,8 @@ class BatchSigner:
         self.store = store
         self.access = access
         self.ledger = EnvelopeLedger(store)
+        # The throwaway key and pkilint's validators, once per process, before the first job.
+        prepare_linters([profile.lint for profile in authority.profiles], authority.key)
 
     def sign_batch(
         self,
@@ -96,7 +100,7 @@ class BatchSigner:
         return results
 
     def sign_builtin(self, job: dict[str, object], profile: Profile, now: datetime) -> JobResult:
-        """Steps 2-8 for a job the signer makes itself (the OCSP delegate's certificate), under
+        """Steps 2-9 for a job the signer makes itself (the OCSP delegate's certificate), under
         a built-in profile that no producer may ask for."""
         (result,) = self._issue(
             Authenticated((job,), None, None, now), ProfileSet({profile.name: profile})
@@ -104,7 +108,7 @@ class BatchSigner:
         return result
 
     def _issue(self, batch: Authenticated, profiles: ProfileSet) -> list[JobResult]:
-        """Steps 2 to 8; every job ends issued, refused, answered as before, or failed."""
+        """Steps 2 to 9; every job ends issued, refused, answered as before, or failed."""
         authority, store, jobs = self.authority, self.store, _BatchJobs(batch)
         names = authority.common_names
         received = jobs.receive(batch.jobs)
@@ -112,11 +116,12 @@ class BatchSigner:
         admitted = jobs.within_rate(admitted, self.access, store)  # 2
         fixed = jobs.refusing(admitted, lambda job: fix_record(job, authority, batch))  # 3
         built = jobs.refusing(fixed, lambda job: build_tbs(job, authority))  # 4
+        linted = jobs.refusing(built, lambda job: lint(job, authority))  # 5
         authority.check_own_chain(batch.now)
-        reserved = jobs.settle(reserve(built, store, authority))  # 5
-        signed = jobs.failing(reserved, lambda job: sign(job, authority))  # 6
-        verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 7
-        jobs.publish(verified, store)  # 8
+        reserved = jobs.settle(reserve(linted, store, authority))  # 6
+        signed = jobs.failing(reserved, lambda job: sign(job, authority))  # 7
+        verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
+        jobs.publish(verified, store)  # 9
         return jobs.results()
 
     def _refuse_whole_batch(
@@ -156,7 +161,7 @@ class BatchSigner:
         now: datetime,
         tbs: x509.CertificateBuilder | None = None,
     ) -> x509.Certificate:
-        """Steps 4 (unless `tbs` is given), 6 and 7 for one record; nothing is stored."""
+        """Steps 4 (unless `tbs` is given), 7 and 8 for one record; nothing is stored."""
         if tbs is None:
             tbs = tbs_of(record, applicant, self.authority)
         reserved = Reserved(record, applicant, tbs)

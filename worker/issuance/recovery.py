@@ -17,7 +17,7 @@ log = logging.getLogger("casign.issuance")
 
 
 def recover_pending_records(authority: SigningAuthority, store: ResultsStore) -> list[JobResult]:
-    """Steps 6, 7 and 8 for every pending record, exactly as stored, each published alone;
+    """Steps 7, 8 and 9 for every pending record, exactly as stored, each published alone;
     returns the certificates issued.
 
     A record that fails to sign or verify is closed as `failed` and answered so (and logged); a

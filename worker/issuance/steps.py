@@ -1,11 +1,12 @@
-"""The eight steps of issuance, each a function from one typed value to the next.
+"""The nine steps of issuance, each a function from one typed value to the next.
 
 1 `authenticate` -> `Authenticated`; 2 `admit` (+ `within_rate`) -> `Admitted`;
-3 `fix_record` -> `Fixed`; 4 `build_tbs` -> `Built`; 5 `reserve` -> `Reserved`;
-6 `sign` -> `Signed`; 7 `verify` -> `Verified`; 8 `publish` -> `Issued`.
-A step refuses by raising `Rejected` (step 1 the whole batch, steps 2-4 one job) or by
-returning `Refused`/`Answered` (step 5, which settles a whole batch in one store call); steps
-6-7 raise whatever the key or the check raises. The package docstring tells the whole path.
+3 `fix_record` -> `Fixed`; 4 `build_tbs` -> `Built`; 5 `lint` -> `Built` (the same, linted);
+6 `reserve` -> `Reserved`; 7 `sign` -> `Signed`; 8 `verify` -> `Verified`;
+9 `publish` -> `Issued`.
+A step refuses by raising `Rejected` (step 1 the whole batch, steps 2-5 one job) or by
+returning `Refused`/`Answered` (step 6, which settles a whole batch in one store call); steps
+7-8 raise whatever the key or the check raises. The package docstring tells the whole path.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from store.results import Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.issuance.record import Applicant, IssuanceRecord, draw_serial
+from worker.lint import lint_tbs
 from worker.policy import CheckedRequest, check_request
 from worker.profiles import Profile, ProfileSet
+from worker.subject import build_subject
 
 MAX_SERIAL_DRAWS = 5
 # DER of the basicConstraints OID (2.5.29.19), and of the whole extension when it is the empty
@@ -286,7 +289,24 @@ def tbs_of(
     )
 
 
-# -- 5. reserve --------------------------------------------------------------------------------
+# -- 5. lint -----------------------------------------------------------------------------------
+
+
+def lint(job: Built, authority: SigningAuthority) -> Built:
+    """Step 5: the profile's linter on the TBS signed with a throwaway key like the CA's; raise
+    Rejected (`lint.failed`) on any error or fatal finding, else hand the job on unchanged.
+
+    It comes before the reservation, as in Boulder (lint, then store the precertificate's
+    record, then sign): a refused job leaves no serial and no record behind, and what recovery
+    or a later delivery signs from a stored record is what was linted. A serial that `reserve`
+    draws again only changes the serial number, which no lint rule depends on.
+    """
+    profile = job.record.profile
+    lint_tbs(job.tbs, authority.key, digest_algorithm(profile.digest), profile.lint)
+    return job
+
+
+# -- 6. reserve --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +323,12 @@ class Reserved:
 
     @classmethod
     def stored(cls, record: IssuanceRecord, authority: SigningAuthority) -> Reserved:
-        """A record read back from the store (recovery): its CSR parsed, its TBS rebuilt."""
-        applicant = Applicant.from_csr_pem(record.csr_pem)
+        """A record read back from the store (recovery): its CSR parsed, the subject built from
+        it as admission built it, its TBS rebuilt."""
+        requested = Applicant.from_csr_pem(record.csr_pem)
+        applicant = Applicant(
+            build_subject(requested.subject, record.profile), requested.public_key
+        )
         return cls(record, applicant, tbs_of(record, applicant, authority))
 
 
@@ -322,7 +346,7 @@ class Answered:
 def reserve(
     built: Sequence[Built], store: ResultsStore, authority: SigningAuthority
 ) -> list[Reserved | Answered | Refused]:
-    """Step 5: store every record before it is signed, in one round trip per draw.
+    """Step 6: store every record before it is signed, in one round trip per draw.
 
     A serial found taken is drawn again; a job the store knows is settled from what it holds.
     Raise Retryable when serials keep colliding (or the store is unavailable).
@@ -395,7 +419,7 @@ def _settle(
     return Reserved(stored, job.applicant, tbs_of(stored, job.applicant, authority))
 
 
-# -- 6. sign -----------------------------------------------------------------------------------
+# -- 7. sign -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,12 +436,12 @@ class Signed:
 
 
 def sign(job: Reserved, authority: SigningAuthority) -> Signed:
-    """Step 6: the key backend signs the TBS (an HSM or token outage raises Retryable)."""
+    """Step 7: the key backend signs the TBS (an HSM or token outage raises Retryable)."""
     certificate = job.tbs.sign(authority.key, digest_algorithm(job.record.profile.digest))
     return Signed(job.record, job.applicant, certificate)
 
 
-# -- 7. verify ---------------------------------------------------------------------------------
+# -- 8. verify ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +454,7 @@ class Verified:
 
 
 def verify(job: Signed, authority: SigningAuthority, now: datetime) -> Verified:
-    """Step 7: check the signature, the record's fields, a notBefore not in the future (a clock
+    """Step 8: check the signature, the record's fields, a notBefore not in the future (a clock
     gone wrong) and CA:FALSE; raise IssuanceFault."""
     certificate, record = job.certificate, job.record
     try:
@@ -457,7 +481,7 @@ def verify(job: Signed, authority: SigningAuthority, now: datetime) -> Verified:
     return Verified(record, job.applicant, certificate)
 
 
-# -- 8. publish --------------------------------------------------------------------------------
+# -- 9. publish --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +500,7 @@ def publish(
     reply_to: str | None,
     now: datetime,
 ) -> list[Issued]:
-    """Step 8: certificates, index lines, replies, refusals and audit lines in one atomic call."""
+    """Step 9: certificates, index lines, replies, refusals and audit lines in one atomic call."""
     issued = [_published_form(job, now) for job in verified]
     store.publish(issued, decided.refusals, decided.replies, reply_to, decided.audit)
     return issued
