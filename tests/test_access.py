@@ -1010,7 +1010,7 @@ def test_hr_portal_cannot_put_dc_uid_ou_or_o_in_its_subject(
     it may send CN and emailAddress only: refused even where the profile allows the attribute."""
     path = tmp_path / "producers.toml"
     path.write_text(credentials.producers_toml(), encoding="utf-8")
-    policy = AccessPolicy.load(path)
+    policy = AccessPolicy.load(path, ca_identity(authority.intermediate), SIGN_QUEUE)
     signer = BatchSigner(wide_usr_cert(authority), store, policy)
     labels = list(SMUGGLED) if label == "all" else [label]
     job_id = new_id(f"smuggle-{label}")
@@ -1060,7 +1060,9 @@ def eng_portal(
         + extra,
         encoding="utf-8",
     )
-    return BatchSigner(authority, store, AccessPolicy.load(path)), secret.encode()
+    return BatchSigner(
+        authority, store, AccessPolicy.load(path, ca_identity(authority.intermediate), SIGN_QUEUE)
+    ), secret.encode()
 
 
 @pytest.mark.parametrize(
@@ -1215,7 +1217,7 @@ def test_a_pattern_that_cannot_match_label_by_label_is_a_configuration_error(
         encoding="utf-8",
     )
     with pytest.raises(ConfigurationError) as caught:
-        AccessPolicy.load(path)
+        AccessPolicy.load(path, "a" * 64, SIGN_QUEUE)
     assert problem in str(caught.value)
 
 
@@ -1233,5 +1235,5 @@ def test_a_subject_entry_names_attributes_casign_knows(
             encoding="utf-8",
         )
         with pytest.raises(ConfigurationError) as caught:
-            AccessPolicy.load(path)
+            AccessPolicy.load(path, "a" * 64, SIGN_QUEUE)
         assert problem in str(caught.value)

@@ -262,6 +262,19 @@ def test_whatever_tls_server_issues_passes_the_baseline_linter(
     )
 
 
+@pytest.fixture
+def rfc5280_signer(authority: SigningAuthority, store: ResultsStore) -> BatchSigner:
+    """The guide's profiles with `lint = "pkilint-rfc5280"` (they ship with lint off)."""
+    linted = {
+        name: profile.model_copy(update={"lint": "pkilint-rfc5280"})
+        for name in ("server_cert", "usr_cert")
+        if (profile := authority.profiles.get(name)) is not None
+    }
+    return BatchSigner(
+        dataclasses.replace(authority, profiles=ProfileSet(linted), _extensions={}), store
+    )
+
+
 @pytest.mark.parametrize(
     ("profile", "common_name", "san"),
     [
@@ -272,24 +285,24 @@ def test_whatever_tls_server_issues_passes_the_baseline_linter(
     ],
 )
 def test_the_rfc5280_linter_takes_wildcards_and_absolute_uris(
-    signer: BatchSigner, profile: str, common_name: str, san: list[str]
+    rfc5280_signer: BatchSigner, profile: str, common_name: str, san: list[str]
 ) -> None:
     """pkilint's own syntax checks know web URLs and no wildcard label; lint.py drops those two
     findings where the value is a wildcard over a valid name or an absolute URI (RFC 5280
     4.2.1.6), so the guide's profiles keep issuing them."""
-    (result,) = signer.sign_batch(
+    (result,) = rfc5280_signer.sign_batch(
         [job(f"rfc5280-{next(_job_numbers)}", make_csr(common_name), profile, san=san)]
     )
     assert result.status == "issued", result.message
 
 
 def test_the_rfc5280_linter_still_refuses_a_broken_name(
-    signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+    rfc5280_signer: BatchSigner, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the policy's DNS syntax check off, `www..example.com` reaches the linter, which
     refuses it (pkix.invalid_domain_name_syntax): the two exceptions above are that narrow."""
     monkeypatch.setattr(policy, "check_dns_name", lambda name, what: None)
-    (result,) = signer.sign_batch(
+    (result,) = rfc5280_signer.sign_batch(
         [
             job(
                 "rfc5280-broken",
