@@ -288,6 +288,7 @@ def worker(
     from worker.process import SignerSettings
 
     authority = load_authority(folder)  # fail here, with a clear message, not in every process
+    _check_producers_file(folder, authority.intermediate, endpoints.queue)
     config = WorkerConfig(
         broker_url=endpoints.broker_url,
         signer=SignerSettings(folder, endpoints.store_url, endpoints.store_prefix),
@@ -306,6 +307,15 @@ def worker(
         _claim_store(authority.intermediate, endpoints)
         status = run_worker(config, options)
     sys.exit(status)
+
+
+def _check_producers_file(folder: Path, intermediate: x509.Certificate, queue: str) -> None:
+    """A producers.toml the worker cannot use stops it here (exit 2), naming the entry."""
+    from core.auth import ca_identity
+    from worker.access import AccessPolicy
+    from worker.cafolder import CAFolder
+
+    AccessPolicy.load(CAFolder(folder).producers_path, ca_identity(intermediate), queue)
 
 
 def _claim_store(intermediate: x509.Certificate, endpoints: Endpoints) -> None:

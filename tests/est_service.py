@@ -242,7 +242,7 @@ def make_deployment(
             [producers.{PRODUCER}]
             secret = "file:{secret_path}"
             profiles = ["usr_cert", "server_cert"]
-            names = ["*.example.com", "*@example.com", "127.0.0.1", "*-device-*"]
+            names = ["*.example.com", "*@example.com", "127.0.0.1", "factory-device-0001"]
             """
         ),
         encoding="utf-8",

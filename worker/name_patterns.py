@@ -103,9 +103,9 @@ def _uri_matches(uri: str, pattern: str, wildcards: bool) -> bool:
 
 def _domain_pattern_ok(pattern: str) -> bool:
     labels = pattern.split(".")
-    return len(labels) >= 2 and all(
-        label == _WILDCARD or _LDH_LABEL.match(label) for label in labels
-    )
+    if len(labels) == 1:  # one exact identifier (a device's name), never a bare `*`
+        return bool(_LDH_LABEL.match(pattern))
+    return all(label == _WILDCARD or _LDH_LABEL.match(label) for label in labels)
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
