@@ -108,7 +108,7 @@ def frame_package(frame: str) -> str:
 
 
 def summarise(
-    raw: Path, title: str, keep: Callable[[int | None], bool] = lambda pid: True
+    raw: Path, title: str, keep: Callable[[int | None], bool] = lambda _pid: True
 ) -> ProfileSummary:
     """Top frames of the samples in `raw` (py-spy `--format raw`) of the processes `keep` picks."""
     own: Counter[str] = Counter()

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.name import _ASN1Type
 
-NS_CERT_TYPE_OID = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
-NS_COMMENT_OID = x509.ObjectIdentifier("2.16.840.1.113730.1.13")
+from core.oids import NS_CERT_TYPE_OID, NS_COMMENT_OID
+
 CHALLENGE_PASSWORD_OID = x509.ObjectIdentifier("1.2.840.113549.1.9.7")
 EXTENSION_REQUEST_OID = x509.ObjectIdentifier("1.2.840.113549.1.9.14")
 
@@ -608,7 +608,7 @@ def _tls_feature(value: x509.TLSFeature) -> list[str]:
 
 
 @render_extension.register
-def _ocsp_no_check(value: x509.OCSPNoCheck) -> list[str]:
+def _ocsp_no_check(_value: x509.OCSPNoCheck) -> list[str]:
     return []
 
 

@@ -88,14 +88,31 @@ def format_asn1_time(moment: datetime) -> str:
 
 
 def parse_asn1_time(text: str) -> datetime:
-    """Read back a time written by `format_asn1_time` (or by OpenSSL)."""
+    """Read back a time written by `format_asn1_time` (or by OpenSSL): YYMMDDHHMMSSZ or
+    YYYYMMDDHHMMSSZ, without strptime (most of the cost of reading 100,000 index lines)."""
+    digits = text[:-1]
+    if (
+        text[-1:] != "Z"
+        or len(text) not in (13, 15)
+        or not digits.isascii()
+        or not digits.isdigit()
+    ):
+        raise ValueError(f"{text!r} is not an index.txt time (YYMMDDHHMMSSZ)")
     if len(text) == 13:
-        moment = datetime.strptime(text, "%y%m%d%H%M%SZ")
-        if moment.year >= 2050:  # RFC 5280 4.1.2.5.1: YY >= 50 means 19YY
-            moment = moment.replace(year=moment.year - 100)
+        year = int(text[:2])
+        year += 1900 if year >= 50 else 2000  # RFC 5280 4.1.2.5.1
+        rest = text[2:]
     else:
-        moment = datetime.strptime(text, "%Y%m%d%H%M%SZ")
-    return moment.replace(tzinfo=UTC)
+        year, rest = int(text[:4]), text[4:]
+    return datetime(
+        year,
+        int(rest[0:2]),
+        int(rest[2:4]),
+        int(rest[4:6]),
+        int(rest[6:8]),
+        int(rest[8:10]),
+        tzinfo=UTC,
+    )
 
 
 def format_serial(serial: int) -> str:

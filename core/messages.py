@@ -103,11 +103,12 @@ def parse_sign_request(raw: object) -> SignRequest:
         raise ValueError(describe_validation_error(exc)) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """The first problem pydantic found, as `field: message`, without echoing the input."""
+def describe_validation_error(exc: ValidationError, whole: str = "message") -> str:
+    """The first problem pydantic found, as `field: message`, without echoing the input
+    (`whole` names the field when the problem is the whole document)."""
     first = exc.errors(include_input=False, include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
+    where = ".".join(str(part) for part in first["loc"]) or whole
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128)]

@@ -42,6 +42,7 @@ from pydantic import (
 
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
+from core.messages import describe_validation_error
 
 SETTINGS_MODE = 0o600
 ClientName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")]
@@ -128,10 +129,7 @@ def parse_settings(text: str, source: str) -> EstSettings:
     try:
         return EstSettings.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "file"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigurationError(f"{source}: {where}: {message}") from None
+        raise ConfigurationError(f"{source}: {describe_validation_error(exc, 'file')}") from None
 
 
 def load_settings(path: Path) -> EstSettings:

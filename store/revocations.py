@@ -13,9 +13,9 @@ from cryptography import x509
 
 from core.audit import audit_line
 from core.errors import RefusalCode, Rejected, Retryable
-from core.index import IndexEntry, Status
+from core.index import IndexEntry, Status, parse_asn1_time
 from core.messages import RevocationResult
-from core.revocation import canonical_reason, canonical_serial, parse_index_time
+from core.revocation import canonical_reason, canonical_serial
 from store.boundary import text, translated
 from store.results import ResultsStore
 from store.scripts import Lua
@@ -110,7 +110,7 @@ class RevocationStore:
         for line in self.store.index_lines():
             if not line.startswith("V\t"):
                 continue
-            expires = parse_index_time(line.split("\t", 2)[1])
+            expires = parse_asn1_time(line.split("\t", 2)[1])
             if now <= expires < horizon:
                 soon.append(IndexEntry.from_openssl_line(line))
         return sorted(soon, key=lambda entry: (entry.expires, entry.serial))

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
 from core.errors import ConfigurationError, RefusalCode, Rejected
-from core.messages import Envelope
+from core.messages import Envelope, describe_validation_error
 from store.results import ResultsStore
 from worker.name_patterns import check_pattern, name_matches, value_matches
 from worker.profiles import SUBJECT_ATTRIBUTE_OIDS
@@ -108,10 +108,8 @@ class AccessPolicy:
             try:
                 policy = ProducerPolicy.model_validate(table)
             except ValidationError as exc:
-                first = exc.errors(include_url=False, include_input=False)[0]
-                where = ".".join(str(part) for part in first["loc"])
                 raise ConfigurationError(
-                    f"{path}: producer {name!r}, {where}: {first['msg']}"
+                    f"{path}: producer {name!r}, {describe_validation_error(exc)}"
                 ) from None
             producers[name] = AllowedProducer(name, read_secret(policy.secret), policy)
         return cls(producers, ca, queue)

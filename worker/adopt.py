@@ -170,7 +170,7 @@ def adopt_ca(
     directory: Path,
     store: ResultsStore,
     passphrase_file: Path | None = None,
-    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    on_progress: Callable[[int, int], None] = lambda _done, _total: None,
 ) -> AdoptionReport:
     """Import the OpenSSL CA database at `directory` into `store`; safe to run again.
 

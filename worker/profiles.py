@@ -18,9 +18,8 @@ from cryptography.x509.oid import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import ConfigurationError
-
-NS_CERT_TYPE_OID = ObjectIdentifier("2.16.840.1.113730.1.1")
-NS_COMMENT_OID = ObjectIdentifier("2.16.840.1.113730.1.13")
+from core.messages import describe_validation_error
+from core.oids import NS_CERT_TYPE_OID, NS_COMMENT_OID
 
 # Netscape certificate type bits, most significant first (Netscape cert extensions spec).
 _NS_CERT_TYPE_BITS = {
@@ -329,10 +328,8 @@ class ProfileSet:
             try:
                 profiles[name] = Profile.model_validate({"name": name, **table})
             except ValidationError as exc:
-                first = exc.errors(include_url=False)[0]
-                where = ".".join(str(part) for part in first["loc"])
                 raise ConfigurationError(
-                    f"{source}: profile {name!r}, {where}: {first['msg']}"
+                    f"{source}: profile {name!r}, {describe_validation_error(exc)}"
                 ) from None
         if not profiles:
             raise ConfigurationError(f"{source}: no [profiles.NAME] table")
