@@ -91,7 +91,7 @@ def test_openssl_verifies_the_crl_and_lists_exactly_the_revoked_serials(
     aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier == crl_authority.key_identifier
     assert aki.authority_cert_issuer is None  # crl_ext: keyid:always, nothing else
-    assert crl.next_update_utc - crl.last_update_utc == timedelta(days=30)  # type: ignore[operator]
+    assert crl.next_update_utc - crl.last_update_utc == timedelta(days=7)  # type: ignore[operator]
 
 
 def test_crl_numbers_increase_and_an_older_crl_never_replaces_a_newer(
@@ -119,7 +119,7 @@ def test_the_counter_continues_from_openssls_crlnumber_file(
     assert seed_crl_number(crl_ca, revocations) == 0x2A
     published = make_crl(crl_authority, revocations)
     assert published.number == 0x2A
-    write_crl_files(crl_ca, published)
+    write_crl_files(crl_ca, [published])
     assert counter.read_text() == "2B\n"  # what `openssl ca -gencrl` would use next
     assert (crl_ca.intermediate / "crl" / "intermediate.crl.pem").read_bytes() == published.pem
 
