@@ -92,11 +92,21 @@ def revoke(
 @click.command()
 @ca_option
 @store_option
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The file to write (stdout by default); with crl_shards, FILE-K.EXT for each shard K.",
+)
 @click.option("--der", is_flag=True, help="Write DER instead of PEM.")
 def crl(ca: Path | None, store: str | None, out: Path | None, der: bool) -> None:
     """Sign a new CRL in this process with the CA key, publish it, write it (stdout by default).
 
+    With `crl_shards = N` in casign.toml every shard is written: `-o crl.pem` writes
+    crl-0.pem ... crl-(N-1).pem (stdout: the N PEM CRLs one after the other). The CA folder's
+    crl/ gets intermediate.crl.pem/.der, or intermediate-K.crl.pem/.der per shard, either way.
     Workers also make one every hour on the Celery beat schedule (task casign.crl).
     """
     from worker.authority import load_authority
@@ -106,19 +116,27 @@ def crl(ca: Path | None, store: str | None, out: Path | None, der: bool) -> None
     folder = ca_dir(ca)
     endpoints = resolve_endpoints("unused://", store, folder)
     authority = load_authority(folder)
+    if der and out is None:
+        fail("--der needs -o FILE (DER is binary)")
     with open_store(endpoints) as results_store:
         published = refresh_crl(CAFolder(folder), authority, RevocationStore(results_store))
-    data = published.der if der else published.pem
-    if out is None:
-        if der:
-            fail("--der needs -o FILE (DER is binary)")
-        click.echo(data.decode("ascii"), nl=False)
-    else:
-        write_file_atomically(out, data, PUBLIC_MODE)
-    click.echo(
-        f"CRL {published.number}: {published.entries} revoked, made in {published.seconds:.2f} s",
-        err=True,
-    )
+    for each in published:
+        data = each.der if der else each.pem
+        if out is None:
+            click.echo(data.decode("ascii"), nl=False)
+        else:
+            target = out if each.shard is None else shard_path(out, each.shard)
+            write_file_atomically(target, data, PUBLIC_MODE)
+        part = "" if each.shard is None else f" shard {each.shard}"
+        click.echo(
+            f"CRL {each.number}{part}: {each.entries} revoked, made in {each.seconds:.2f} s",
+            err=True,
+        )
+
+
+def shard_path(out: Path, shard: int) -> Path:
+    """`crl.pem` -> `crl-3.pem`: where `casign crl -o` writes shard 3."""
+    return out.with_name(f"{out.stem}-{shard}{out.suffix}")
 
 
 @click.command("ocsp-cert")

@@ -1,6 +1,8 @@
-"""CRL state: the number counter (RFC 5280 5.2.3) and the newest CRL published."""
+"""CRL state: the number counter (RFC 5280 5.2.3) and the newest CRL published (per shard)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import redis
 from cryptography import x509
@@ -11,8 +13,16 @@ from store.keys import KeySpace
 from store.scripts import Lua, LuaScripts
 
 
+@dataclass(frozen=True)
+class CRLDraw:
+    """A CRL number and the revoked index lines as they stood when it was drawn."""
+
+    number: int
+    revoked_lines: list[str]
+
+
 class CRLStore:
-    """`P:crl:number` and `P:crl:latest`."""
+    """`P:crl:number`, `P:crl:latest` and `P:crl:latest:{k}`."""
 
     def __init__(self, client: redis.Redis, keys: KeySpace, scripts: LuaScripts) -> None:
         self._client = client
@@ -20,9 +30,14 @@ class CRLStore:
         self._scripts = scripts
 
     @translated
-    def next_number(self) -> int:
-        """Draw the next CRL number (RFC 5280 5.2.3: monotonically increasing)."""
-        return int(self._client.incr(self._keys.crl_number))
+    def draw(self) -> CRLDraw:
+        """The next CRL number and the revoked set, taken in one script (lua/crl_draw.lua).
+
+        Every revocation that finished before the number was drawn is in the lines; one HVALS
+        inside the script, about 0.3 s of Redis time for 100,000 revoked lines.
+        """
+        reply = self._scripts[Lua.CRL_DRAW](keys=[self._keys.crl_number, self._keys.revoked])
+        return CRLDraw(int(reply[0]), [text(line) for line in reply[1:]])
 
     @translated
     def raise_number(self, next_number: int) -> int:
@@ -33,12 +48,14 @@ class CRLStore:
         return int(text(result)) + 1
 
     @translated
-    def publish(self, crl: x509.CertificateRevocationList, number: int) -> bool:
-        """Make `crl` the latest CRL unless a newer number is published already."""
+    def publish(
+        self, crl: x509.CertificateRevocationList, number: int, shard: int | None = None
+    ) -> bool:
+        """Make `crl` the latest CRL (of `shard`) unless a newer number is published already."""
         pem = crl.public_bytes(serialization.Encoding.PEM).decode("ascii")
         return bool(
             self._scripts[Lua.CRL_PUBLISH](
-                keys=[self._keys.crl_latest],
+                keys=[self._latest_key(shard)],
                 args=[
                     number,
                     pem,
@@ -49,7 +66,10 @@ class CRLStore:
         )
 
     @translated
-    def latest(self) -> x509.CertificateRevocationList | None:
-        """The newest CRL published, if any."""
-        pem = self._client.hget(self._keys.crl_latest, "pem")
+    def latest(self, shard: int | None = None) -> x509.CertificateRevocationList | None:
+        """The newest CRL published (of `shard`), if any."""
+        pem = self._client.hget(self._latest_key(shard), "pem")
         return x509.load_pem_x509_crl(text(pem).encode("ascii")) if pem else None
+
+    def _latest_key(self, shard: int | None) -> str:
+        return self._keys.crl_latest if shard is None else self._keys.crl_shard_latest(shard)

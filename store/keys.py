@@ -22,8 +22,11 @@ The audit log (`store.audit`, appended by `lua/audit.lua` only):
   P:audit             list of `HASH JSON` entries, each chained to the one before (core.audit)
   P:audit:head        string: the hash of the newest entry
 CRLs (`store.crls`):
-  P:crl:number        counter: the last CRL number drawn (INCR)
+  P:crl:number        counter: the last CRL number drawn (INCR, with a snapshot of `revoked` in
+                      the same script, lua/crl_draw.lua); one sequence shared by every shard
   P:crl:latest        hash: number, pem, this_update, next_update of the newest CRL published
+                      (the only CRL when `crl_shards` is unset in casign.toml)
+  P:crl:latest:{k}    hash: the same for shard k (0 <= k < crl_shards) of a partitioned CRL
 The CA (`store.ca_chain`):
   P:chain             string: the CA chain PEM handed out with every certificate
 Rate limits and locks (`store.rate_limits`, `store.locks`):
@@ -88,6 +91,9 @@ class KeySpace:
 
     def job(self, job_id: str) -> str:
         return self.job_stem + job_id
+
+    def crl_shard_latest(self, shard: int) -> str:
+        return self.key("crl", "latest", str(shard))
 
     def reply(self, name: str) -> str:
         return self.key("reply", name)

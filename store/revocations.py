@@ -17,6 +17,7 @@ from core.index import IndexEntry, Status, parse_asn1_time
 from core.messages import RevocationResult
 from core.revocation import canonical_reason, canonical_serial
 from store.boundary import text, translated
+from store.crls import CRLDraw
 from store.results import ResultsStore
 from store.scripts import Lua
 
@@ -115,20 +116,22 @@ class RevocationStore:
                 soon.append(IndexEntry.from_openssl_line(line))
         return sorted(soon, key=lambda entry: (entry.expires, entry.serial))
 
-    def next_crl_number(self) -> int:
-        """Draw the next CRL number (RFC 5280 5.2.3: monotonically increasing)."""
-        return self.store.crls.next_number()
+    def draw_crl(self) -> CRLDraw:
+        """The next CRL number and the revoked lines, taken together in one atomic step."""
+        return self.store.crls.draw()
 
     def raise_crl_number(self, next_number: int) -> int:
         """Make the next number drawn at least `next_number` (OpenSSL's `crlnumber` file)."""
         return self.store.crls.raise_number(next_number)
 
-    def publish_crl(self, crl: x509.CertificateRevocationList, number: int) -> bool:
-        """Make `crl` the latest CRL unless a newer number is published already."""
-        return self.store.crls.publish(crl, number)
+    def publish_crl(
+        self, crl: x509.CertificateRevocationList, number: int, shard: int | None = None
+    ) -> bool:
+        """Make `crl` the latest CRL (of `shard`) unless a newer number is published already."""
+        return self.store.crls.publish(crl, number, shard)
 
-    def latest_crl(self) -> x509.CertificateRevocationList | None:
-        return self.store.crls.latest()
+    def latest_crl(self, shard: int | None = None) -> x509.CertificateRevocationList | None:
+        return self.store.crls.latest(shard)
 
     def push_result(self, reply_to: str, result: RevocationResult) -> None:
         """Answer a revocation request on the requester's reply list."""

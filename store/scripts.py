@@ -22,6 +22,7 @@ class Lua(StrEnum):
     PUBLISH = "publish"
     MARK_FAILED = "mark_failed"
     REVOKE = "revoke"
+    CRL_DRAW = "crl_draw"
     CRL_PUBLISH = "crl_publish"
     COUNTER_RAISE = "counter_raise"
     RATE_TAKE = "rate_take"

@@ -67,7 +67,9 @@ from worker.issuance.steps import (
 from worker.ocsp_delegate import ensure_ocsp_certificate
 from worker.profiles import ProfileSet, default_profiles_toml
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+# A little ahead of the clock: the session's test CA is made after this module is imported, and
+# a record is never dated before its CA's notBefore (a NOW before the CA existed would be one).
+NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=2)
 WEB_SECRET = secrets.token_bytes(32)
 
 

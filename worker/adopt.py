@@ -126,8 +126,8 @@ def write_casign_files(
             f"# casign settings of this CA, adopted from an OpenSSL CA folder. The key is\n"
             f"# named by URI; a passphrase is only ever named here by pin-source, never written.\n"
             f'intermediate_key = "file:private/{_key_file_name(folder)}{pin}"\n'
-            f"# nextUpdate of each CRL, as default_crl_days in openssl.cnf\n"
-            f"crl_days = 30\n",
+            f"# nextUpdate of each CRL, in days: at most 10 (BR 4.9.7)\n"
+            f"crl_days = 7\n",
             PUBLIC_MODE,
         )
         report.written.append(folder.settings_path)

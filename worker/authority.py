@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from core.errors import ConfigurationError
 from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
+from worker.crlsettings import check_shard_urls, crl_days, crl_shards, shard_of
 from worker.profiles import Profile, ProfileSet
 
 log = logging.getLogger("casign.authority")
@@ -42,7 +43,14 @@ class ProfileExtensions:
     authority_key_identifier: x509.AuthorityKeyIdentifier
     usage_rsa: tuple[tuple[x509.ExtensionType, bool], ...]
     usage_other: tuple[tuple[x509.ExtensionType, bool], ...]
-    locations: tuple[tuple[x509.ExtensionType, bool], ...]
+    # One entry, or one per CRL shard (the CRL distribution point names the shard).
+    locations_by_shard: tuple[tuple[tuple[x509.ExtensionType, bool], ...], ...]
+
+    def locations_for(self, serial: int) -> tuple[tuple[x509.ExtensionType, bool], ...]:
+        """The location extensions of the certificate with `serial`."""
+        if len(self.locations_by_shard) == 1:
+            return self.locations_by_shard[0]
+        return self.locations_by_shard[shard_of(serial, len(self.locations_by_shard))]
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class SigningAuthority:
     chain_pem: str
     key: SigningKey
     profiles: ProfileSet
+    crl_shards: int | None = None
     _extensions: dict[str, tuple[Profile, ProfileExtensions]] = field(
         default_factory=dict, compare=False
     )
@@ -75,13 +84,18 @@ class SigningAuthority:
         """
         intermediate = folder.intermediate_certificate()
         root = folder.root_certificate()
+        crl_days(folder)  # refused here, at start, rather than at the first CRL
+        shards = crl_shards(folder)
+        profiles = ProfileSet.load(folder.profiles_path)
+        check_shard_urls(profiles, shards, str(folder.profiles_path))
         key = load_signing_key(key_uri or folder.intermediate_key_uri())
         authority = cls(
             intermediate=intermediate,
             root=root,
             chain_pem=folder.chain_pem(),
             key=key,
-            profiles=ProfileSet.load(folder.profiles_path),
+            profiles=profiles,
+            crl_shards=shards,
         )
         now = datetime.now(UTC)
         authority.check_expiry(now, timedelta(days=expiry_warning_days))
@@ -172,7 +186,10 @@ class SigningAuthority:
             authority_key_identifier=aki,
             usage_rsa=tuple(profile.usage_extensions(rsa_subject=True)),
             usage_other=tuple(profile.usage_extensions(rsa_subject=False)),
-            locations=tuple(profile.location_extensions()),
+            locations_by_shard=tuple(
+                tuple(profile.location_extensions(shard))
+                for shard in (range(self.crl_shards) if self.crl_shards else [None])
+            ),
         )
         self._extensions[profile.name] = (profile, built)
         return built

@@ -378,7 +378,10 @@ def _write_configuration(
         work.settings_path,
         "# casign settings of this CA. The key is named by URI (file: or pkcs11:);\n"
         "# a PIN or passphrase is only ever named here by pin-source, never written.\n"
-        f'intermediate_key = "{key_uri}"\n',
+        f'intermediate_key = "{key_uri}"\n'
+        "# nextUpdate of each CRL, in days: at most 10 (BR 4.9.7)\n"
+        "crl_days = 7\n"
+        "# crl_shards = 4  # partitioned CRLs: see README (profiles then name {shard})\n",
         0o644,
     )
 

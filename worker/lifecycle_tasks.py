@@ -26,7 +26,7 @@ from worker.crl import (
     PublishedCRL,
     RevokedEntryCache,
     crl_days,
-    make_crl,
+    make_crls,
     seed_crl_number,
     write_crl_files,
 )
@@ -152,14 +152,16 @@ def refresh_crl(
     authority: SigningAuthority,
     revocations: RevocationStore,
     cache: RevokedEntryCache | None = None,
-) -> PublishedCRL:
-    """Make, publish and write the CRL; renew the OCSP delegate when one is set up."""
+) -> list[PublishedCRL]:
+    """Make, publish and write the CRL (or each shard); renew the OCSP delegate when set up."""
     seed_crl_number(folder, revocations)
-    published = make_crl(authority, revocations, crl_days(folder), cache=cache)
+    published = make_crls(authority, revocations, crl_days(folder), cache=cache)
     try:
         write_crl_files(folder, published)
     except OSError as exc:  # a read-only CA folder: the store still has the CRL
-        log.warning("CRL %d published to the store, not written to disk: %s", published.number, exc)
+        log.warning(
+            "CRL %d published to the store, not written to disk: %s", published[0].number, exc
+        )
     if ocsp_key_path(folder.root).exists():
         delegate = ensure_ocsp_certificate(folder, authority, revocations.store)
         if delegate.issued:
@@ -192,8 +194,8 @@ def crl() -> int:
     def attempt() -> int:
         batch_signer = process.signer()
         revocations = RevocationStore(batch_signer.store)
-        return refresh_crl(
-            process.folder, batch_signer.authority, revocations, process.crl_cache
-        ).number
+        authority = batch_signer.authority
+        published = refresh_crl(process.folder, authority, revocations, process.crl_cache)
+        return published[0].number
 
     return process.wait_out_outages(attempt, "CRL")

@@ -21,6 +21,9 @@ from core.errors import ConfigurationError
 from core.messages import describe_validation_error
 from core.oids import NS_CERT_TYPE_OID, NS_COMMENT_OID
 
+# In a CRL URL: the certificate's shard of a partitioned CRL (`crl_shards` in casign.toml).
+SHARD_PLACEHOLDER = "{shard}"
+
 # Netscape certificate type bits, most significant first (Netscape cert extensions spec).
 _NS_CERT_TYPE_BITS = {
     "client": 0,
@@ -228,9 +231,14 @@ class Profile(BaseModel):
             )
         return extensions
 
-    def location_extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
+    def location_extensions(
+        self, shard: int | None = None
+    ) -> list[tuple[x509.ExtensionType, bool]]:
         """id-pkix-ocsp-nocheck, certificatePolicies, cRLDistributionPoints and
-        authorityInfoAccess, when configured: the extensions after the usages."""
+        authorityInfoAccess, when configured: the extensions after the usages.
+
+        `shard` replaces `{shard}` in the CRL URLs: the partitioned CRL that lists this certificate.
+        """
         extensions: list[tuple[x509.ExtensionType, bool]] = []
         if self.ocsp_no_check:
             extensions.append((x509.OCSPNoCheck(), False))
@@ -242,7 +250,9 @@ class Profile(BaseModel):
             extensions.append((x509.CertificatePolicies(policies), False))
         if self.crl_distribution_points:
             points = [
-                x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+                x509.DistributionPoint(
+                    [x509.UniformResourceIdentifier(_shard_url(url, shard))], None, None, None
+                )
                 for url in self.crl_distribution_points
             ]
             extensions.append((x509.CRLDistributionPoints(points), False))
@@ -267,6 +277,10 @@ class Profile(BaseModel):
             bits |= 0x80 >> _NS_CERT_TYPE_BITS[kind]
         unused = (bits & -bits).bit_length() - 1  # X.690 11.2.2: trailing zero bits are dropped
         return bytes([0x03, 0x02, unused, bits])
+
+
+def _shard_url(url: str, shard: int | None) -> str:
+    return url if shard is None else url.replace(SHARD_PLACEHOLDER, str(shard))
 
 
 def _ia5_string_der(text: str) -> bytes:
@@ -430,6 +444,8 @@ _NO_LOCATIONS = """\
 # Until they are set, the BR linter refuses every tls_server request (lint.failed names
 # cabf.serverauth.subscriber.revocation_information_absent):
 # crl_distribution_points = ["http://pki.example.com/intermediate.crl"]
+# With crl_shards = N in casign.toml (partitioned CRLs), name the shard with {shard}:
+# crl_distribution_points = ["http://pki.example.com/crl/intermediate-{shard}.crl"]
 # ocsp_urls = ["http://pki.example.com/ocsp"]
 # ca_issuers_urls = ["http://pki.example.com/intermediate.cer"]
 """

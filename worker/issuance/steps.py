@@ -275,7 +275,7 @@ def tbs_of(
     pairs.append((extensions.authority_key_identifier, False))
     rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
     pairs.extend(extensions.usage_rsa if rsa_subject else extensions.usage_other)
-    pairs.extend(extensions.locations)
+    pairs.extend(extensions.locations_for(record.serial))
     if record.subject_alternative_names:
         pairs.append((x509.SubjectAlternativeName(record.subject_alternative_names), False))
     return x509.CertificateBuilder(
