@@ -11,17 +11,18 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from casign.cli import main as casign_main
 from core.audit import verify_chain
 from core.auth import MessageKind, ca_identity, seal
 from core.errors import ConfigurationError
@@ -29,9 +30,11 @@ from core.index import format_serial
 from core.keys import KeyType
 from core.messages import JobResult, parse_sign_request
 from core.queue import SIGN_QUEUE
+from producers import Producer
 from store.envelopes import EnvelopeLedger
 from store.results import ResultsStore
 from tests.csrs import job, make_csr
+from tests.workers import start_worker
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder, CAOptions, init_ca
@@ -52,7 +55,7 @@ from worker.profiles import ProfileSet
 # the CA's own (by name and hash), and recovery admits its request again before it signs.
 
 RECORD_INVALID = "store.record_invalid"
-PROFILE_CHANGED = "request.profile_changed"
+PROFILE_CHANGED = "store.profile_changed"
 RECORDS_PRODUCERS = ("hr-portal", "web-frontend")
 
 
@@ -158,8 +161,10 @@ class RecordsSigner:
         assert isinstance(record, str)
         return record
 
-    def plant(self, job_id: str, fingerprint: str, serial: int, record: str) -> None:
-        """What a writer with full access to the store does: a reserved job, pending."""
+    def plant(
+        self, job_id: str, fingerprint: str, serial: int, record: str, pending: bool = True
+    ) -> None:
+        """What a writer with full access to the store does: a reserved job (pending)."""
         client = self.store.client
         client.hset(
             self.store.job_key(job_id),
@@ -170,7 +175,8 @@ class RecordsSigner:
                 "record": record,
             },
         )
-        client.sadd(self.store.key("pending"), job_id)
+        if pending:
+            client.sadd(self.store.key("pending"), job_id)
 
     def audit_of(self, job_id: str) -> list[dict[str, Any]]:
         entries = list(self.store.audit_entries())
@@ -179,9 +185,10 @@ class RecordsSigner:
         return [line for line in lines if line.get("job_id") == job_id]
 
 
-@pytest.fixture
-def records(authority: SigningAuthority, store: ResultsStore, tmp_path: Path) -> RecordsSigner:
-    directory = tmp_path / "records-secrets"
+def make_records_signer(
+    authority: SigningAuthority, store: ResultsStore, directory: Path
+) -> RecordsSigner:
+    """The two producers' secrets written (0400) in `directory`, and a signer serving them."""
     directory.mkdir()
     values = {name: secrets.token_hex(32) for name in RECORDS_PRODUCERS}
     for name, value in values.items():
@@ -191,6 +198,17 @@ def records(authority: SigningAuthority, store: ResultsStore, tmp_path: Path) ->
     return RecordsSigner(
         authority, store, directory, {name: value.encode() for name, value in values.items()}
     )
+
+
+@pytest.fixture
+def records(authority: SigningAuthority, store: ResultsStore, tmp_path: Path) -> RecordsSigner:
+    return make_records_signer(authority, store, tmp_path / "records-secrets")
+
+
+@pytest.fixture
+def records_ca(tmp_path: Path) -> CAFolder:
+    """A CA folder of the test's own (P-256), for what reads the folder: the CLI, a worker."""
+    return init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
 
 
 def records_id(label: str) -> str:
@@ -276,6 +294,48 @@ def test_records_a_planted_reserved_record_is_refused_by_its_mac(
     assert "record" in (results[job_id].message or "")
     assert records.signer().recover_pending() == []
     assert records.store.count_issued() == 0
+
+
+@pytest.mark.slow
+def test_records_a_real_worker_refuses_a_planted_record(
+    records_ca: CAFolder,
+    store: ResultsStore,
+    broker_url: str,
+    redis_url: str,
+    queue: str,
+    tmp_path: Path,
+) -> None:
+    """The same attack end to end: a `casign worker`, and hr-portal's `Producer` asking."""
+    records = make_records_signer(load_authority(records_ca.root), store, tmp_path / "secrets")
+    records_ca.producers_path.write_text(
+        records_producers_toml(records.sources()), encoding="utf-8"
+    )
+    job_id, csr = records_id("e2e"), make_csr("alice@example.com")
+    fingerprint = parse_sign_request(job(job_id, csr, profile="usr_cert")).fingerprint()
+    forged = forged_record(
+        records.authority, job_id, fingerprint, 1 << 104, make_csr("accounts.google.com")
+    )
+    records.plant(job_id, fingerprint, 1 << 104, forged, pending=False)  # met on delivery
+
+    worker = start_worker(
+        records_ca.root, broker_url, redis_url, store, queue, tmp_path / "worker.log"
+    )
+    try:
+        with Producer(
+            broker_url,
+            redis_url,
+            store_prefix=store.prefix,
+            queue=queue,
+            identity="hr-portal",
+            secret_source=records.sources()["hr-portal"],
+        ) as producer:
+            producer.submit(csr, profile="usr_cert", job_id=job_id)
+            (result,) = producer.results([job_id], timeout=90)
+    finally:
+        worker.stop()
+
+    assert_closed_refused(records, job_id, RECORD_INVALID, result)
+    assert f"job {job_id} refused, not signed: {RECORD_INVALID}" in worker.log()
 
 
 def test_records_a_planted_pending_record_is_refused_in_recovery(records: RecordsSigner) -> None:
@@ -390,6 +450,30 @@ def test_records_recovery_signs_a_genuine_record_its_producer_may_still_have(
     assert records.store.pending_records() == []
 
 
+def test_records_casign_recover_holds_records_to_producers_toml(
+    records_ca: CAFolder, store: ResultsStore, redis_url: str, tmp_path: Path
+) -> None:
+    """The operator's `casign recover` admits again with the CA's producers.toml, too."""
+    records = make_records_signer(load_authority(records_ca.root), store, tmp_path / "secrets")
+    job_id = records_id("cli")
+    records.reserve_only(
+        [job(job_id, make_csr("alice@example.com"), profile="usr_cert")], "hr-portal"
+    )
+    records_ca.producers_path.write_text(
+        records_producers_toml(records.sources(), without=("hr-portal",)), encoding="utf-8"
+    )
+
+    said = CliRunner().invoke(
+        casign_main,
+        ["recover", "--ca", str(records_ca.root), "--store", redis_url],
+        env={"CASIGN_STORE_PREFIX": store.prefix[:-1]},
+    )
+
+    assert said.exit_code == 0, said.output
+    assert "0 job(s) recovered" in said.output
+    assert_closed_refused(records, job_id, "auth.unknown_producer")
+
+
 def test_records_a_tampered_records_job_is_audited_once(records: RecordsSigner) -> None:
     """Refused on first sight and closed: a redelivery and recovery add no audit line."""
     job_id = records_id("once")
@@ -426,11 +510,6 @@ def test_records_a_genuine_record_moved_to_another_job_is_refused(records: Recor
 
 
 # The record MAC key: made by init, on first start for an older folder, never readable by others.
-
-
-@pytest.fixture
-def records_ca(tmp_path: Path) -> Iterator[CAFolder]:
-    yield init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
 
 
 def test_records_init_makes_the_record_key_only_signers_read(records_ca: CAFolder) -> None:

@@ -5,14 +5,17 @@
                  producer's profiles, names and rate
 3. fix_record    serial drawn, validity fixed (backdated, within the CA's): the `IssuanceRecord`
 4. build_tbs     the to-be-signed certificate, a pure function of the record and the CA
-5. reserve       the record stored under its job id and serial before anything is signed; a job
-                 an earlier delivery reserved is signed from its stored record, byte for byte
+5. reserve       the record sealed (the signers' MAC, its profile by name and hash) and stored
+                 under its job id and serial before anything is signed; a job an earlier delivery
+                 reserved is signed from its stored record, byte for byte, once its MAC verifies
+                 and its profile is still the CA's (else refused and closed)
 6. sign          the key backend signs the TBS
 7. verify        the signature chains to the intermediate and the certificate is its record
 8. publish       certificates, index lines, replies, refusals and audit lines, one atomic call
 
 `batch.py` runs them over a batch (`BatchSigner`), `recovery.py` runs 6-8 over the records a
-crashed worker left reserved, `failures.py` closes the jobs that failed.
+crashed worker left reserved (after their MAC, their profile and admission again),
+`failures.py` closes the jobs that failed.
 
 A job refused in steps 1-5 gets a stable code. A job that raises in step 6 or 7 (an
 IssuanceFault, a token refusing a mechanism, any error of the key other than Retryable) fails
