@@ -48,6 +48,7 @@ from worker.issuance.steps import (
     receive,
     reserve,
 )
+from worker.ocsp_delegate import delegate_csr, delegate_profile, ensure_ocsp_certificate
 from worker.profiles import ProfileSet
 
 # --- records ----------------------------------------------------------------------------------
@@ -472,6 +473,31 @@ def test_records_casign_recover_holds_records_to_producers_toml(
     assert said.exit_code == 0, said.output
     assert "0 job(s) recovered" in said.output
     assert_closed_refused(records, job_id, "auth.unknown_producer")
+
+
+def test_records_the_ocsp_delegates_own_record_is_never_recovered(
+    records_ca: CAFolder, store: ResultsStore
+) -> None:
+    """Its built-in profile (OCSPSigning, nocheck) is in no profiles.toml: recovery refuses the
+    record, and the delegate's certificate is issued afresh through the steps."""
+    authority = load_authority(records_ca.root)
+    profile = delegate_profile(authority)
+    raw: dict[str, object] = {
+        "job_id": records_id("ocsp-responder"),
+        "csr_pem": delegate_csr(authority, ec.generate_private_key(ec.SECP256R1())),
+        "profile": profile.name,
+    }
+    batch = authenticate([raw], None, None, None, None, datetime.now(UTC))
+    admitted = admit(receive(raw), batch, ProfileSet({profile.name: profile}), [])
+    reserve([build_tbs(fix_record(admitted, authority, batch), authority)], store, authority)
+
+    assert BatchSigner(authority, store).recover_pending() == []
+
+    state = store.job_state(str(raw["job_id"]))
+    assert (state["state"], state["code"]) == ("refused", PROFILE_CHANGED)
+    assert store.count_issued() == 0
+    assert ensure_ocsp_certificate(records_ca, authority, store).issued
+    assert store.count_issued() == 1
 
 
 def test_records_a_tampered_records_job_is_audited_once(records: RecordsSigner) -> None:
