@@ -359,13 +359,23 @@ def _supervised_worker(
 @store_option
 def recover(ca: Path | None, store: str | None) -> None:
     """Sign and publish the jobs a crashed worker reserved but never published."""
+    from core.auth import ca_identity
+    from core.queue import SIGN_QUEUE
+    from worker.access import AccessPolicy
     from worker.authority import load_authority
+    from worker.cafolder import CAFolder
     from worker.issuance import BatchSigner
 
     folder = ca_dir(ca)
+    authority = load_authority(folder)
+    # Recovery admits each record again as the producer it names, with that producer's rights
+    # in producers.toml now (the queue is only for authenticating messages, which it reads none).
+    access = AccessPolicy.load(
+        CAFolder(folder).producers_path, ca_identity(authority.intermediate), SIGN_QUEUE
+    )
     endpoints = resolve_endpoints("unused://", store, folder)
     with open_store(endpoints) as results_store:
-        recovered = BatchSigner(load_authority(folder), results_store).recover_pending()
+        recovered = BatchSigner(authority, results_store, access).recover_pending()
     click.echo(f"{len(recovered)} job(s) recovered")
     for result in recovered:
         click.echo(f"  {result.job_id}: serial {result.serial}")

@@ -57,6 +57,10 @@ class RefusalCode(StrEnum):
     AUTH_REPLAYED = "auth.replayed"
     AUTH_WRONG_AUDIENCE = "auth.wrong_audience"
     LINT_FAILED = "lint.failed"
+    # A record read back from the store: without the signers' MAC over it (forged, altered or
+    # moved), or naming a profile that changed in profiles.toml since it was reserved.
+    STORE_RECORD_INVALID = "store.record_invalid"
+    STORE_PROFILE_CHANGED = "store.profile_changed"
     REVOKE_UNKNOWN_SERIAL = "revoke.unknown_serial"
     REVOKE_ALREADY_REVOKED = "revoke.already_revoked"
     REVOKE_BAD_REASON = "revoke.bad_reason"

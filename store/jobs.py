@@ -77,6 +77,17 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """A reserved job whose stored record the signer refuses to sign (forged, or no longer
+    admissible): refused with `code`, so no later delivery or recovery signs it."""
+
+    job_id: str
+    record: str  # the record as it was read ('' when there was none): closed only if unchanged
+    code: str
+    message: str
+
+
 class JobRecords:
     """`P:job:{id}`, `P:serials`, `P:pending`, and the publishing of a batch's results."""
 
@@ -189,6 +200,20 @@ class JobRecords:
         for failure in failures:
             args += (failure.job_id, failure.fingerprint, failure.code, failure.message)
         closed = self._scripts[Lua.MARK_FAILED](keys=[self._keys.pending], args=args)
+        return [bool(one) for one in closed]
+
+    @translated
+    def close_records(self, closures: Iterable[Closure]) -> list[bool]:
+        """Refuse each job whose record is still the one read (`lua/close_records.lua`): a
+        reserved job becomes `refused` with the code; in any state the record goes and the job
+        leaves `pending`. True where this call closed it (False: its record changed meanwhile)."""
+        closures = list(closures)
+        if not closures:
+            return []
+        args = [self._keys.job_stem]
+        for closure in closures:
+            args += (closure.job_id, closure.record, closure.code, closure.message)
+        closed = self._scripts[Lua.CLOSE_RECORDS](keys=[self._keys.pending], args=args)
         return [bool(one) for one in closed]
 
     def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:

@@ -7,7 +7,8 @@ they append each job id, so a batch's ids travel once. This list is the whole sc
 
 Jobs and records (`store.jobs`):
   P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
-                      (until published or failed), code, message (of a refusal or failure)
+                      (sealed by a signer, `worker/issuance/record.py`; until published, failed
+                      or refused), code, message (of a refusal or failure)
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires

@@ -21,7 +21,7 @@ from store.chain import ChainRecord
 from store.crls import CRLStore
 from store.health import Fitness, MemoryUse, StoreHealth
 from store.index import CertificateIndex
-from store.jobs import Failure, Intent, Issued, JobRecords, Refusal, Reservation
+from store.jobs import Closure, Failure, Intent, Issued, JobRecords, Refusal, Reservation
 from store.keys import KeySpace
 from store.locks import Locks
 from store.rate_limits import RateLimits
@@ -31,6 +31,7 @@ from store.workers import WorkerBeats
 
 __all__ = [
     "REPLY_TTL_SECONDS",
+    "Closure",
     "Failure",
     "Intent",
     "Issued",
@@ -113,6 +114,11 @@ class ResultsStore:
         """Close each job as `failed` if it is reserved under the same fingerprint or unknown;
         True where this call closed it (see `JobRecords.mark_failed`)."""
         return self.jobs.mark_failed(failures)
+
+    def close_records(self, closures: Iterable[Closure]) -> list[bool]:
+        """Refuse each job whose record is still the one read, so nothing signs it; True where
+        this call closed it (see `JobRecords.close_records`)."""
+        return self.jobs.close_records(closures)
 
     def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:
         """Block up to `timeout` seconds for results pushed to `reply_to`; return all that came."""

@@ -21,6 +21,7 @@ class Lua(StrEnum):
     RESERVE = "reserve"
     PUBLISH = "publish"
     MARK_FAILED = "mark_failed"
+    CLOSE_RECORDS = "close_records"
     REVOKE = "revoke"
     CRL_DRAW = "crl_draw"
     CRL_PUBLISH = "crl_publish"

@@ -160,6 +160,9 @@ def test_adopt_export_equals_the_original_and_casign_signs_on(
     settings = (guide_ca / "intermediate/casign.toml").read_text()
     assert f"file:private/intermediate.key.pem?pin-source=file:{pass_file}" in settings
     assert (guide_ca / "intermediate/profiles.toml").exists()
+    record_key = guide_ca / "intermediate/private/record-mac.key"  # sealing the store's records
+    assert f"wrote {record_key}" in said
+    assert record_key.stat().st_mode & 0o777 == 0o400 and len(record_key.read_bytes()) == 32
 
     # casign signs one more with the adopted, passphrase-protected key.
     openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "new.key.pem",

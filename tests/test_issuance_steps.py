@@ -40,7 +40,7 @@ from worker.access import AccessPolicy, AllowedProducer, ProducerPolicy
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
-from worker.issuance.record import SERIAL_BITS, IssuanceRecord
+from worker.issuance.record import SERIAL_BITS, StoredRecord
 from worker.issuance.steps import (
     Admitted,
     Answered,
@@ -233,9 +233,18 @@ def test_fix_record_draws_a_serial_and_fixes_a_backdated_validity(
 def test_the_record_stores_names_as_text_and_reads_them_back(authority: SigningAuthority) -> None:
     raw = job("text", make_csr("text.example.com"), san=["DNS:text.example.com", "IP:2001:db8::1"])
     record = fix_record(admitted(authority, raw), authority, open_batch(raw)).record
-    stored = json.loads(record.to_json())
+    digest = authority.profile_digest(record.profile)
+    sealed = record.sealed(authority.record_key, "prefix:", digest)
+    stored = json.loads(sealed)
     assert stored["san"] == ["DNS:text.example.com", "IP:2001:db8::1"]
-    assert IssuanceRecord.from_json(record.to_json()) == record
+    assert stored["profile"] == {"name": "server_cert", "sha256": digest}  # never the profile
+    opened = StoredRecord.opened(sealed, "text", authority.record_key, "prefix:")
+    assert opened.with_profile(record.profile, digest) == record
+    # Sealed for one job under one store prefix: read as another's, it is no record.
+    for job_id, prefix in (("other", "prefix:"), ("text", "other:")):
+        with pytest.raises(Rejected) as moved:
+            StoredRecord.opened(sealed, job_id, authority.record_key, prefix)
+        assert moved.value.code == RefusalCode.STORE_RECORD_INVALID
 
 
 def test_fix_record_refuses_a_validity_past_the_ca_naming_its_expiry(

@@ -26,6 +26,7 @@ from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import seed_crl_number
 from worker.profiles import DEFAULT_PROFILES_TOML
+from worker.record_key import make_record_key
 
 _CHUNK = 2000
 _PRIVATE_KEY = re.compile(r"^\s*private_key\s*=\s*(\S+)", re.MULTILINE)
@@ -115,7 +116,11 @@ def _key_file_name(folder: CAFolder) -> str:
 def write_casign_files(
     folder: CAFolder, passphrase_file: Path | None, report: AdoptionReport
 ) -> None:
-    """`profiles.toml` (the guide's sections) and `casign.toml` (the key's URI), if absent."""
+    """`profiles.toml` (the guide's sections), `casign.toml` (the key's URI) and the signers'
+    record MAC key beside the intermediate key (0400), each if absent."""
+    if not folder.record_key_path.exists():
+        make_record_key(folder.record_key_path)
+        report.written.append(folder.record_key_path)
     if not folder.profiles_path.exists():
         write_file_atomically(folder.profiles_path, DEFAULT_PROFILES_TOML, PUBLIC_MODE)
         report.written.append(folder.profiles_path)

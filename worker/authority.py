@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +19,7 @@ from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
 from worker.crlsettings import check_shard_urls, crl_days, crl_shards, shard_of
 from worker.profiles import Profile, ProfileSet
+from worker.record_key import RecordKey
 
 log = logging.getLogger("casign.authority")
 
@@ -55,20 +57,22 @@ class ProfileExtensions:
 
 @dataclass(frozen=True)
 class SigningAuthority:
-    """The intermediate CA as a worker uses it; load once per process (key loading is slow)."""
+    """The intermediate CA as a worker uses it; load once per process (key loading is slow).
+
+    `record_key` seals the issuance records this signer stores and opens the ones it reads back.
+    """
 
     intermediate: x509.Certificate
     root: x509.Certificate
     chain_pem: str
     key: SigningKey
     profiles: ProfileSet
+    record_key: RecordKey
     crl_shards: int | None = None
     _extensions: dict[str, tuple[Profile, ProfileExtensions]] = field(
         default_factory=dict, compare=False
     )
-    _profile_json: dict[str, tuple[Profile, dict[str, Any]]] = field(
-        default_factory=dict, compare=False
-    )
+    _profile_digests: dict[str, tuple[Profile, str]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def load(
@@ -96,6 +100,7 @@ class SigningAuthority:
             key=key,
             profiles=profiles,
             crl_shards=shards,
+            record_key=folder.record_key(),
         )
         now = datetime.now(UTC)
         authority.check_expiry(now, timedelta(days=expiry_warning_days))
@@ -194,12 +199,19 @@ class SigningAuthority:
         self._extensions[profile.name] = (profile, built)
         return built
 
-    def profile_json(self, profile: Profile) -> dict[str, Any]:
-        """`profile` as it is stored in each issuance record, dumped once per profile."""
-        cached = self._profile_json.get(profile.name)
+    def profile_digest(self, profile: Profile) -> str:
+        """SHA-256 (hex) of `profile`'s canonical JSON, which each issuance record names it by;
+        computed once per profile."""
+        cached = self._profile_digests.get(profile.name)
         if cached is None or cached[0] is not profile:
-            cached = (profile, profile.model_dump(mode="json"))
-            self._profile_json[profile.name] = cached
+            canonical = json.dumps(
+                profile.model_dump(mode="json"),
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=True,
+            )
+            cached = (profile, hashlib.sha256(canonical.encode()).hexdigest())
+            self._profile_digests[profile.name] = cached
         return cached[1]
 
 

@@ -24,6 +24,7 @@ from core.layout import ca_folder_problem
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 from worker.profiles import default_profiles_toml
+from worker.record_key import RECORD_KEY_NAME, RecordKey, load_record_key, make_record_key
 
 ROOT_DAYS = 7300
 INTERMEDIATE_DAYS = 3650
@@ -67,6 +68,11 @@ class CAFolder:
     @property
     def intermediate_cert_path(self) -> Path:
         return self.intermediate / "certs" / "intermediate.cert.pem"
+
+    @property
+    def record_key_path(self) -> Path:
+        """The signers' record MAC key (`worker/record_key.py`), beside the intermediate key."""
+        return self.intermediate / "private" / RECORD_KEY_NAME
 
     @property
     def chain_path(self) -> Path:
@@ -128,6 +134,10 @@ class CAFolder:
             return {}
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{self.settings_path}: {exc}") from None
+
+    def record_key(self) -> RecordKey:
+        """The record MAC key, made on first use in a folder made before records were sealed."""
+        return load_record_key(self.record_key_path, make_if_absent=True)
 
     def intermediate_key_uri(self) -> str:
         """The intermediate key's URI from `casign.toml`; a relative file path is the folder's."""
@@ -254,6 +264,7 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
         )
         _write_file(work.intermediate_cert_path, _pem(intermediate_cert), CERT_MODE)
         _write_file(work.chain_path, _pem(intermediate_cert) + _pem(root_cert), CERT_MODE)
+        make_record_key(work.record_key_path)
         _write_configuration(work, target, options, key_uri)
         _move_into_place(staging, target.root)
     except Exception as exc:

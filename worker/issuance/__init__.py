@@ -8,14 +8,17 @@
                  subject built from the checked values (`worker/subject.py`)
 5. lint          the TBS signed with a throwaway key like the CA's and run through the profile's
                  pkilint linter (`worker/lint.py`); an error refuses it (`lint.failed`)
-6. reserve       the record stored under its job id and serial before anything is signed; a job
-                 an earlier delivery reserved is signed from its stored record, byte for byte
+6. reserve       the record sealed (the signers' MAC, its profile by name and hash) and stored
+                 under its job id and serial before anything is signed; a job an earlier delivery
+                 reserved is signed from its stored record, byte for byte, once its MAC verifies
+                 and its profile is still the CA's (else refused and closed)
 7. sign          the key backend signs the TBS
 8. verify        the signature chains to the intermediate and the certificate is its record
 9. publish       certificates, index lines, replies, refusals and audit lines, one atomic call
 
 `batch.py` runs them over a batch (`BatchSigner`), `recovery.py` runs 7-9 over the records a
-crashed worker left reserved, `failures.py` closes the jobs that failed.
+crashed worker left reserved (after their MAC, their profile and admission again),
+`failures.py` closes the jobs that failed.
 
 A job refused in steps 1-6 gets a stable code. A job that raises in step 7 or 8 (an
 IssuanceFault, a token refusing a mechanism, any error of the key other than Retryable) fails

@@ -186,8 +186,9 @@ class BatchSigner:
         self.store.publish([], [], replies, reply_to, audit)
 
     def recover_pending(self) -> list[JobResult]:
-        """Sign and publish every job that was reserved but never published (after a crash)."""
-        return recover_pending_records(self.authority, self.store)
+        """Sign and publish every job that was reserved but never published (after a crash),
+        once its record proves a signer's and its request passes admission again."""
+        return recover_pending_records(self.authority, self.store, self.access)
 
 
 def _refused(job_id: str, refusal: Rejected) -> JobResult:

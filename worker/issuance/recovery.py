@@ -1,32 +1,71 @@
-"""Crash recovery: sign and publish the records a worker reserved but never published."""
+"""Crash recovery: sign and publish the records a worker reserved but never published.
+
+A pending record is signed only after three checks, since anyone who can write to the store
+could have put it there: the signers' MAC over it verifies (else `store.record_invalid`), its
+profile is the CA's own of that name and hash (else `store.profile_changed`), and its request
+passes admission again (`admit`: the CSR policy, proof of possession, the profile's rules, and
+the rights the producer it names has in producers.toml now; a producer since removed is refused
+`auth.unknown_producer`). A record refused so is closed in the store as `refused` with that code
+(never tried again, kept for later deliveries of the job), audited once and logged; a refused
+genuine record is answered on its reply list, a forged one on none (its reply list is the
+forger's word).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 
-from core.errors import Retryable
-from core.messages import JobResult
-from store.results import ResultsStore
+from core.audit import audit_line
+from core.errors import RefusalCode, Rejected, Retryable
+from core.messages import JobResult, SignRequest
+from store.results import Closure, ResultsStore
+from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
 from worker.issuance.failures import FailedJob, close_failed
-from worker.issuance.record import IssuanceRecord
-from worker.issuance.steps import Decided, Reserved, publish, sign, verify
+from worker.issuance.record import IssuanceRecord, StoredRecord
+from worker.issuance.steps import (
+    Authenticated,
+    Decided,
+    Received,
+    Reserved,
+    admit,
+    publish,
+    sign,
+    verify,
+)
+from worker.policy import san_text
 
 log = logging.getLogger("casign.issuance")
 
+_DAY_SECONDS = 86400
 
-def recover_pending_records(authority: SigningAuthority, store: ResultsStore) -> list[JobResult]:
-    """Steps 7, 8 and 9 for every pending record, exactly as stored, each published alone;
-    returns the certificates issued.
 
-    A record that fails to sign or verify is closed as `failed` and answered so (and logged); a
-    Retryable (store or HSM unavailable) stops the recovery, which the next start takes up.
+def recover_pending_records(
+    authority: SigningAuthority, store: ResultsStore, access: AccessPolicy | None
+) -> list[JobResult]:
+    """Steps 7, 8 and 9 for every pending record the checks above admit, exactly as stored,
+    each published alone; returns the certificates issued.
+
+    `access` is the signer's producers.toml (None: an open signer, whose records name no
+    producer to hold to). A record that fails to sign or verify is closed as `failed` and
+    answered so (and logged); a Retryable (store or HSM unavailable) stops the recovery, which
+    the next start takes up.
     """
     recovered: list[JobResult] = []
-    for _, text in store.pending_records():
+    for job_id, text in store.pending_records():
         now = datetime.now(UTC)
-        record = IssuanceRecord.from_json(text)
+        try:
+            stored = StoredRecord.opened(text, job_id, authority.record_key, store.prefix)
+        except Rejected as refusal:
+            _refuse_forged(job_id, text, refusal, store, now)
+            continue
+        try:
+            record = readmitted(stored, authority, access, now)
+        except Rejected as refusal:
+            _refuse_genuine(stored, text, refusal, store, now)
+            continue
         try:
             verified = verify(sign(Reserved.stored(record, authority), authority), authority, now)
         except Retryable:
@@ -46,3 +85,72 @@ def recover_pending_records(authority: SigningAuthority, store: ResultsStore) ->
             )
         )
     return recovered
+
+
+def readmitted(
+    stored: StoredRecord, authority: SigningAuthority, access: AccessPolicy | None, now: datetime
+) -> IssuanceRecord:
+    """The record under the CA's own profile, once its request passes admission again as the
+    producer it names; raise Rejected with the code admission gives."""
+    profile = authority.profiles.get(stored.profile_name)
+    digest = authority.profile_digest(profile) if profile is not None else None
+    record = stored.with_profile(profile, digest)
+    producer = None
+    if access is not None:
+        producer = access.producers.get(record.requester or "")
+        if producer is None:
+            raise Rejected(
+                RefusalCode.AUTH_UNKNOWN_PRODUCER,
+                f"producer {record.requester!r}, for whom job {record.job_id!r} was reserved, "
+                "is not listed in producers.toml now",
+            )
+    # The message was checked against its schema when it came; the policy and the rights are
+    # what may have changed since, so they run on exactly what the certificate would hold.
+    request = SignRequest.model_construct(
+        job_id=record.job_id,
+        csr_pem=record.csr_pem,
+        profile=record.profile.name,
+        days=math.ceil((record.not_after - record.not_before).total_seconds() / _DAY_SECONDS),
+        san=[san_text(name) for name in record.subject_alternative_names],
+        requester=record.requester,
+    )
+    batch = Authenticated((), record.reply_to, producer, now)
+    admit(Received(request, record.fingerprint), batch, authority.profiles, authority.common_names)
+    return record
+
+
+def _refuse_forged(
+    job_id: str, text: str, refusal: Rejected, store: ResultsStore, now: datetime
+) -> None:
+    """Close a record without the signers' MAC: one audit line, one log line, no reply."""
+    if not store.close_records([Closure(job_id, text, refusal.code, refusal.message)])[0]:
+        return  # changed meanwhile: the next recovery looks at it again
+    log.error("recovery refused job %s, not signed: %s", job_id, refusal)
+    line = audit_line("refused", job_id=job_id, reason=refusal.code, when=now)
+    publish([], Decided(audit=[line]), store, None, now)
+
+
+def _refuse_genuine(
+    stored: StoredRecord, text: str, refusal: Rejected, store: ResultsStore, now: datetime
+) -> None:
+    """Close a signer's record that admission now refuses, and answer its producer so."""
+    job_id = stored.job_id
+    if not store.close_records([Closure(job_id, text, refusal.code, refusal.message)])[0]:
+        return  # another delivery published or closed it meanwhile
+    log.warning("recovery refused job %s, not signed: %s", job_id, refusal)
+    reply = JobResult(
+        job_id=job_id,
+        status="refused",
+        code=refusal.code,
+        message=refusal.message,
+        fingerprint=stored.fingerprint,
+    )
+    line = audit_line(
+        "refused",
+        job_id=job_id,
+        requester=stored.requester,
+        profile=stored.profile_name,
+        reason=refusal.code,
+        when=now,
+    )
+    publish([], Decided(replies=[reply], audit=[line]), store, stored.reply_to, now)

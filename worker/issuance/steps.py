@@ -11,6 +11,7 @@ returning `Refused`/`Answered` (step 6, which settles a whole batch in one store
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -26,14 +27,16 @@ from core.errors import IssuanceFault, RefusalCode, Rejected, Retryable
 from core.index import IndexEntry, Status, openssl_oneline
 from core.messages import Envelope, JobResult, SignRequest, parse_sign_request
 from store.envelopes import EnvelopeLedger
-from store.results import Intent, Issued, Refusal, Reservation, ResultsStore
+from store.results import Closure, Intent, Issued, Refusal, Reservation, ResultsStore
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
-from worker.issuance.record import Applicant, IssuanceRecord, draw_serial
+from worker.issuance.record import Applicant, IssuanceRecord, StoredRecord, draw_serial
 from worker.lint import lint_tbs
 from worker.policy import CheckedRequest, check_request
 from worker.profiles import Profile, ProfileSet
 from worker.subject import build_subject
+
+log = logging.getLogger("casign.issuance")
 
 MAX_SERIAL_DRAWS = 5
 # DER of the basicConstraints OID (2.5.29.19), and of the whole extension when it is the empty
@@ -346,13 +349,17 @@ class Answered:
 def reserve(
     built: Sequence[Built], store: ResultsStore, authority: SigningAuthority
 ) -> list[Reserved | Answered | Refused]:
-    """Step 6: store every record before it is signed, in one round trip per draw.
+    """Step 6: store every record, sealed, before it is signed, in one round trip per draw.
 
     A serial found taken is drawn again; a job the store knows is settled from what it holds.
-    Raise Retryable when serials keep colliding (or the store is unavailable).
+    An earlier delivery's record is signed only if the signers' MAC over it verifies and its
+    profile is still the CA's; else the job is refused and closed in the store (one more round
+    trip), so that neither a redelivery nor recovery signs it. Raise Retryable when serials keep
+    colliding (or the store is unavailable).
     """
     waiting = {job.job_id: job for job in built}
     settled: dict[str, Reserved | Answered | Refused] = {}
+    unusable: list[Closure] = []
     for _ in range(MAX_SERIAL_DRAWS):
         if not waiting:
             break
@@ -361,7 +368,11 @@ def reserve(
                 job.job_id,
                 job.record.fingerprint,
                 job.record.serial_hex,
-                job.record.to_json(authority.profile_json(job.record.profile)),
+                job.record.sealed(
+                    authority.record_key,
+                    store.prefix,
+                    authority.profile_digest(job.record.profile),
+                ),
             )
             for job in waiting.values()
         ]
@@ -373,27 +384,36 @@ def reserve(
                 redraw[job.job_id] = Built(
                     record, job.applicant, tbs_of(record, job.applicant, authority)
                 )
-            else:
-                settled[job.job_id] = _settle(reservation, job, authority)
+                continue
+            try:
+                settled[job.job_id] = _settle(reservation, job, authority, store.prefix)
+            except Rejected as refusal:  # the stored record is not one to sign
+                log.error("job %s refused, not signed: %s", job.job_id, refusal)
+                unusable.append(
+                    Closure(job.job_id, reservation.record or "", refusal.code, refusal.message)
+                )
+                settled[job.job_id] = Refused(job.job_id, refusal, recorded=False)
         waiting = redraw
     if waiting:
         raise Retryable("could not draw an unused serial after several tries")
+    if unusable:
+        store.close_records(unusable)  # kept under the job id: a redelivery gets the same answer
     return [settled[job.job_id] for job in built]
 
 
 def _settle(
-    reservation: Reservation, job: Built, authority: SigningAuthority
+    reservation: Reservation, job: Built, authority: SigningAuthority, store_prefix: str
 ) -> Reserved | Answered | Refused:
-    """What `reserve` found for one job: reserved now, or the state an earlier delivery left."""
+    """What `reserve` found for one job: reserved now, or the state an earlier delivery left.
+
+    Raise Rejected when an earlier delivery's record is not one to sign (no valid MAC, or its
+    profile changed since).
+    """
     job_id = job.job_id
     if reservation.state == "reserved":
         return Reserved(job.record, job.applicant, job.tbs)
     if reservation.fingerprint != job.record.fingerprint:
-        refusal = Rejected(
-            RefusalCode.JOB_ID_REUSED,
-            f"job id {job_id!r} was already used for a different request",
-        )
-        return Refused(job_id, refusal, recorded=False)
+        return _job_id_reused(job_id)
     if reservation.state == "issued":
         return Answered(
             JobResult(
@@ -412,11 +432,21 @@ def _settle(
                 message=reservation.message or "",
             )
         )
-    # Reserved by an earlier delivery that never published: sign that record, byte for byte.
-    if reservation.record is None:
-        raise IssuanceFault(f"job {job_id}: reserved without a record")
-    stored = IssuanceRecord.from_json(reservation.record)
-    return Reserved(stored, job.applicant, tbs_of(stored, job.applicant, authority))
+    # Reserved by an earlier delivery that never published: sign that record, byte for byte,
+    # once it is known to be a signer's record of this very request under the CA's profile.
+    stored = StoredRecord.opened(reservation.record, job_id, authority.record_key, store_prefix)
+    if stored.fingerprint != job.record.fingerprint:
+        return _job_id_reused(job_id)  # another request's record, its fingerprint field changed
+    profile = job.record.profile
+    record = stored.with_profile(profile, authority.profile_digest(profile))
+    return Reserved(record, job.applicant, tbs_of(record, job.applicant, authority))
+
+
+def _job_id_reused(job_id: str) -> Refused:
+    refusal = Rejected(
+        RefusalCode.JOB_ID_REUSED, f"job id {job_id!r} was already used for a different request"
+    )
+    return Refused(job_id, refusal, recorded=False)
 
 
 # -- 7. sign -----------------------------------------------------------------------------------
