@@ -241,7 +241,7 @@ def print_role_settings(
 
 
 def print_rabbitmq_lines(endpoints: Endpoints, user: AclUser, password_file: Path) -> None:
-    configure, write, read = rabbitmq_permissions(endpoints.queue, user.role)
+    configure, write, read = rabbitmq_permissions(user.role)
     click.echo("# on the RabbitMQ host, as its administrator:")
     click.echo(f'rabbitmqctl add_user {user.name} "$(cat {password_file})"')
     click.echo(

@@ -167,8 +167,15 @@ class Producer:
                 lifetime_seconds=self.envelope_seconds,
             )
         batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
+        # declare=[]: publish only. The signer declares its queue; a broker user allowed to
+        # declare it could read it too (store.acl), and a batch sent before any signer ever
+        # started is sent again by `results` once nothing has answered.
         self._celery.send_task(
-            SIGN_BATCH_TASK, args=[batch.model_dump()], queue=self.queue, ignore_result=True
+            SIGN_BATCH_TASK,
+            args=[batch.model_dump()],
+            queue=self.queue,
+            ignore_result=True,
+            declare=[],
         )
 
     def ca_identity(self) -> str:

@@ -8,10 +8,10 @@ signing queue, `casign.sign` unless configured; key names as `store.results`,
              the queue Q as its consumer (BRPOP on Q and its priority lists, kombu's `unacked`
              hash, `unacked_index` and `unacked_mutex`) and Celery's remote control (the
              pidbox lists, and every channel: kombu subscribes by pattern); no admin command
-  producer   one per name N: publish to Q (LPUSH, and the LLEN and binding SADD with which
-             kombu declares the queue first); pop its own replies P:reply:N:* and read its own
-             refusal notes P:authfail:N:*; read (never write) P:job:*, P:certs, P:index,
-             P:serials, P:chain, P:ca and P:workers. No other key, no pub/sub, no scripts.
+  producer   one per name N: push to Q (LPUSH; producers publish without declaring the queue)
+             and count it (LLEN); pop its own replies P:reply:N:* and read its own refusal
+             notes P:authfail:N:*; read (never write) P:job:*, P:certs, P:index, P:serials,
+             P:chain, P:ca and P:workers. No other key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
@@ -135,11 +135,6 @@ class KeyScope:
         )
 
     @property
-    def queue_bindings(self) -> tuple[str, ...]:
-        """The sets in which kombu records the queue's bindings (SADD when declaring it)."""
-        return tuple(glob_escape(template % self.queue) for template in KOMBU_BINDING_SETS)
-
-    @property
     def user_stem(self) -> str:
         """What every user name of this CA begins with: the prefix, in user-name characters."""
         return _REDIS_USER_CHARACTERS.sub("_", self.prefix.rstrip(":"))
@@ -197,9 +192,6 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         *(f"%R~{store(name)}" for name in _PRODUCER_READS),
         f"%R~{store('authfail:' + own)}",
         *_CONNECTION_COMMANDS,
-        "+multi",
-        "+exec",
-        "+discard",
         "+get",
         "+hget",
         "+hmget",
@@ -207,10 +199,10 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         "+exists",
         # Its replies: taken, never written.
         f"(~{store('reply:' + own)} +blpop +lpop)",
-        # The queue: a message pushed, its length read; its bindings recorded as kombu declares.
+        # The queue: a message pushed (producers publish without declaring the queue), and how
+        # many wait (`casign status`); never a message read or taken.
         f"(%W~{scope.queue_lists[0]} +lpush)",
-        "(" + " ".join(f"%R~{pattern}" for pattern in scope.queue_lists) + " +llen)",
-        "(" + " ".join(f"~{pattern}" for pattern in scope.queue_bindings) + " +sadd)",
+        f"(%R~{scope.queue_lists[0]} +llen)",
     ]
     return AclUser(scope.user_name(Role.PRODUCER, producer), Role.PRODUCER, tuple(rules))
 
@@ -334,18 +326,17 @@ def file_user_names(path: Path) -> set[str]:
     return {words[1] for words in map(str.split, lines) if len(words) > 1 and words[0] == "user"}
 
 
-def rabbitmq_permissions(queue: str, role: Role) -> tuple[str, str, str]:
+def rabbitmq_permissions(role: Role) -> tuple[str, str, str]:
     """The configure, write and read expressions of `rabbitmqctl set_permissions` for `role`.
 
-    A producer declares the queue and its exchange (both named Q) as Celery does before it
-    publishes through the default exchange. AMQP grants by name, so the read it needs on the
-    exchange Q is read on the queue Q too; the signer owns the vhost.
+    A producer publishes through the default exchange without declaring anything (declaring the
+    queue would take configure and read on its name: read is consuming it). The signer declares
+    and consumes its queue and Celery's remote control: it owns the vhost, one per CA.
     """
+    if role is Role.PRODUCER:
+        return ("^$", "^amq\\.default$", "^$")
     if role is Role.SIGNER or role is Role.OPERATOR:
         return (".*", ".*", ".*")
-    if role is Role.PRODUCER:
-        name = re.escape(queue)
-        return (f"^{name}$", f"^({name}|amq\\.default)$", f"^{name}$")
     raise ConfigurationError(f"the {role.value} role uses no broker")
 
 

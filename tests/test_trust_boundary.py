@@ -6,9 +6,12 @@ processes and the real `openssl` binary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +24,9 @@ from typing import Any
 
 import pytest
 import redis
+from amqp.exceptions import AccessRefused, NotFound
 from celery import Celery
+from kombu import Connection
 
 from core.keys import KeyType
 from core.messages import JobResult
@@ -36,6 +41,7 @@ from store.acl import (
     KeyScope,
     Role,
     apply_user,
+    rabbitmq_permissions,
     role_user,
 )
 from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
@@ -498,9 +504,9 @@ def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: 
     assert "ACL SETUSER casign-producer-edge reset resetchannels on #" in added.stdout
     assert 'rabbitmqctl add_user casign-producer-edge "$(cat ' in added.stdout
     assert (
-        "rabbitmqctl set_permissions -p pki casign-producer-edge "
-        r"'^casign\.sign$' '^(casign\.sign|amq\.default)$' '^casign\.sign$'"
-    ) in added.stdout
+        r"rabbitmqctl set_permissions -p pki casign-producer-edge '^$' '^amq\.default$' '^$'"
+        in added.stdout
+    )
     shown = _casign(
         "acl",
         "add",
@@ -544,3 +550,161 @@ def test_producer_add_on_the_embedded_redis_keeps_the_user_across_restarts(tmp_p
             assert admin.ping()  # the default user is still the folder owner's
     finally:
         embedded.stop()
+
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+@dataclass
+class RabbitNode:
+    """A RabbitMQ node of this test's own: its port, and what rabbitmqctl needs to reach it."""
+
+    port: int
+    env: dict[str, str]
+
+    def ctl(self, *arguments: str) -> None:
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), *arguments],
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        pytest.skip(f"no RabbitMQ server in {RABBITMQ_BIN}")
+    home = tmp_path_factory.mktemp("rabbit")
+    port, name = _free_port(), f"casign{uuid.uuid4().hex[:8]}@localhost"
+    (home / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\n")
+    (home / "plugins").write_text("[].\n")
+    env = {
+        **os.environ,
+        "HOME": str(home),  # the Erlang cookie server and rabbitmqctl share
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+        "RABBITMQ_DIST_PORT": str(_free_port()),
+        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(home / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "plugins"),
+        "RABBITMQ_PID_FILE": str(home / "pid"),
+        "PATH": f"{RABBITMQ_BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    with (home / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = RabbitNode(port, env)
+    try:
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "wait", str(home / "pid"), "--timeout", "90"],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        yield node
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            node.ctl("stop")
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_a_producer_with_the_printed_rabbitmq_permissions_publishes_and_reads_nothing(
+    boundary: Boundary, rabbit_node: RabbitNode, tmp_path: Path
+) -> None:
+    """The `rabbitmqctl` lines `producer add` prints, run as printed, on a broker of its own:
+    the producer's batches reach a real worker (signing as the signer user); the producer can
+    neither take from the queue nor declare it."""
+    broker = f"amqp://127.0.0.1:{rabbit_node.port}/pki"
+    rabbit_node.ctl("add_vhost", "pki")
+    signer_password = secrets.token_hex(16)
+    rabbit_node.ctl("add_user", "signer", signer_password)
+    rabbit_node.ctl("set_permissions", "-p", "pki", "signer", *rabbitmq_permissions(Role.SIGNER))
+    store_url = f"unix://{boundary.redis.socket}"
+    env = {
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+        "CASIGN_REDIS_ADMIN_URL": boundary.redis.admin_url,
+    }
+    folder = boundary.folder
+    added = _casign(
+        "producer", "add", "rabbit", "--ca", folder.root, "--store", store_url, "--broker", broker,
+        "--secret-dir", tmp_path / "rabbit", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    for line in added.stdout.splitlines():
+        if line.startswith("rabbitmqctl "):
+            subprocess.run(["bash", "-c", line], env=rabbit_node.env, check=True, timeout=60)
+    amqp_password = (tmp_path / "rabbit" / "rabbit.amqp-password").read_text().strip()
+    user = boundary.scope.user_name(Role.PRODUCER, "rabbit")
+    producer_broker = f"amqp://{user}:{amqp_password}@127.0.0.1:{rabbit_node.port}/pki"
+    signer_broker = f"amqp://signer:{signer_password}@127.0.0.1:{rabbit_node.port}/pki"
+    secret_dir = tmp_path / "rabbit"
+    worker = start_worker(
+        folder.root,
+        signer_broker,
+        boundary.redis.store_url(boundary.users["signer"]),
+        boundary.admin_store(),
+        boundary.scope.queue,
+        tmp_path / "worker.log",
+        concurrency=1,
+    )
+    try:
+        _wait_for_queue(signer_broker, boundary.scope.queue, worker)
+        with Producer(
+            producer_broker,
+            _url_from_output(
+                added.stdout, "CASIGN_STORE_URL", secret_dir / "rabbit.redis-password"
+            ),
+            store_prefix=boundary.scope.prefix,
+            queue=boundary.scope.queue,
+            identity="rabbit",
+            secret_source=f"file:{secret_dir / 'rabbit.secret'}",
+        ) as producer:
+            job_id = producer.submit(make_csr("rabbit.example.com"), profile="server_cert")
+            (result,) = _collect(producer, [job_id]).values()
+            assert result.ok, result
+        for attempt in (
+            lambda channel: channel.basic_get(boundary.scope.queue),
+            lambda channel: channel.queue_declare(boundary.scope.queue, durable=True),
+            lambda channel: channel.queue_purge(boundary.scope.queue),
+        ):
+            with Connection(producer_broker) as connection, pytest.raises(AccessRefused):
+                attempt(connection.channel())
+    finally:
+        worker.stop()
+        _casign(
+            "producer", "remove", "rabbit", "--ca", folder.root, "--store", store_url,
+            "--secret-dir", secret_dir, env=env,
+        )  # fmt: skip
+
+
+def _wait_for_queue(broker: str, queue: str, worker: WorkerProcess) -> None:
+    """Wait until the worker has declared its queue: a producer publishes without declaring."""
+    deadline = time.monotonic() + 60
+    while True:
+        with Connection(broker) as connection:
+            try:
+                connection.channel().queue_declare(queue, passive=True)
+                return
+            except NotFound:
+                pass
+        assert time.monotonic() < deadline, f"no queue; worker log:\n{worker.log()[-3000:]}"
+        time.sleep(0.2)
