@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -28,6 +29,7 @@ from amqp.exceptions import AccessRefused, NotFound
 from celery import Celery
 from kombu import Connection
 
+from casign.supervise import stop_process_group
 from core.keys import KeyType
 from core.messages import JobResult
 from core.queue import CRL_TASK, celery_settings
@@ -50,6 +52,7 @@ from store.revocations import RevocationStore
 from tests.csrs import make_csr
 from tests.ocsp_responder import running_responder
 from tests.openssl_cli import openssl
+from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON
 from tests.workers import WorkerProcess, start_worker
 from worker.authority import load_authority
 from worker.cafolder import CAFolder, CAOptions, init_ca
@@ -708,3 +711,109 @@ def _wait_for_queue(broker: str, queue: str, worker: WorkerProcess) -> None:
                 pass
         assert time.monotonic() < deadline, f"no queue; worker log:\n{worker.log()[-3000:]}"
         time.sleep(0.2)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "softhsm"
+
+
+def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path) -> None:
+    """docker-compose.yml's scripts outside Docker, their paths moved by their variables:
+    set-up (run twice, as every `up` does), Redis loading the ACL file it wrote (default user
+    off), the signer as its user, the producer as its own; a certificate comes back."""
+    if not (SOFTHSM_AVAILABLE and shutil.which("pkcs11-tool")):
+        pytest.skip(SOFTHSM_SKIP_REASON)
+    binary = _redis_7()
+    port = _free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("CASIGN_")},
+        "CASIGN_STATE_DIR": str(tmp_path / "state"),
+        "CASIGN_ACL_FILE": str(tmp_path / "acl" / "users.acl"),
+        "CASIGN_PRODUCER_DIR": str(tmp_path / "secrets" / "www"),
+        "CASIGN_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "CASIGN_STORE_URL": f"redis://127.0.0.1:{port}/1",
+    }
+    (tmp_path / "state").mkdir()
+    (tmp_path / "acl").mkdir()
+    for _ in range(2):
+        setup = subprocess.run(
+            [str(SCRIPTS / "docker-setup.sh")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+    acl_text = (tmp_path / "acl" / "users.acl").read_text()
+    assert acl_text.startswith("user default off\n")
+    assert "casign-signer" in acl_text and "casign-producer-www" in acl_text
+    for env_file in (
+        tmp_path / "state" / "ca" / "intermediate" / "private" / "redis" / "signer.env",
+        tmp_path / "secrets" / "www" / "www.env",
+    ):
+        assert "$(cat " in env_file.read_text()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    command = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--aclfile", env["CASIGN_ACL_FILE"],
+        "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    roles = {name: value for name, value in env.items() if not name.endswith("_URL")}
+    signer_log = tmp_path / "signer.log"
+    try:
+        with signer_log.open("wb") as log:
+            signer = subprocess.Popen(
+                [str(SCRIPTS / "docker-signer.sh"), "--concurrency", "1"],
+                env=roles,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_for_the_ca_record(tmp_path, port, signer_log)
+            producer_command = [
+                str(SCRIPTS / "docker-producer.sh"), "request", "--cn", "www.example.com",
+                "--profile", "server_cert", "--out", str(tmp_path / "out"), "--timeout", "90",
+            ]  # fmt: skip
+            request = subprocess.run(
+                producer_command,
+                env=roles,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert request.returncode == 0, (
+                request.stdout + request.stderr + signer_log.read_text(errors="replace")[-3000:]
+            )
+        finally:
+            stop_process_group(signer, timeout=30)
+        openssl(
+            "verify", "-CAfile", tmp_path / "out" / "ca-chain.cert.pem",
+            tmp_path / "out" / "www.example.com.cert.pem",
+        )  # fmt: skip
+        with (
+            redis.Redis(host="127.0.0.1", port=port) as anonymous,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
+            anonymous.get("casign:chain")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
+    """Wait, as the operator, until the signer has recorded its CA (a producer names it)."""
+    password_file = state / "state" / "ca" / "intermediate" / "private" / "redis"
+    password = (password_file / "operator.redis-password").read_text().strip()
+    deadline = time.monotonic() + 60
+    with redis.Redis(
+        host="127.0.0.1", port=port, db=1, username="casign-operator", password=password
+    ) as operator:
+        while not operator.hget("casign:ca", "id"):
+            assert time.monotonic() < deadline, signer_log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
