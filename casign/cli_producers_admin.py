@@ -315,20 +315,15 @@ def producer_add(
 ) -> None:
     """List NAME in producers.toml with a fresh secret, and make its Redis user."""
     from casign.producers_file import ProducerEntry, add_producer, read_producers, remove_producer
-    from worker.profiles import ProfileSet
 
     check_producer_name(name)
     folder = _folder(ca)
     if name in read_producers(folder.producers_path):
         fail(f"producer {name!r} is already listed in {folder.producers_path}")
-    known = ProfileSet.load(folder.profiles_path)
-    for profile in _split(profiles):
-        if profile not in known:
-            fail(f"--profiles: {profile!r} is not a profile of {folder.profiles_path}")
-    if burst is not None and rate is None:
-        fail("--burst needs --rate")
+    _check_rights(folder, _split(profiles), rate, burst)
     endpoints = _endpoints(ca, broker, store)
     user = role_user(_scope(endpoints), Role.PRODUCER, name)
+    first = not folder.producers_path.exists()
     directory = (secret_dir or folder.intermediate / "private" / "producers").absolute()
     secret_path = directory / f"{name}.secret"
     password_path = directory / f"{name}.redis-password"
@@ -354,14 +349,10 @@ def producer_add(
             path.unlink(missing_ok=True)
         raise
     click.echo(f"producer {name} listed in {folder.producers_path} (restart the signer to apply)")
+    if first:
+        click.echo("  the file is new: once restarted, the signer serves listed producers only")
     click.echo(f"  secret:         {secret_path} (0400)")
-    click.echo(f"  redis password: {password_path} (0400)")
-    if lines:
-        click.echo(f"  redis user:     {user.name}; on the Redis, as its admin (redis-cli):")
-        for line in lines:
-            click.echo(line)
-    else:
-        click.echo(f"  redis user:     {user.name}, in {where}")
+    _print_user(user, password_path, lines, where)
     if amqp_path is not None:
         click.echo(f"  amqp password:  {amqp_path} (0400)")
         print_rabbitmq_lines(endpoints, user, amqp_path)
@@ -369,6 +360,30 @@ def producer_add(
     click.echo(f"export CASIGN_PRODUCER_ID={name}")
     click.echo(f"export CASIGN_PRODUCER_SECRET=file:{secret_path}")
     print_role_settings(endpoints, user, password_path, amqp_path, show_password)
+
+
+def _check_rights(
+    folder: CAFolder, profiles: tuple[str, ...], rate: float | None, burst: int | None
+) -> None:
+    """Refuse a profile the CA does not have, and a burst without a rate."""
+    from worker.profiles import ProfileSet
+
+    known = ProfileSet.load(folder.profiles_path)
+    for profile in profiles:
+        if profile not in known:
+            fail(f"--profiles: {profile!r} is not a profile of {folder.profiles_path}")
+    if burst is not None and rate is None:
+        fail("--burst needs --rate")
+
+
+def _print_user(user: AclUser, password_path: Path, lines: list[str], where: str) -> None:
+    click.echo(f"  redis password: {password_path} (0400)")
+    if lines:
+        click.echo(f"  redis user:     {user.name}; on the Redis, as its admin (redis-cli):")
+        for line in lines:
+            click.echo(line)
+    else:
+        click.echo(f"  redis user:     {user.name}, in {where}")
 
 
 @producer.command("remove")
@@ -517,13 +532,7 @@ def acl_add(
         secret_file(amqp_path)
     with user_target(endpoints, admin_url, acl_file) as target:
         lines, where = target.add(user, password), target.label
-    click.echo(f"  redis password: {password_path} (0400)")
-    if lines:
-        click.echo(f"  redis user:     {user.name}; on the Redis, as its admin (redis-cli):")
-        for line in lines:
-            click.echo(line)
-    else:
-        click.echo(f"  redis user:     {user.name}, in {where}")
+    _print_user(user, password_path, lines, where)
     if amqp_path is not None:
         print_rabbitmq_lines(endpoints, user, amqp_path)
     click.echo(f"# the {role} runs with (passwords are read from their files):")

@@ -817,3 +817,32 @@ def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
         while not operator.hget("casign:ca", "id"):
             assert time.monotonic() < deadline, signer_log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
+
+
+def test_producers_toml_edits_keep_what_the_operator_wrote(tmp_path: Path) -> None:
+    from casign.producers_file import ProducerEntry, add_producer, read_producers, remove_producer
+
+    path = tmp_path / "producers.toml"
+    written = (
+        "# the operator's own notes\n"
+        '[producers.web]\nsecret = "env:WEB"\n\n'
+        '[producers."ops.team"]\nsecret = "env:OPS"\nnames = [\n  "a.example.com",\n]\n\n'
+        '[producers."ops.team".subject]\nO = ["Ops"]\n\n'
+        '[producers.hr]\nsecret = "env:HR"  # kept\n'
+    )
+    path.write_text(written)
+    add_producer(path, ProducerEntry("new.one", "file:/s", ("usr_cert",), ("*@x.test",), 2.5, 5))
+    assert path.read_text().startswith(written)
+    assert read_producers(path)["new.one"] == {
+        "secret": "file:/s",
+        "profiles": ["usr_cert"],
+        "names": ["*@x.test"],
+        "rate_per_second": 2.5,
+        "burst": 5,
+    }
+    assert remove_producer(path, "ops.team")
+    assert remove_producer(path, "nobody") is False
+    text = path.read_text()
+    assert "Ops" not in text and "a.example.com" not in text
+    assert "# the operator's own notes" in text and 'secret = "env:HR"  # kept' in text
+    assert sorted(read_producers(path)) == ["hr", "new.one", "web"]
