@@ -7,6 +7,10 @@
 # and for each role an env file its entry script sources: the broker and store URLs with the
 # role's user, whose password the shell reads from its file (`$(cat FILE)`).
 #
+#   docker-setup.sh                       the above
+#   docker-setup.sh NAME [OPTION...]      add producer NAME (`casign producer add` options) in
+#                                         /run/casign/producers/NAME, with its env file
+#
 # Every path can be moved by its variable, so the script also runs outside Docker.
 set -euo pipefail
 state=${CASIGN_STATE_DIR:-/var/lib/casign}
@@ -14,7 +18,8 @@ hsm=$state/softhsm
 ca=${CASIGN_CA_DIR:-$state/ca}
 acl=${CASIGN_ACL_FILE:-/acl/users.acl}
 producer=${CASIGN_EXAMPLE_PRODUCER:-www}
-producer_dir=${CASIGN_PRODUCER_DIR:-/run/casign/producers/$producer}
+producers=${CASIGN_PRODUCERS_DIR:-/run/casign/producers}
+producer_dir=${CASIGN_PRODUCER_DIR:-$producers/$producer}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${CASIGN_BROKER_URL:?set CASIGN_BROKER_URL to the broker the roles use, without a password}"
 : "${CASIGN_STORE_URL:?set CASIGN_STORE_URL to the store the roles use, without a password}"
@@ -41,12 +46,24 @@ env_file() {
     mv -f "$target.tmp" "$target"
 }
 
+# Producer $1 with `casign producer add` options $2...: its files in its folder, its user in
+# the ACL file, its env file beside them; nothing when it is there already.
+add_producer() {
+    local name=$1 folder
+    shift
+    if [[ $name == "$producer" ]]; then folder=$producer_dir; else folder=$producers/$name; fi
+    if [[ ! -e $folder/$name.secret ]]; then
+        env_file "$folder/$name.env" casign producer add "$name" --ca "$ca" \
+            --secret-dir "$folder" --acl-file "$acl" "$@"
+    fi
+}
+
+if (($#)); then
+    add_producer "$@"
+    exit
+fi
 for role in signer operator; do
     env_file "$ca/intermediate/private/redis/$role.env" \
         casign acl add "$role" --ca "$ca" --acl-file "$acl"
 done
-if [[ ! -e $producer_dir/$producer.secret ]]; then
-    env_file "$producer_dir/$producer.env" \
-        casign producer add "$producer" --ca "$ca" --profiles server_cert \
-        --names "$producer.example.com" --secret-dir "$producer_dir" --acl-file "$acl"
-fi
+add_producer "$producer" --profiles server_cert --names "$producer.example.com"

@@ -745,9 +745,20 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
             check=False,
         )
         assert setup.returncode == 0, setup.stdout + setup.stderr
+    another = subprocess.run(
+        [str(SCRIPTS / "docker-setup.sh"), "hr", "--profiles", "usr_cert"],
+        env={**env, "CASIGN_PRODUCERS_DIR": str(tmp_path / "secrets")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert another.returncode == 0, another.stdout + another.stderr
+    assert (tmp_path / "secrets" / "hr" / "hr.env").exists()
     acl_text = (tmp_path / "acl" / "users.acl").read_text()
     assert acl_text.startswith("user default off\n")
-    assert "casign-signer" in acl_text and "casign-producer-www" in acl_text
+    for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
+        assert f"\nuser {user} " in acl_text
     for env_file in (
         tmp_path / "state" / "ca" / "intermediate" / "private" / "redis" / "signer.env",
         tmp_path / "secrets" / "www" / "www.env",
