@@ -301,6 +301,8 @@ def worker(
         schedule_dir.mkdir(mode=0o700, exist_ok=True)
         options += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
     with embedded_redis(endpoints):
+        with open_store(endpoints) as results_store:
+            results_store.require_fit()  # refuses an evicting store (exit 2), warns of no persistence
         _claim_store(authority.intermediate, endpoints)
         status = run_worker(config, options)
     sys.exit(status)

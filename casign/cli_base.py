@@ -51,7 +51,7 @@ def open_store(endpoints: Endpoints) -> Iterator[ResultsStore]:
         try:
             yield store
         finally:
-            store.client.close()
+            store.close()
 
 
 def ca_option(function: F) -> F:

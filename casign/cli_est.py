@@ -96,7 +96,7 @@ def _serve(ca: Path | None, broker: str | None, store: str | None, host: str, po
     try:
         asyncio.run(run_server(service, folder, host, port, ready))
     finally:
-        results_store.client.close()
+        results_store.close()
 
 
 @est.command("cert")

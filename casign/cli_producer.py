@@ -468,7 +468,7 @@ def collect(
             _silence_explainer(endpoints, results_store, ca_folder),
         )
     finally:
-        results_store.client.close()
+        results_store.close()
     _report(collected, names, out, f"`{_collect_command(manifest.path, out, ca, store)}`")
 
 

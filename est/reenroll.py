@@ -66,8 +66,7 @@ def enrolling_client(store: ResultsStore, certificate: x509.Certificate) -> str:
     if revocation_info(entry) is not None:
         raise EstRefusal(Code.EST_CERTIFICATE_REVOKED, f"certificate {serial} is revoked")
     # The store's `serials` hash maps each serial to the job it was issued for.
-    job_id = store.client.hget(store.key("serials"), serial)
-    client = client_of_job(job_id if isinstance(job_id, str) else None)
+    client = client_of_job(store.serial_owner(serial))
     if client is None:
         raise EstRefusal(
             Code.EST_CERTIFICATE_UNKNOWN,

@@ -95,7 +95,7 @@ class Producer:
 
     def close(self) -> None:
         self._celery.close()
-        self.store.client.close()
+        self.store.close()
 
     def request(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 from redis.exceptions import RedisError
@@ -19,6 +19,20 @@ def translated(method: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
+        except RedisError as exc:
+            raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+def translated_iterator(method: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
+    """`translated` for a generator: a Redis failure while it is being read becomes `Retryable`."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        try:
+            yield from method(*args, **kwargs)
         except RedisError as exc:
             raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
 

@@ -260,6 +260,8 @@ class EmbeddedRedis:
             ("appendonly", "yes"),
             ("appendfsync", "always"),
             ("save", ""),
+            # A CA's records must never be evicted: a full store refuses writes instead.
+            ("maxmemory-policy", "noeviction"),
             ("pidfile", str(self._pid_path)),
             ("logfile", str(self._log_path)),
             ("maxclients", str(_MAX_CLIENTS)),

@@ -119,13 +119,15 @@ def test_server_runs_with_the_promised_settings(make_store: StoreFactory, tmp_pa
     store = make_store(tmp_path / "ca")
     store.start()
     with redis.Redis.from_url(store.url, decode_responses=True) as client:
-        settings = {name: client.config_get(name)[name] for name in ("port", "save", "dir")}
+        names = ("port", "save", "dir", "maxmemory-policy")
+        settings = {name: client.config_get(name)[name] for name in names}
         settings |= client.config_get("append*")
     assert settings["port"] == "0"
     assert settings["save"] == ""
     assert settings["dir"] == str(store.ca_dir / "store")
     assert settings["appendonly"] == "yes"
     assert settings["appendfsync"] == "always"
+    assert settings["maxmemory-policy"] == "noeviction"
     assert store.socket_path.stat().st_mode & 0o777 == 0o700
 
 

@@ -603,7 +603,7 @@ def test_an_ocsp_port_in_use_is_one_line(
             cwd=tmp_path, env=queue_env, expect=2,
         )  # fmt: skip
     assert busy.stderr.strip() == (
-        "casign: the address is already in use by another process; choose another --port"
+        f"casign: port {port} on 127.0.0.1 is in use by another program; choose another --port"
     )
 
 

@@ -14,7 +14,6 @@ batch must be signed by a listed producer; without it the signer runs open (and 
 from __future__ import annotations
 
 import re
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +25,6 @@ from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, rea
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope
 from store.results import ResultsStore
-
-# Token bucket in Redis: KEYS[1] the bucket; ARGV rate, burst, now (s), tokens wanted.
-# Returns how many of the wanted tokens were granted.
-_TAKE_TOKENS = """
-local rate, burst, now, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local granted = math.min(wanted, math.floor(tokens))
-tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return granted
-"""
 
 
 class ProducerPolicy(BaseModel):
@@ -135,11 +119,7 @@ class AccessPolicy:
         if policy.rate_per_second is None:
             return wanted
         burst = policy.burst or max(1, int(policy.rate_per_second))
-        granted = store.script(_TAKE_TOKENS)(
-            keys=[store.key("rate", producer.name)],
-            args=[policy.rate_per_second, burst, f"{time.time():.6f}", wanted],
-        )
-        return int(granted)
+        return store.rate_limits.take(producer.name, policy.rate_per_second, burst, wanted)
 
 
 def name_matches(value: str, pattern: str) -> bool:

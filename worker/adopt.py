@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from core.errors import ConfigurationError, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.index import IndexEntry, Status
+from store.index import ADOPTED, AdoptedEntry  # noqa: F401  (ADOPTED: the mark, for callers)
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 from worker.authority import load_authority
@@ -26,7 +27,6 @@ from worker.cafolder import CAFolder
 from worker.crl import seed_crl_number
 from worker.profiles import DEFAULT_PROFILES_TOML
 
-ADOPTED = "adopted"  # the `serials` hash value of a serial issued before casign
 _CHUNK = 2000
 _PRIVATE_KEY = re.compile(r"^\s*private_key\s*=\s*(\S+)", re.MULTILINE)
 
@@ -142,12 +142,11 @@ def _store_lines(
     on_progress: Callable[[int, int], None],
 ) -> None:
     """Write the lines not yet in the store, in the file's order, a chunk per transaction."""
-    index_key = store.key("index")
     on_progress(0, len(lines))
     for start in range(0, len(lines), _CHUNK):
         chunk = lines[start : start + _CHUNK]
-        present = store.client.hmget(index_key, [line.serial for line in chunk])
-        pipe = store.client.pipeline(transaction=True)
+        present = store.index.lines_of([line.serial for line in chunk])
+        entries: list[AdoptedEntry] = []
         for line, stored in zip(chunk, present, strict=True):
             if stored is not None:
                 if stored != line.text:
@@ -158,16 +157,12 @@ def _store_lines(
                 report.already_present += 1
                 continue
             pem = _certificate_pem(folder, line, issuer, report)
-            pipe.hsetnx(store.key("serials"), line.serial, ADOPTED)
             if pem is not None:
-                pipe.hset(store.key("certs"), line.serial, pem)
                 report.certificates += 1
-            pipe.hset(index_key, line.serial, line.text)
-            pipe.rpush(store.key("index:order"), line.serial)
-            if line.entry.status is Status.REVOKED:
-                pipe.hset(store.key("revoked"), line.serial, line.text)
+            revoked = line.entry.status is Status.REVOKED
+            entries.append(AdoptedEntry(line.serial, line.text, pem, revoked))
             report.entries += 1
-        pipe.execute()
+        store.index.adopt(entries)
         on_progress(min(start + _CHUNK, len(lines)), len(lines))
 
 
@@ -207,10 +202,7 @@ def adopt_ca(
             "index.txt.attr says unique_subject = yes; casign does not refuse a repeated "
             "subject, so set it to no before running `openssl ca` on an exported index"
         )
-    store.client.hset(
-        store.key("adopted"),
-        mapping={"folder": str(folder.root), "at": datetime.now(UTC).isoformat()},
-    )
+    store.index.record_adoption(str(folder.root), datetime.now(UTC))
     report.next_crl_number = seed_crl_number(folder, RevocationStore(store))
     write_casign_files(folder, passphrase_file, report)
     try:

@@ -183,12 +183,12 @@ def current_signer_process() -> SignerProcess | None:
 def recover_once(batch_signer: BatchSigner) -> None:
     """Publish jobs a crashed worker reserved but never published; one process at a time."""
     store = batch_signer.store
-    lock = store.key("recovery-lock")
-    if not store.client.set(lock, str(os.getpid()), nx=True, ex=RECOVERY_LOCK_SECONDS):
+    lock = store.locks.acquire("recovery", RECOVERY_LOCK_SECONDS)
+    if lock is None:
         return
     try:
         recovered = batch_signer.recover_pending()
         if recovered:
             log.warning("recovered %d job(s) reserved before a crash", len(recovered))
     finally:
-        store.client.delete(lock)
+        lock.release()

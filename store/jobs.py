@@ -1,0 +1,275 @@
+"""Jobs and their records: reserved before signing, published with their certificate after.
+
+Every batch is reserved in one script call and published in another (`lua/reserve.lua`,
+`lua/publish.lua`), each atomic and one round trip; the keys are in `store.keys`. The scripts
+name keys from the prefix they are given, so they suit a standalone Redis (or a replicated
+one), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import redis
+
+from core.errors import Retryable
+from core.messages import JobResult
+from store.boundary import optional_text, text, translated
+from store.keys import KeySpace
+from store.replies import REPLY_TTL_SECONDS, ReplyLists
+from store.scripts import Lua, LuaScripts
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What `reserve` found for a job: newly reserved, or the job's earlier state."""
+
+    job_id: str
+    state: str  # reserved | serial_taken | issued | refused | pending
+    fingerprint: str | None = None
+    record: str | None = None
+    serial: str | None = None
+    code: str | None = None
+    message: str | None = None
+    certificate_pem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A job about to be signed: its serial and the record that rebuilds its TBS."""
+
+    job_id: str
+    fingerprint: str
+    serial: str
+    record: str
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A signed, chain-checked certificate ready to publish."""
+
+    job_id: str
+    fingerprint: str
+    serial: str
+    certificate_pem: str
+    index_line: str
+    audit_line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A job refused for good: recorded under its id so a redelivery gets the same answer."""
+
+    job_id: str
+    fingerprint: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that failed inside the signer (sign or verify): answered `failed`, never issued."""
+
+    job_id: str
+    fingerprint: str
+    code: str
+    message: str
+
+
+class JobRecords:
+    """`P:job:{id}`, `P:serials`, `P:pending`, and the publishing of a batch's results."""
+
+    def __init__(
+        self, client: redis.Redis, keys: KeySpace, scripts: LuaScripts, replies: ReplyLists
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = scripts
+        self._replies = replies
+
+    @translated
+    def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
+        """Record each intent before signing: its serial (never reused) and its TBS record."""
+        intents = list(intents)
+        if not intents:
+            return []
+        keys = self._keys
+        args: list[str] = [keys.job_stem]
+        for intent in intents:
+            args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
+        replies = self._scripts[Lua.RESERVE](
+            keys=[keys.serials, keys.pending, keys.certs], args=args
+        )
+        reservations = []
+        for intent, reply in zip(intents, replies, strict=True):
+            state = text(reply[0])
+            if len(reply) == 1:  # this call reserved the job, or found its serial taken
+                reservations.append(Reservation(intent.job_id, state))
+                continue
+            # The job was there already; one still 'reserved' is an earlier delivery's intent.
+            fingerprint, record, serial, code, message, pem = (optional_text(v) for v in reply[1:7])
+            reservations.append(
+                Reservation(
+                    intent.job_id,
+                    "pending" if state == "reserved" else state,
+                    fingerprint or None,
+                    record or None,
+                    serial or None,
+                    code or None,
+                    message or None,
+                    pem or None,
+                )
+            )
+        return reservations
+
+    @translated
+    def publish(
+        self,
+        issued: Iterable[Issued],
+        refusals: Iterable[Refusal],
+        other_replies: Iterable[JobResult],
+        reply_to: str | None,
+        audit_lines: Iterable[str] = (),
+    ) -> None:
+        """Publish a batch atomically in one round trip: certificates, index entries, refusals,
+        replies (`other_replies` first) and audit lines."""
+        issued, refusals, audit_lines = list(issued), list(refusals), list(audit_lines)
+        keys = self._keys
+        payloads = (
+            [reply.model_dump_json(exclude_none=True) for reply in other_replies]
+            if reply_to
+            else []
+        )
+        if not (issued or refusals or audit_lines or payloads):
+            return
+        script_keys = [
+            keys.serials,
+            keys.certs,
+            keys.index,
+            keys.index_order,
+            keys.pending,
+            keys.audit,
+            keys.audit_head,
+        ]
+        if reply_to:
+            script_keys.append(keys.reply(reply_to))
+        args: list[str | int] = [
+            keys.job_stem,
+            REPLY_TTL_SECONDS,
+            len(issued),
+            len(refusals),
+            len(payloads),
+            *payloads,
+        ]
+        for item in issued:
+            args += (
+                item.job_id,
+                item.serial,
+                item.certificate_pem,
+                item.index_line,
+                item.fingerprint,
+                item.audit_line,
+            )
+        for refusal in refusals:
+            args += (refusal.job_id, refusal.fingerprint, refusal.code, refusal.message)
+        args += audit_lines
+        outcomes = self._scripts[Lua.PUBLISH](keys=script_keys, args=args)
+        if -1 in outcomes:
+            raise Retryable("a serial drawn for a job belongs to another job; not published")
+
+    @translated
+    def mark_failed(self, failures: Iterable[Failure]) -> list[bool]:
+        """Close each job as `failed` (out of `pending`, record dropped, serial kept) if it is
+        reserved under the same fingerprint or unknown; True where this call closed it."""
+        failures = list(failures)
+        if not failures:
+            return []
+        args = [self._keys.job_stem]
+        for failure in failures:
+            args += (failure.job_id, failure.fingerprint, failure.code, failure.message)
+        closed = self._scripts[Lua.MARK_FAILED](keys=[self._keys.pending], args=args)
+        return [bool(one) for one in closed]
+
+    def wait_replies(self, reply_to: str, timeout: float, limit: int = 1000) -> list[JobResult]:
+        """Block up to `timeout` seconds for results pushed to `reply_to`; return all that came."""
+        raw = self._replies.pop_all(reply_to, timeout, limit)
+        return [JobResult.model_validate_json(item) for item in raw]
+
+    @translated
+    def job_results(
+        self, job_ids: Iterable[str], fingerprints: Mapping[str, str] | None = None
+    ) -> dict[str, JobResult]:
+        """The finished results (issued or refused) among `job_ids`.
+
+        With `fingerprints`, a job whose stored request differs (a reused job id) is left out:
+        its answer is the refusal the worker sends, not the earlier request's certificate.
+        """
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._keys.job(job_id), "state", "serial", "code", "message", "fingerprint")
+        rows = pipe.execute()
+        finished: dict[str, JobResult] = {}
+        issued_serials: dict[str, str] = {}
+        for job_id, (state, serial, code, message, fingerprint) in zip(ids, rows, strict=True):
+            expected = fingerprints.get(job_id) if fingerprints else None
+            if expected is not None and fingerprint != expected:
+                continue
+            if state == "issued":
+                issued_serials[job_id] = serial
+            elif state == "refused":
+                finished[job_id] = JobResult(
+                    job_id=job_id, status="refused", code=code, message=message
+                )
+        if issued_serials:
+            pems = self._client.hmget(self._keys.certs, list(issued_serials.values()))
+            for (job_id, serial), pem in zip(issued_serials.items(), pems, strict=True):
+                finished[job_id] = JobResult(
+                    job_id=job_id,
+                    status="issued",
+                    serial=serial,
+                    certificate_pem=optional_text(pem),
+                    fingerprint=(fingerprints or {}).get(job_id),
+                )
+        return finished
+
+    @translated
+    def known_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` the store has a record of (reserved, issued or refused)."""
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self._keys.job(job_id))
+        return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
+
+    @translated
+    def job_state(self, job_id: str) -> dict[str, str]:
+        """The job's stored fields (state, serial, ...) without its record; {} if unknown."""
+        raw = self._client.hgetall(self._keys.job(job_id))
+        state = {text(name): text(value) for name, value in raw.items()}
+        state.pop("record", None)
+        return state
+
+    @translated
+    def pending_records(self) -> list[tuple[str, str]]:
+        """(job id, record) of every job reserved but never published."""
+        ids = sorted(text(member) for member in self._client.smembers(self._keys.pending))
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self._keys.job(job_id), "record")
+        return [
+            (job_id, record) for job_id, record in zip(ids, pipe.execute(), strict=True) if record
+        ]
+
+    @translated
+    def serial_owner(self, serial: str) -> str | None:
+        """The job id `serial` (hex as stored) was drawn for, `adopted`, or None if unused."""
+        return optional_text(self._client.hget(self._keys.serials, serial))
+
+    @translated
+    def count_serials(self) -> int:
+        """Serials drawn or adopted so far."""
+        return int(self._client.hlen(self._keys.serials))

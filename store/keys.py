@@ -1,0 +1,108 @@
+"""Every Redis key casign uses, and the one place that builds them.
+
+Each key sits under a prefix (`casign` unless CASIGN_STORE_PREFIX says other; written `P:` here).
+The Lua scripts in `store/lua/` are handed their keys from this module: each key by name
+(KEYS[...]), and for the job keys of a batch the stem `P:job:` (`KeySpace.job_stem`) to which
+they append each job id, so a batch's ids travel once. This list is the whole schema.
+
+Jobs and records (`store.jobs`):
+  P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
+                      (until published or failed), code, message (of a refusal or failure)
+  P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
+  P:pending           set of job ids reserved but not yet published (what recovery signs)
+  P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
+Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
+  P:certs             hash: serial hex -> certificate PEM
+  P:index             hash: serial hex -> index.txt line
+  P:index:order       list of serial hex in issuance order (export keeps the order)
+  P:revoked           hash: serial hex -> index line, the revoked subset of `index`
+  P:revocation:{id}   string: serial a revocation request revoked (a redelivery is answered once)
+  P:adopted           hash: folder, at of the `openssl ca` folder adopted into this store
+The audit log (`store.audit`, appended by `lua/audit.lua` only):
+  P:audit             list of `HASH JSON` entries, each chained to the one before (core.audit)
+  P:audit:head        string: the hash of the newest entry
+CRLs (`store.crls`):
+  P:crl:number        counter: the last CRL number drawn (INCR)
+  P:crl:latest        hash: number, pem, this_update, next_update of the newest CRL published
+The CA (`store.ca_chain`):
+  P:chain             string: the CA chain PEM handed out with every certificate
+Rate limits and locks (`store.rate_limits`, `store.locks`):
+  P:rate:{producer}   hash: tokens, at of a producer's token bucket; expires when full again
+  P:lock:{name}       string: the holder's token of a lock (`recovery`); expires
+Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
+  P:envelope:{producer}:{nonce}  string: a sealed message done (the replay cache); expires
+  P:authfail:{reply}  string: JSON code and message of the last unauthenticated message naming
+                      that reply list (no reply is pushed for one); expires after 5 minutes
+  P:ca                hash: id (SHA-256 of the intermediate's SubjectPublicKeyInfo), name: the
+                      CA this key space belongs to, recorded by its first signer
+Workers (`store.workers`):
+  P:workers           hash: queue name -> unix time a worker serving it last started or took a batch
+"""
+
+from __future__ import annotations
+
+
+class KeySpace:
+    """The names of casign's keys under one prefix; see the module docstring for what each holds."""
+
+    __slots__ = (
+        "adopted",
+        "audit",
+        "audit_head",
+        "ca",
+        "certs",
+        "chain",
+        "crl_latest",
+        "crl_number",
+        "index",
+        "index_order",
+        "job_stem",
+        "pending",
+        "prefix",
+        "revoked",
+        "serials",
+        "workers",
+    )
+
+    def __init__(self, prefix: str = "casign") -> None:
+        self.prefix = prefix.rstrip(":") + ":"
+        self.job_stem = self.key("job", "")
+        self.serials = self.key("serials")
+        self.pending = self.key("pending")
+        self.certs = self.key("certs")
+        self.index = self.key("index")
+        self.index_order = self.key("index", "order")
+        self.revoked = self.key("revoked")
+        self.adopted = self.key("adopted")
+        self.audit = self.key("audit")
+        self.audit_head = self.key("audit", "head")
+        self.crl_number = self.key("crl", "number")
+        self.crl_latest = self.key("crl", "latest")
+        self.chain = self.key("chain")
+        self.ca = self.key("ca")
+        self.workers = self.key("workers")
+
+    def key(self, *parts: str) -> str:
+        """`P:part1:part2...`: the one way a key is spelled."""
+        return self.prefix + ":".join(parts)
+
+    def job(self, job_id: str) -> str:
+        return self.job_stem + job_id
+
+    def reply(self, name: str) -> str:
+        return self.key("reply", name)
+
+    def revocation(self, request_id: str) -> str:
+        return self.key("revocation", request_id)
+
+    def rate(self, producer: str) -> str:
+        return self.key("rate", producer)
+
+    def lock(self, name: str) -> str:
+        return self.key("lock", name)
+
+    def envelope(self, producer: str, nonce: str) -> str:
+        return self.key("envelope", producer, nonce)
+
+    def auth_note(self, reply_to: str) -> str:
+        return self.key("authfail", reply_to)
