@@ -21,26 +21,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
-import redis
 
 from casign.cli_base import broker_option, ca_option, fail, store_option
 from casign.config import Endpoints, ca_dir, resolve_endpoints
 from core.errors import ConfigurationError
 from core.files import KEY_MODE, write_file_atomically
 from store.acl import (
+    AclAdmin,
     AclUser,
     KeyScope,
     Role,
-    apply_user,
     check_acl_support,
     check_producer_name,
-    delete_user,
     file_user_names,
     password_hash,
     rabbitmq_permissions,
     role_user,
-    save_users,
-    user_names,
     write_user_line,
 )
 from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
@@ -61,22 +57,25 @@ _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 class UserTarget:
     """Where Redis users go: a running Redis (as its admin), an ACL file, or neither (printed)."""
 
-    client: redis.Redis | None
+    admin: AclAdmin | None
     acl_file: Path | None
     label: str
     embedded: bool = False
+    binary: str | None = None  # the embedded Redis's, not running: its version still to check
 
     @property
     def prints(self) -> bool:
-        return self.client is None and self.acl_file is None
+        return self.admin is None and self.acl_file is None
 
     def add(self, user: AclUser, password: str) -> list[str]:
         """Apply `user`; what to print (the ACL SETUSER line when nothing else holds it)."""
         digest = password_hash(password)
         if self.prints:
             return [user.setuser_command(digest), "ACL SAVE"]
-        if self.client is not None:  # first: a server that refuses the rules changes nothing
-            apply_user(self.client, user, password)
+        if self.binary is not None:
+            check_acl_support(redis_server_version(self.binary), f"{self.label} ({self.binary})")
+        if self.admin is not None:  # first: a server that refuses the rules changes nothing
+            self.admin.apply(user, password)
         if self.acl_file is not None:
             self._write_line(user.name, user.acl_file_line(digest))
         self._persist()
@@ -86,8 +85,8 @@ class UserTarget:
         """Delete user `name`; what to print (the ACL DELUSER line when nothing else holds it)."""
         if self.prints:
             return [f"ACL DELUSER {name}", "ACL SAVE"]
-        if self.client is not None:
-            delete_user(self.client, name)
+        if self.admin is not None:
+            self.admin.delete(name)
         if self.acl_file is not None:
             self._write_line(name, None)
         self._persist()
@@ -95,8 +94,8 @@ class UserTarget:
 
     def has(self, name: str) -> bool | None:
         """Whether the user exists there; None when this command cannot tell."""
-        if self.client is not None:
-            return name in user_names(self.client)
+        if self.admin is not None:
+            return name in self.admin.users()
         if self.acl_file is not None:
             return name in file_user_names(self.acl_file)
         return None
@@ -110,9 +109,9 @@ class UserTarget:
 
     def _persist(self) -> None:
         """Have a running server keep its users; not needed where this command wrote the file."""
-        if self.client is None or self.acl_file is not None:
+        if self.admin is None or self.acl_file is not None:
             return
-        if not save_users(self.client):
+        if not self.admin.save():
             click.secho(
                 f"warning: {self.label} has no ACL file (`aclfile`): the change is lost when it "
                 "restarts unless its configuration keeps it",
@@ -146,27 +145,27 @@ def user_target(
     endpoints: Endpoints, admin_url: str | None, acl_file: Path | None
 ) -> Iterator[UserTarget]:
     """The target the options name: --acl-file, --admin-url, else the embedded Redis, else print."""
-    client: redis.Redis | None = None
+    admin: AclAdmin | None = None
     label = "the Redis"
     embedded = False
+    binary = None
     if admin_url is not None:
-        client = redis.Redis.from_url(admin_url, socket_connect_timeout=5)
         label = f"the Redis at {_without_credentials(admin_url)}"
+        admin = AclAdmin.from_url(admin_url, label)
     elif acl_file is None and endpoints.embedded_dir is not None:
         server = EmbeddedRedis(endpoints.embedded_dir)
         acl_file, label, embedded = server.acl_path, "the embedded Redis", True
         if server.is_running():
-            client = redis.Redis.from_url(server.url, socket_connect_timeout=5)
+            admin = AclAdmin.from_url(server.url, label)
         else:
             binary = redis_server_binary()
-            check_acl_support(redis_server_version(binary), f"the embedded Redis ({binary})")
     elif acl_file is not None:
         label = str(acl_file)
     try:
-        yield UserTarget(client, acl_file, label, embedded)
+        yield UserTarget(admin, acl_file, label, embedded, binary)
     finally:
-        if client is not None:
-            client.close()
+        if admin is not None:
+            admin.close()
 
 
 # --- secret files -------------------------------------------------------------------------------

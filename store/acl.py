@@ -1,13 +1,13 @@
-"""Least privilege in Redis: one ACL user per role, its key patterns derived from the store's layout.
+"""Least privilege in Redis: one ACL user per role, its key patterns derived from the key layout.
 
 The roles, and what each may touch (P is the store prefix, `casign:` unless configured; Q the
-signing queue, `casign.sign` unless configured; key names as `store.results`,
-`store.revocations`, `store.envelopes` and `store.identity` document them):
+signing queue, `casign.sign` unless configured; every key name is `store.keys.KeySpace`'s):
 
   signer     every key under P (reserve, publish, revoke, CRLs, audit, rate limits, the chain),
              the queue Q as its consumer (BRPOP on Q and its priority lists, kombu's `unacked`
              hash, `unacked_index` and `unacked_mutex`) and Celery's remote control (the
-             pidbox lists, and every channel: kombu subscribes by pattern); no admin command
+             pidbox lists, and every channel: kombu subscribes by pattern); INFO (the store's
+             health check reads the eviction policy there); no other admin command
   producer   one per name N: push to Q (LPUSH; producers publish without declaring the queue)
              and count it (LLEN); pop its own replies P:reply:N:* and read its own refusal
              notes P:authfail:N:*; read (never write) P:job:*, P:certs, P:index, P:serials,
@@ -37,6 +37,8 @@ import redis
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
 from core.queue import SIGN_QUEUE
+from store.boundary import translated
+from store.keys import KeySpace
 
 MIN_REDIS_MAJOR = 7
 PRODUCER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -65,10 +67,10 @@ _SIGNER_CATEGORIES = (
     "+time",  # kombu's binding scripts read the server's clock
     "-@admin",
     "-@dangerous",
+    # The store's health check reads the eviction policy from INFO (CONFIG is an admin's:
+    # CONFIG GET would show `requirepass`).
+    "+info",
 )
-# The key names of the store's documented layout that roles other than the signer read.
-_PRODUCER_READS = ("job:*", "certs", "index", "serials", "chain", "ca", "workers")
-_OCSP_READS = ("index", "revoked")
 
 
 class Role(StrEnum):
@@ -117,13 +119,14 @@ class KeyScope:
                 raise ConfigurationError(f"the {what} {value!r} cannot hold white space")
 
     @property
-    def store_prefix(self) -> str:
-        """The prefix as the store spells it (`store.results.ResultsStore.prefix`)."""
-        return self.prefix.rstrip(":") + ":"
+    def keys(self) -> KeySpace:
+        """The store's key names under this prefix."""
+        return KeySpace(self.prefix)
 
-    def store_key(self, name: str) -> str:
-        """The pattern of a documented key name (`job:*`, `certs`) under the prefix."""
-        return glob_escape(self.store_prefix) + name
+    @property
+    def store_prefix(self) -> str:
+        """The prefix as the store spells it (`KeySpace.prefix`)."""
+        return self.keys.prefix
 
     @property
     def queue_lists(self) -> tuple[str, ...]:
@@ -186,11 +189,13 @@ def _quoted(word: str) -> str:
 
 def producer_user(scope: KeyScope, producer: str) -> AclUser:
     """Publish to the queue, pop its own replies, read what `Producer.results`/`status` read."""
-    store = scope.store_key
-    own = glob_escape(check_producer_name(producer)) + ":*"
+    keys = scope.keys
+    own = check_producer_name(producer) + ":"
+    reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers]
     rules = [
-        *(f"%R~{store(name)}" for name in _PRODUCER_READS),
-        f"%R~{store('authfail:' + own)}",
+        f"%R~{glob_escape(keys.job_stem)}*",
+        *(f"%R~{glob_escape(key)}" for key in reads),
+        f"%R~{glob_escape(keys.auth_note(own))}*",
         *_CONNECTION_COMMANDS,
         "+get",
         "+hget",
@@ -198,7 +203,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         "+hgetall",
         "+exists",
         # Its replies: taken, never written.
-        f"(~{store('reply:' + own)} +blpop +lpop)",
+        f"(~{glob_escape(keys.reply(own))}* +blpop +lpop)",
         # The queue: a message pushed (producers publish without declaring the queue), and how
         # many wait (`casign status`); never a message read or taken.
         f"(%W~{scope.queue_lists[0]} +lpush)",
@@ -217,7 +222,7 @@ def signer_user(scope: KeyScope) -> AclUser:
         "*.celery.pidbox*",
     )
     rules = [
-        f"~{scope.store_key('*')}",
+        f"~{glob_escape(scope.store_prefix)}*",
         *(f"~{pattern}" for pattern in scope.queue_lists),
         *(f"~{pattern}" for pattern in kombu_patterns),
         "&*",  # kombu PSUBSCRIBEs /DB.celery.pidbox, and a pattern is checked literally
@@ -228,8 +233,9 @@ def signer_user(scope: KeyScope) -> AclUser:
 
 def ocsp_user(scope: KeyScope) -> AclUser:
     """Read the index lines and the two counters the responder answers from."""
+    keys = scope.keys
     rules = [
-        *(f"%R~{scope.store_key(name)}" for name in _OCSP_READS),
+        *(f"%R~{glob_escape(key)}" for key in (keys.index, keys.revoked)),
         *_CONNECTION_COMMANDS,
         "+hget",
         "+hmget",
@@ -273,32 +279,52 @@ def check_acl_support(version: str, where: str) -> None:
         )
 
 
-def apply_user(client: redis.Redis, user: AclUser, password: str) -> None:
-    """Create or replace `user` on the Redis of `client`, which must be an admin's."""
-    check_acl_support(str(client.info("server")["redis_version"]), "the server")
-    arguments = user.setuser_arguments(password_hash(password))
-    _acl(client, "SETUSER", user.name, *arguments)
+class AclAdmin:
+    """An admin's connection to a Redis: make, delete and list its users."""
 
+    def __init__(self, client: redis.Redis, where: str) -> None:
+        self.client = client
+        self.where = where
 
-def delete_user(client: redis.Redis, name: str) -> None:
-    """Delete the user (an absent one is no error); Redis drops its connections."""
-    _acl(client, "DELUSER", name)
+    @classmethod
+    def from_url(cls, url: str, where: str) -> AclAdmin:
+        """Connect (lazily) as the admin of `url`; `where` names the server in messages."""
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=5), where)
 
+    def close(self) -> None:
+        self.client.close()
 
-def user_names(client: redis.Redis) -> set[str]:
-    """The users the Redis of `client` knows (ACL USERS)."""
-    return {_text(name) for name in _acl(client, "USERS")}
+    @translated
+    def apply(self, user: AclUser, password: str) -> None:
+        """Create or replace `user`; refuse a Redis older than 7 before changing anything."""
+        check_acl_support(str(self.client.info("server")["redis_version"]), self.where)
+        arguments = user.setuser_arguments(password_hash(password))
+        self._acl("SETUSER", user.name, *arguments)
 
+    @translated
+    def delete(self, name: str) -> None:
+        """Delete the user (an absent one is no error); Redis drops its connections."""
+        self._acl("DELUSER", name)
 
-def save_users(client: redis.Redis) -> bool:
-    """ACL SAVE; False when the server has no ACL file (its users then end with it)."""
-    try:
-        _acl(client, "SAVE")
-    except redis.ResponseError as exc:
-        if "not configured to use an acl file" in str(exc).lower():
-            return False
-        raise
-    return True
+    @translated
+    def users(self) -> set[str]:
+        """The users the server knows (ACL USERS)."""
+        return {_text(name) for name in self._acl("USERS")}
+
+    @translated
+    def save(self) -> bool:
+        """ACL SAVE; False when the server has no ACL file (its users then end with it)."""
+        try:
+            self._acl("SAVE")
+        except redis.ResponseError as exc:
+            if "not configured to use an acl file" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    def _acl(self, *arguments: str) -> Any:
+        """`ACL ...` as given: redis-py's acl_setuser cannot say selectors or read-only patterns."""
+        return self.client.execute_command("ACL", *arguments)  # type: ignore[no-untyped-call]
 
 
 def write_user_line(
@@ -338,11 +364,6 @@ def rabbitmq_permissions(role: Role) -> tuple[str, str, str]:
     if role is Role.SIGNER or role is Role.OPERATOR:
         return (".*", ".*", ".*")
     raise ConfigurationError(f"the {role.value} role uses no broker")
-
-
-def _acl(client: redis.Redis, *arguments: str) -> Any:
-    """`ACL ...` as given: redis-py's acl_setuser cannot say selectors or read-only patterns."""
-    return client.execute_command("ACL", *arguments)  # type: ignore[no-untyped-call]
 
 
 def _text(value: object) -> str:
