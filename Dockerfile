@@ -15,7 +15,11 @@ COPY worker worker
 COPY producers producers
 COPY softhsm softhsm
 RUN pip install --no-cache-dir . \
-    && useradd --system --create-home --home-dir /var/lib/casign casign
+    && useradd --system --create-home --home-dir /var/lib/casign casign \
+    && install -d -o casign -m 0755 /acl \
+    && install -d -o casign -m 0700 /run/casign/producers/www
+# The compose volumes mounted at /acl and /run/casign/producers/www start as these folders, the
+# casign user's: the set-up writes Redis's ACL file and the producer's secrets there.
 USER casign
 WORKDIR /var/lib/casign
 CMD ["casign", "--help"]

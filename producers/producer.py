@@ -18,6 +18,7 @@ from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
+from store.acl import reply_list_name
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -71,7 +72,8 @@ class Producer:
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self._ledger = EnvelopeLedger(self.store)
-        self.reply_to = uuid.uuid4().hex
+        # Named after the identity, so that its Redis user may pop this list and no other's.
+        self.reply_to = reply_list_name(identity)
         self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
         self._unanswered: dict[str, SignRequest] = {}
         # When this producer last heard an answer, or began waiting for one; kept across
@@ -165,8 +167,15 @@ class Producer:
                 lifetime_seconds=self.envelope_seconds,
             )
         batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
+        # declare=[]: publish only. The signer declares its queue; a broker user allowed to
+        # declare it could read it too (store.acl), and a batch sent before any signer ever
+        # started is sent again by `results` once nothing has answered.
         self._celery.send_task(
-            SIGN_BATCH_TASK, args=[batch.model_dump()], queue=self.queue, ignore_result=True
+            SIGN_BATCH_TASK,
+            args=[batch.model_dump()],
+            queue=self.queue,
+            ignore_result=True,
+            declare=[],
         )
 
     def ca_identity(self) -> str:

@@ -50,5 +50,8 @@ def send_revocation(
             lifetime_seconds=envelope_seconds,
         )
         request = request.model_copy(update={"envelope": envelope})
-    celery.send_task(REVOKE_TASK, args=[request.model_dump()], queue=queue, ignore_result=True)
+    # Publish only, as Producer does: the signer declares its queue.
+    celery.send_task(
+        REVOKE_TASK, args=[request.model_dump()], queue=queue, ignore_result=True, declare=[]
+    )
     return request

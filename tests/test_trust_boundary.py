@@ -6,35 +6,67 @@ Redis of the other tests (a fresh key prefix each).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from amqp.exceptions import AccessRefused, NotFound
+from celery import Celery
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kombu import Connection
 
 from casign.cli import main as casign_main
+from casign.supervise import stop_process_group
 from core.audit import verify_chain
 from core.auth import MessageKind, ca_identity, seal
 from core.errors import ConfigurationError
 from core.index import format_serial
 from core.keys import KeyType
 from core.messages import JobResult, parse_sign_request
-from core.queue import SIGN_QUEUE
+from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings
 from producers import Producer
+from store.acl import (
+    KOMBU_BINDING_SETS,
+    KOMBU_CONSUMER_KEYS,
+    KOMBU_PRIORITY_SEPARATOR,
+    KOMBU_PRIORITY_STEPS,
+    MIN_REDIS_MAJOR,
+    AclAdmin,
+    KeyScope,
+    Role,
+    rabbitmq_permissions,
+    role_user,
+)
+from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
 from store.envelopes import EnvelopeLedger
 from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.csrs import job, make_csr
-from tests.workers import start_worker
+from tests.ocsp_responder import running_responder
+from tests.openssl_cli import openssl
+from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON
+from tests.workers import WorkerProcess, start_worker
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder, CAOptions, init_ca
@@ -589,3 +621,809 @@ def test_records_the_record_key_is_never_printed(records_ca: CAFolder) -> None:
     authority = load_authority(records_ca.root)
     shown = repr(authority) + str(authority)
     assert secret.hex() not in shown and repr(secret) not in shown
+
+
+# --- least privilege ----------------------------------------------------------------------------
+# One Redis ACL user per role (store/acl.py), on a redis-server of this module's own whose
+# default user is off: a producer can publish and collect its own answers, and nothing else.
+
+RESULT_TIMEOUT = 90.0
+
+
+def _redis_7() -> str:
+    binary = redis_server_binary()
+    version = redis_server_version(binary)
+    if int(version.split(".")[0]) < MIN_REDIS_MAJOR:
+        pytest.skip(f"ACL selectors need Redis {MIN_REDIS_MAJOR}; {binary} is {version}")
+    return binary
+
+
+@dataclass
+class AclRedis:
+    """A redis-server on a unix socket whose only users are an admin and the roles' users."""
+
+    socket: Path
+    admin_password: str
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def store_url(self, user: str) -> str:
+        return f"unix://{user}:{self.passwords[user]}@{self.socket}"
+
+    def broker_url(self, user: str) -> str:
+        return f"redis+socket://{user}:{self.passwords[user]}@{self.socket}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"unix://admin:{self.admin_password}@{self.socket}"
+
+    def admin(self) -> redis.Redis:
+        return redis.Redis.from_url(self.admin_url, decode_responses=True)
+
+    def client(self, user: str) -> redis.Redis:
+        return redis.Redis.from_url(self.store_url(user), decode_responses=True)
+
+    def add(self, scope: KeyScope, role: Role, producer: str | None = None) -> str:
+        """Make the role's user with a fresh password; its name."""
+        user = role_user(scope, role, producer)
+        self.passwords[user.name] = secrets.token_hex(16)
+        admin = AclAdmin.from_url(self.admin_url, "the test's Redis")
+        try:
+            admin.apply(user, self.passwords[user.name])
+        finally:
+            admin.close()
+        return user.name
+
+    def denials(self, user: str) -> list[dict[str, Any]]:
+        """What ACL LOG recorded as refused to `user`."""
+        with self.admin() as admin:
+            entries: list[dict[str, Any]] = admin.acl_log(128)
+        return [entry for entry in entries if entry.get("username") == user]
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+    binary = _redis_7()
+    directory = tmp_path_factory.mktemp("acl-redis")
+    admin_password = secrets.token_hex(16)
+    acl_file = directory / "users.acl"
+    acl_file.write_text(f"user default off\nuser admin on >{admin_password} ~* &* +@all\n")
+    socket = directory / "redis.sock"
+    command = [
+        binary, "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
+        "--save", "", "--appendonly", "no", "--dir", str(directory),
+        "--aclfile", str(acl_file), "--logfile", str(directory / "redis.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = AclRedis(socket, admin_password)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with server.admin() as admin:
+                    admin.ping()
+                break
+            except redis.RedisError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = (directory / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{binary} did not start:\n{log}") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Boundary:
+    """A CA whose worker signs as the signer user, and the users of two producers and OCSP."""
+
+    redis: AclRedis
+    folder: CAFolder
+    scope: KeyScope
+    users: dict[str, str]
+    secrets_dir: Path
+    worker: WorkerProcess
+
+    def producer(self, name: str) -> Producer:
+        user = self.users[name]
+        return Producer(
+            self.redis.broker_url(user),
+            self.redis.store_url(user),
+            store_prefix=self.scope.prefix,
+            queue=self.scope.queue,
+            identity=name,
+            secret_source=f"file:{self.secrets_dir / name}",
+        )
+
+    def store(self, role: str) -> ResultsStore:
+        return ResultsStore.from_url(self.redis.store_url(self.users[role]), self.scope.prefix)
+
+    def admin_store(self) -> ResultsStore:
+        return ResultsStore(self.redis.admin(), self.scope.prefix)
+
+    def key(self, name: str) -> str:
+        return f"{self.scope.store_prefix}{name}"
+
+
+@pytest.fixture(scope="module")
+def boundary(acl_redis: AclRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boundary]:
+    directory = tmp_path_factory.mktemp("boundary")
+    folder = init_ca(directory / "ca", CAOptions(key_type=KeyType.RSA2048))
+    secrets_dir = directory / "secrets"
+    secrets_dir.mkdir()
+    for name in ("web", "hr"):
+        path = secrets_dir / name
+        path.write_text(secrets.token_hex(32) + "\n")
+        path.chmod(0o400)
+    folder.producers_path.write_text(
+        f'[producers.web]\nsecret = "file:{secrets_dir / "web"}"\nprofiles = ["server_cert"]\n\n'
+        f'[producers.hr]\nsecret = "file:{secrets_dir / "hr"}"\nprofiles = ["usr_cert"]\n'
+    )
+    scope = KeyScope(f"casign-test:{uuid.uuid4().hex[:12]}", f"casign-test-{uuid.uuid4().hex[:8]}")
+    users = {
+        "signer": acl_redis.add(scope, Role.SIGNER),
+        "ocsp": acl_redis.add(scope, Role.OCSP),
+        "web": acl_redis.add(scope, Role.PRODUCER, "web"),
+        "hr": acl_redis.add(scope, Role.PRODUCER, "hr"),
+    }
+    admin_store = ResultsStore(acl_redis.admin(), scope.prefix)
+    worker = start_worker(
+        folder.root,
+        acl_redis.broker_url(users["signer"]),
+        acl_redis.store_url(users["signer"]),
+        admin_store,
+        scope.queue,
+        directory / "worker.log",
+    )
+    try:
+        yield Boundary(acl_redis, folder, scope, users, secrets_dir, worker)
+    finally:
+        worker.stop()
+        admin_store.client.close()
+
+
+def _collect(producer: Producer, job_ids: list[str]) -> dict[str, JobResult]:
+    return {result.job_id: result for result in producer.results(job_ids, RESULT_TIMEOUT)}
+
+
+def _verify(boundary: Boundary, pem: str, tmp_path: Path) -> None:
+    leaf = tmp_path / f"leaf-{uuid.uuid4().hex[:8]}.pem"
+    leaf.write_text(pem)
+    openssl("verify", "-CAfile", boundary.folder.chain_path, leaf)
+
+
+def test_a_producer_with_its_own_user_gets_certificates_end_to_end(
+    boundary: Boundary, tmp_path: Path
+) -> None:
+    with boundary.producer("web") as producer:
+        assert producer.reply_to.startswith("web:")
+        job_ids = [
+            producer.submit(make_csr(f"host{n}.example.com"), profile="server_cert")
+            for n in range(3)
+        ]
+        results = _collect(producer, job_ids)
+        assert all(result.ok for result in results.values()), results
+        for result in results.values():
+            assert result.certificate_pem is not None
+            _verify(boundary, result.certificate_pem, tmp_path)
+        status = producer.status(job_ids[0])
+        assert status is not None and status.serial == results[job_ids[0]].serial
+        assert producer.chain_pem() == boundary.folder.chain_path.read_text()
+    assert boundary.redis.denials(boundary.users["web"]) == []
+
+
+def test_the_signer_user_signs_revokes_and_makes_a_crl(boundary: Boundary) -> None:
+    with boundary.producer("web") as producer:
+        (job_id,) = [producer.submit(make_csr("revoked.example.com"), profile="server_cert")]
+        (result,) = _collect(producer, [job_id]).values()
+        assert result.ok and result.serial is not None
+        answer = producer.revoke(result.serial, "keyCompromise", timeout=RESULT_TIMEOUT)
+        assert answer.status == "revoked", answer
+    signer_broker = boundary.redis.broker_url(boundary.users["signer"])
+    app = Celery("crl-sender", set_as_current=False)
+    app.conf.update(celery_settings(signer_broker, boundary.scope.queue))
+    try:
+        app.send_task(CRL_TASK, queue=boundary.scope.queue, ignore_result=True)
+    finally:
+        app.close()
+    revocations = RevocationStore(boundary.admin_store())
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while (crl := revocations.latest_crl()) is None or crl.get_revoked_certificate_by_serial_number(
+        int(result.serial, 16)
+    ) is None:
+        assert time.monotonic() < deadline, f"no CRL; worker log:\n{boundary.worker.log()[-3000:]}"
+        time.sleep(0.2)
+    # Nothing refused but CONFIG GET, which the store's health check tries before INFO.
+    denied = {entry["object"] for entry in boundary.redis.denials(boundary.users["signer"])}
+    assert denied <= {"config|get"}, denied
+
+
+def test_the_ocsp_responder_user_answers_good_and_revoked(
+    boundary: Boundary, tmp_path: Path
+) -> None:
+    with boundary.producer("web") as producer:
+        job_ids = [
+            producer.submit(make_csr(f"{name}.example.com"), profile="server_cert")
+            for name in ("good", "gone")
+        ]
+        results = _collect(producer, job_ids)
+        good, gone = (results[job_id] for job_id in job_ids)
+        assert gone.serial is not None
+        assert (
+            producer.revoke(gone.serial, "superseded", timeout=RESULT_TIMEOUT).status == "revoked"
+        )
+    # The operator issues the responder's delegate certificate, as `casign ocsp-cert` does.
+    ensure_ocsp_certificate(
+        boundary.folder, load_authority(boundary.folder.root), boundary.store("signer")
+    )
+    ocsp_store = boundary.store("ocsp")
+    with running_responder(boundary.folder.root, ocsp_store) as server:
+        for status, result in (("good", good), ("revoked", gone)):
+            assert result.certificate_pem is not None
+            leaf = tmp_path / f"{status}.pem"
+            leaf.write_text(result.certificate_pem)
+            answer = openssl(
+                "ocsp", "-issuer", boundary.folder.intermediate_cert_path, "-cert", leaf,
+                "-url", server.url, "-CAfile", boundary.folder.chain_path, timeout=30,
+            )  # fmt: skip
+            assert f"{leaf}: {status}\n" in answer.stdout, answer.stdout + answer.stderr
+    assert boundary.redis.denials(boundary.users["ocsp"]) == []
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ocsp_store.client.hset(boundary.key("index"), "00", "planted")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ocsp_store.client.get(boundary.key("chain"))
+    ocsp_store.client.close()
+
+
+PLANTED_RECORD = '{"csr_pem": "...", "profile": {"eku": ["OCSPSigning"]}, "not_after": "2036"}'
+
+# What a producer must not be able to write: each key the signer trusts, by the documented name.
+WRITES: list[tuple[str, Callable[[redis.Redis, Callable[[str], str]], object]]] = [
+    (
+        "a reserved job record",
+        lambda c, k: c.hset(
+            k("job:planted"), mapping={"state": "reserved", "record": PLANTED_RECORD}
+        ),
+    ),
+    ("a pending job", lambda c, k: c.sadd(k("pending"), "planted")),
+    ("the chain", lambda c, k: c.set(k("chain"), "-----BEGIN CERTIFICATE-----")),
+    (
+        "an index line",
+        lambda c, k: c.hset(k("index"), "AB", "V\t360101000000Z\t\tAB\tunknown\t/CN=evil"),
+    ),
+    ("a certificate", lambda c, k: c.hset(k("certs"), "AB", "pem")),
+    ("a serial", lambda c, k: c.hsetnx(k("serials"), "AB", "planted")),
+    ("the revoked list", lambda c, k: c.hdel(k("revoked"), "AB")),
+    ("an audit line", lambda c, k: c.rpush(k("audit"), "0" * 40 + " {}")),
+    ("the audit head", lambda c, k: c.set(k("audit:head"), "0" * 40)),
+    ("the CRL", lambda c, k: c.hset(k("crl:latest"), "number", "999")),
+    ("the CRL number", lambda c, k: c.incr(k("crl:number"))),
+    ("the CA identity", lambda c, k: c.hset(k("ca"), "id", "0" * 64)),
+    ("the replay cache", lambda c, k: c.delete(k("envelope:web:nonce"))),
+    ("a rate bucket", lambda c, k: c.hset(k("rate:web"), "tokens", "1000000")),
+    ("its own reply list", lambda c, k: c.rpush(k("reply:web:forged"), "{}")),
+    (
+        "a job through a script",
+        lambda c, k: c.eval(
+            "return redis.call('HSET', KEYS[1], 'state', 'reserved')", 1, k("job:planted")
+        ),
+    ),
+    ("a job by renaming", lambda c, k: c.rename(k("job:mine"), k("job:planted"))),
+]
+
+
+@pytest.mark.parametrize("what, write", WRITES, ids=[what for what, _ in WRITES])
+def test_a_producer_cannot_write_what_the_signer_trusts(
+    boundary: Boundary, what: str, write: Callable[[redis.Redis, Callable[[str], str]], object]
+) -> None:
+    with (
+        boundary.redis.client(boundary.users["web"]) as web,
+        pytest.raises(redis.exceptions.NoPermissionError),
+    ):
+        write(web, boundary.key)
+    with boundary.redis.admin() as admin:
+        assert not admin.exists(boundary.key("job:planted"))
+        assert admin.get(boundary.key("chain")) == boundary.folder.chain_path.read_text()
+
+
+def test_a_producer_cannot_read_another_producers_replies(boundary: Boundary) -> None:
+    answer = JobResult(job_id="hr-job", status="refused", code="x.y", message="for hr only")
+    reply, note = boundary.key("reply:hr:abc"), boundary.key("authfail:hr:abc")
+    with boundary.redis.admin() as admin:
+        admin.rpush(reply, answer.model_dump_json())
+        admin.set(note, '{"code": "auth.bad_signature", "message": "m"}')
+    with boundary.redis.client(boundary.users["web"]) as web:
+        for read in (
+            lambda: web.lpop(reply),
+            lambda: web.blpop([reply], timeout=0.1),
+            lambda: web.lrange(reply, 0, -1),
+            lambda: web.llen(reply),
+            lambda: web.get(note),
+            lambda: web.lpop(boundary.key("reply:hr")),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                read()
+    with boundary.redis.client(boundary.users["hr"]) as hr:
+        assert JobResult.model_validate_json(hr.lpop(reply)) == answer
+        assert hr.get(note) is not None
+
+
+def test_a_producer_cannot_take_the_queue_or_command_the_workers(boundary: Boundary) -> None:
+    queue = boundary.scope.queue
+    with boundary.redis.client(boundary.users["web"]) as web:
+        for attempt in (
+            lambda: web.rpop(queue),
+            lambda: web.brpop([queue], timeout=0.1),
+            lambda: web.lrange(queue, 0, -1),
+            lambda: web.delete(queue),
+            lambda: web.hvals("unacked"),
+            lambda: web.lpush("other-ca.sign", "{}"),
+            lambda: web.publish("/0.celery.pidbox", "{}"),
+            lambda: web.keys("*"),
+            web.flushdb,
+            lambda: web.config_get("*"),
+            web.acl_list,
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                attempt()
+
+
+def test_the_rules_name_the_installed_kombus_keys() -> None:
+    from kombu.transport.redis import PRIORITY_STEPS
+    from kombu.transport.redis import Channel as KombuChannel
+
+    channel: Any = KombuChannel
+    assert channel.sep == KOMBU_PRIORITY_SEPARATOR
+    assert tuple(step for step in PRIORITY_STEPS if step) == KOMBU_PRIORITY_STEPS
+    assert (channel.keyprefix_queue, channel.keyprefix_binding_permanent) == KOMBU_BINDING_SETS
+    assert (
+        channel.unacked_key,
+        channel.unacked_index_key,
+        channel.unacked_mutex_key,
+        channel.keyprefix_binding_deadlines,
+    ) == KOMBU_CONSUMER_KEYS
+
+
+def _casign(
+    *arguments: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("CASIGN_STORE", "CASIGN_BROKER", "CASIGN_REDIS", "CASIGN_QUEUE"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "casign", *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        env={**environment, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def _url_from_output(stdout: str, variable: str, password_file: Path) -> str:
+    """The URL `producer add` printed, its `$(cat FILE)` read as the shell would."""
+    found = re.search(rf'^export {variable}="(.*)"$', stdout, re.MULTILINE)
+    assert found, stdout
+    return found.group(1).replace(f"$(cat {password_file})", password_file.read_text().strip())
+
+
+def test_producer_add_then_remove_through_the_admin_url(
+    boundary: Boundary, acl_redis: AclRedis
+) -> None:
+    folder = boundary.folder
+    user = boundary.scope.user_name(Role.PRODUCER, "portal")
+    env = {
+        "CASIGN_REDIS_ADMIN_URL": acl_redis.admin_url,
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+    }
+    store_url, broker_url = f"unix://{acl_redis.socket}", f"redis+socket://{acl_redis.socket}"
+    added = _casign(
+        "producer", "add", "portal", "--ca", folder.root, "--store", store_url,
+        "--broker", broker_url, "--profiles", "usr_cert", "--names", "*@example.com",
+        "--rate", "5", "--burst", "20", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    secret_file = folder.intermediate / "private" / "producers" / "portal.secret"
+    password_file = folder.intermediate / "private" / "producers" / "portal.redis-password"
+    for path in (secret_file, password_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o400
+        assert path.read_text().strip() not in added.stdout + added.stderr
+    assert acl_redis.admin_password not in added.stdout + added.stderr
+    listed = folder.producers_path.read_text()
+    assert "[producers.portal]" in listed and f'"file:{secret_file}"' in listed
+    assert "[producers.web]" in listed and "[producers.hr]" in listed  # the rest is kept
+    with acl_redis.admin() as admin:
+        assert user in admin.acl_users()
+    # The printed URL works, as that producer and nothing more.
+    with redis.Redis.from_url(
+        _url_from_output(added.stdout, "CASIGN_STORE_URL", password_file), decode_responses=True
+    ) as portal:
+        assert portal.get(boundary.key("chain")) is not None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            portal.set(boundary.key("chain"), "planted")
+    assert _url_from_output(added.stdout, "CASIGN_BROKER_URL", password_file).startswith(
+        f"redis+socket://{user}:"
+    )
+    listing = _casign("producer", "list", "--ca", folder.root, "--store", store_url, env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert f"portal\tusr_cert\t*@example.com\t5/s\t{user}\n" in listing.stdout
+
+    again = _casign("producer", "add", "portal", "--ca", folder.root, "--store", store_url, env=env)
+    assert again.returncode != 0 and "already listed" in again.stderr
+
+    removed = _casign(
+        "producer", "remove", "portal", "--ca", folder.root, "--store", store_url, env=env
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert "portal" not in folder.producers_path.read_text()
+    assert "[producers.web]" in folder.producers_path.read_text()
+    assert not secret_file.exists() and not password_file.exists()
+    with acl_redis.admin() as admin:
+        assert user not in admin.acl_users()
+
+
+def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: Path) -> None:
+    folder = init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
+    added = _casign(
+        "producer", "add", "edge", "--ca", folder.root, "--store", "redis://redis.example:6379/1",
+        "--broker", "amqp://rabbit.example:5672/pki",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    password = (folder.intermediate / "private" / "producers" / "edge.redis-password").read_text()
+    assert password.strip() not in added.stdout
+    assert "ACL SETUSER casign-producer-edge reset resetchannels on #" in added.stdout
+    assert 'rabbitmqctl add_user casign-producer-edge "$(cat ' in added.stdout
+    assert (
+        r"rabbitmqctl set_permissions -p pki casign-producer-edge '^$' '^amq\.default$' '^$'"
+        in added.stdout
+    )
+    shown = _casign(
+        "acl",
+        "add",
+        "signer",
+        "--ca",
+        folder.root,
+        "--store",
+        "redis://r:6379/1",
+        "--show-password",
+    )
+    password = (folder.intermediate / "private" / "redis" / "signer.redis-password").read_text()
+    assert f"redis://casign-signer:{password.strip()}@r:6379/1" in shown.stdout
+
+
+def test_producer_add_on_the_embedded_redis_keeps_the_user_across_restarts(tmp_path: Path) -> None:
+    _redis_7()
+    folder = init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
+    embedded = EmbeddedRedis(folder.root)
+    user = KeyScope().user_name(Role.PRODUCER, "web")
+    try:
+        added = _casign("producer", "add", "web", "--ca", folder.root)  # server not running yet
+        assert added.returncode == 0, added.stderr
+        password = (
+            folder.intermediate / "private" / "producers" / "web.redis-password"
+        ).read_text()
+        with embedded.running():
+            with redis.Redis.from_url(embedded.url) as admin:
+                assert user in admin.acl_users()
+            with redis.Redis.from_url(
+                f"unix://{user}:{password.strip()}@{embedded.socket_path}"
+            ) as web:
+                assert web.ping()
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    web.hset("casign:job:planted", "state", "reserved")
+            removed = _casign("producer", "remove", "web", "--ca", folder.root)  # running now
+            assert removed.returncode == 0, removed.stderr
+            with redis.Redis.from_url(embedded.url) as admin:
+                assert user not in admin.acl_users()
+        with embedded.running(), redis.Redis.from_url(embedded.url) as admin:
+            assert user not in admin.acl_users()
+            assert admin.ping()  # the default user is still the folder owner's
+    finally:
+        embedded.stop()
+
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+@dataclass
+class RabbitNode:
+    """A RabbitMQ node of this test's own: its port, and what rabbitmqctl needs to reach it."""
+
+    port: int
+    env: dict[str, str]
+
+    def ctl(self, *arguments: str) -> None:
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), *arguments],
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        pytest.skip(f"no RabbitMQ server in {RABBITMQ_BIN}")
+    home = tmp_path_factory.mktemp("rabbit")
+    port, name = _free_port(), f"casign{uuid.uuid4().hex[:8]}@localhost"
+    (home / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\n")
+    (home / "plugins").write_text("[].\n")
+    env = {
+        **os.environ,
+        "HOME": str(home),  # the Erlang cookie server and rabbitmqctl share
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+        "RABBITMQ_DIST_PORT": str(_free_port()),
+        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(home / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "plugins"),
+        "RABBITMQ_PID_FILE": str(home / "pid"),
+        "PATH": f"{RABBITMQ_BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    with (home / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = RabbitNode(port, env)
+    try:
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "wait", str(home / "pid"), "--timeout", "90"],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        yield node
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            node.ctl("stop")
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_a_producer_with_the_printed_rabbitmq_permissions_publishes_and_reads_nothing(
+    boundary: Boundary, rabbit_node: RabbitNode, tmp_path: Path
+) -> None:
+    """The `rabbitmqctl` lines `producer add` prints, run as printed, on a broker of its own:
+    the producer's batches reach a real worker (signing as the signer user); the producer can
+    neither take from the queue nor declare it."""
+    broker = f"amqp://127.0.0.1:{rabbit_node.port}/pki"
+    rabbit_node.ctl("add_vhost", "pki")
+    signer_password = secrets.token_hex(16)
+    rabbit_node.ctl("add_user", "signer", signer_password)
+    rabbit_node.ctl("set_permissions", "-p", "pki", "signer", *rabbitmq_permissions(Role.SIGNER))
+    store_url = f"unix://{boundary.redis.socket}"
+    env = {
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+        "CASIGN_REDIS_ADMIN_URL": boundary.redis.admin_url,
+    }
+    folder = boundary.folder
+    added = _casign(
+        "producer", "add", "rabbit", "--ca", folder.root, "--store", store_url, "--broker", broker,
+        "--secret-dir", tmp_path / "rabbit", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    for line in added.stdout.splitlines():
+        if line.startswith("rabbitmqctl "):
+            subprocess.run(["bash", "-c", line], env=rabbit_node.env, check=True, timeout=60)
+    amqp_password = (tmp_path / "rabbit" / "rabbit.amqp-password").read_text().strip()
+    user = boundary.scope.user_name(Role.PRODUCER, "rabbit")
+    producer_broker = f"amqp://{user}:{amqp_password}@127.0.0.1:{rabbit_node.port}/pki"
+    signer_broker = f"amqp://signer:{signer_password}@127.0.0.1:{rabbit_node.port}/pki"
+    secret_dir = tmp_path / "rabbit"
+    worker = start_worker(
+        folder.root,
+        signer_broker,
+        boundary.redis.store_url(boundary.users["signer"]),
+        boundary.admin_store(),
+        boundary.scope.queue,
+        tmp_path / "worker.log",
+        concurrency=1,
+    )
+    try:
+        _wait_for_queue(signer_broker, boundary.scope.queue, worker)
+        with Producer(
+            producer_broker,
+            _url_from_output(
+                added.stdout, "CASIGN_STORE_URL", secret_dir / "rabbit.redis-password"
+            ),
+            store_prefix=boundary.scope.prefix,
+            queue=boundary.scope.queue,
+            identity="rabbit",
+            secret_source=f"file:{secret_dir / 'rabbit.secret'}",
+        ) as producer:
+            job_id = producer.submit(make_csr("rabbit.example.com"), profile="server_cert")
+            (result,) = _collect(producer, [job_id]).values()
+            assert result.ok, result
+        for attempt in (
+            lambda channel: channel.basic_get(boundary.scope.queue),
+            lambda channel: channel.queue_declare(boundary.scope.queue, durable=True),
+            lambda channel: channel.queue_purge(boundary.scope.queue),
+        ):
+            with Connection(producer_broker) as connection, pytest.raises(AccessRefused):
+                attempt(connection.channel())
+    finally:
+        worker.stop()
+        _casign(
+            "producer", "remove", "rabbit", "--ca", folder.root, "--store", store_url,
+            "--secret-dir", secret_dir, env=env,
+        )  # fmt: skip
+
+
+def _wait_for_queue(broker: str, queue: str, worker: WorkerProcess) -> None:
+    """Wait until the worker has declared its queue: a producer publishes without declaring."""
+    deadline = time.monotonic() + 60
+    while True:
+        with Connection(broker) as connection:
+            try:
+                connection.channel().queue_declare(queue, passive=True)
+                return
+            except NotFound:
+                pass
+        assert time.monotonic() < deadline, f"no queue; worker log:\n{worker.log()[-3000:]}"
+        time.sleep(0.2)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "softhsm"
+
+
+def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path) -> None:
+    """docker-compose.yml's scripts outside Docker, their paths moved by their variables:
+    set-up (run twice, as every `up` does), Redis loading the ACL file it wrote (default user
+    off), the signer as its user, the producer as its own; a certificate comes back."""
+    if not (SOFTHSM_AVAILABLE and shutil.which("pkcs11-tool")):
+        pytest.skip(SOFTHSM_SKIP_REASON)
+    binary = _redis_7()
+    port = _free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("CASIGN_")},
+        "CASIGN_STATE_DIR": str(tmp_path / "state"),
+        "CASIGN_ACL_FILE": str(tmp_path / "acl" / "users.acl"),
+        "CASIGN_PRODUCER_DIR": str(tmp_path / "secrets" / "www"),
+        "CASIGN_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "CASIGN_STORE_URL": f"redis://127.0.0.1:{port}/1",
+    }
+    (tmp_path / "state").mkdir()
+    (tmp_path / "acl").mkdir()
+    for _ in range(2):
+        setup = subprocess.run(
+            [str(SCRIPTS / "docker-setup.sh")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+    another = subprocess.run(
+        [str(SCRIPTS / "docker-setup.sh"), "hr", "--profiles", "usr_cert"],
+        env={**env, "CASIGN_PRODUCERS_DIR": str(tmp_path / "secrets")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert another.returncode == 0, another.stdout + another.stderr
+    assert (tmp_path / "secrets" / "hr" / "hr.env").exists()
+    acl_text = (tmp_path / "acl" / "users.acl").read_text()
+    assert acl_text.startswith("user default off\n")
+    for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
+        assert f"\nuser {user} " in acl_text
+    for env_file in (
+        tmp_path / "state" / "ca" / "intermediate" / "private" / "redis" / "signer.env",
+        tmp_path / "secrets" / "www" / "www.env",
+    ):
+        assert "$(cat " in env_file.read_text()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    command = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--aclfile", env["CASIGN_ACL_FILE"],
+        "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    roles = {name: value for name, value in env.items() if not name.endswith("_URL")}
+    signer_log = tmp_path / "signer.log"
+    try:
+        with signer_log.open("wb") as log:
+            signer = subprocess.Popen(
+                [str(SCRIPTS / "docker-signer.sh"), "--concurrency", "1"],
+                env=roles,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_for_the_ca_record(tmp_path, port, signer_log)
+            producer_command = [
+                str(SCRIPTS / "docker-producer.sh"), "request", "--cn", "www.example.com",
+                "--profile", "server_cert", "--out", str(tmp_path / "out"), "--timeout", "90",
+            ]  # fmt: skip
+            request = subprocess.run(
+                producer_command,
+                env=roles,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert request.returncode == 0, (
+                request.stdout + request.stderr + signer_log.read_text(errors="replace")[-3000:]
+            )
+        finally:
+            stop_process_group(signer, timeout=30)
+        openssl(
+            "verify", "-CAfile", tmp_path / "out" / "ca-chain.cert.pem",
+            tmp_path / "out" / "www.example.com.cert.pem",
+        )  # fmt: skip
+        with (
+            redis.Redis(host="127.0.0.1", port=port) as anonymous,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
+            anonymous.get("casign:chain")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
+    """Wait, as the operator, until the signer has recorded its CA (a producer names it)."""
+    password_file = state / "state" / "ca" / "intermediate" / "private" / "redis"
+    password = (password_file / "operator.redis-password").read_text().strip()
+    deadline = time.monotonic() + 60
+    with redis.Redis(
+        host="127.0.0.1", port=port, db=1, username="casign-operator", password=password
+    ) as operator:
+        while not operator.hget("casign:ca", "id"):
+            assert time.monotonic() < deadline, signer_log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+
+
+def test_producers_toml_edits_keep_what_the_operator_wrote(tmp_path: Path) -> None:
+    from casign.producers_file import ProducerEntry, add_producer, read_producers, remove_producer
+
+    path = tmp_path / "producers.toml"
+    written = (
+        "# the operator's own notes\n"
+        '[producers.web]\nsecret = "env:WEB"\n\n'
+        '[producers."ops.team"]\nsecret = "env:OPS"\nnames = [\n  "a.example.com",\n]\n\n'
+        '[producers."ops.team".subject]\nO = ["Ops"]\n\n'
+        '[producers.hr]\nsecret = "env:HR"  # kept\n'
+    )
+    path.write_text(written)
+    add_producer(path, ProducerEntry("new.one", "file:/s", ("usr_cert",), ("*@x.test",), 2.5, 5))
+    assert path.read_text().startswith(written)
+    assert read_producers(path)["new.one"] == {
+        "secret": "file:/s",
+        "profiles": ["usr_cert"],
+        "names": ["*@x.test"],
+        "rate_per_second": 2.5,
+        "burst": 5,
+    }
+    assert remove_producer(path, "ops.team")
+    assert remove_producer(path, "nobody") is False
+    text = path.read_text()
+    assert "Ops" not in text and "a.example.com" not in text
+    assert "# the operator's own notes" in text and 'secret = "env:HR"  # kept' in text
+    assert sorted(read_producers(path)) == ["hr", "new.one", "web"]
