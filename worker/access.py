@@ -9,6 +9,8 @@ batch must be signed by a listed producer; without it the signer runs open (and 
     names = ["*@example.com"]                # every CN and SAN value must match one pattern
     rate_per_second = 10                     # token bucket, refilled at this rate
     burst = 200                              # and holding at most this many
+    revoke = "own"                           # its own serials (default), "any" or "none"
+    revoke_reasons = ["keyCompromise", "superseded"]   # default: the five a subscriber may give
 """
 
 from __future__ import annotations
@@ -17,14 +19,26 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope
+from core.revocation import canonical_reason
 from store.results import ResultsStore
+
+# The reasons a subscriber may give for revoking its own certificate (Baseline Requirements
+# 4.9.1.1 and 7.2.2): the CA's own reasons (CACompromise, certificateHold) are not among them.
+SUBSCRIBER_REVOKE_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+)
 
 
 class ProducerPolicy(BaseModel):
@@ -39,6 +53,18 @@ class ProducerPolicy(BaseModel):
     burst: int | None = Field(default=None, gt=0)
     # The longest a message of this producer may be sealed for (issued-at to expires-at).
     envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
+    # Which serials it may revoke: the ones issued to it ("own"), any but the OCSP delegate's
+    # ("any"), or none; and with which reasons.
+    revoke: Literal["own", "any", "none"] = "own"
+    revoke_reasons: list[str] = Field(default_factory=lambda: list(SUBSCRIBER_REVOKE_REASONS))
+
+    @field_validator("revoke_reasons")
+    @classmethod
+    def _known_reasons(cls, reasons: list[str]) -> list[str]:
+        try:
+            return [canonical_reason(reason) for reason in reasons]
+        except Rejected as refusal:
+            raise ValueError(refusal.message) from None
 
 
 @dataclass(frozen=True)
