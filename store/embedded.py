@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.errors import ConfigurationError
+from core.files import PUBLIC_MODE, write_file_atomically
 
 # sockaddr_un.sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 _MAX_SOCKET_PATH_BYTES = 103 if sys.platform == "darwin" else 107
@@ -189,7 +190,7 @@ class EmbeddedRedis:
         self._prepare_socket_dir()
         self._socket_path.unlink(missing_ok=True)
         self._pid_path.unlink(missing_ok=True)
-        self._config_path.write_text(self._render_config(), encoding="ascii")
+        write_file_atomically(self._config_path, self._render_config(), PUBLIC_MODE)
         binary = redis_server_binary()
         try:
             result = subprocess.run(
