@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from celery.exceptions import Reject
 
+import worker.crl_schedule as crl_schedule
 import worker.process as process_module
 from core.errors import Retryable
 from core.index import Status
@@ -176,6 +177,26 @@ def test_the_tasks_run_in_process(in_process: SignerProcess, store: ResultsStore
     assert (in_process.folder.root / "intermediate" / "crlnumber").read_text().strip() == (
         f"{number + 1:02X}"
     )
+
+
+def test_a_scheduled_crl_that_meets_an_outage_gives_its_turn_back(
+    in_process: SignerProcess, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interval's turn goes back to the store, so the CRL is tried again at the next check
+    (by this process or another), not a whole interval later."""
+    real_refresh = crl_schedule.refresh_crl
+    tries: list[int] = []
+
+    def store_down(*args: object, **kwargs: object) -> None:
+        tries.append(len(tries))
+        raise Retryable("results store unavailable: ConnectionError (test)")
+
+    monkeypatch.setattr(crl_schedule, "refresh_crl", store_down)
+    schedule = CRLSchedule(in_process)
+    assert schedule.make_if_due() is None and tries == [0]
+    monkeypatch.setattr(crl_schedule, "refresh_crl", real_refresh)
+    published = schedule.make_if_due()
+    assert published is not None and RevocationStore(store).latest_crl() is not None
 
 
 @pytest.mark.slow

@@ -192,6 +192,30 @@ def test_a_fingerprint_anchor_takes_the_root_only_from_a_chain_that_holds_it(
     assert _certificates(check.chain_pem() or "") == _certificates(ca_folder.chain_pem())
 
 
+def test_an_answer_for_another_usage_or_under_another_serial_is_untrusted(
+    ca_folder: CAFolder, authority: SigningAuthority, store: ResultsStore
+) -> None:
+    """The same key's certificate of another profile (a client certificate handed to a server
+    request), or a true certificate under a serial it does not have, is not reported issued."""
+    pem = make_csr("both.example.com")
+    store.set_chain(authority.chain_pem)
+    (client,) = BatchSigner(authority, store).sign_batch(
+        [job("as-client", pem, "usr_cert", san=["email:both@example.com"])]
+    )
+    assert client.ok, client
+    check = ResultCheck(TrustAnchor.parse(ca_folder.root_cert_path), store.chain)
+    as_server = SignRequest.model_validate(job("as-client", pem, "server_cert"))
+    wrong_usage = check.check(client, as_server)
+    assert wrong_usage.code == RefusalCode.RESULT_UNTRUSTED
+    assert "serverAuth" in (wrong_usage.message or "")
+    as_client = SignRequest.model_validate(
+        job("as-client", pem, "usr_cert", san=["email:both@example.com"])
+    )
+    assert check.check(client, as_client) == client
+    renamed = check.check(client.model_copy(update={"serial": "0BADC0DE"}), as_client)
+    assert renamed.code == RefusalCode.RESULT_UNTRUSTED and "serial" in (renamed.message or "")
+
+
 # A certificate for another key: an answer pushed by whoever can write to the store.
 
 
