@@ -18,7 +18,7 @@ from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
-from producers.trust import AnchorSpec, ResultCheck, TrustAnchor, warn_without_anchor
+from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -57,8 +57,8 @@ class Producer:
         `trust_anchor` is the root certificate this producer trusts (PEM, the path of a PEM
         file, or its SHA-256 fingerprint): a certificate is reported issued only once it chains
         to it for its profile's usage, and `chain_pem` is the chain that showed it. Without
-        one, certificates are still checked against their CSR's key and profile (and a warning
-        is logged once).
+        one, certificates are still checked against their CSR's key and profile, and a warning
+        is logged once, when the first certificate or chain is taken without it.
 
         A sealed message names the CA it is for (`ca_identity`, `casign ca-id` prints it;
         by default the identity the CA's signer recorded in the store) and expires after
@@ -79,9 +79,7 @@ class Producer:
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self._ledger = EnvelopeLedger(self.store)
-        if trust_anchor is None:
-            warn_without_anchor()
-        elif not isinstance(trust_anchor, TrustAnchor):
+        if trust_anchor is not None and not isinstance(trust_anchor, TrustAnchor):
             trust_anchor = TrustAnchor.parse(trust_anchor)
         self._check = ResultCheck(trust_anchor, self.store.chain)
         self.reply_to = uuid.uuid4().hex

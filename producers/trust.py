@@ -169,6 +169,8 @@ class ResultCheck:
         """`result` itself when it is trusted (or not an issued one), else `untrusted(...)`."""
         if not result.ok:
             return result
+        if self.anchor is None:
+            warn_without_anchor()
         try:
             self._check_issued(result, request)
         except Untrusted as why:
@@ -180,6 +182,7 @@ class ResultCheck:
         validated a certificate (None before any did); without, the store's as it is."""
         if self.anchor is not None:
             return self._validated
+        warn_without_anchor()
         return self._store_chain()
 
     def _check_issued(self, result: JobResult, request: SignRequest) -> None:

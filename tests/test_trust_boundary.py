@@ -10,6 +10,7 @@ from __future__ import annotations
 # never made on a producer's message; the signer starts only when told to serve anyone, and
 # never beside the root key; passwords stay off command lines; secret files stay private.
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import producers.trust
 from casign.cli import main as casign_main
 from casign.supervise import stop_process_group
 from core.auth import MessageKind, ca_identity, seal
@@ -214,6 +216,25 @@ def test_an_answer_for_another_usage_or_under_another_serial_is_untrusted(
     assert check.check(client, as_client) == client
     renamed = check.check(client.model_copy(update={"serial": "0BADC0DE"}), as_client)
     assert renamed.code == RefusalCode.RESULT_UNTRUSTED and "serial" in (renamed.message or "")
+
+
+def test_without_an_anchor_answers_are_still_taken_and_a_warning_is_logged_once(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(producers.trust, "_warned_without_anchor", False)
+    pem = make_csr("no-anchor.example.com")
+    result = _signed_in_store(authority, store, "no-anchor", pem)
+    request = SignRequest.model_validate(job("no-anchor", pem))
+    check = ResultCheck(None, store.chain)
+    with caplog.at_level(logging.WARNING, logger="casign.producer"):
+        assert check.check(result, request) == result
+        assert check.check(result, request) == result
+        assert check.chain_pem() == store.chain()
+    warned = [record for record in caplog.records if "no trust anchor" in record.getMessage()]
+    assert len(warned) == 1
 
 
 # A certificate for another key: an answer pushed by whoever can write to the store.
