@@ -57,7 +57,7 @@ class Producer:
         `trust_anchor` is the root certificate this producer trusts (PEM, the path of a PEM
         file, or its SHA-256 fingerprint): a certificate is reported issued only once it chains
         to it for its profile's usage, and `chain_pem` is the chain that showed it. Without
-        one, certificates are still checked against their CSR's key and profile, and a warning
+        one, certificates are still checked against their CSR's key and their serial, and a warning
         is logged once, when the first certificate or chain is taken without it.
 
         A sealed message names the CA it is for (`ca_identity`, `casign ca-id` prints it;

@@ -2,9 +2,9 @@
 
 Whoever can write to the store could hand a producer any certificate and any chain. So every
 certificate a producer is answered with is checked before it is reported issued: it is one
-certificate, for the key of the CSR the producer sent, under the serial the answer names, not a
-CA, and (given a trust anchor) it chains to the anchor through the intermediates the store
-offers, valid now, with the extended key usage its profile is for. Path building and signature
+certificate, for the key of the CSR the producer sent, under the serial the answer names, and
+(given a trust anchor) it chains to the anchor through the intermediates the store offers,
+valid now, is no CA, and has the extended key usage its profile is for. Path building and signature
 checks are `cryptography`'s (`x509.verification`, with the Web PKI rules for CA certificates).
 The chain a producer hands out (`ca-chain.cert.pem`) is the one a certificate was validated by.
 """
@@ -50,7 +50,7 @@ def warn_without_anchor() -> None:
     if not _warned_without_anchor:
         _warned_without_anchor = True
         log.warning(
-            "no trust anchor: each certificate is checked against its CSR's key and profile "
+            "no trust anchor: each certificate is checked against its CSR's key and its serial "
             "only, and the CA chain is taken from the store as it is; give the root "
             "certificate (Producer(..., trust_anchor=...), casign --trust-anchor FILE)"
         )
@@ -162,7 +162,7 @@ class ResultCheck:
     def __init__(self, anchor: TrustAnchor | None, store_chain: Callable[[], str | None]) -> None:
         self.anchor = anchor
         self._store_chain = store_chain
-        self._offered: tuple[str, list[x509.Certificate]] | None = None
+        self._offered: _OfferedChain | None = None
         self._validated: str | None = None
 
     def check(self, result: JobResult, request: SignRequest) -> JobResult:
@@ -204,6 +204,10 @@ class ResultCheck:
             raise Untrusted("the certificate is for another key than the CSR's")
         if result.serial != format_serial(certificate.serial_number):
             raise Untrusted(f"the answer names serial {result.serial}, not the certificate's")
+        if self.anchor is None:
+            return  # anyone who can write to the store could have made the rest up
+        chain_pem = self._validate_to_anchor(certificate, self.anchor)
+        # After path validation, which has parsed the extensions already (a few microseconds).
         try:
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         except x509.ExtensionNotFound:
@@ -216,20 +220,56 @@ class ResultCheck:
             raise Untrusted(
                 f"the certificate lacks the {usage[0]} usage of profile {request.profile!r}"
             )
-        if self.anchor is not None:
-            self._validated = self._validate_to_anchor(certificate, self.anchor)
+        self._validated = chain_pem
 
     def _validate_to_anchor(self, certificate: x509.Certificate, anchor: TrustAnchor) -> str:
         """The chain PEM (intermediates, then the root) that takes `certificate` to `anchor`."""
         problem = ""
         for fresh in (False, True):
-            offered = self._offered_chain(fresh)
-            root = anchor.root_among(offered)
-            if root is None:
+            offered = self._offered_chain(anchor, fresh)
+            if offered.builder is None:
                 problem = (
                     "the store's chain holds no certificate with the trust anchor's fingerprint"
                 )
                 continue
+            try:
+                # Built for each certificate: a verifier checks validity at its build time.
+                verifier = offered.builder.build_client_verifier()
+                verified = verifier.verify(certificate, offered.intermediates)
+            except verification.VerificationError as exc:
+                problem = f"it does not chain to the trust anchor {anchor.hex[:16]}... ({exc})"
+                continue
+            return "".join(offered.pem_of(link) for link in verified.chain[1:])
+        raise Untrusted(problem)
+
+    def _offered_chain(self, anchor: TrustAnchor, fresh: bool) -> _OfferedChain:
+        """The store's chain, parsed once for as long as it stays the same text."""
+        if self._offered is None or fresh:
+            text = self._store_chain() or ""
+            if self._offered is None or self._offered.text != text:
+                self._offered = _OfferedChain.parse(text, anchor)
+        return self._offered
+
+
+@dataclass
+class _OfferedChain:
+    """The CA chain as the store offers it, ready to validate certificates against an anchor."""
+
+    text: str
+    intermediates: list[x509.Certificate]
+    builder: verification.PolicyBuilder | None  # None: no root with the anchor's fingerprint
+    pems: dict[int, str]
+
+    @classmethod
+    def parse(cls, text: str, anchor: TrustAnchor) -> _OfferedChain:
+        try:
+            offered = x509.load_pem_x509_certificates(text.encode("ascii")) if text else []
+        except (ValueError, UnicodeEncodeError):
+            offered = []
+        root = anchor.root_among(offered)
+        intermediates = [cert for cert in offered if _fingerprint(cert) != anchor.fingerprint]
+        builder = None
+        if root is not None:
             builder = (
                 verification.PolicyBuilder()
                 .store(verification.Store([root]))
@@ -238,29 +278,12 @@ class ResultCheck:
                     ee_policy=verification.ExtensionPolicy.permit_all(),
                 )
             )
-            intermediates = [
-                cert
-                for cert in offered
-                if _fingerprint(cert) not in (anchor.fingerprint, _fingerprint(certificate))
-            ]
-            try:
-                verified = builder.build_client_verifier().verify(certificate, intermediates)
-            except verification.VerificationError as exc:
-                problem = f"it does not chain to the trust anchor {anchor.hex[:16]}... ({exc})"
-                continue
-            return "".join(_pem(link) for link in verified.chain[1:])
-        raise Untrusted(problem)
+        known = [*intermediates, *([root] if root is not None else [])]
+        return cls(text, intermediates, builder, {id(cert): _pem(cert) for cert in known})
 
-    def _offered_chain(self, fresh: bool) -> list[x509.Certificate]:
-        if self._offered is None or fresh:
-            text = self._store_chain() or ""
-            if self._offered is None or self._offered[0] != text:
-                try:
-                    parsed = x509.load_pem_x509_certificates(text.encode("ascii")) if text else []
-                except (ValueError, UnicodeEncodeError):
-                    parsed = []
-                self._offered = (text, parsed)
-        return self._offered[1]
+    def pem_of(self, certificate: x509.Certificate) -> str:
+        """The PEM of a certificate of this chain (the verifier hands back these very objects)."""
+        return self.pems.get(id(certificate)) or _pem(certificate)
 
 
 def _extended_key_usages(certificate: x509.Certificate) -> list[ObjectIdentifier]:
