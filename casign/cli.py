@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,7 +99,14 @@ def main() -> None:
 @click.option(
     "--passphrase-file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Encrypt both keys (AES-256) with the passphrase in this file.",
+    help="Encrypt the intermediate key (AES-256) with the passphrase in this file (mode 0600 "
+    "or stricter), which casign.toml names; also the root key's, without --root-passphrase-file.",
+)
+@click.option(
+    "--root-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Encrypt the root key with the passphrase in this file instead: read once, written "
+    "nowhere. Then move ca/private/ca.key.pem to offline media.",
 )
 @click.option(
     "--intermediate-key-uri",
@@ -118,6 +127,7 @@ def init(
     country: str | None,
     key_type: str,
     passphrase_file: Path | None,
+    root_passphrase_file: Path | None,
     intermediate_key_uri: str | None,
     base_url: str | None,
 ) -> None:
@@ -136,15 +146,24 @@ def init(
             country=country,
             key_type=KeyType(key_type),
             passphrase_file=passphrase_file,
+            root_passphrase_file=root_passphrase_file,
             intermediate_key_uri=intermediate_key_uri,
             base_url=base_url,
         ),
     )
-    if passphrase_file is None:
+    if passphrase_file is None and root_passphrase_file is None:
         unencrypted = "the root key is" if intermediate_key_uri else "the CA keys are"
         click.secho(
             f"warning: {unencrypted} NOT encrypted (files are mode 0400); use --passphrase-file "
-            "to encrypt them, and --intermediate-key-uri to keep the intermediate key in an HSM",
+            "and --root-passphrase-file to encrypt them, and --intermediate-key-uri to keep the "
+            "intermediate key in an HSM",
+            fg="yellow",
+            err=True,
+        )
+    elif root_passphrase_file is None:
+        click.secho(
+            "warning: the root key is encrypted with the intermediate's passphrase, whose file "
+            "casign.toml names; give it one of its own with --root-passphrase-file",
             fg="yellow",
             err=True,
         )
@@ -153,7 +172,10 @@ def init(
     click.echo(f"chain:           {folder.chain_path}")
     click.echo(f"profiles:        {folder.profiles_path}")
     click.echo(f"openssl config:  {folder.openssl_cnf_path}")
-    click.echo(f"next, start a signer: casign worker --ca {directory}")
+    click.echo(
+        f"next, move the root key {folder.root_key_path} to offline media (casign worker "
+        f"refuses to start beside it), then start a signer: casign worker --ca {directory}"
+    )
 
 
 @main.command()
@@ -259,7 +281,20 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
 @click.option(
     "--beat",
     is_flag=True,
-    help="Also run the schedule: a new CRL every hour (run it in one worker only).",
+    help="Also make a new CRL every hour, on this worker's own schedule (never on a queue "
+    "message); several such workers of one store make one CRL an hour between them.",
+)
+@click.option(
+    "--open",
+    "open_mode",
+    is_flag=True,
+    help="Serve any producer that can reach the queue when the CA has no producers.toml "
+    "(otherwise the worker refuses to start without it).",
+)
+@click.option(
+    "--allow-root-key",
+    is_flag=True,
+    help="Start even though the root CA's private key is readable in the CA folder.",
 )
 @click.option(
     "--restart/--no-restart",
@@ -276,31 +311,52 @@ def worker(
     loglevel: str,
     pool: str,
     beat: bool,
+    open_mode: bool,
+    allow_root_key: bool,
     restart: bool,
 ) -> None:
-    """Run a signing worker: the only process that opens the intermediate key."""
+    """Run a signing worker: the only process that opens the intermediate key.
+
+    It refuses to start (exit 2) without the CA's producers.toml unless --open, and while the
+    root CA's private key is readable in the CA folder unless --allow-root-key.
+    """
+    from worker.cafolder import CAFolder
+    from worker.process import refuse_unsafe_start
+
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints(broker, store, folder)
+    CAFolder(folder).require()
+    refuse_unsafe_start(CAFolder(folder), open_mode=open_mode, allow_root_key=allow_root_key)
+    flags = WorkerFlags(concurrency, loglevel, pool, beat, open_mode, allow_root_key)
     if restart:
-        sys.exit(_supervised_worker(folder, endpoints, concurrency, loglevel, pool, beat))
+        sys.exit(_supervised_worker(folder, endpoints, flags))
     from worker.app import WorkerConfig, run_worker
     from worker.authority import load_authority
     from worker.process import SignerSettings
 
     authority = load_authority(folder)  # fail here, with a clear message, not in every process
     _check_producers_file(folder, authority.intermediate, endpoints.queue)
+    if open_mode and not CAFolder(folder).producers_path.exists():
+        logging.getLogger("casign.worker").warning(
+            "open mode (--open): %s is absent, so any producer that can reach queue %s is served",
+            CAFolder(folder).producers_path,
+            endpoints.queue,
+        )
+    elif open_mode:
+        logging.getLogger("casign.worker").warning(
+            "--open has no effect: %s lists the producers served", CAFolder(folder).producers_path
+        )
     config = WorkerConfig(
         broker_url=endpoints.broker_url,
-        signer=SignerSettings(folder, endpoints.store_url, endpoints.store_prefix),
+        signer=SignerSettings(
+            folder, endpoints.store_url, endpoints.store_prefix, open_mode=open_mode
+        ),
         queue=endpoints.queue,
+        crl_schedule=beat,
     )
     options = [f"--loglevel={loglevel}", f"--pool={pool}"]
     if concurrency:
         options.append(f"--concurrency={concurrency}")
-    if beat:
-        schedule_dir = folder / "store"
-        schedule_dir.mkdir(mode=0o700, exist_ok=True)
-        options += ["--beat", f"--schedule={schedule_dir / 'celerybeat-schedule'}"]
     with embedded_redis(endpoints):
         with open_store(endpoints) as results_store:
             results_store.require_fit()  # refuses an evicting store (exit 2), warns of no persistence
@@ -330,28 +386,50 @@ def _claim_store(intermediate: x509.Certificate, endpoints: Endpoints) -> None:
         logging.getLogger("casign.worker").warning("store not reachable at start: %s", exc)
 
 
-def _supervised_worker(
-    folder: Path,
-    endpoints: Endpoints,
-    concurrency: int | None,
-    loglevel: str,
-    pool: str,
-    beat: bool,
-) -> int:
-    """`casign worker --no-restart` in a child process, started again whenever it dies."""
+@dataclass(frozen=True)
+class WorkerFlags:
+    """The `casign worker` flags a supervised worker is started again with."""
+
+    concurrency: int | None
+    loglevel: str
+    pool: str
+    beat: bool
+    open_mode: bool
+    allow_root_key: bool
+
+    def arguments(self) -> list[str]:
+        """The flags as `casign worker` arguments (never a URL: those go in the environment)."""
+        words = ["--loglevel", self.loglevel, "--pool", self.pool]
+        if self.concurrency:
+            words += ["--concurrency", str(self.concurrency)]
+        for flag, given in (
+            ("--beat", self.beat),
+            ("--open", self.open_mode),
+            ("--allow-root-key", self.allow_root_key),
+        ):
+            if given:
+                words.append(flag)
+        return words
+
+
+def _supervised_worker(folder: Path, endpoints: Endpoints, flags: WorkerFlags) -> int:
+    """`casign worker --no-restart` in a child process, started again whenever it dies.
+
+    The broker and store URLs reach the child in its environment, never on its command line,
+    which any user of the host can read (`ps`, /proc/PID/cmdline) and which may hold passwords.
+    """
     from casign.supervise import Supervisor
 
-    command = [
-        sys.executable, "-m", "casign", "worker", "--no-restart", "--ca", str(folder),
-        "--broker", endpoints.broker_url, "--store", endpoints.store_url,
-        "--loglevel", loglevel, "--pool", pool,
-    ]  # fmt: skip
-    if concurrency:
-        command += ["--concurrency", str(concurrency)]
-    if beat:
-        command.append("--beat")
+    command = [sys.executable, "-m", "casign", "worker", "--no-restart", "--ca", str(folder)]
+    env = {
+        **os.environ,
+        "CASIGN_BROKER_URL": endpoints.broker_url,
+        "CASIGN_STORE_URL": endpoints.store_url,
+        "CASIGN_STORE_PREFIX": endpoints.store_prefix,
+        "CASIGN_QUEUE": endpoints.queue,
+    }
     with embedded_redis(endpoints):  # owned here, so a restarted worker finds the same Redis
-        return Supervisor(command).run()
+        return Supervisor([*command, *flags.arguments()], env=env).run()
 
 
 @main.command()

@@ -24,7 +24,7 @@ from casign.cli_base import broker_option, ca_option, fail, split_sans, store_op
 from casign.config import ca_dir, resolve_endpoints
 from core.files import CERT_MODE, KEY_MODE, write_file_atomically
 from core.keys import KeyType, write_private_key
-from core.secret_source import read_secret_source
+from core.secret_source import read_secret_file, read_secret_source
 
 RENEW_WITHIN = timedelta(days=30)
 _KEY_TYPES = click.Choice(["rsa2048", "p256", "p384"])
@@ -344,7 +344,7 @@ def _file_name(common_name: str) -> str:
 def _passphrase(passphrase_file: Path | None) -> str | None:
     if passphrase_file is None:
         return None
-    return passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+    return read_secret_file(passphrase_file, "passphrase")
 
 
 @est.command("enroll")

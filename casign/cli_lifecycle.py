@@ -1,6 +1,7 @@
 """`casign revoke`, `crl`, `ocsp`, `ocsp-cert`, `adopt` and `list`: the rest of a certificate's life.
 
-`revoke` goes through the queue (the worker signs it off); `crl`, `ocsp-cert` and `adopt` run
+`revoke` goes through the queue (the worker signs it off, within the producer's rights), or
+with `--in-process` straight into the store as the operator; `crl`, `ocsp-cert` and `adopt` run
 in this process with the CA folder, as `casign sign` does for an operator at the CA's machine;
 `ocsp` serves from the store with the delegate key only; `list` reads the store.
 """
@@ -62,6 +63,12 @@ def _entry_row(entry: IndexEntry, now: datetime) -> str:
 )
 @click.option("--requester", default=None, help="Who asks (kept in the audit log).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Revoke as the operator, straight into the store with the CA folder (no queue, no "
+    "producer rights): the only way to revoke the OCSP responder's certificate.",
+)
 def revoke(
     ca: Path | None,
     broker: str | None,
@@ -70,10 +77,14 @@ def revoke(
     reason: str,
     requester: str | None,
     timeout: float,
+    in_process: bool,
 ) -> None:
     """Revoke SERIAL (hex) through the queue; the worker records it for the CRL and OCSP."""
     from casign.cli_producer import open_producer
 
+    if in_process:
+        _revoke_as_operator(ca, store, serial, reason, requester)
+        return
     try:
         with open_producer(ca, broker, store, requester) as producer:
             result = producer.revoke(serial, reason, timeout)
@@ -87,6 +98,29 @@ def revoke(
         fail(f"refused [{result.code}]: {result.message}", 3)
         return
     click.echo(f"revoked {result.serial} at {result.revoked_at} ({result.reason})")
+
+
+def _revoke_as_operator(
+    ca: Path | None, store: str | None, serial: str, reason: str, requester: str | None
+) -> None:
+    """Revoke in this process, with the CA folder and the store's operator credentials."""
+    from worker.cafolder import CAFolder
+    from worker.process import claim_store
+
+    folder = CAFolder(ca_dir(ca))
+    folder.require()
+    endpoints = resolve_endpoints("unused://", store, folder.root, need_broker=False)
+    with open_store(endpoints) as results_store:
+        claim_store(folder.intermediate_certificate(), results_store)  # refuses another CA's
+        try:
+            entry = RevocationStore(results_store).revoke(
+                serial, reason, requester=requester or "operator"
+            )
+        except Rejected as exc:
+            _refused(exc)
+            return
+    fields = entry.to_openssl_line().split("\t")
+    click.echo(f"revoked {fields[3]} at {fields[2].partition(',')[0]} ({entry.revocation_reason})")
 
 
 @click.command()
@@ -107,11 +141,11 @@ def crl(ca: Path | None, store: str | None, out: Path | None, der: bool) -> None
     With `crl_shards = N` in casign.toml every shard is written: `-o crl.pem` writes
     crl-0.pem ... crl-(N-1).pem (stdout: the N PEM CRLs one after the other). The CA folder's
     crl/ gets intermediate.crl.pem/.der, or intermediate-K.crl.pem/.der per shard, either way.
-    Workers also make one every hour on the Celery beat schedule (task casign.crl).
+    Workers run with --beat also make one every hour, on their own schedule.
     """
     from worker.authority import load_authority
     from worker.cafolder import CAFolder
-    from worker.lifecycle_tasks import refresh_crl
+    from worker.crl_schedule import refresh_crl
 
     folder = ca_dir(ca)
     endpoints = resolve_endpoints("unused://", store, folder)

@@ -16,7 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from casign.cli_base import broker_option, ca_option, fail, open_store, split_sans, store_option
-from casign.collecting import CertificateFolder, Collected, gather, poll_store
+from casign.collecting import (
+    CertificateFolder,
+    Collected,
+    checked_results,
+    gather,
+    manifest_requests,
+    poll_store,
+)
 from casign.config import Endpoints, known_ca_folder, producer_identity, resolve_endpoints
 from casign.csr_files import (
     check_profile_and_days,
@@ -32,7 +39,9 @@ from core.errors import RefusalCode as Code
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.keys import KeyType, write_private_key
 from core.messages import JobResult
+from core.secret_source import read_secret_file
 from producers import Producer
+from producers.trust import ResultCheck, TrustAnchor
 from store.results import ResultsStore
 
 DEFAULT_TIMEOUT = 600.0
@@ -56,6 +65,26 @@ def _require_embedded_redis(endpoints: Endpoints) -> None:
         )
 
 
+def trust_anchor_option(function: Any) -> Any:
+    return click.option(
+        "--trust-anchor",
+        "trust_anchor",
+        default=None,
+        metavar="FILE",
+        help="The root certificate (PEM file, or its SHA-256) every certificate must chain to "
+        "before it is written (default: the CA folder's, when it is on this machine).",
+    )(function)
+
+
+def resolve_trust_anchor(flag: str | None, ca_folder: Path | None) -> TrustAnchor | None:
+    """--trust-anchor, else the root certificate of a CA folder on this machine, else None."""
+    if flag is not None:
+        return TrustAnchor.parse(flag)
+    if ca_folder is not None and (ca_folder / "certs" / "ca.cert.pem").is_file():
+        return TrustAnchor.parse(ca_folder / "certs" / "ca.cert.pem")
+    return None
+
+
 @contextlib.contextmanager
 def open_producer(
     ca: Path | None,
@@ -63,6 +92,7 @@ def open_producer(
     store: str | None,
     requester: str | None = None,
     endpoints: Endpoints | None = None,
+    trust_anchor: TrustAnchor | None = None,
 ) -> Iterator[Producer]:
     """A producer on the given endpoints; on the CA folder's embedded Redis if none are given."""
     endpoints = endpoints or resolve_endpoints(broker, store, ca)
@@ -76,6 +106,7 @@ def open_producer(
         queue=endpoints.queue,
         identity=identity,
         secret_source=secret_source,
+        trust_anchor=trust_anchor,
     ) as producer:
         yield producer
 
@@ -157,6 +188,7 @@ def _report(collected: Collected, names: dict[str, str], out: Path, how_to_finis
     help="Job ids PREFIX followed by each certificate name (default: new ids, kept in the job list).",
 )
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True)
+@trust_anchor_option
 @click.option(
     "--out",
     "out",
@@ -177,6 +209,7 @@ def submit(
     job_id: str | None,
     job_id_prefix: str | None,
     timeout: float,
+    trust_anchor: str | None,
     out: Path,
     csrs: tuple[Path, ...],
 ) -> None:
@@ -190,6 +223,7 @@ def submit(
         fail("--job-id names the job of one CSR; give one CSR, or --job-id-prefix", 2)
     endpoints = resolve_endpoints(broker, store, ca)
     ca_folder = known_ca_folder(ca, endpoints)
+    anchor = resolve_trust_anchor(trust_anchor, ca_folder)
     check_profile_and_days(local_profiles(ca_folder), profile, days)
     files, problems = read_csr_files(csrs)
     if problems:
@@ -199,7 +233,7 @@ def submit(
     folder = CertificateFolder(out)
     folder.prepare()
     manifest = JobManifest.for_folder(out)
-    with open_producer(ca, broker, store, endpoints=endpoints) as producer:
+    with open_producer(ca, broker, store, endpoints=endpoints, trust_anchor=anchor) as producer:
         plan = plan_jobs(
             producer, files, manifest, profile, days, split_sans(san), job_id, job_id_prefix
         )
@@ -231,6 +265,7 @@ def submit(
             folder,
             producer.store,
             _silence_explainer(endpoints, producer.store, ca_folder),
+            producer.chain_pem,
         )
     _report(
         collected,
@@ -296,6 +331,7 @@ def make_key_and_csr(
 )
 @click.option("--job-id", default=None, help="The job's id (idempotency key; default: a new one).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True)
+@trust_anchor_option
 @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True)
 def request(
     ca: Path | None,
@@ -309,6 +345,7 @@ def request(
     passphrase_file: Path | None,
     job_id: str | None,
     timeout: float,
+    trust_anchor: str | None,
     out: Path,
 ) -> None:
     """Make a key and CSR here, have the CSR signed, write key, certificate and chain.
@@ -321,20 +358,19 @@ def request(
     name = common_name.replace("/", "_").replace("*", "wildcard")
     endpoints = resolve_endpoints(broker, store, ca)
     ca_folder = known_ca_folder(ca, endpoints)
+    anchor = resolve_trust_anchor(trust_anchor, ca_folder)
     profiles = local_profiles(ca_folder)
     check_profile_and_days(profiles, profile, days)
     sans = split_sans(san) or san_from_common_name(common_name, profile, profiles)
     general_names = [parse_san_text(text) for text in sans]
-    passphrase = (
-        passphrase_file.read_text(encoding="utf-8").rstrip("\r\n") if passphrase_file else None
-    )
+    passphrase = read_secret_file(passphrase_file, "passphrase") if passphrase_file else None
     folder = CertificateFolder(out)
     folder.prepare()
     manifest = JobManifest.for_folder(out)
     key_path, csr_path = out / f"{name}.key.pem", out / f"{name}.csr.pem"
     collect_line = _collect_command(manifest.path, out, ca, store)
     _refuse_to_replace(key_path, folder, name, manifest, collect_line)
-    with open_producer(ca, broker, store, endpoints=endpoints) as producer:
+    with open_producer(ca, broker, store, endpoints=endpoints, trust_anchor=anchor) as producer:
         producer.store.ping()  # a missing store is found before a key exists
         key, csr = make_key_and_csr(common_name, KeyType(key_type), general_names)
         csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
@@ -366,6 +402,7 @@ def request(
             folder,
             producer.store,
             _silence_explainer(endpoints, producer.store, ca_folder),
+            producer.chain_pem,
         )
     if collected.written:
         click.echo(f"key:         {key_path}" + (" (AES-256 encrypted)" if passphrase else ""))
@@ -429,6 +466,7 @@ def _discard(key_path: Path, csr_path: Path, manifest: JobManifest, name: str) -
 @store_option
 @broker_option
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True)
+@trust_anchor_option
 @click.option(
     "--out",
     "out",
@@ -442,6 +480,7 @@ def collect(
     store: str | None,
     broker: str | None,
     timeout: float,
+    trust_anchor: str | None,
     out: Path | None,
     manifest_path: Path,
 ) -> None:
@@ -453,19 +492,23 @@ def collect(
     out = out or manifest.folder
     endpoints = resolve_endpoints(broker, store, ca, need_broker=False)
     ca_folder = known_ca_folder(ca, endpoints)
+    anchor = resolve_trust_anchor(trust_anchor, ca_folder)
     _require_embedded_redis(endpoints)
     folder = CertificateFolder(out)
     folder.prepare()
     names = {job.job_id: job.name for job in manifest.jobs.values()}
     fingerprints = {job.job_id: job.fingerprint for job in manifest.jobs.values()}
+    requests = manifest_requests(manifest.jobs.values())
     results_store = ResultsStore.from_url(endpoints.store_url, endpoints.store_prefix)
+    check = ResultCheck(anchor, results_store.chain)
     try:
         collected = gather(
-            poll_store(results_store, fingerprints, timeout),
+            checked_results(poll_store(results_store, fingerprints, timeout), requests, check),
             names,
             folder,
             results_store,
             _silence_explainer(endpoints, results_store, ca_folder),
+            check.chain_pem,
         )
     finally:
         results_store.close()

@@ -12,8 +12,11 @@ from types import TracebackType
 from typing import Literal
 
 from casign.cli_base import progress_bar, write_certificate
-from core.errors import ConfigurationError, SigningError
-from core.messages import JobResult
+from casign.csr_files import read_csr_file
+from casign.manifest import ManifestJob
+from core.errors import ConfigurationError, Rejected, SigningError
+from core.messages import JobResult, SignRequest
+from producers.trust import ResultCheck, untrusted
 from store.results import ResultsStore
 
 # `submit` says why nothing happens after this long; a person waits about this long, too.
@@ -58,6 +61,7 @@ class CertificateFolder:
         return True
 
     def write_chain(self, pem: str | None) -> bool:
+        """Write ca-chain.cert.pem (the chain the certificates were checked by); False if none."""
         if not pem:
             return False
         write_certificate(self.out / "ca-chain.cert.pem", pem)
@@ -135,6 +139,8 @@ def poll_store(
     deadline = time.monotonic() + timeout
     while waiting:
         for job_id, result in store.job_results(sorted(waiting), waiting).items():
+            if result.fingerprint != waiting[job_id]:
+                continue  # not the answer to this request
             del waiting[job_id]
             yield result
         if not waiting:
@@ -144,17 +150,55 @@ def poll_store(
         time.sleep(POLL_SECONDS)
 
 
+def manifest_requests(jobs: Iterable[ManifestJob]) -> dict[str, SignRequest | None]:
+    """Each listed job's request, rebuilt from its CSR file to check its answer against; None
+    for a job whose CSR file is gone or no longer the one its job was sent with."""
+    requests: dict[str, SignRequest | None] = {}
+    for job in jobs:
+        try:
+            pem = read_csr_file(Path(job.csr)).pem
+            request = SignRequest(
+                job_id=job.job_id,
+                csr_pem=pem,
+                profile=job.profile,
+                days=job.days,
+                san=list(job.san),
+            )
+        except (ConfigurationError, Rejected, ValueError):
+            requests[job.job_id] = None
+            continue
+        requests[job.job_id] = request if request.fingerprint() == job.fingerprint else None
+    return requests
+
+
+def checked_results(
+    results: Iterable[JobResult], requests: Mapping[str, SignRequest | None], check: ResultCheck
+) -> Iterator[JobResult]:
+    """Each result checked against its request (`producers.trust`); an issued one whose request
+    is not at hand cannot be checked, and is reported untrusted."""
+    for result in results:
+        request = requests.get(result.job_id)
+        if request is not None:
+            yield check.check(result, request)
+        elif result.ok:
+            yield untrusted(result, "its CSR file is gone or changed, so its key cannot be checked")
+        else:
+            yield result
+
+
 def gather(
     results: Iterable[JobResult],
     names: Mapping[str, str],
     folder: CertificateFolder,
     store: ResultsStore,
     explain_silence: Callable[[float], str],
+    chain_pem: Callable[[], str | None],
 ) -> Collected:
-    """Write each issued certificate as it comes; stop cleanly on Ctrl-C or the timeout."""
+    """Write each issued certificate as it comes, and the chain `chain_pem` gives (with a trust
+    anchor: the one the certificates were checked by); stop cleanly on Ctrl-C or the timeout."""
     collected = Collected()
     waiting = set(names)
-    chain_written = folder.write_chain(store.chain())
+    chain_written = folder.write_chain(chain_pem())
     with progress_bar() as progress:
         task = progress.add_task("signing", total=len(names))
 
@@ -183,6 +227,6 @@ def gather(
             except TimeoutError:
                 collected.stopped = "timeout"
     if not chain_written and collected.written:
-        folder.write_chain(store.chain())
+        folder.write_chain(chain_pem())
     collected.waiting = sorted(waiting)
     return collected

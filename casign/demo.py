@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from rich.progress import Progress
 
 from casign.cli_base import fail, write_certificate
 from casign.supervise import stop_process_group
+from core.files import KEY_MODE, PUBLIC_MODE, write_file_atomically
 from core.keys import KeyType, write_private_key
 from core.messages import SignRequest
 from producers import Producer
@@ -24,6 +28,30 @@ from store.embedded import EmbeddedRedis
 from store.results import ResultsStore
 
 WORKER_START_TIMEOUT = 60.0
+DEMO_PRODUCER = "demo"
+
+
+def _demo_producer(directory: Path, producers_path: Path) -> str:
+    """The demo's producer identity (a producers.toml entry and its secret, 0400), made when
+    the CA lists no producers yet; returns where its secret is (`file:PATH`)."""
+    secret_path = directory / f"{DEMO_PRODUCER}-producer.secret"
+    source = f"file:{secret_path}"
+    if not producers_path.exists():
+        write_file_atomically(secret_path, secrets.token_hex(32) + "\n", KEY_MODE)
+        entry = f"[producers.{DEMO_PRODUCER}]\nsecret = {json.dumps(source)}\n"
+        write_file_atomically(producers_path, entry, PUBLIC_MODE)
+    return source
+
+
+def _keep_root_offline(directory: Path, root_key_path: Path) -> Path | None:
+    """Move the root key out of the CA folder, as it would go to offline media; where it went."""
+    if not root_key_path.exists():
+        return None
+    offline = directory / "offline-root"
+    offline.mkdir(mode=0o700, exist_ok=True)
+    destination = offline / root_key_path.name
+    os.replace(root_key_path, destination)
+    return destination
 
 
 def _demo_request(index: int, out: Path) -> tuple[str, SignRequest]:
@@ -67,7 +95,8 @@ def _start_worker(ca_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
         "--loglevel",
         "WARNING",
     ]
-    with log_path.open("ab") as log:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(log_path, flags, 0o644), "ab") as log:
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -144,7 +173,11 @@ def _collect(producer: Producer, names: dict[str, str], out: Path) -> tuple[list
     show_default=True,
 )
 def demo(count: int, directory: Path) -> None:
-    """Make a demo CA, start Redis and a worker, sign COUNT CSRs, verify them, stop."""
+    """Make a demo CA, start Redis and a worker, sign COUNT CSRs, verify them, stop.
+
+    The worker serves one listed producer (the demo's, made here), the root key is moved out
+    of the CA folder first, and every certificate is checked against the root certificate.
+    """
     from worker.cafolder import CAFolder, CAOptions, init_ca
 
     directory = directory.absolute()
@@ -161,12 +194,23 @@ def demo(count: int, directory: Path) -> None:
                 key_type=KeyType.RSA2048,
             ),
         )
+    offline = _keep_root_offline(directory, folder.root_key_path)
+    if offline is not None:
+        click.echo(f"moved the root key to {offline} (for a real CA: offline media)")
+    secret_source = _demo_producer(directory, folder.producers_path)
     embedded = EmbeddedRedis(ca_dir)
     with embedded.running():
         log_path = directory / "worker.log"
         worker = _start_worker(ca_dir, log_path)
         try:
-            with Producer(embedded.broker_url, embedded.url, batch_size=100) as producer:
+            with Producer(
+                embedded.broker_url,
+                embedded.url,
+                batch_size=100,
+                identity=DEMO_PRODUCER,
+                secret_source=secret_source,
+                trust_anchor=folder.root_cert_path,
+            ) as producer:
                 _wait_for_worker(producer.store, worker, log_path)
                 names, requests = _make_requests(count, out)
                 start = time.perf_counter()
@@ -174,7 +218,9 @@ def demo(count: int, directory: Path) -> None:
                 written, refused = _collect(producer, names, out)
                 elapsed = time.perf_counter() - start
                 chain_path = out / "ca-chain.cert.pem"
-                write_certificate(chain_path, folder.chain_pem())
+                producer_chain = producer.chain_pem()  # the chain the certificates were checked by
+                if producer_chain is not None:
+                    write_certificate(chain_path, producer_chain)
                 recorded = producer.store.count_issued()
         finally:
             stop_process_group(worker, timeout=20)

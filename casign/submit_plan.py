@@ -73,8 +73,7 @@ def plan_jobs(
             request = request.model_copy(update={"job_id": earlier.job_id})
             reused.add(request.job_id)
         jobs.append((file, request))
-    fingerprints = {request.job_id: request.fingerprint() for _, request in jobs}
-    answered = producer.store.job_results(fingerprints, fingerprints)
+    answered = producer.answers_in_store(request for _, request in jobs)
     for index, (file, request) in enumerate(jobs):
         answer = answered.get(request.job_id)
         if request.job_id in reused and answer is not None and not answer.ok:

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -51,15 +51,21 @@ class RestartPolicy:
 
 
 class Supervisor:
-    """Runs `command` again after every exit until it refuses to start or a stop signal arrives."""
+    """Runs `command` again after every exit until it refuses to start or a stop signal arrives.
+
+    `env` is the child's whole environment (default: this process's): the place for anything
+    secret, such as a URL with a password, which a command line would show to every user.
+    """
 
     def __init__(
         self,
         command: Sequence[str],
         policy: RestartPolicy | None = None,
         stop_grace: float = STOP_GRACE_SECONDS,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = list(command)
+        self.env = dict(env) if env is not None else None
         self.policy = policy or RestartPolicy()
         self.stop_grace = stop_grace
         self.restarts = 0
@@ -79,7 +85,7 @@ class Supervisor:
         failures = 0
         while True:
             started = time.monotonic()
-            self._child = subprocess.Popen(self.command)
+            self._child = subprocess.Popen(self.command, env=self.env)
             code = self._wait(self._child)
             if self._stop_signal is not None:
                 if code in (0, -signal.SIGTERM, -signal.SIGINT):

@@ -65,6 +65,10 @@ class RefusalCode(StrEnum):
     REVOKE_ALREADY_REVOKED = "revoke.already_revoked"
     REVOKE_BAD_REASON = "revoke.bad_reason"
     REVOKE_MALFORMED = "revoke.malformed"
+    REVOKE_NOT_ALLOWED = "revoke.not_allowed"
+    # A producer's own verdict on an answer: the certificate does not check out against the
+    # request's key, the profile's usage or the producer's trust anchor.
+    RESULT_UNTRUSTED = "result.untrusted"
     # The EST front-end's own refusals (RFC 7030); the CSR's go through the codes above.
     EST_CONTENT_TYPE = "est.content_type"
     EST_NOT_BASE64 = "est.not_base64"

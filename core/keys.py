@@ -40,10 +40,15 @@ class KeyType(StrEnum):
 
 
 def write_private_key(path: Path, key: SoftwareKey, passphrase: str | None) -> None:
-    """Write `key` as PKCS#8 PEM, AES-256 encrypted when a passphrase is given, mode 0400."""
+    """Write `key` as PKCS#8 PEM, AES-256 encrypted when a passphrase is given, mode 0400.
+
+    An empty passphrase is refused (ValueError): it would write the key unencrypted.
+    """
+    if passphrase == "":
+        raise ValueError("an empty passphrase would leave the key unencrypted")
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase.encode())
-        if passphrase
+        if passphrase is not None
         else serialization.NoEncryption()
     )
     pem = key.private_bytes(

@@ -233,6 +233,7 @@ class Batcher:
         ]
         if fresh:
             producer.submit_many(fresh, batch_size=len(fresh))
+        producer.expect(requests[job_id] for job_id in waiting)  # sent by another lane, say
         deadline = min(item.deadline for items in waiting.values() for item in items)
         timeout = max(_SHORTEST_WAIT, deadline - time.monotonic())
         try:

@@ -18,6 +18,7 @@ from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
+from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.acl import reply_list_name
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
@@ -50,8 +51,15 @@ class Producer:
         resend_after: float = DEFAULT_RESEND_SECONDS,
         ca_identity: str | None = None,
         envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
+        trust_anchor: AnchorSpec | TrustAnchor | None = None,
     ) -> None:
         """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
+
+        `trust_anchor` is the root certificate this producer trusts (PEM, the path of a PEM
+        file, or its SHA-256 fingerprint): a certificate is reported issued only once it chains
+        to it for its profile's usage, and `chain_pem` is the chain that showed it. Without
+        one, certificates are still checked against their CSR's key and their serial, and a warning
+        is logged once, when the first certificate or chain is taken without it.
 
         A sealed message names the CA it is for (`ca_identity`, `casign ca-id` prints it;
         by default the identity the CA's signer recorded in the store) and expires after
@@ -72,10 +80,15 @@ class Producer:
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self._ledger = EnvelopeLedger(self.store)
+        if trust_anchor is not None and not isinstance(trust_anchor, TrustAnchor):
+            trust_anchor = TrustAnchor.parse(trust_anchor)
+        self._check = ResultCheck(trust_anchor, self.store.chain)
         # Named after the identity, so that its Redis user may pop this list and no other's.
         self.reply_to = reply_list_name(identity)
-        self._fingerprints: dict[str, str] = {}  # jobs sent by this producer, still unanswered
-        self._unanswered: dict[str, SignRequest] = {}
+        # Every request whose answer this producer waits for (sent, or handed to `expect`):
+        # an answer is taken only with its request's fingerprint, and checked against it.
+        self._requests: dict[str, SignRequest] = {}
+        self._unanswered: dict[str, SignRequest] = {}  # of those, the ones sent from here
         # When this producer last heard an answer, or began waiting for one; kept across
         # `results` calls, so a caller that polls in short rounds still gets lost jobs resent.
         self._last_reply = time.monotonic()
@@ -151,7 +164,7 @@ class Producer:
         if not self._unanswered:
             self._last_reply = time.monotonic()  # the silence starts with the first job out
         for request in requests:
-            self._fingerprints[request.job_id] = request.fingerprint()
+            self._requests[request.job_id] = request
             self._unanswered[request.job_id] = request
         jobs = [request.model_dump(exclude_none=True) for request in requests]
         envelope = None
@@ -190,16 +203,39 @@ class Producer:
             )
         return self._ca_identity
 
+    def expect(self, requests: Iterable[SignRequest]) -> None:
+        """Wait for these requests too (sent before, by this or another producer): `results`
+        then takes their answers, checked against them, without sending them again."""
+        for request in requests:
+            self._requests[request.job_id] = request
+
+    def answers_in_store(self, requests: Iterable[SignRequest]) -> dict[str, JobResult]:
+        """The finished answers the store holds for `requests`, each checked (by job id)."""
+        requests = list(requests)
+        self.expect(requests)
+        waiting = {request.job_id for request in requests}
+        return {result.job_id: result for result in self._collect_finished(waiting, waiting)}
+
     def results(self, job_ids: Iterable[str], timeout: float) -> Iterator[JobResult]:
         """Yield each job's result as it arrives; TimeoutError names how many are still out.
 
-        Jobs this producer sent are answered on its reply list; the store is asked directly for
-        the others, and for everyone after a quiet spell (answers pushed elsewhere, say after
-        this producer restarted), less often the longer it stays quiet.
+        Only jobs this producer sent, or was given with `expect`, can be waited for: an answer
+        counts only with its request's fingerprint, and an issued one only once its certificate
+        is checked (else it is reported failed, `result.untrusted`). Jobs sent from here are
+        answered on this producer's reply list; the store is asked directly for the others, and
+        for everyone after a quiet spell (answers pushed elsewhere, say after this producer
+        restarted), less often the longer it stays quiet.
         """
         waiting = set(job_ids)
+        unknown = waiting - self._requests.keys()
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} job(s) were neither sent by this producer nor given to "
+                f"expect() (first: {sorted(unknown)[0]}); an answer cannot be checked without "
+                "its request"
+            )
         deadline = time.monotonic() + timeout
-        yield from self._collect_finished(waiting - self._fingerprints.keys(), waiting)
+        yield from self._collect_finished(waiting - self._unanswered.keys(), waiting)
         quiet, recheck_after = 0.0, _RECHECK_SECONDS
         while waiting:
             remaining = deadline - time.monotonic()
@@ -222,14 +258,20 @@ class Producer:
                 continue
             quiet, self._last_reply = 0.0, time.monotonic()
             for reply in replies:
-                expected = self._fingerprints.get(reply.job_id)
-                if expected and reply.fingerprint != expected:
-                    continue  # not an answer to the request this producer sent
-                if reply.job_id in waiting:
+                if reply.job_id in waiting and self._answers_request(reply):
                     waiting.discard(reply.job_id)
-                    self._fingerprints.pop(reply.job_id, None)
-                    self._unanswered.pop(reply.job_id, None)
-                    yield reply
+                    yield self._checked(reply)
+
+    def _answers_request(self, result: JobResult) -> bool:
+        """True when `result` carries the fingerprint of the request this producer waits on."""
+        request = self._requests.get(result.job_id)
+        return request is not None and result.fingerprint == request.fingerprint()
+
+    def _checked(self, result: JobResult) -> JobResult:
+        """`result` checked against its request (which is then forgotten)."""
+        request = self._requests.pop(result.job_id)
+        self._unanswered.pop(result.job_id, None)
+        return self._check.check(result, request)
 
     def _collect_refused_unheard(self, waiting: set[str]) -> Iterator[JobResult]:
         """Refuse our waiting jobs when the signer left a note that it could not authenticate us.
@@ -243,7 +285,7 @@ class Producer:
         code, message = note
         for job_id in sorted(job_id for job_id in waiting if job_id in self._unanswered):
             waiting.discard(job_id)
-            self._fingerprints.pop(job_id, None)
+            self._requests.pop(job_id, None)
             self._unanswered.pop(job_id, None)
             yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
@@ -265,11 +307,11 @@ class Producer:
         """Yield the results the store already has for `asked`, striking them from `waiting`."""
         if not asked:
             return
-        for job_id, result in self.store.job_results(sorted(asked), self._fingerprints).items():
-            waiting.discard(job_id)
-            self._fingerprints.pop(job_id, None)
-            self._unanswered.pop(job_id, None)
-            yield result
+        fingerprints = {job_id: self._requests[job_id].fingerprint() for job_id in asked}
+        for job_id, result in self.store.job_results(sorted(asked), fingerprints).items():
+            if job_id in waiting and self._answers_request(result):
+                waiting.discard(job_id)
+                yield self._checked(result)
 
     def revoke(
         self, serial: str, reason: str = "unspecified", timeout: float = DEFAULT_TIMEOUT
@@ -309,10 +351,16 @@ class Producer:
                         str(silence).replace(f"after {spell:g} s", f"after {timeout:g} s")
                     ) from None
 
-    def status(self, job_id: str) -> JobResult | None:
-        """The job's result if it has one, else None (queued, or reserved and signing)."""
-        return self.store.job_results([job_id]).get(job_id)
+    def status(self, request: SignRequest) -> JobResult | None:
+        """The request's checked result if the store has one, else None (queued, or signing)."""
+        fingerprint = request.fingerprint()
+        result = self.store.job_results([request.job_id], {request.job_id: fingerprint})
+        found = result.get(request.job_id)
+        if found is None or found.fingerprint != fingerprint:
+            return None
+        return self._check.check(found, request)
 
     def chain_pem(self) -> str | None:
-        """The CA chain (`ca-chain.cert.pem`) that goes with every certificate."""
-        return self.store.chain()
+        """The CA chain (`ca-chain.cert.pem`) that goes with every certificate: with a trust
+        anchor, the chain that last took a certificate to it (None before one did)."""
+        return self._check.chain_pem()

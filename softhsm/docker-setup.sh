@@ -30,10 +30,13 @@ fi
 export SOFTHSM2_CONF=$hsm/softhsm2.conf
 
 if [[ ! -e $ca/intermediate/certs/intermediate.cert.pem ]]; then
-    (umask 0377 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$state/root-passphrase")
+    # The root key is encrypted under a random passphrase that exists only in a pipe while
+    # `casign init` reads it, and removed once the intermediate is signed: the signer's volume
+    # never holds it. A root you can use again is made offline (README, "Keep the root offline").
     casign init "$ca" --key-type rsa4096 \
-        --passphrase-file "$state/root-passphrase" \
+        --root-passphrase-file <(od -An -tx1 -N32 /dev/urandom | tr -d ' \n') \
         --intermediate-key-uri "pkcs11:token=casign;object=intermediate?pin-source=file:$hsm/user-pin"
+    rm -f "$ca/private/ca.key.pem"
 fi
 
 # The exports of what casign printed: URLs whose password is `$(cat FILE)`, never the password.

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.errors import ConfigurationError
+from core.files import PUBLIC_MODE, write_file_atomically
 
 # sockaddr_un.sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 _MAX_SOCKET_PATH_BYTES = 103 if sys.platform == "darwin" else 107
@@ -229,7 +230,7 @@ class EmbeddedRedis:
         with contextlib.suppress(FileExistsError):
             # Empty: no user but the default one until `casign producer add` writes some.
             os.close(os.open(self._acl_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._config_path.write_text(self._render_config(), encoding="ascii")
+        write_file_atomically(self._config_path, self._render_config(), PUBLIC_MODE)
         binary = redis_server_binary()
         try:
             result = subprocess.run(

@@ -55,6 +55,7 @@ class Issued:
     certificate_pem: str
     index_line: str
     audit_line: str
+    owner: str | None = None  # who obtained it: a producer may revoke what it obtained
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class JobRecords:
                 item.index_line,
                 item.fingerprint,
                 item.audit_line,
+                item.owner or "",
             )
         for refusal in refusals:
             args += (refusal.job_id, refusal.fingerprint, refusal.code, refusal.message)
@@ -225,7 +227,8 @@ class JobRecords:
     def job_results(
         self, job_ids: Iterable[str], fingerprints: Mapping[str, str] | None = None
     ) -> dict[str, JobResult]:
-        """The finished results (issued or refused) among `job_ids`.
+        """The finished results (issued or refused) among `job_ids`, each carrying the stored
+        fingerprint of the request it answers.
 
         With `fingerprints`, a job whose stored request differs (a reused job id) is left out:
         its answer is the refusal the worker sends, not the earlier request's certificate.
@@ -236,26 +239,33 @@ class JobRecords:
             pipe.hmget(self._keys.job(job_id), "state", "serial", "code", "message", "fingerprint")
         rows = pipe.execute()
         finished: dict[str, JobResult] = {}
-        issued_serials: dict[str, str] = {}
+        issued_serials: dict[str, tuple[str, str | None]] = {}
         for job_id, (state, serial, code, message, fingerprint) in zip(ids, rows, strict=True):
             expected = fingerprints.get(job_id) if fingerprints else None
             if expected is not None and fingerprint != expected:
                 continue
             if state == "issued":
-                issued_serials[job_id] = serial
+                issued_serials[job_id] = (serial, optional_text(fingerprint))
             elif state == "refused":
                 finished[job_id] = JobResult(
-                    job_id=job_id, status="refused", code=code, message=message
+                    job_id=job_id,
+                    status="refused",
+                    code=code,
+                    message=message,
+                    fingerprint=optional_text(fingerprint),
                 )
         if issued_serials:
-            pems = self._client.hmget(self._keys.certs, list(issued_serials.values()))
-            for (job_id, serial), pem in zip(issued_serials.items(), pems, strict=True):
+            serials = [serial for serial, _ in issued_serials.values()]
+            pems = self._client.hmget(self._keys.certs, serials)
+            for (job_id, (serial, fingerprint)), pem in zip(
+                issued_serials.items(), pems, strict=True
+            ):
                 finished[job_id] = JobResult(
                     job_id=job_id,
                     status="issued",
                     serial=serial,
                     certificate_pem=optional_text(pem),
-                    fingerprint=(fingerprints or {}).get(job_id),
+                    fingerprint=fingerprint,
                 )
         return finished
 
@@ -293,6 +303,14 @@ class JobRecords:
     def serial_owner(self, serial: str) -> str | None:
         """The job id `serial` (hex as stored) was drawn for, `adopted`, or None if unused."""
         return optional_text(self._client.hget(self._keys.serials, serial))
+
+    @translated
+    def owner_of(self, serial: str) -> str | None:
+        """Who obtained the certificate `serial` (hex as stored), if its job recorded one."""
+        job_id = self._client.hget(self._keys.serials, serial)
+        if job_id is None:
+            return None
+        return optional_text(self._client.hget(self._keys.job(text(job_id)), "owner")) or None
 
     @translated
     def count_serials(self) -> int:

@@ -8,7 +8,8 @@ they append each job id, so a batch's ids travel once. This list is the whole sc
 Jobs and records (`store.jobs`):
   P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
                       (sealed by a signer, `worker/issuance/record.py`; until published, failed
-                      or refused), code, message (of a refusal or failure)
+                      or refused), code, message (of a refusal or failure), owner (of an issued
+                      job: the requester it was issued to, who may revoke it)
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
@@ -32,7 +33,8 @@ The CA (`store.ca_chain`):
   P:chain             string: the CA chain PEM handed out with every certificate
 Rate limits and locks (`store.rate_limits`, `store.locks`):
   P:rate:{producer}   hash: tokens, at of a producer's token bucket; expires when full again
-  P:lock:{name}       string: the holder's token of a lock (`recovery`); expires
+  P:lock:{name}       string: the holder's token of a lock (`recovery`; `crl-schedule`, held
+                      for the CRL interval by the worker process that made its scheduled CRL)
 Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
   P:envelope:{producer}:{nonce}  string: a sealed message done (the replay cache); expires
   P:authfail:{reply}  string: JSON code and message of the last unauthenticated message naming

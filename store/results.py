@@ -175,6 +175,10 @@ class ResultsStore:
         """The job id `serial` was issued for (`adopted` before casign), None if never drawn."""
         return self.jobs.serial_owner(serial.upper())
 
+    def owner_of(self, serial: str) -> str | None:
+        """Who obtained the certificate `serial` (the requester it was issued to), if recorded."""
+        return self.jobs.owner_of(serial.upper())
+
     def set_chain(self, chain_pem: str) -> None:
         self.ca_chain.set(chain_pem)
 

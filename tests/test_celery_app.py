@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from celery.exceptions import Reject
 
+import worker.crl_schedule as crl_schedule
 import worker.process as process_module
 from core.errors import Retryable
 from core.index import Status
@@ -26,21 +27,31 @@ from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from tests.faults import OwnedRedis
 from tests.workers import start_worker
-from worker.app import CA_DIR_SETTING, STORE_PREFIX_SETTING, STORE_URL_SETTING, WorkerConfig, app
+from worker.app import (
+    CA_DIR_SETTING,
+    CRL_SCHEDULE_SETTING,
+    OPEN_MODE_SETTING,
+    STORE_PREFIX_SETTING,
+    STORE_URL_SETTING,
+    WorkerConfig,
+    app,
+)
 from worker.cafolder import CAFolder
-from worker.lifecycle_tasks import crl, revoke
+from worker.crl_schedule import CRLSchedule
+from worker.lifecycle_tasks import revoke
 from worker.process import SignerProcess, SignerSettings, StopNotice, start_signer_process
 from worker.signing_task import sign_batch
 
 
 def test_the_tasks_are_module_level_under_their_wire_names() -> None:
     modules = {SIGN_BATCH_TASK: "worker.signing_task", REVOKE_TASK: "worker.lifecycle_tasks"}
-    modules[CRL_TASK] = "worker.lifecycle_tasks"
-    for task in (sign_batch, revoke, crl):
+    for task in (sign_batch, revoke):
         registered = app.tasks[task.name]
         assert registered.run.__module__ == modules[task.name]
         assert registered.acks_late
     assert set(app.conf.include) == set(modules.values())
+    # A CRL is never made on a queue message: no task answers to casign.crl.
+    assert CRL_TASK not in app.tasks
 
 
 def test_the_config_comes_from_the_casign_variables(tmp_path: Path) -> None:
@@ -67,7 +78,8 @@ def test_the_config_comes_from_the_casign_variables(tmp_path: Path) -> None:
         "redis://store.example:6379/1",
     )
     assert settings[STORE_PREFIX_SETTING] == "ca-one"
-    assert settings["beat_schedule"]["casign-crl-hourly"]["task"] == CRL_TASK
+    assert settings[OPEN_MODE_SETTING] is False and settings[CRL_SCHEDULE_SETTING] is False
+    assert "beat_schedule" not in settings
 
 
 def test_without_urls_the_config_is_the_ca_folders_embedded_redis(tmp_path: Path) -> None:
@@ -143,7 +155,8 @@ def in_process(
     folder = make_alice_ca(tmp_path / "ca")
     monkeypatch.setattr(process_module, "_by_pid", {})
     yield start_signer_process(
-        SignerSettings(folder.root, redis_url, store.prefix.rstrip(":")), StopNotice()
+        SignerSettings(folder.root, redis_url, store.prefix.rstrip(":"), open_mode=True),
+        StopNotice(),
     )
 
 
@@ -155,12 +168,35 @@ def test_the_tasks_run_in_process(in_process: SignerProcess, store: ResultsStore
     assert revoke(request) == "revoked"
     entry = store.index_entry(serial)
     assert entry is not None and entry.status is Status.REVOKED
-    number = crl()
+    published = CRLSchedule(in_process).make_if_due()
+    assert published is not None
+    number = published.number
+    assert CRLSchedule(in_process).make_if_due() is None  # one scheduled CRL per interval
     latest = RevocationStore(store).latest_crl()
     assert latest is not None and [e.serial_number for e in latest] == [int(serial, 16)]
     assert (in_process.folder.root / "intermediate" / "crlnumber").read_text().strip() == (
         f"{number + 1:02X}"
     )
+
+
+def test_a_scheduled_crl_that_meets_an_outage_gives_its_turn_back(
+    in_process: SignerProcess, store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interval's turn goes back to the store, so the CRL is tried again at the next check
+    (by this process or another), not a whole interval later."""
+    real_refresh = crl_schedule.refresh_crl
+    tries: list[int] = []
+
+    def store_down(*args: object, **kwargs: object) -> None:
+        tries.append(len(tries))
+        raise Retryable("results store unavailable: ConnectionError (test)")
+
+    monkeypatch.setattr(crl_schedule, "refresh_crl", store_down)
+    schedule = CRLSchedule(in_process)
+    assert schedule.make_if_due() is None and tries == [0]
+    monkeypatch.setattr(crl_schedule, "refresh_crl", real_refresh)
+    published = schedule.make_if_due()
+    assert published is not None and RevocationStore(store).latest_crl() is not None
 
 
 @pytest.mark.slow
@@ -202,5 +238,6 @@ def test_celery_inspect_reaches_a_running_worker(
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert "pong" in ping.stdout
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    for name in (SIGN_BATCH_TASK, REVOKE_TASK, CRL_TASK):
+    for name in (SIGN_BATCH_TASK, REVOKE_TASK):
         assert name in registered.stdout
+    assert CRL_TASK not in registered.stdout

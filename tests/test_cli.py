@@ -167,6 +167,7 @@ def test_init_warns_that_the_keys_are_not_encrypted(
 def test_init_with_a_passphrase_file_encrypts_both_keys(tmp_path: Path) -> None:
     passphrase = tmp_path / "passphrase.txt"
     passphrase.write_text("correct horse battery staple\n", encoding="utf-8")
+    passphrase.chmod(0o600)  # a passphrase file open to others is refused
     made = casign(
         "init", tmp_path / "ca", "--key-type", "rsa2048", "--passphrase-file", passphrase,
         cwd=tmp_path,

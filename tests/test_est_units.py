@@ -436,7 +436,11 @@ class RecordingProducer:
     def __init__(self, store: FinishedJobs) -> None:
         self.store = store
         self.sent: list[list[str]] = []
+        self.expected: list[str] = []
         self.closed = False
+
+    def expect(self, requests: Iterable[SignRequest]) -> None:
+        self.expected += [request.job_id for request in requests]
 
     def submit_many(
         self, requests: Iterable[SignRequest], batch_size: int | None = None

@@ -661,6 +661,7 @@ def test_a_rate_limited_request_keeps_its_key_and_is_retried_under_its_job_id(
     ca = make_alice_ca(tmp_path / "ca")
     secret = tmp_path / "cli.secret"
     secret.write_text(secrets.token_hex(32))
+    secret.chmod(0o600)  # a secret file open to others is refused
     ca.producers_path.write_text(
         f'[producers.cli]\nsecret = "file:{secret}"\nrate_per_second = 0.5\nburst = 1\n'
     )

@@ -705,7 +705,7 @@ def test_casign_worker_refuses_to_start_with_an_expired_ca(dated_ca: CAFolder) -
     unreachable = "redis://127.0.0.1:1/0"  # refused before any connection is tried
     started = subprocess.run(
         [sys.executable, "-m", "casign", "worker", "--ca", str(dated_ca.root), "--no-restart",
-         "--broker", unreachable, "--store", unreachable],
+         "--broker", unreachable, "--store", unreachable, "--open", "--allow-root-key"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
     )  # fmt: skip
     assert started.returncode == 2, started.stderr

@@ -325,6 +325,7 @@ def test_wrong_pin_names_the_uri_and_never_the_pin(
     wrong_pin = "wrong-" + os.urandom(8).hex()
     wrong_pin_file = tmp_path / "wrong-pin"
     wrong_pin_file.write_text(wrong_pin)
+    wrong_pin_file.chmod(0o600)
     uri = softhsm_token.key_uri("ca").replace(str(softhsm_token.pin_file), str(wrong_pin_file))
 
     with pytest.raises(ConfigurationError) as caught:

@@ -237,6 +237,8 @@ def test_softhsm_worker_keeps_its_pin_and_outlives_a_wrong_one(
         redis_url,
         "--concurrency",
         "1",
+        "--open",
+        "--allow-root-key",
         env=softhsm_token.env | {"CASIGN_QUEUE": queue},
     )
     captured.append(output(refused))
@@ -350,7 +352,10 @@ def test_pin_value_refused_by_the_commands_without_echo(tmp_path: Path, redis_ur
     csr = tmp_path / "www.csr.pem"
     csr.write_text(make_csr("www.example.com"))
     sign = run_casign("sign", "--ca", folder.root, "--store", redis_url, csr, "-o", tmp_path / "c")
-    worker = run_casign("worker", "--ca", folder.root, "--broker", redis_url, "--store", redis_url)
+    worker = run_casign(
+        "worker", "--ca", folder.root, "--broker", redis_url, "--store", redis_url,
+        "--open", "--allow-root-key",
+    )  # fmt: skip
     for done in (sign, worker):
         assert done.returncode == 2, output(done)
         assert "carries pin-value" in done.stderr
@@ -371,8 +376,9 @@ def test_key_file_readable_by_others_stops_worker_and_sign(
     csr = tmp_path / "www.csr.pem"
     csr.write_text(make_csr("www.example.com"))
     worker = run_casign(
-        "worker", "--ca", folder.root, "--broker", redis_url, "--store", redis_url, timeout=60
-    )
+        "worker", "--ca", folder.root, "--broker", redis_url, "--store", redis_url,
+        "--open", "--allow-root-key", timeout=60,
+    )  # fmt: skip
     sign = run_casign("sign", "--ca", folder.root, "--store", redis_url, csr, "-o", tmp_path / "c")
     for done in (worker, sign):
         assert done.returncode == 2, output(done)

@@ -105,7 +105,7 @@ def run_worker(
     env |= {"CASIGN_STORE_PREFIX": "fit-refused", "CASIGN_QUEUE": f"fit-{uuid.uuid4().hex[:8]}"}
     return subprocess.run(
         [sys.executable, "-m", "casign", "worker", "--ca", str(ca_folder.root),
-         "--broker", server.url, "--store", server.url, *flags],
+         "--broker", server.url, "--store", server.url, "--open", "--allow-root-key", *flags],
         env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
         check=False,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,23 +41,34 @@ def launch_worker(
     extra_env: Mapping[str, str] | None = None,
     restart: bool = False,
     pool: str = "prefork",
+    allow_root_key: bool = True,
+    flags: Sequence[str] = (),
 ) -> WorkerProcess:
     """Start `casign worker` on the test's queue and key prefix without waiting for it.
 
     Without `restart` the Celery worker is this process itself (`--no-restart`), so its pool
-    processes are its children; with it, it is the supervisor's child.
+    processes are its children; with it, it is the supervisor's child. The URLs go in the
+    environment (a command line is public); `--open` is given when the CA lists no producers,
+    and `--allow-root-key` unless told otherwise (test CA folders keep their root key).
     """
     env = {
         **os.environ,
+        "CASIGN_BROKER_URL": broker_url,
+        "CASIGN_STORE_URL": store_url,
         "CASIGN_STORE_PREFIX": store.prefix.rstrip(":"),
         "CASIGN_QUEUE": queue,
         **(extra_env or {}),
     }
     command = [
-        sys.executable, "-m", "casign", "worker", "--ca", str(ca_dir), "--broker", broker_url,
-        "--store", store_url, "--concurrency", str(concurrency), "--loglevel", "WARNING",
+        sys.executable, "-m", "casign", "worker", "--ca", str(ca_dir),
+        "--concurrency", str(concurrency), "--loglevel", "WARNING",
         "--pool", pool, "--restart" if restart else "--no-restart",
     ]  # fmt: skip
+    if not (ca_dir / "intermediate" / "producers.toml").exists():
+        command.append("--open")
+    if allow_root_key:
+        command.append("--allow-root-key")
+    command += flags
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -75,10 +86,23 @@ def start_worker(
     concurrency: int = 2,
     extra_env: Mapping[str, str] | None = None,
     restart: bool = False,
+    *,
+    allow_root_key: bool = True,
+    flags: Sequence[str] = (),
 ) -> WorkerProcess:
     """Start a worker and wait until a pool process has opened the key and published the chain."""
     worker = launch_worker(
-        ca_dir, broker_url, store_url, store, queue, log_path, concurrency, extra_env, restart
+        ca_dir,
+        broker_url,
+        store_url,
+        store,
+        queue,
+        log_path,
+        concurrency,
+        extra_env,
+        restart,
+        allow_root_key=allow_root_key,
+        flags=flags,
     )
     return wait_until_started(worker, store)
 

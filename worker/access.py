@@ -11,6 +11,8 @@ batch must be signed by a listed producer; without it the signer runs open (and 
     wildcards = false                        # a wildcard certificate (`*.example.com`) only if true
     rate_per_second = 10                     # token bucket, refilled at this rate
     burst = 200                              # and holding at most this many
+    revoke = "own"                           # its own serials (default), "any" or "none"
+    revoke_reasons = ["keyCompromise", "superseded"]   # default: the five a subscriber may give
 
 How names match is `worker/name_patterns.py`'s docstring. A producer with `names` may put only
 CN (and emailAddress, itself a name) in a subject unless `subject` lists more attributes;
@@ -22,6 +24,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -30,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope, describe_validation_error
+from core.revocation import canonical_reason
 from store.results import ResultsStore
 from worker.name_patterns import check_pattern, name_matches, value_matches
 from worker.profiles import SUBJECT_ATTRIBUTE_OIDS
@@ -39,6 +43,16 @@ __all__ = ["AccessPolicy", "AllowedProducer", "ProducerPolicy", "check_allowed",
 
 # Attributes that are names, checked against `names`, never against `subject`.
 _NAME_ATTRIBUTES = frozenset({NameOID.COMMON_NAME, NameOID.EMAIL_ADDRESS})
+
+# The reasons a subscriber may give for revoking its own certificate (Baseline Requirements
+# 4.9.1.1 and 7.2.2): the CA's own reasons (CACompromise, certificateHold) are not among them.
+SUBSCRIBER_REVOKE_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+)
 
 
 class ProducerPolicy(BaseModel):
@@ -56,6 +70,18 @@ class ProducerPolicy(BaseModel):
     burst: int | None = Field(default=None, gt=0)
     # The longest a message of this producer may be sealed for (issued-at to expires-at).
     envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
+    # Which serials it may revoke: the ones issued to it ("own"), any but the OCSP delegate's
+    # ("any"), or none; and with which reasons.
+    revoke: Literal["own", "any", "none"] = "own"
+    revoke_reasons: list[str] = Field(default_factory=lambda: list(SUBSCRIBER_REVOKE_REASONS))
+
+    @field_validator("revoke_reasons")
+    @classmethod
+    def _known_reasons(cls, reasons: list[str]) -> list[str]:
+        try:
+            return [canonical_reason(reason) for reason in reasons]
+        except Rejected as refusal:
+            raise ValueError(refusal.message) from None
 
     @field_validator("names")
     @classmethod

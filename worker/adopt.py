@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from core.errors import ConfigurationError, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.index import IndexEntry, Status
+from core.secret_source import read_secret_file
 from store.index import ADOPTED, AdoptedEntry  # noqa: F401  (ADOPTED: the mark, for callers)
 from store.results import ResultsStore
 from store.revocations import RevocationStore
@@ -183,6 +184,8 @@ def adopt_ca(
     """
     folder = CAFolder(directory)
     folder.require()
+    if passphrase_file is not None:  # an empty or shared file is refused now, not by a worker
+        read_secret_file(passphrase_file, "passphrase")
     issuer = folder.intermediate_certificate()
     lines = read_index(folder.index_path)
     report = AdoptionReport()

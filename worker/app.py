@@ -26,8 +26,9 @@ from celery.platforms import EX_FAILURE
 from kombu.utils.objects import cached_property
 
 from core.errors import SigningError
-from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings
+from core.queue import SIGN_QUEUE, celery_settings
 from store.embedded import EmbeddedRedis
+from worker.crl_schedule import CRLSchedule
 from worker.issuance import BatchSigner
 from worker.process import (
     DEFAULT_STORE_PREFIX,
@@ -47,13 +48,8 @@ TASK_MODULES = ("worker.signing_task", "worker.lifecycle_tasks")
 CA_DIR_SETTING = "casign_ca_dir"
 STORE_URL_SETTING = "casign_store_url"
 STORE_PREFIX_SETTING = "casign_store_prefix"
-
-CRL_INTERVAL_SECONDS = 3600.0
-# Run where a beat runs (`casign worker --beat`, `celery -A worker.app beat`): a fresh CRL every
-# hour, long before the 30-day nextUpdate of the last one.
-CRL_SCHEDULE: dict[str, dict[str, Any]] = {
-    "casign-crl-hourly": {"task": CRL_TASK, "schedule": CRL_INTERVAL_SECONDS},
-}
+OPEN_MODE_SETTING = "casign_open_mode"
+CRL_SCHEDULE_SETTING = "casign_crl_schedule"
 
 # How long a worker may take to shut down before it exits anyway: after a stop it was asked
 # for (a batch in hand is finished; one waiting out an outage goes back at once), and after
@@ -73,6 +69,7 @@ class WorkerConfig:
     broker_url: str
     signer: SignerSettings
     queue: str = SIGN_QUEUE
+    crl_schedule: bool = False  # each pool process keeps the CRL schedule (`--beat`)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -91,13 +88,14 @@ class WorkerConfig:
         )
 
     def celery_settings(self) -> dict[str, Any]:
-        """Celery's settings (core.queue, shared with producers), the schedule, and casign's."""
+        """Celery's settings (core.queue, shared with producers) and casign's."""
         return {
             **celery_settings(self.broker_url, self.queue),
-            "beat_schedule": CRL_SCHEDULE,
             CA_DIR_SETTING: str(self.signer.ca_dir),
             STORE_URL_SETTING: self.signer.store_url,
             STORE_PREFIX_SETTING: self.signer.store_prefix,
+            OPEN_MODE_SETTING: self.signer.open_mode,
+            CRL_SCHEDULE_SETTING: self.crl_schedule,
         }
 
 
@@ -108,6 +106,7 @@ def signer_settings(conf: Any) -> SignerSettings:
         store_url=conf[STORE_URL_SETTING],
         store_prefix=conf[STORE_PREFIX_SETTING],
         queue=conf.get("task_default_queue") or SIGN_QUEUE,
+        open_mode=bool(conf.get(OPEN_MODE_SETTING)),
     )
 
 
@@ -218,6 +217,8 @@ def _open_key_after_fork(**_: object) -> None:
 
 
 def _open_and_recover(process: SignerProcess) -> None:
+    if app.conf.get(CRL_SCHEDULE_SETTING):
+        CRLSchedule(process).start()  # it opens the signer itself, and waits out its outages
     try:
         batch_signer = process.signer()
     except SigningError as exc:

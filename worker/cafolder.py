@@ -21,6 +21,7 @@ from core.errors import ConfigurationError
 from core.files import write_file_atomically
 from core.keys import write_private_key
 from core.layout import ca_folder_problem
+from core.secret_source import read_secret_file
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 from worker.profiles import default_profiles_toml
@@ -41,7 +42,8 @@ class CAOptions:
     organization: str | None = None
     country: str | None = None
     key_type: KeyType = KeyType.RSA4096
-    passphrase_file: Path | None = None
+    passphrase_file: Path | None = None  # the intermediate's (and the root's, unless below)
+    root_passphrase_file: Path | None = None  # read once, written nowhere
     intermediate_key_uri: str | None = None
     base_url: str | None = None  # where CRL, OCSP and the CA certificate are published
 
@@ -226,6 +228,12 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
     target = CAFolder(directory)
     _refuse_existing_ca(target)
     passphrase = _read_passphrase(options.passphrase_file)
+    root_passphrase = _read_passphrase(options.root_passphrase_file, "root ") or passphrase
+    if options.root_passphrase_file is not None and root_passphrase == passphrase:
+        raise ConfigurationError(
+            f"{options.root_passphrase_file}: the root passphrase is the intermediate's; give "
+            "the root a passphrase of its own"
+        )
     key_uri = (
         _stored_key_uri(options.intermediate_key_uri) if options.intermediate_key_uri else None
     )
@@ -237,7 +245,7 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
         work = CAFolder(staging)
         _make_folders(work)
         root_key = options.key_type.generate()
-        write_private_key(work.root_key_path, root_key, passphrase)
+        write_private_key(work.root_key_path, root_key, root_passphrase)
         root_name = _name(options.root_cn, options)
         root_cert = _ca_certificate(root_name, root_key, root_name, root_key, ROOT_DAYS, None)
         _write_file(work.root_cert_path, _pem(root_cert), CERT_MODE)
@@ -298,18 +306,11 @@ def _refuse_existing_ca(folder: CAFolder) -> None:
         raise ConfigurationError(f"{folder.root} is a file; give a new or empty folder")
 
 
-def _read_passphrase(passphrase_file: Path | None) -> str | None:
+def _read_passphrase(passphrase_file: Path | None, whose: str = "") -> str | None:
+    """The passphrase in a file private to its owner; an empty or shared file is refused."""
     if passphrase_file is None:
         return None
-    try:
-        passphrase = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigurationError(
-            f"{passphrase_file}: cannot read the passphrase file ({exc.strerror})"
-        ) from None
-    if not passphrase:
-        raise ConfigurationError(f"{passphrase_file}: the passphrase file is empty")
-    return passphrase
+    return read_secret_file(passphrase_file, f"{whose}passphrase")
 
 
 def _stored_key_uri(text: str) -> str:

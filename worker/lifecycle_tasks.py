@@ -1,7 +1,10 @@
-"""Celery tasks of the certificate life cycle: `casign.revoke` a serial, `casign.crl`.
+"""The Celery task of the certificate life cycle: `casign.revoke` a serial.
 
-Both run in the signing worker, the only side holding the intermediate key: a revocation is
-signed off there (and lands in the next CRL it signs), the CRL is signed there.
+It runs in the signing worker, the only side holding the intermediate key: a revocation is
+signed off there, and lands in the next CRL it signs. CRLs are not a task: a queue message is
+something any producer can send, so a CRL is made only on the worker's own schedule
+(`worker.crl_schedule`, `casign worker --beat`) or by the operator (`casign crl`). A
+`casign.crl` message is no task of this worker's: Celery drops it as unregistered.
 """
 
 from __future__ import annotations
@@ -13,24 +16,13 @@ from pydantic import ValidationError
 from core.audit import audit_line
 from core.auth import MessageKind
 from core.errors import RefusalCode, Rejected, Retryable
-from core.layout import ocsp_key_path
 from core.messages import RevocationResult, RevokeRequest, describe_validation_error
-from core.queue import CRL_TASK, REVOKE_TASK
+from core.queue import REVOKE_TASK
 from store.envelopes import EnvelopeLedger
 from store.revocations import RevocationStore
-from worker.access import AccessPolicy
+from worker.access import AccessPolicy, AllowedProducer
 from worker.app import app, signer_process
-from worker.authority import SigningAuthority
-from worker.cafolder import CAFolder
-from worker.crl import (
-    PublishedCRL,
-    RevokedEntryCache,
-    crl_days,
-    make_crls,
-    seed_crl_number,
-    write_crl_files,
-)
-from worker.ocsp_delegate import ensure_ocsp_certificate
+from worker.revocation_rights import check_revocation_allowed
 
 log = logging.getLogger("casign.lifecycle")
 
@@ -45,7 +37,8 @@ def handle_revoke(
 ) -> RevocationResult | None:
     """Record one revocation request and answer it on its reply list; Retryable propagates.
 
-    With an access policy (producers.toml), only a listed producer's signed request is heard.
+    With an access policy (producers.toml), only a listed producer's signed request is heard,
+    and only for what its rights allow (`worker.revocation_rights`).
     """
     try:
         request = RevokeRequest.model_validate(raw)
@@ -69,6 +62,7 @@ def handle_revoke(
         revocations.push_result(reply_to, result)
         return result
     requester = request.requester
+    producer: AllowedProducer | None = None
     ledger = EnvelopeLedger(revocations.store)
     if access is not None:
         try:
@@ -86,6 +80,7 @@ def handle_revoke(
             return None
         requester = producer.name
     try:
+        _check_rights(request, producer, revocations, requester)
         entry = revocations.revoke(
             request.serial,
             request.reason,
@@ -135,6 +130,28 @@ def handle_revoke(
     return result
 
 
+def _check_rights(
+    request: RevokeRequest,
+    producer: AllowedProducer | None,
+    revocations: RevocationStore,
+    requester: str | None,
+) -> None:
+    """Refuse what the sender may not revoke, with one audit line (an attempt worth seeing)."""
+    try:
+        check_revocation_allowed(request, producer, revocations.store)
+    except Rejected as refusal:
+        log.warning("refused revocation request %s: %s", request.request_id, refusal)
+        line = audit_line(
+            "refused",
+            job_id=request.request_id,
+            requester=requester,
+            serial=request.serial,
+            reason=refusal.code,
+        )
+        revocations.store.publish([], [], [], None, [line])
+        raise
+
+
 def _refuse_unauthenticated(
     request: RevokeRequest, refusal: Rejected, revocations: RevocationStore, ledger: EnvelopeLedger
 ) -> None:
@@ -145,28 +162,6 @@ def _refuse_unauthenticated(
     revocations.store.publish([], [], [], None, [line])
     if request.reply_to:
         ledger.note_refusal(request.reply_to, refusal.code, refusal.message)
-
-
-def refresh_crl(
-    folder: CAFolder,
-    authority: SigningAuthority,
-    revocations: RevocationStore,
-    cache: RevokedEntryCache | None = None,
-) -> list[PublishedCRL]:
-    """Make, publish and write the CRL (or each shard); renew the OCSP delegate when set up."""
-    seed_crl_number(folder, revocations)
-    published = make_crls(authority, revocations, crl_days(folder), cache=cache)
-    try:
-        write_crl_files(folder, published)
-    except OSError as exc:  # a read-only CA folder: the store still has the CRL
-        log.warning(
-            "CRL %d published to the store, not written to disk: %s", published[0].number, exc
-        )
-    if ocsp_key_path(folder.root).exists():
-        delegate = ensure_ocsp_certificate(folder, authority, revocations.store)
-        if delegate.issued:
-            log.warning("renewed the OCSP responder certificate (%s)", delegate.cert_path)
-    return published
 
 
 @app.task(name=REVOKE_TASK, acks_late=True)
@@ -184,18 +179,3 @@ def revoke(message: object) -> str:
         return result.status if result else "dropped"
 
     return process.wait_out_outages(attempt, "revocation request")
-
-
-@app.task(name=CRL_TASK, acks_late=True)
-def crl() -> int:
-    """Make and publish a new CRL; returns its number. Outages are waited out as for revoke."""
-    process = signer_process()
-
-    def attempt() -> int:
-        batch_signer = process.signer()
-        revocations = RevocationStore(batch_signer.store)
-        authority = batch_signer.authority
-        published = refresh_crl(process.folder, authority, revocations, process.crl_cache)
-        return published[0].number
-
-    return process.wait_out_outages(attempt, "CRL")

@@ -23,7 +23,7 @@ from celery.exceptions import Reject
 from cryptography import x509
 
 from core.auth import ca_identity
-from core.errors import Retryable, SigningError
+from core.errors import ConfigurationError, Retryable, SigningError
 from core.queue import SIGN_QUEUE
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -52,6 +52,7 @@ class SignerSettings:
     store_url: str
     store_prefix: str = DEFAULT_STORE_PREFIX
     queue: str = SIGN_QUEUE
+    open_mode: bool = False  # serve any producer when producers.toml is absent (`--open`)
 
 
 class StopNotice:
@@ -147,14 +148,40 @@ class SignerProcess:
         authority = load_authority(settings.ca_dir)
         store = ResultsStore.from_url(settings.store_url, settings.store_prefix)
         identity = claim_store(authority.intermediate, store)
-        store.set_chain(authority.chain_pem)
         access = AccessPolicy.load(self.folder.producers_path, identity, settings.queue)
         if access is None:
+            if not settings.open_mode:
+                raise ConfigurationError(open_mode_refusal(self.folder))
             log.warning(
-                "%s is absent: this signer accepts batches from any producer",
+                "open mode: %s is absent, so this signer accepts batches from any producer",
                 self.folder.producers_path,
             )
+        store.set_chain(authority.chain_pem)
         return BatchSigner(authority, store, access)
+
+
+def open_mode_refusal(folder: CAFolder) -> str:
+    """Why a signer without producers.toml, not told `--open`, does not start."""
+    return (
+        f"{folder.producers_path} is absent, so this signer would serve any producer that can "
+        "reach its queue; list the producers there, or start the worker with --open to serve "
+        "anyone"
+    )
+
+
+def refuse_unsafe_start(folder: CAFolder, *, open_mode: bool, allow_root_key: bool) -> None:
+    """Refuse (ConfigurationError) a signer that would run open unasked, or beside the root key.
+
+    The root's private key belongs offline: a signing host that can read it can make any CA.
+    """
+    if not folder.producers_path.exists() and not open_mode:
+        raise ConfigurationError(open_mode_refusal(folder))
+    if os.access(folder.root_key_path, os.R_OK) and not allow_root_key:
+        raise ConfigurationError(
+            f"the root CA's private key {folder.root_key_path} is readable on this signing "
+            "host; move it to offline media (the signer needs only the intermediate key), or "
+            "start the worker with --allow-root-key"
+        )
 
 
 def claim_store(intermediate: x509.Certificate, store: ResultsStore) -> str:

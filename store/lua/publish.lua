@@ -3,8 +3,8 @@
 -- signed twice is published and answered once.
 -- KEYS: serials, certs, index, index:order, pending, audit, audit:head, [reply list].
 -- ARGV: the job key stem (`P:job:`), reply TTL seconds, issued count, refusal count, count of
---   other replies, the other replies' JSON (pushed first), then 6 values per issued job (job
---   id, serial, PEM, index line, fingerprint, audit line), 4 per refusal (job id,
+--   other replies, the other replies' JSON (pushed first), then 7 values per issued job (job
+--   id, serial, PEM, index line, fingerprint, audit line, owner or ''), 4 per refusal (job id,
 --   fingerprint, code, message), then further audit lines.
 -- Returns per issued job 1 (published), 0 (published before) or -1 (its serial is another's).
 local serials, certs, index, order, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -33,6 +33,7 @@ for n = 1, issued_count do
   else
     redis.call('HSET', serials, serial, job_id)
     redis.call('HSET', key, 'state', 'issued', 'serial', serial, 'fingerprint', fingerprint)
+    if ARGV[a + 6] ~= '' then redis.call('HSET', key, 'owner', ARGV[a + 6]) end
     redis.call('HDEL', key, 'record')
     redis.call('HSET', certs, serial, pem)
     redis.call('HSET', index, serial, line)
@@ -45,7 +46,7 @@ for n = 1, issued_count do
     audit[#audit + 1] = ARGV[a + 5]
     out[n] = 1
   end
-  a = a + 6
+  a = a + 7
 end
 for _ = 1, refusal_count do
   local key = job_stem .. ARGV[a]

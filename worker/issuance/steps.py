@@ -552,6 +552,7 @@ def _published_form(job: Verified, now: datetime) -> Issued:
             profile=record.profile.name,
             when=now,
         ),
+        owner=record.requester,
     )
 
 
