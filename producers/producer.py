@@ -351,8 +351,19 @@ class Producer:
                         str(silence).replace(f"after {spell:g} s", f"after {timeout:g} s")
                     ) from None
 
-    def status(self, request: SignRequest) -> JobResult | None:
-        """The request's checked result if the store has one, else None (queued, or signing)."""
+    def status(self, request: SignRequest | str) -> JobResult | None:
+        """The request's checked result if the store has one, else None (queued, or signing).
+
+        Given a job id whose request this producer still holds, the answer is checked against
+        that request; for any other job id, its certificate is checked against the trust anchor
+        only (pass the SignRequest to have its key checked too).
+        """
+        if isinstance(request, str):
+            known = self._requests.get(request)
+            if known is None:
+                found = self.store.job_results([request]).get(request)
+                return None if found is None else self._check.check_unrequested(found)
+            request = known
         fingerprint = request.fingerprint()
         result = self.store.job_results([request.job_id], {request.job_id: fingerprint})
         found = result.get(request.job_id)

@@ -177,6 +177,25 @@ class ResultCheck:
             return untrusted(result, str(why))
         return result
 
+    def check_unrequested(self, result: JobResult) -> JobResult:
+        """`result` of a job whose request this producer does not hold: its certificate checked
+        against the anchor (the key it certifies cannot be: the CSR is not here)."""
+        if not result.ok:
+            return result
+        if self.anchor is None:
+            warn_without_anchor()
+            return result
+        try:
+            certificates = x509.load_pem_x509_certificates((result.certificate_pem or "").encode())
+            if len(certificates) != 1:
+                raise Untrusted(f"the answer holds {len(certificates)} certificates, not one")
+            self._validate_to_anchor(certificates[0], self.anchor)
+        except (ValueError, UnicodeEncodeError):
+            return untrusted(result, "the answer's certificate is not a PEM certificate")
+        except Untrusted as why:
+            return untrusted(result, str(why))
+        return result
+
     def chain_pem(self) -> str | None:
         """The CA chain to hand out with the certificates: with an anchor, the one that last
         validated a certificate (None before any did); without, the store's as it is."""

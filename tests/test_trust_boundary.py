@@ -79,6 +79,7 @@ from worker.access import AccessPolicy, AllowedProducer, ProducerPolicy
 from worker.adopt import adopt_ca
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder, CAOptions, init_ca
+from worker.crl_schedule import refresh_crl
 from worker.issuance import BatchSigner
 from worker.issuance.steps import (
     Reserved,
@@ -829,20 +830,18 @@ def test_the_signer_user_signs_revokes_and_makes_a_crl(boundary: Boundary) -> No
         assert result.ok and result.serial is not None
         answer = producer.revoke(result.serial, "keyCompromise", timeout=RESULT_TIMEOUT)
         assert answer.status == "revoked", answer
-    signer_broker = boundary.redis.broker_url(boundary.users["signer"])
-    app = Celery("crl-sender", set_as_current=False)
-    app.conf.update(celery_settings(signer_broker, boundary.scope.queue))
+    # CRLs are made on the signer's own schedule, never on a queue message: made here as the
+    # worker's schedule makes them (worker/crl_schedule.py), with the signer user's rights.
+    signer_store = boundary.store("signer")
     try:
-        app.send_task(CRL_TASK, queue=boundary.scope.queue, ignore_result=True)
+        refresh_crl(
+            boundary.folder, load_authority(boundary.folder.root), RevocationStore(signer_store)
+        )
     finally:
-        app.close()
-    revocations = RevocationStore(boundary.admin_store())
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while (crl := revocations.latest_crl()) is None or crl.get_revoked_certificate_by_serial_number(
-        int(result.serial, 16)
-    ) is None:
-        assert time.monotonic() < deadline, f"no CRL; worker log:\n{boundary.worker.log()[-3000:]}"
-        time.sleep(0.2)
+        signer_store.close()
+    crl = RevocationStore(boundary.admin_store()).latest_crl()
+    assert crl is not None
+    assert crl.get_revoked_certificate_by_serial_number(int(result.serial, 16)) is not None
     # Nothing refused but CONFIG GET, which the store's health check tries before INFO.
     denied = {entry["object"] for entry in boundary.redis.denials(boundary.users["signer"])}
     assert denied <= {"config|get"}, denied
@@ -1335,6 +1334,10 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     )
     assert another.returncode == 0, another.stdout + another.stderr
     assert (tmp_path / "secrets" / "hr" / "hr.env").exists()
+    # The signer's volume holds neither the root key nor its passphrase (issue 10, item 6).
+    assert not CAFolder(tmp_path / "state" / "ca").root_key_path.exists()
+    kept = [path.name for path in (tmp_path / "state").rglob("*") if path.is_file()]
+    assert not [name for name in kept if "root" in name and "pass" in name], kept
     acl_text = (tmp_path / "acl" / "users.acl").read_text()
     assert acl_text.startswith("user default off\n")
     for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
@@ -2044,34 +2047,3 @@ def test_an_empty_passphrase_file_is_refused_everywhere(
         parse_key_uri(f"file:{own_ca.intermediate_key_path}?pin-source=file:{empty}").read_pin()
     with pytest.raises(ValueError, match="unencrypted"):
         write_private_key(tmp_path / "k.pem", KeyType.P256.generate(), "")
-
-
-def test_the_compose_signer_holds_neither_the_root_key_nor_its_passphrase(
-    store: ResultsStore, queue: str, broker_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    if shutil.which("softhsm2-util") is None or shutil.which("pkcs11-tool") is None:
-        pytest.skip("SoftHSM and opensc are not installed")
-    state = tmp_path / "signer-data"
-    script = Path(__file__).resolve().parents[1] / "softhsm" / "docker-signer.sh"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASIGN_")}
-    env |= _place(store, queue, broker_url, redis_url) | {"CASIGN_STATE_DIR": str(state)}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    log_path = tmp_path / "signer.log"
-    with log_path.open("ab") as log:
-        signer = subprocess.Popen(
-            ["bash", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while store.chain() is None:
-            assert signer.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-    finally:
-        stop_process_group(signer, timeout=30)
-    folder = CAFolder(state / "ca")
-    assert not folder.root_key_path.exists()
-    assert folder.root_certificate() == _certificates(store.chain() or "")[-1]
-    kept = [path.name for path in state.rglob("*") if path.is_file()]
-    assert not [name for name in kept if "root" in name and "pass" in name], kept
-    assert "open mode (--open)" in log_path.read_text()
