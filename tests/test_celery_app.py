@@ -170,7 +170,7 @@ def test_the_tasks_run_in_process(in_process: SignerProcess, store: ResultsStore
     assert entry is not None and entry.status is Status.REVOKED
     published = CRLSchedule(in_process).make_if_due()
     assert published is not None
-    number = published.number
+    number = published[0].number
     assert CRLSchedule(in_process).make_if_due() is None  # one scheduled CRL per interval
     latest = RevocationStore(store).latest_crl()
     assert latest is not None and [e.serial_number for e in latest] == [int(serial, 16)]
