@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import traceback
 import uuid
@@ -27,12 +26,11 @@ from core.keys import KeyType
 from keystore import load_signing_key, parse_key_uri
 from producers import Producer
 from store.results import ResultsStore
+from tests.casign_cli import run_casign
 from tests.csrs import make_csr
 from tests.softhsm_token import SoftHsmToken
 from tests.workers import WorkerProcess, start_worker
 from worker.cafolder import CAFolder, CAOptions, init_ca
-
-CASIGN = [sys.executable, "-m", "casign"]
 
 
 def write_secret(path: Path, value: str) -> None:
@@ -41,21 +39,6 @@ def write_secret(path: Path, value: str) -> None:
         path.chmod(0o600)
     path.write_text(value + "\n", encoding="utf-8")
     path.chmod(0o400)
-
-
-def run_casign(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    base = {name: value for name, value in os.environ.items() if not name.startswith("CASIGN_")}
-    return subprocess.run(
-        [*CASIGN, *map(str, args)],
-        env=base | (env or {}),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def output(done: subprocess.CompletedProcess[str]) -> str:

@@ -70,6 +70,7 @@ from store.envelopes import EnvelopeLedger
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
+from tests.casign_cli import CASIGN, run_casign
 from tests.csrs import job, make_csr
 from tests.ocsp_responder import running_responder
 from tests.openssl_cli import openssl
@@ -1446,24 +1447,7 @@ def test_producers_toml_edits_keep_what_the_operator_wrote(tmp_path: Path) -> No
 # Producers trust an anchor, not the store; producers revoke only what they obtained; CRLs are
 # never made on a producer's message; the signer starts only when told to serve anyone, and
 # never beside the root key; passwords stay off command lines; secret files stay private.
-CASIGN = [sys.executable, "-m", "casign"]
 PRODUCER_QUEUE = "casign.sign"
-
-
-def _casign_bare(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    """`casign ARGS` as a separate process, with no CASIGN_* variable but those in `env`."""
-    base = {name: value for name, value in os.environ.items() if not name.startswith("CASIGN_")}
-    return subprocess.run(
-        [*CASIGN, *map(str, args)],
-        env=base | (env or {}),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def _cli(store: ResultsStore, queue: str, *args: str | Path) -> Result:
@@ -1832,7 +1816,7 @@ def test_without_producers_toml_the_worker_refuses_to_start_unless_open(
     tmp_path: Path,
 ) -> None:
     place = _place(store, queue, broker_url, redis_url)
-    refused = _casign_bare(
+    refused = run_casign(
         "worker", "--ca", own_ca.root, "--no-restart", "--allow-root-key", env=place, timeout=60
     )
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -1853,7 +1837,7 @@ def test_a_readable_root_key_stops_the_worker(
     tmp_path: Path,
 ) -> None:
     place = _place(store, queue, broker_url, redis_url)
-    refused = _casign_bare(
+    refused = run_casign(
         "worker", "--ca", own_ca.root, "--no-restart", "--open", env=place, timeout=60
     )
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -1872,12 +1856,12 @@ def test_a_readable_root_key_stops_the_worker(
 def test_init_keeps_the_root_passphrase_apart_and_writes_it_nowhere(tmp_path: Path) -> None:
     intermediate_pass = _private(tmp_path / "intermediate.pass", "intermediate passphrase\n")
     root_pass = _private(tmp_path / "root.pass", "a root passphrase of its own\n")
-    same = _casign_bare(
+    same = run_casign(
         "init", tmp_path / "same", "--key-type", "p256",
         "--passphrase-file", intermediate_pass, "--root-passphrase-file", intermediate_pass,
     )  # fmt: skip
     assert same.returncode == 2 and "a passphrase of its own" in same.stderr
-    done = _casign_bare(
+    done = run_casign(
         "init", tmp_path / "ca", "--key-type", "p256",
         "--passphrase-file", intermediate_pass, "--root-passphrase-file", root_pass,
     )  # fmt: skip
@@ -2014,7 +1998,7 @@ def test_a_secret_file_open_to_its_group_or_others_is_refused(
     with pytest.raises(ConfigurationError, match=str(secret)):
         pin.read_pin()
     secret.chmod(0o604)
-    init = _casign_bare("init", tmp_path / "ca", "--key-type", "p256", "--passphrase-file", secret)
+    init = run_casign("init", tmp_path / "ca", "--key-type", "p256", "--passphrase-file", secret)
     assert init.returncode == 2 and f"{secret}' is mode 0604" in init.stderr
     assert not (tmp_path / "ca").exists()
     secret.chmod(0o600)
@@ -2031,7 +2015,7 @@ def test_an_empty_passphrase_file_is_refused_everywhere(
 ) -> None:
     empty = _private(tmp_path / "empty.pass", "\n")
     out = tmp_path / "out"
-    request = _casign_bare(
+    request = run_casign(
         "request", "--cn", "www.example.com", "--passphrase-file", empty, "--out", out,
         "--timeout", "3", env=_place(store, drained, broker_url, redis_url),
     )  # fmt: skip
@@ -2039,7 +2023,7 @@ def test_an_empty_passphrase_file_is_refused_everywhere(
     assert f"{empty}' is empty" in request.stderr
     assert not out.exists() or not any(out.iterdir())
 
-    init = _casign_bare("init", tmp_path / "new-ca", "--passphrase-file", empty)
+    init = run_casign("init", tmp_path / "new-ca", "--passphrase-file", empty)
     assert init.returncode == 2 and "is empty" in init.stderr
     with pytest.raises(ConfigurationError, match="is empty"):
         adopt_ca(own_ca.root, store, empty)
