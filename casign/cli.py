@@ -499,13 +499,14 @@ def audit_show(ca: Path | None, store: str | None, last: int) -> None:
 def _register_other_commands() -> None:
     from casign.cli_est import est
     from casign.cli_lifecycle import COMMANDS as LIFECYCLE_COMMANDS
+    from casign.cli_observe import COMMANDS as OBSERVE_COMMANDS
     from casign.cli_producer import collect, request, status, submit
     from casign.cli_producers_admin import COMMANDS as ACCESS_COMMANDS
     from casign.demo import demo
 
     for command in (submit, request, collect, status, demo, est, *LIFECYCLE_COMMANDS):
         main.add_command(command)
-    for command in ACCESS_COMMANDS:
+    for command in (*ACCESS_COMMANDS, *OBSERVE_COMMANDS):
         main.add_command(command)
 
 

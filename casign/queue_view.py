@@ -75,6 +75,22 @@ class QueueView:
         except Exception:  # no broker, no such queue: not knowing is the answer
             return None
 
+    def next_sealed_at(self) -> int | None:
+        """When the batch next to be taken was sealed (unix time); None when the queue is empty,
+        cannot be read, or that batch is unsealed (an open signer's)."""
+        if not self.searchable:
+            return None
+        try:
+            with self._channel() as channel:
+                raw = channel.client.lindex(self.queue, -1)
+                if raw is None:
+                    return None
+                envelope = _batch_of(json.loads(raw)).get("envelope") or {}
+                issued_at = envelope.get("issued_at")
+                return int(issued_at) if isinstance(issued_at, int) else None
+        except Exception:  # an unreadable message or broker: not knowing is the answer
+            return None
+
     def locate(self, job_ids: Collection[str]) -> dict[str, QueuePlace] | None:
         """Where each of `job_ids` waits on a Redis broker; None when it cannot be searched."""
         if not self.searchable:
@@ -112,16 +128,24 @@ def _from_the_front(client: Any, queue: str) -> Iterator[dict[str, Any]]:
         end = start - 1
 
 
-def _job_ids(message: dict[str, Any]) -> set[str]:
-    """The job ids of one Celery message carrying a SignBatch; empty for anything else."""
+def _batch_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The SignBatch a Celery message carries (as JSON); empty for anything else."""
     try:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return {str(job["job_id"]) for job in args[0]["jobs"] if isinstance(job, dict)}
+        batch = json.loads(body)[0][0]
     except (KeyError, IndexError, TypeError, ValueError):
+        return {}
+    return batch if isinstance(batch, dict) else {}
+
+
+def _job_ids(message: dict[str, Any]) -> set[str]:
+    """The job ids of one Celery message carrying a SignBatch; empty for anything else."""
+    jobs = _batch_of(message).get("jobs")
+    if not isinstance(jobs, list):
         return set()
+    return {str(job["job_id"]) for job in jobs if isinstance(job, dict) and "job_id" in job}
 
 
 def describe_age(seconds: float) -> str:

@@ -104,6 +104,10 @@ class Retryable(SigningError):
     """A dependency (store, HSM) failed; the same request may succeed later."""
 
 
+class StoreUnavailable(Retryable):
+    """The results store failed (down, full, refusing); the same request may succeed later."""
+
+
 class IssuanceFault(SigningError):
     """Something we built is wrong (chain check or TBS mismatch); never hand the result out."""
 

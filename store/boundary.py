@@ -7,7 +7,7 @@ from typing import ParamSpec, TypeVar
 
 from redis.exceptions import RedisError
 
-from core.errors import Retryable
+from core.errors import StoreUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -20,7 +20,9 @@ def translated(method: Callable[P, T]) -> Callable[P, T]:
         try:
             return method(*args, **kwargs)
         except RedisError as exc:
-            raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(
+                f"results store unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -34,7 +36,9 @@ def translated_iterator(method: Callable[P, Iterator[T]]) -> Callable[P, Iterato
         try:
             yield from method(*args, **kwargs)
         except RedisError as exc:
-            raise Retryable(f"results store unavailable: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(
+                f"results store unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__

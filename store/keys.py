@@ -43,6 +43,9 @@ Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
                       CA this key space belongs to, recorded by its first signer
 Workers (`store.workers`):
   P:workers           hash: queue name -> unix time a worker serving it last started or took a batch
+Figures (`store.metrics`):
+  P:metrics           hash: JSON [sample name, labels] -> value the signers added up (counters and
+                      histogram buckets, for `casign metrics` and `casign top`)
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class KeySpace:
         "index",
         "index_order",
         "job_stem",
+        "metrics",
         "pending",
         "prefix",
         "revoked",
@@ -87,6 +91,7 @@ class KeySpace:
         self.chain = self.key("chain")
         self.ca = self.key("ca")
         self.workers = self.key("workers")
+        self.metrics = self.key("metrics")
 
     def key(self, *parts: str) -> str:
         """`P:part1:part2...`: the one way a key is spelled."""

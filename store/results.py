@@ -24,6 +24,7 @@ from store.index import CertificateIndex
 from store.jobs import Closure, Failure, Intent, Issued, JobRecords, Refusal, Reservation
 from store.keys import KeySpace
 from store.locks import Locks
+from store.metrics import MetricsLedger
 from store.rate_limits import RateLimits
 from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import LuaScripts
@@ -59,6 +60,7 @@ class ResultsStore:
         self.locks = Locks(client, self.keys, self.scripts)
         self.health = StoreHealth(client)
         self.workers = WorkerBeats(client, self.keys)
+        self.metrics = MetricsLedger(client, self.keys)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:

@@ -13,7 +13,7 @@ import redis
 from store.embedded import EmbeddedRedis
 from store.results import ResultsStore
 from tests.cas import make_alice_ca
-from tests.softhsm_token import softhsm_token  # noqa: F401  (a fixture)
+from tests.softhsm_token import SOFTHSM_SKIP_REASON, softhsm_token  # noqa: F401  (a fixture)
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
@@ -82,3 +82,22 @@ def chain_path(ca_folder: CAFolder) -> Path:
 def queue() -> str:
     """A queue of this test's own, so no other test's worker takes its batches."""
     return f"casign-test-{uuid.uuid4().hex[:8]}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Say, last of all, how many PKCS#11 tests did not run and the command that runs them."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = [
+        report
+        for report in reporter.stats.get("skipped", [])
+        if SOFTHSM_SKIP_REASON in str(report.longrepr)
+    ]
+    if skipped:
+        reporter.write_line(
+            f"casign: {len(skipped)} PKCS#11 test(s) skipped because SoftHSM is not installed; "
+            "run them with: sudo apt-get install -y softhsm2 opensc && python -m pytest",
+            yellow=True,
+            bold=True,
+        )

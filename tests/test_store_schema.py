@@ -172,6 +172,7 @@ def test_every_key_written_is_in_the_documented_layout(
     ledger.note_refusal("layout-producer", "auth.unsigned", "not sealed")
     CAIdentityRecord(store).claim("c" * 64, "CN=layout CA")
     store.note_worker_active("casign.sign")
+    signer.figures.write_now()
 
     patterns = documented_key_patterns()
     written = [

@@ -216,6 +216,14 @@ def _open_key_after_fork(**_: object) -> None:
     _open_and_recover(start_signer_process(signer_settings(app.conf), STOP))
 
 
+@signals.worker_process_shutdown.connect
+def _write_last_figures(**_: object) -> None:
+    # The figures' thread writes every second; a process leaving writes what it counted since.
+    process = current_signer_process()
+    if process is not None:
+        process.write_figures()
+
+
 def _open_and_recover(process: SignerProcess) -> None:
     if app.conf.get(CRL_SCHEDULE_SETTING):
         CRLSchedule(process).start()  # it opens the signer itself, and waits out its outages

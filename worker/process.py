@@ -14,6 +14,7 @@ import mmap
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from celery.exceptions import Reject
 from cryptography import x509
 
 from core.auth import ca_identity
-from core.errors import ConfigurationError, Retryable, SigningError
+from core.errors import ConfigurationError, Retryable, SigningError, StoreUnavailable
 from core.queue import SIGN_QUEUE
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -31,6 +32,7 @@ from worker.access import AccessPolicy
 from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache
+from worker.figures import RECOVERED, RETRIES
 from worker.issuance import BatchSigner
 
 log = logging.getLogger("casign.worker")
@@ -94,6 +96,11 @@ class StopNotice:
         return True
 
 
+def retry_cause(exc: Retryable) -> str:
+    """`store` when the results store failed, `token` otherwise (the key could not be used)."""
+    return "store" if isinstance(exc, StoreUnavailable) else "token"
+
+
 def retry_delay(attempt: int) -> float:
     """Seconds before try `attempt + 1`: 0.5 s doubling to 30 s, with jitter."""
     delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * float(2**attempt))
@@ -109,6 +116,7 @@ class SignerProcess:
         self.folder = CAFolder(settings.ca_dir)
         self.crl_cache = RevokedEntryCache()
         self._signer: BatchSigner | None = None
+        self._retries: Counter[str] = Counter()  # by cause, until the signer's figures take them
 
     def signer(self) -> BatchSigner:
         """The signer, opened on first use; Retryable while the key or the store cannot be."""
@@ -121,7 +129,16 @@ class SignerProcess:
                 # The key cannot be opened now (HSM gone, PIN changed): wait and retry.
                 raise Retryable(str(exc)) from exc
         self._signer.store.note_worker_active(self.settings.queue)  # read by `casign status`
+        if self._retries:
+            for cause, amount in self._retries.items():
+                self._signer.figures.count(RETRIES, amount, cause=cause)
+            self._retries.clear()
         return self._signer
+
+    def write_figures(self) -> None:
+        """Write the signer's figures now, if it was ever opened."""
+        if self._signer is not None:
+            self._signer.figures.write_now()
 
     def wait_out_outages(self, attempt: Callable[[], T], what: str) -> T:
         """Call `attempt` until it does not raise Retryable, backing off between tries.
@@ -136,6 +153,7 @@ class SignerProcess:
             try:
                 return attempt()
             except Retryable as exc:
+                self._retries[retry_cause(exc)] += 1
                 delay = retry_delay(tries)
                 log.warning("%s waits %.1f s and tries again: %s", what, delay, exc)
                 if self.stop.wait(delay):
@@ -217,5 +235,7 @@ def recover_once(batch_signer: BatchSigner) -> None:
         recovered = batch_signer.recover_pending()
         if recovered:
             log.warning("recovered %d job(s) reserved before a crash", len(recovered))
+            batch_signer.figures.count(RECOVERED, len(recovered))
+            batch_signer.figures.keep_written()
     finally:
         lock.release()

@@ -17,6 +17,14 @@ from store.envelopes import EnvelopeLedger
 from store.results import Refusal, ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
+from worker.figures import (
+    BATCH_BUCKETS,
+    BATCH_JOBS,
+    FAILED,
+    SignerFigures,
+    StepClock,
+    backend_name,
+)
 from worker.issuance.failures import FailedJob, close_failed, failure_message
 from worker.issuance.record import Applicant, IssuanceRecord
 from worker.issuance.recovery import recover_pending_records
@@ -76,6 +84,7 @@ class BatchSigner:
         self.store = store
         self.access = access
         self.ledger = EnvelopeLedger(store)
+        self.figures = SignerFigures(store.metrics, backend_name(authority.key))
         # The throwaway key and pkilint's validators, once per process, before the first job.
         prepare_linters([profile.lint for profile in authority.profiles], authority.key)
 
@@ -110,19 +119,37 @@ class BatchSigner:
     def _issue(self, batch: Authenticated, profiles: ProfileSet) -> list[JobResult]:
         """Steps 2 to 9; every job ends issued, refused, answered as before, or failed."""
         authority, store, jobs = self.authority, self.store, _BatchJobs(batch)
-        names = authority.common_names
+        names, clock = authority.common_names, StepClock()
         received = jobs.receive(batch.jobs)
         admitted = jobs.refusing(received, lambda job: admit(job, batch, profiles, names))  # 2
         admitted = jobs.within_rate(admitted, self.access, store)  # 2
+        clock.lap("admit")
         fixed = jobs.refusing(admitted, lambda job: fix_record(job, authority, batch))  # 3
         built = jobs.refusing(fixed, lambda job: build_tbs(job, authority))  # 4
+        clock.lap("build")
         linted = jobs.refusing(built, lambda job: lint(job, authority))  # 5
+        clock.lap("lint")
         authority.check_own_chain(batch.now)
         reserved = jobs.settle(reserve(linted, store, authority))  # 6
+        clock.lap("reserve")
         signed = jobs.failing(reserved, lambda job: sign(job, authority))  # 7
+        clock.lap("sign")
         verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
+        clock.lap("verify")
         jobs.publish(verified, store)  # 9
+        clock.lap("publish")
+        self._count(jobs, verified, clock)
         return jobs.results()
+
+    def _count(self, jobs: _BatchJobs, verified: Sequence[Verified], clock: StepClock) -> None:
+        figures = self.figures
+        figures.issued(job.record.profile.name for job in verified)
+        figures.refused(jobs.refused_codes)
+        if jobs.failed:
+            figures.count(FAILED, len(jobs.failed))
+        figures.observe(BATCH_JOBS, len(jobs.order), BATCH_BUCKETS)
+        figures.steps(clock, len(jobs.order))
+        figures.keep_written()
 
     def _refuse_whole_batch(
         self,
@@ -139,6 +166,8 @@ class BatchSigner:
         """
         claimed = envelope.producer if envelope is not None else None
         log.warning("refused a batch of %d job(s) from %s: %s", len(jobs), claimed, refusal)
+        self.figures.refused([refusal.code] * len(jobs))
+        self.figures.keep_written()
         self.store.publish(
             [],
             [],
@@ -206,6 +235,7 @@ class _BatchJobs:
     refusals: list[Refusal] = field(default_factory=list)
     audit: list[str] = field(default_factory=list)
     failed: list[FailedJob] = field(default_factory=list)
+    refused_codes: list[str] = field(default_factory=list)
 
     def receive(self, raw_jobs: Iterable[object]) -> list[Received]:
         """Each job's message validated once; a malformed one refused, a twin in the batch skipped."""
@@ -231,6 +261,7 @@ class _BatchJobs:
     def refuse(self, job_id: str, refusal: Rejected, recorded: bool) -> None:
         """Answer `job_id` with `refusal`; `recorded` keeps it under the job id for redeliveries."""
         self.answers[job_id] = _refused(job_id, refusal)
+        self.refused_codes.append(refusal.code)
         job = self.received.get(job_id)
         if recorded and job is not None:
             self.refusals.append(Refusal(job_id, job.fingerprint, refusal.code, refusal.message))

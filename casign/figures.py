@@ -1,0 +1,107 @@
+"""One reading of a CA's figures: what the signers added up in the store, and what is measured
+at the moment of reading (queue depth, the oldest waiting batch, CRL age, days left to the
+intermediate, workers seen, Redis memory). `casign metrics` serves it to Prometheus and
+`casign top` shows it; neither needs more than a producer's read rights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cryptography import x509
+
+from casign.queue_view import QueueView
+from core.errors import SigningError
+from store.metrics import Sample
+from store.results import ResultsStore
+
+T = TypeVar("T")
+WORKER_SEEN_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The figures at one moment; a gauge is None when it could not be read."""
+
+    at: float
+    samples: dict[Sample, float]
+    queue_depth: int | None = None
+    oldest_waiting_seconds: float | None = None
+    workers_seen: int | None = None
+    crl_age_seconds: float | None = None
+    intermediate_days_left: float | None = None
+    memory_used_bytes: int | None = None
+    memory_max_bytes: int | None = None
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(
+            value
+            for sample, value in self.samples.items()
+            if sample.name == name and wanted <= set(sample.labels)
+        )
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """`name`'s samples summed per value of `label`."""
+        sums: dict[str, float] = defaultdict(float)
+        for sample, value in self.samples.items():
+            if sample.name == name:
+                sums[dict(sample.labels).get(label, "")] += value
+        return dict(sums)
+
+    def step_means(self) -> dict[str, float]:
+        """Mean seconds per job in each issuance step, since the signers started counting."""
+        sums = self.by_label("casign_step_seconds_sum", "step")
+        counts = self.by_label("casign_step_seconds_count", "step")
+        return {step: sums[step] / counts[step] for step in sums if counts.get(step)}
+
+
+def read_figures(store: ResultsStore, queue: QueueView | None) -> Reading:
+    """Everything `casign metrics` and `casign top` show, read once."""
+    now = time.time()
+    samples = store.metrics.totals()
+    depth = oldest = None
+    if queue is not None:
+        depth = queue.depth()
+        sealed_at = queue.next_sealed_at() if depth else None
+        oldest = max(now - sealed_at, 0.0) if sealed_at is not None else None
+    beats = _optional(store.workers_last_active) or {}
+    crl = _optional(store.crls.latest)
+    crl_age = now - crl.last_update_utc.timestamp() if crl is not None else None
+    memory = _optional(store.memory)
+    return Reading(
+        at=now,
+        samples=samples,
+        queue_depth=depth,
+        oldest_waiting_seconds=oldest,
+        workers_seen=sum(1 for seen in beats.values() if now - seen <= WORKER_SEEN_SECONDS),
+        crl_age_seconds=crl_age,
+        intermediate_days_left=_days_left(_optional(store.chain), now),
+        memory_used_bytes=memory.used_bytes if memory is not None else None,
+        memory_max_bytes=memory.max_bytes if memory is not None else None,
+    )
+
+
+def _optional(read: Callable[[], T]) -> T | None:
+    """What `read` returns, or None when this role may not read it (a producer reads no CRL and
+    runs no INFO) or the store cannot answer now: a figure is then left out, not the reading."""
+    try:
+        return read()
+    except (SigningError, OSError):
+        return None
+
+
+def _days_left(chain_pem: str | None, now: float) -> float | None:
+    """Days until the first certificate of the chain (the intermediate) expires."""
+    if not chain_pem:
+        return None
+    try:
+        intermediate = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))[0]
+    except (ValueError, IndexError):
+        return None
+    return (intermediate.not_valid_after_utc.timestamp() - now) / 86400

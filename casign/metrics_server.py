@@ -1,0 +1,158 @@
+"""`casign metrics`: the store's figures as a Prometheus scrape target, served beside the signer.
+
+The signer opens no port: it adds its counts to the store (`worker/figures.py`), and this
+process, which needs only read rights, turns one reading of the store into the exposition
+format on each scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from casign.figures import Reading
+from store.metrics import Labels
+
+HELP = {
+    "casign_issued": "Certificates issued, by profile and key backend.",
+    "casign_refused": "Jobs refused, by refusal code.",
+    "casign_failed": "Jobs that failed after their reservation (closed as failed).",
+    "casign_recovered": "Jobs a worker recovered (reserved before a crash, then issued).",
+    "casign_retries": "Batches waited out and tried again, by cause (store or token).",
+    "casign_batch_jobs": "Jobs per batch a signer took.",
+    "casign_step_seconds": "Seconds one job spent in each issuance step.",
+}
+_HISTOGRAM_PARTS = ("_bucket", "_sum", "_count")
+
+
+class StoreCollector(Collector):
+    """A Prometheus collector over `read`: one reading of the store per scrape."""
+
+    def __init__(self, read: Callable[[], Reading]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self._read()
+        counters: dict[str, dict[Labels, float]] = defaultdict(dict)
+        histograms: dict[str, dict[Labels, dict[str, float]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        buckets: dict[str, dict[Labels, list[tuple[str, float]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for sample, value in reading.samples.items():
+            if sample.name.endswith("_total"):
+                counters[sample.name.removesuffix("_total")][sample.labels] = value
+                continue
+            for part in _HISTOGRAM_PARTS:
+                if sample.name.endswith(part):
+                    base = sample.name.removesuffix(part)
+                    if part == "_bucket":
+                        labels = dict(sample.labels)
+                        le = labels.pop("le", "+Inf")
+                        key = tuple(sorted(labels.items()))
+                        buckets[base][key].append((le, value))
+                    else:
+                        histograms[base][sample.labels][part] = value
+                    break
+        for name, counted in sorted(counters.items()):
+            yield _counter(name, counted)
+        for name, observed in sorted(histograms.items()):
+            yield _histogram(name, observed, buckets[name])
+        yield from _gauges(reading)
+
+
+def _counter(name: str, series: dict[Labels, float]) -> CounterMetricFamily:
+    label_names = sorted({label for labels in series for label, _ in labels})
+    family = CounterMetricFamily(name, HELP.get(name, name), labels=label_names)
+    for labels, value in sorted(series.items()):
+        values = dict(labels)
+        family.add_metric([values.get(label, "") for label in label_names], value)
+    return family
+
+
+def _histogram(
+    name: str,
+    series: dict[Labels, dict[str, float]],
+    buckets: dict[Labels, list[tuple[str, float]]],
+) -> HistogramMetricFamily:
+    label_names = sorted({label for labels in series for label, _ in labels})
+    family = HistogramMetricFamily(name, HELP.get(name, name), labels=label_names)
+    for labels, parts in sorted(series.items()):
+        values = dict(labels)
+        ordered = sorted(buckets.get(labels, []), key=lambda bucket: float(bucket[0]))
+        family.add_metric(
+            [values.get(label, "") for label in label_names],
+            buckets=ordered or [("+Inf", parts.get("_count", 0.0))],
+            sum_value=parts.get("_sum", 0.0),
+        )
+    return family
+
+
+def _gauges(reading: Reading) -> Iterator[GaugeMetricFamily]:
+    gauges = (
+        ("casign_queue_depth", "Batches waiting in the signing queue.", reading.queue_depth),
+        (
+            "casign_oldest_waiting_seconds",
+            "Age of the batch next to be taken (from its seal).",
+            reading.oldest_waiting_seconds,
+        ),
+        (
+            "casign_workers_seen",
+            "Workers that took a batch or started in the last minute.",
+            reading.workers_seen,
+        ),
+        (
+            "casign_crl_age_seconds",
+            "Seconds since the newest CRL's thisUpdate.",
+            reading.crl_age_seconds,
+        ),
+        (
+            "casign_intermediate_days_left",
+            "Days until the intermediate CA certificate expires.",
+            reading.intermediate_days_left,
+        ),
+        (
+            "casign_store_memory_used_bytes",
+            "Memory the store's Redis uses.",
+            reading.memory_used_bytes,
+        ),
+        (
+            "casign_store_memory_max_bytes",
+            "The store's Redis maxmemory (absent: no limit).",
+            reading.memory_max_bytes,
+        ),
+    )
+    for name, documentation, value in gauges:
+        if value is not None:
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def exposition(read: Callable[[], Reading]) -> bytes:
+    """One scrape's body in Prometheus's text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(read))
+    return generate_latest(registry)
+
+
+def serve(read: Callable[[], Reading], host: str, port: int) -> None:
+    """Serve `/metrics` on host:port until interrupted (aiohttp, as the OCSP and EST servers)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, exposition, read)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
