@@ -52,7 +52,7 @@ class Status(StrEnum):
     EXPIRED = "E"
 
 
-# Printable ASCII but `/` and `\\`: a value that needs no escaping.
+# Printable ASCII other than `/` and the backslash: a value that needs no escaping.
 _PLAIN_VALUE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]*")
 
 
