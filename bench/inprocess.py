@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from bench.cpu import CpuMeter
@@ -150,6 +150,38 @@ def server_cert_builder(
         not_valid_before=now,
         not_valid_after=now + timedelta(days=LEAF_DAYS),
         extensions=[x509.Extension(value.oid, critical, value) for value, critical in extensions],
+    )
+
+
+def measure_minimal(authority: SigningAuthority, workload: Workload) -> Rate:
+    """The least a signing service must do per CSR, written without casign: parse the CSR,
+    check its signature, build the guide's server_cert extensions, sign, verify the
+    certificate against the CA certificate, PEM-encode it. No policy, store or audit."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    pems = [pem.encode("ascii") for pem in workload.csr_pems]
+    key, digest, intermediate = authority.key, hashes.SHA256(), authority.intermediate
+
+    def issue(pem: bytes) -> bytes:
+        csr = x509.load_pem_x509_csr(pem)
+        if not csr.is_signature_valid:
+            raise BenchError("a workload CSR's signature does not verify")
+        certificate = server_cert_builder(csr, authority, now).sign(key, digest)
+        certificate.verify_directly_issued_by(intermediate)
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+    for pem in pems[:WARMUP_JOBS]:
+        issue(pem)
+    cpu = CpuMeter()
+    start = time.perf_counter()
+    for pem in pems:
+        issue(pem)
+    elapsed = time.perf_counter() - start
+    return Rate(
+        len(pems),
+        elapsed,
+        "parse CSR, check its signature, server_cert extensions, sign, verify, PEM; "
+        "nothing else, 1 process",
+        cpu.seconds(),
     )
 
 

@@ -35,7 +35,7 @@ from bench.est_row import (
     measure_est_latency,
     running_est,
 )
-from bench.inprocess import measure_limit, measure_sign_only, with_lint
+from bench.inprocess import measure_limit, measure_minimal, measure_sign_only, with_lint
 from bench.machine import describe_machine, load_average
 from bench.ocsp_rate import measure_ocsp, running_ocsp
 from bench.peers import (
@@ -225,11 +225,13 @@ def measure_in_process(
     authority: BenchAuthority,
     signing: SigningAuthority,
     workload: Workload,
-    rows: tuple[Row, Row],
+    rows: tuple[Row, Row, Row],
     round_: int,
 ) -> None:
-    """One round of the limit row (the pipeline in a loop) and the sign-only row of one CA key."""
-    limit_row, sign_row = rows
+    """One round of the minimal pipeline, the limit row (casign's pipeline in a loop) and the
+    sign-only row of one CA key, back to back so their ratios share the machine's state."""
+    minimal_row, limit_row, sign_row = rows
+    run.measure(minimal_row, lambda: measure_minimal(signing, workload), round_)
     tag = f"limit-{authority.name}-{round_}"
     store = run.store(tag)
     try:
@@ -308,7 +310,7 @@ def _jobs(outcome: Outcome) -> int:
 def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_dir: Path) -> None:
     """Rounds of limit, sign only and casign RSA-2048, then latency, preloaded index, memory."""
     args = run.args
-    limit_rows = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA)
+    limit_rows = (Row.MINIMAL_RSA, Row.LIMIT_RSA, Row.SIGN_ONLY_RSA)
     lint_rows = [row for rows in LINT_ROWS.values() for row in rows]
     wants_lint = run.wants(*lint_rows)
     signing = (
@@ -442,7 +444,7 @@ def profile_casign(run: Run, casign: CasignService, workload: Workload, director
 
 def measure_p256(run: Run, authority: BenchAuthority, workload: Workload, work_dir: Path) -> None:
     """Rounds of limit, sign only and casign with a P-256 CA key."""
-    limit_rows = (Row.LIMIT_P256, Row.SIGN_ONLY_P256)
+    limit_rows = (Row.MINIMAL_P256, Row.LIMIT_P256, Row.SIGN_ONLY_P256)
     signing = load_authority(authority.folder.root) if run.wants(*limit_rows) else None
     needed = run.wants(Row.CASIGN_P256)
     with service(run, authority, "p256", workload, work_dir, needed) as casign:
@@ -552,11 +554,11 @@ def measure_all(run: Run, work_dir: Path) -> None:
     console = run.console
     console.print(f"making {args.count:,} CSRs ({args.leaf_key} leaf key) ...")
     workload = make_workload(args.count, args.leaf_key)
-    rsa_rows: tuple[Row, ...] = (Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
+    rsa_rows: tuple[Row, ...] = (Row.MINIMAL_RSA, Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
     rsa_rows += tuple(row for rows in LINT_ROWS.values() for row in rows)
     rsa_rows += (Row.CASIGN_PRELOADED, Row.LATENCY, Row.WORKER_RSS, Row.OPENSSL_CA, Row.CFSSL)
     rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE)
-    p256_rows = (Row.LIMIT_P256, Row.SIGN_ONLY_P256, Row.CASIGN_P256)
+    p256_rows = (Row.MINIMAL_P256, Row.LIMIT_P256, Row.SIGN_ONLY_P256, Row.CASIGN_P256)
     console.print("making the CAs ...")
     rsa = (
         make_file_authority(work_dir / "ca-rsa", KeyType.RSA2048, "RSA-2048")

@@ -35,6 +35,7 @@ from worker.web_names import (
     check_public_dns_name,
     check_public_ip_address,
     check_wildcard_base,
+    ip_address_or_none,
     is_dns_name,
 )
 
@@ -271,7 +272,11 @@ def check_subject(name: x509.Name, profile: Profile, ca_common_names: Iterable[s
                 Code.SUBJECT_BAD_CHARACTER,
                 f"subject {label} is not a text value (a DirectoryString or IA5String)",
             )
-        if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
+        # isprintable() is False for every Cc, Cf, Zl and Zp character: the slow look is only
+        # for a value that has one of those or some other unprintable character.
+        if not value.isprintable() and any(
+            unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value
+        ):
             raise Rejected(
                 Code.SUBJECT_BAD_CHARACTER,
                 f"subject {label} contains a control character (NUL, TAB, newline or similar)",
@@ -490,11 +495,7 @@ def _comparable_name(text: str) -> str:
 
 
 def _is_ip_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return ip_address_or_none(text) is not None
 
 
 def _describe_general_name(name: x509.GeneralName) -> str:

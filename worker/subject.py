@@ -3,8 +3,6 @@ the profile's order from the checked values (never the CSR's encoding copied as 
 
 from __future__ import annotations
 
-import ipaddress
-
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from iso3166 import countries_by_alpha2
@@ -12,7 +10,7 @@ from iso3166 import countries_by_alpha2
 from core.errors import RefusalCode as Code
 from core.errors import Rejected
 from worker.profiles import SUBJECT_ATTRIBUTE_OIDS, Profile
-from worker.web_names import normalised_dns_name
+from worker.web_names import ip_address_or_none, normalised_dns_name
 
 ATTRIBUTE_NAMES: dict[ObjectIdentifier, str] = {
     oid: name for name, oid in SUBJECT_ATTRIBUTE_OIDS.items()
@@ -56,10 +54,8 @@ def canonical_common_name(common_name: str, profile: Profile) -> str:
     its RFC 5952 text form; any other CN as it came."""
     if profile.common_name != "fqdn":
         return common_name
-    try:
-        return str(ipaddress.ip_address(common_name))
-    except ValueError:
-        return normalised_dns_name(common_name)
+    address = ip_address_or_none(common_name)
+    return str(address) if address is not None else normalised_dns_name(common_name)
 
 
 def build_subject(requested: x509.Name, profile: Profile) -> x509.Name:

@@ -25,6 +25,18 @@ RESERVED_SUFFIXES = ("onion", "arpa")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # The IPv4 shared address space (RFC 6598) is neither private nor global in the ipaddress module.
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+_DOTTED_DIGITS = re.compile(r"[0-9.]+")
+
+
+def ip_address_or_none(text: str) -> IPAddress | None:
+    """`text` as an IP address, or None: a name with neither a colon (IPv6) nor only digits and
+    dots (IPv4) is answered without the cost of ipaddress's exception."""
+    if ":" not in text and not _DOTTED_DIGITS.fullmatch(text):
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def is_dns_name(text: str, wildcard: bool) -> bool:
