@@ -61,6 +61,7 @@ class Report:
     machine: Machine
     outcomes: dict[Row, Outcome] = field(default_factory=dict)
     profile_lines: list[str] = field(default_factory=list)
+    scaling_lines: list[str] = field(default_factory=list)
     load_averages: list[str] = field(default_factory=list)  # at the start and at the end
 
     def rate(self, row: Row, basis: Basis = "wall") -> float | None:
@@ -115,6 +116,8 @@ def compared(report: Report, row: Row) -> str:
             return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x Producer.submit_many")
         case Row.CASIGN_P256:
             return _times(r(row, Row.LIMIT_P256, 2), lambda v: f"{v:.2f} x (2 x limit)")
+        case Row.SCALE_TWO:
+            return _times(r(row, Row.SCALE_ONE), lambda v: f"{v:.2f} x 1 worker")
         case Row.CASIGN_SOFTHSM:
             return _times(r(row, Row.RAW_PKCS11_2), lambda v: f"{v:.2f} x raw, 2 processes")
         case Row.RAW_PKCS11_2:
@@ -392,7 +395,7 @@ def print_tables(report: Report, console: Console) -> None:
     console.print(targets)
     if report.settings.count < TARGET_N:
         console.print(f"N < {TARGET_N:,}: the targets are stated for N >= {TARGET_N:,}.")
-    for line in report.profile_lines:
+    for line in [*report.scaling_lines, *report.profile_lines]:
         console.print(line, markup=False, highlight=False)
 
 
@@ -439,6 +442,8 @@ def markdown(report: Report, kept_section: str) -> str:
     lines.extend(_markdown_row(_target_cells(check)) for check in target_checks(report))
     if settings.count < TARGET_N:
         lines += ["", f"N < {TARGET_N:,}: the targets are stated for N >= {TARGET_N:,}."]
+    if report.scaling_lines:
+        lines += ["", "## Scaling out (written by the run)", "", *report.scaling_lines]
     if report.profile_lines:
         lines += ["", "## Profile (py-spy, written by the run)", "", "```", *report.profile_lines]
         lines += ["```"]

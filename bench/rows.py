@@ -25,6 +25,8 @@ class Row(StrEnum):
     CASIGN_RSA = "casign RSA-2048"
     CASIGN_PRELOADED = "casign RSA-2048, index preloaded"
     CASIGN_P256 = "casign P-256"
+    SCALE_ONE = "casign RSA-2048, 1 worker x 1 process"
+    SCALE_TWO = "casign RSA-2048, 2 workers x 1 process"
     CASIGN_SOFTHSM = "casign SoftHSM"
     RAW_PKCS11_1 = "raw PKCS#11, 1 process"
     RAW_PKCS11_2 = "raw PKCS#11, 2 processes"
@@ -46,6 +48,7 @@ PARALLELISM: dict[Row, int] = {
     Row.CASIGN_SOFTHSM: 2,
     Row.EST: 2,  # the worker's 2 processes; the front-end shares their cores
     Row.RAW_PKCS11_2: 2,
+    Row.SCALE_TWO: 2,
     Row.CFSSL: 2,  # a Go server: its goroutines run on every core
 }
 
@@ -70,6 +73,7 @@ SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
     "cfssl": (Row.CFSSL,),
     "ocsp": (Row.OCSP_CACHED, Row.OCSP_NONCE),
     "est": (Row.EST, Row.EST_LATENCY),
+    "scaling": (Row.SCALE_ONE, Row.SCALE_TWO),
 }
 
 

@@ -61,6 +61,14 @@ from bench.rows import (
     Rss,
     median_round,
 )
+from bench.scaling import (
+    RedisLoad,
+    measured,
+    one_worker,
+    own_redis,
+    second_worker,
+    store_capacity_lines,
+)
 from bench.service import (
     CasignService,
     delete_keys,
@@ -461,6 +469,51 @@ def measure_p256(run: Run, authority: BenchAuthority, workload: Workload, work_d
                 )
 
 
+def measure_scaling(
+    run: Run, authority: BenchAuthority, workload: Workload, work_dir: Path
+) -> None:
+    """One worker of one process, then two on one queue, on a Redis of the rows' own."""
+    loads: list[RedisLoad] = []
+    rates: dict[Row, Rate] = {}
+
+    def scaled(row: Row, service: CasignService, how: str) -> Outcome:
+        rate, load = measured(service, workload, row.name.lower(), run.args.batch_size, how)
+        loads.append(load)
+        rates[row] = rate
+        return dataclasses.replace(rate, cpu_seconds=None)  # the second worker's CPU is not counted
+
+    try:
+        with (
+            own_redis(work_dir / "redis-scaling") as redis_url,
+            one_worker(authority, redis_url, run.run_id, workload, work_dir) as service,
+        ):
+            run.measure(
+                Row.SCALE_ONE,
+                lambda: scaled(Row.SCALE_ONE, service, "1 casign worker of 1 process, own Redis"),
+            )
+            with second_worker(service, work_dir):
+                run.measure(
+                    Row.SCALE_TWO,
+                    lambda: scaled(
+                        Row.SCALE_TWO,
+                        service,
+                        "2 casign workers of 1 process, one queue, own Redis",
+                    ),
+                )
+    except BenchError as exc:
+        run.set_missing([Row.SCALE_ONE, Row.SCALE_TWO], str(exc))
+        return
+    if len(rates) == 2:
+        total = RedisLoad(
+            sum(load.certificates for load in loads),
+            sum(load.commands for load in loads),
+            sum(load.cpu_seconds for load in loads),
+        )
+        run.report.scaling_lines.extend(
+            store_capacity_lines(rates[Row.SCALE_ONE], rates[Row.SCALE_TWO], total)
+        )
+
+
 def measure_softhsm(run: Run, workload: Workload, work_dir: Path) -> None:
     """Rounds of the token's raw signing rate in 1 and 2 processes and of casign using it."""
     rows = (Row.RAW_PKCS11_1, Row.RAW_PKCS11_2, Row.CASIGN_SOFTHSM)
@@ -557,7 +610,7 @@ def measure_all(run: Run, work_dir: Path) -> None:
     rsa_rows: tuple[Row, ...] = (Row.MINIMAL_RSA, Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
     rsa_rows += tuple(row for rows in LINT_ROWS.values() for row in rows)
     rsa_rows += (Row.CASIGN_PRELOADED, Row.LATENCY, Row.WORKER_RSS, Row.OPENSSL_CA, Row.CFSSL)
-    rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE)
+    rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE, Row.SCALE_ONE, Row.SCALE_TWO)
     p256_rows = (Row.MINIMAL_P256, Row.LIMIT_P256, Row.SIGN_ONLY_P256, Row.CASIGN_P256)
     console.print("making the CAs ...")
     rsa = (
@@ -574,6 +627,8 @@ def measure_all(run: Run, work_dir: Path) -> None:
         measure_rsa(run, rsa, workload, work_dir)
     if p256 is not None:
         measure_p256(run, p256, workload, work_dir)
+    if rsa is not None and run.wants(Row.SCALE_ONE, Row.SCALE_TWO):
+        measure_scaling(run, rsa, workload, work_dir)
     if run.wants(Row.CASIGN_SOFTHSM, Row.RAW_PKCS11_1, Row.RAW_PKCS11_2):
         measure_softhsm(run, workload, work_dir)
     if rsa is not None and run.wants(Row.OPENSSL_CA, Row.CFSSL):

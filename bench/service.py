@@ -116,8 +116,9 @@ def running_service(
     queue: str,
     log_path: Path,
     workload: Workload,
+    concurrency: int = WORKER_PROCESSES,
 ) -> Iterator[CasignService]:
-    """Start a worker of `WORKER_PROCESSES` processes, warm both up, stop it and drop its keys."""
+    """Start a worker of `concurrency` processes, warm them up, stop it and drop its keys."""
     store = ResultsStore.from_url(redis_url, prefix)
     worker = start_worker(
         authority.folder.root,
@@ -126,7 +127,7 @@ def running_service(
         store,
         queue,
         log_path,
-        concurrency=WORKER_PROCESSES,
+        concurrency=concurrency,
         extra_env=authority.worker_env,
     )
     try:

@@ -49,3 +49,5 @@ def test_bench_runs_and_writes_every_row(tmp_path: Path, redis_url: str) -> None
         assert f"| {row.value} |" in written
     assert "targets of issue 4" in done.stdout
     assert "<!-- what-bounds-it:start" in written
+    assert "Redis per 1,000 certificates" in written  # the scaling rows' own-Redis figures
+    assert "minimal pipeline (issue 14)" in written
