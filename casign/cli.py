@@ -428,7 +428,7 @@ def _supervised_worker(folder: Path, endpoints: Endpoints, flags: WorkerFlags) -
         "CASIGN_STORE_PREFIX": endpoints.store_prefix,
         "CASIGN_QUEUE": endpoints.queue,
     }
-    with embedded_redis(endpoints):  # owned here, so a restarted worker finds the same Redis
+    with embedded_redis(endpoints):  # held across the worker's restarts, which join it too
         return Supervisor([*command, *flags.arguments()], env=env).run()
 
 

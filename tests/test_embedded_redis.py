@@ -251,7 +251,7 @@ def test_planted_fallback_folder_is_refused(make_store: StoreFactory, tmp_path: 
         store.socket_path.parent.unlink()
 
 
-def test_running_stops_only_what_it_started(make_store: StoreFactory, tmp_path: Path) -> None:
+def test_the_last_user_to_leave_stops_it(make_store: StoreFactory, tmp_path: Path) -> None:
     store = make_store(tmp_path / "ca")
     store.stop()  # nothing running: no error
 
@@ -260,10 +260,87 @@ def test_running_stops_only_what_it_started(make_store: StoreFactory, tmp_path: 
         assert store.is_running()
     assert not store.is_running()
 
-    assert store.start() is True
     with store.running():
-        assert store.is_running()
-    assert store.is_running()
+        pid = _server_pid(store)
+        with EmbeddedRedis(tmp_path / "ca").running():  # a second user joins, never starts
+            assert _server_pid(store) == pid
+        assert store.is_running(), "the second user's exit stopped a server still in use"
+    assert not store.is_running()
+
+    assert store.start() is True  # a server nobody uses is adopted by the next user
+    pid = _server_pid(store)
+    with store.running():
+        assert _server_pid(store) == pid
+    assert not store.is_running()
+
+
+_USER_SCRIPT = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from store.embedded import EmbeddedRedis\n"
+    "with EmbeddedRedis(Path(sys.argv[1])).running():\n"
+    "    print('joined', flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def _user_process(ca_dir: Path) -> subprocess.Popen[str]:
+    """Another process using the folder's server, once it has joined."""
+    env = {**os.environ, "PYTHONPATH": str(Path(next(iter(casign.__path__))).parent)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _USER_SCRIPT, str(ca_dir)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "joined"
+    return process
+
+
+@needs_proc
+def test_a_killed_users_share_is_let_go_and_its_server_adopted(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    other = _user_process(store.ca_dir)
+    try:
+        pid = _server_pid(store)
+        with store.running():
+            assert _server_pid(store) == pid
+        assert store.is_running(), "left while another process still uses it"
+    finally:
+        other.kill()  # SIGKILL: its share goes with it; the server it started stays up, unused
+        other.wait()
+    assert _servers_on(store.socket_path) == [pid]
+    with store.running():
+        assert _server_pid(store) == pid, "the orphan was not adopted"
+        assert _servers_on(store.socket_path) == [pid]
+    _wait_gone(pid)
+    assert _servers_on(store.socket_path) == []
+
+
+@needs_proc
+def test_a_server_that_no_longer_answers_is_replaced(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    store.start()
+    with redis.Redis.from_url(store.url) as client:
+        client.set("serial:next", "7")
+    hung = _server_pid(store)
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        with store.running():
+            assert _server_pid(store) != hung
+            assert _servers_on(store.socket_path) == [_server_pid(store)]
+            with redis.Redis.from_url(store.url) as client:
+                assert client.get("serial:next") == b"7"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert _gone(hung)
+    assert _servers_on(store.socket_path) == []
 
 
 def test_failed_start_quotes_the_log(make_store: StoreFactory, tmp_path: Path) -> None:
