@@ -172,17 +172,41 @@ def test_the_producer_writes_into_a_folder_its_user_owns() -> None:
     assert out in image_folders(), f"the Dockerfile does not make {out} its user's"
 
 
-def test_a_signer_that_refuses_to_start_says_so_and_is_not_restarted(
+def refused_marker(signer_script: Path) -> str:
+    """The file docker-signer.sh writes on a refusal, which the signer's healthcheck tests."""
+    return script_defaults(signer_script)["CASIGN_SIGNER_REFUSED"]
+
+
+def wait_refused(container: Container, signer: subprocess.Popen[bytes], log: Path) -> str:
+    """Wait until the signer reports a refusal; check it then waits (no exit, so no restart
+    loop under `restart: always`) and ends with 0 on SIGTERM. The log."""
+    marker = Path(container.host_path(refused_marker(REPO / "softhsm" / "docker-signer.sh")))
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert signer.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert signer.poll() is None, "the refused signer exited: Docker would start it again"
+    stop_process_group(signer, timeout=10)
+    assert signer.returncode == 0
+    text = log.read_text(errors="replace")
+    assert "waiting here instead of restarting" in text and "Traceback" not in text, text
+    assert marker.read_text().startswith("casign signer: ")
+    return text
+
+
+def test_a_signer_that_refuses_to_start_says_so_and_waits(
     container: Container, tmp_path: Path
 ) -> None:
-    assert SERVICES["signer"]["restart"] == "on-failure"
+    signer = SERVICES["signer"]
+    assert signer["restart"] == "always"  # a crash is restarted; a refusal never exits
     script = Path(container.command("signer")[0])
+    assert refused_marker(script) in " ".join(signer["healthcheck"]["test"])
     env = container.environment("signer", [script])
-    done = container.run(container.command("signer"), env, timeout=60)
-    assert done.returncode == 0, done.stderr  # on-failure leaves an exit 0 stopped
-    assert "no set-up found" in done.stderr
-    assert "not started again until fixed" in done.stderr
-    assert "Traceback" not in done.stderr
+    log = tmp_path / "signer.log"
+    text = wait_refused(container, container.start(container.command("signer"), env, log), log)
+    assert "no set-up found" in text
 
 
 def _redis_7() -> str:
@@ -263,12 +287,13 @@ def test_the_services_run_as_compose_starts_them(container: Container, tmp_path:
             assert str(host_out) in denied.stderr
 
         # A refusal (here: producers.toml gone, so the worker would serve anyone) is reported
-        # and ends with 0, which `restart: on-failure` leaves stopped.
+        # once, and the signer waits rather than exit into a restart loop.
         producers = Path(container.host_path("/var/lib/casign/ca/intermediate/producers.toml"))
         producers.rename(producers.with_suffix(".aside"))
-        refused = container.run(signer_command, signer_env, timeout=120)
-        assert refused.returncode == 0, refused.stdout + refused.stderr
-        assert "refused to start" in refused.stderr and "producers.toml" in refused.stderr
+        refused_log = tmp_path / "refused.log"
+        refused = container.start(signer_command, signer_env, refused_log)
+        text = wait_refused(container, refused, refused_log)
+        assert "refused to start" in text and "producers.toml" in text
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
