@@ -4,9 +4,11 @@ One server per folder, shared by whoever needs it: every process that uses it (a
 supervisor, a CLI command) joins it for as long as it needs it (`EmbeddedRedis.running()`),
 starting it if none answers, and the last one to leave stops it. A user is a shared `flock` on
 DIR/redis.users held for its lifetime, so the kernel lets go of a killed user's share; starting
-and stopping are serialised by DIR/redis.lock. A server whose users all died (SIGKILL) is
-adopted by the next user, who then stops it on leaving; one that still holds the socket but no
-longer answers is killed and replaced.
+and stopping are serialised by DIR/redis.lock. Users that are killed (SIGKILL) cannot stop it,
+so a small detached reaper (`python -m store.embedded_reaper DIR`, one per folder, holding
+DIR/redis.reaper) looks every second and stops the server once no user is left. A server whose
+users and reaper all died is adopted by the next user, who then stops it on leaving; one that
+still holds the socket but no longer answers is killed and replaced.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _POLL_SECONDS = 0.05
 _CLIENT_TIMEOUT_SECONDS = 2.0
 # How long a server that holds the socket but no longer answers gets to exit after SIGTERM.
 _REPLACE_GRACE_SECONDS = 5.0
+# How often the reaper looks for users left.
+REAP_POLL_SECONDS = 1.0
 
 
 def redis_server_binary() -> str:
@@ -107,6 +111,7 @@ class EmbeddedRedis:
         self._acl_path = self._ca_dir / "redis.acl"
         self._lock_path = self._ca_dir / "redis.lock"
         self._users_path = self._ca_dir / "redis.users"
+        self._reaper_path = self._ca_dir / "redis.reaper"
         self._pid_path = self._ca_dir / "redis.pid"
         self._log_path = self._ca_dir / "redis.log"
         self._socket_path = _socket_path_for(self._ca_dir)
@@ -193,6 +198,7 @@ class EmbeddedRedis:
                 # Never blocks: the exclusive lock is only ever taken under DIR/redis.lock.
                 fcntl.flock(membership, fcntl.LOCK_SH)
                 self._start_locked(deadline, timeout)
+                self._ensure_reaper()
             except BaseException:
                 membership.close()
                 raise
@@ -215,11 +221,96 @@ class EmbeddedRedis:
                 finally:
                     fcntl.flock(probe, fcntl.LOCK_UN)
 
+    def reap(self, watch_fd: int | None = None, poll_seconds: float = REAP_POLL_SECONDS) -> None:
+        """Stop the server once no user holds a share, killed users included; return then, when
+        the server is gone, or at once when another reaper watches this folder.
+
+        `watch_fd` is DIR/redis.reaper already locked by the user that started this reaper.
+        """
+        watch = (
+            self._open_lock_file(self._reaper_path)
+            if watch_fd is None
+            else os.fdopen(watch_fd, "r+b")
+        )
+        with watch:
+            try:
+                fcntl.flock(watch, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on an inherited lock
+            except BlockingIOError:
+                return
+            while not self._reap_once():
+                time.sleep(poll_seconds)
+
+    def _reap_once(self) -> bool:
+        """One look, under DIR/redis.lock (none while another process holds it); True when the
+        server is gone, stopped now or before."""
+        with self._open_lock_file(self._lock_path) as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a user is joining or leaving: look again later
+            try:
+                if not self.is_running():
+                    return True
+                with self._open_users_file() as probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return False
+                    deadline = time.monotonic() + _REPLACE_GRACE_SECONDS * 2
+                    self._stop_locked(deadline, _REPLACE_GRACE_SECONDS * 2)
+                    return True
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _ensure_reaper(self) -> None:
+        """Under DIR/redis.lock: start the folder's reaper unless one holds DIR/redis.reaper.
+
+        The reaper is handed the lock itself (the locked descriptor), so no second user can
+        start another while this one starts up.
+        """
+        with self._open_lock_file(self._reaper_path) as watch:
+            try:
+                fcntl.flock(watch, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._spawn_reaper(watch.fileno())
+
+    def _spawn_reaper(self, watch_fd: int) -> None:
+        package_root = str(Path(__file__).resolve().parent.parent)
+        python_path = os.environ.get("PYTHONPATH")
+        env = {
+            **os.environ,
+            "PYTHONPATH": package_root + (os.pathsep + python_path if python_path else ""),
+        }
+        # Through a shell that exits at once: the reaper is nobody's child but init's, so no
+        # user is left with a zombie, and it outlives every user; it holds no lock of theirs.
+        try:
+            subprocess.run(
+                ["/bin/sh", "-c", '"$@" </dev/null >/dev/null 2>&1 &', "casign-reaper",
+                 sys.executable, "-m", "store.embedded_reaper", str(self._ca_dir), str(watch_fd)],
+                env=env,
+                cwd="/",
+                pass_fds=(watch_fd,),
+                start_new_session=True,
+                check=True,
+                timeout=10,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning(
+                "no reaper for the redis-server of %s (%s): if every user is killed it runs "
+                "until the next user adopts it",
+                self._ca_dir,
+                exc,
+            )
+
     def _open_users_file(self) -> IO[bytes]:
         """DIR/redis.users, opened without following a link (its content is never used)."""
-        descriptor = os.open(
-            self._users_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        return self._open_lock_file(self._users_path)
+
+    @staticmethod
+    def _open_lock_file(path: Path) -> IO[bytes]:
+        """A lock file, opened without following a link (its content is never used)."""
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         return os.fdopen(descriptor, "r+b")
 
     def _start_locked(self, deadline: float, timeout: float) -> bool:

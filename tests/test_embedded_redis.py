@@ -298,8 +298,31 @@ def _user_process(ca_dir: Path) -> subprocess.Popen[str]:
     return process
 
 
+def reapers_of(ca_dir: Path) -> list[int]:
+    """Pids of live reapers (`python -m store.embedded_reaper DIR`) of this folder."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        mine = b"store.embedded_reaper" in words and os.fsencode(ca_dir.resolve()) in words
+        if mine and not _gone(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 @needs_proc
-def test_a_killed_users_share_is_let_go_and_its_server_adopted(
+def test_the_reaper_stops_it_once_the_last_user_is_killed(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:
     store = make_store(tmp_path / "ca")
@@ -309,13 +332,35 @@ def test_a_killed_users_share_is_let_go_and_its_server_adopted(
         with store.running():
             assert _server_pid(store) == pid
         assert store.is_running(), "left while another process still uses it"
+        assert len(reapers_of(store.ca_dir)) == 1
     finally:
-        other.kill()  # SIGKILL: its share goes with it; the server it started stays up, unused
+        other.kill()  # SIGKILL: it cannot stop the server; its share goes with it
         other.wait()
-    assert _servers_on(store.socket_path) == [pid]
+    _wait_gone(pid, timeout=10)
+    assert _servers_on(store.socket_path) == []
+    wait_until(lambda: not reapers_of(store.ca_dir))
+
+
+@needs_proc
+def test_a_server_whose_users_and_reaper_were_killed_is_adopted(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    other = _user_process(store.ca_dir)
+    try:
+        pid = _server_pid(store)
+        wait_until(lambda: len(reapers_of(store.ca_dir)) == 1)
+        for reaper in reapers_of(store.ca_dir):
+            os.kill(reaper, signal.SIGKILL)
+            _wait_gone(reaper)
+    finally:
+        other.kill()
+        other.wait()
+    assert _servers_on(store.socket_path) == [pid]  # an orphan: nobody left to stop it
     with store.running():
         assert _server_pid(store) == pid, "the orphan was not adopted"
         assert _servers_on(store.socket_path) == [pid]
+        wait_until(lambda: len(reapers_of(store.ca_dir)) == 1)  # a new reaper watches it
     _wait_gone(pid)
     assert _servers_on(store.socket_path) == []
 

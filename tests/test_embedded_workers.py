@@ -20,7 +20,14 @@ from casign.supervise import stop_process_group
 from store.embedded import EmbeddedRedis
 from tests.cas import make_alice_ca
 from tests.test_cli import casign, clean_env, openssl_csr, verify
-from tests.test_embedded_redis import _gone, _server_pid, _servers_on, _wait_gone, needs_proc
+from tests.test_embedded_redis import (
+    _gone,
+    _server_pid,
+    _servers_on,
+    _wait_gone,
+    needs_proc,
+    reapers_of,
+)
 
 pytestmark = needs_proc
 START_TIMEOUT = 60.0
@@ -97,7 +104,7 @@ def test_the_second_worker_keeps_serving_when_the_first_stops(
     assert _servers_on(embedded.socket_path) == []
 
 
-def test_a_killed_workers_server_is_adopted_and_left_by_the_next(
+def test_a_killed_workers_server_is_stopped_and_the_next_worker_serves(
     ca_dir: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:
     embedded = EmbeddedRedis(ca_dir)
@@ -105,6 +112,27 @@ def test_a_killed_workers_server_is_adopted_and_left_by_the_next(
     server = _server_pid(embedded)
     os.killpg(owner.pid, signal.SIGKILL)  # supervisor, worker and pool: no chance to clean up
     owner.wait()
+    _wait_gone(server, timeout=15)  # the folder's reaper: no user is left
+    assert _servers_on(embedded.socket_path) == []
+
+    successor = start_worker(ca_dir, tmp_path / "successor.log", workers)
+    assert len(_servers_on(embedded.socket_path)) == 1
+    signed_by_a_worker(ca_dir, tmp_path, "after-kill")
+    stop_process_group(successor, timeout=30)
+    assert _servers_on(embedded.socket_path) == []
+
+
+def test_when_everything_was_killed_the_next_worker_adopts_the_server(
+    ca_dir: Path, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
+) -> None:
+    embedded = EmbeddedRedis(ca_dir)
+    owner = start_worker(ca_dir, tmp_path / "owner.log", workers)
+    server = _server_pid(embedded)
+    for reaper in reapers_of(ca_dir):  # as a host's OOM killer or `kill -9 -1` could
+        os.kill(reaper, signal.SIGKILL)
+    os.killpg(owner.pid, signal.SIGKILL)
+    owner.wait()
+    assert _servers_on(embedded.socket_path) == [server]  # an orphan, until the next start
 
     successor = start_worker(ca_dir, tmp_path / "successor.log", workers)
     assert _servers_on(embedded.socket_path) == [server], "not adopted: a second server runs"
