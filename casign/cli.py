@@ -282,7 +282,8 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
     "--beat",
     is_flag=True,
     help="Also make a new CRL every hour, on this worker's own schedule (never on a queue "
-    "message); several such workers of one store make one CRL an hour between them.",
+    "message); several such workers of one store make one CRL an hour between them. (Every "
+    "worker, --beat or not, renews the OCSP delegate's certificate.)",
 )
 @click.option(
     "--open",
