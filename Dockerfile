@@ -17,9 +17,11 @@ COPY softhsm softhsm
 RUN pip install --no-cache-dir . \
     && useradd --system --create-home --home-dir /var/lib/casign casign \
     && install -d -o casign -m 0755 /acl \
-    && install -d -o casign -m 0700 /run/casign/producers/www
-# The compose volumes mounted at /acl and /run/casign/producers/www start as these folders, the
-# casign user's: the set-up writes Redis's ACL file and the producer's secrets there.
+    && install -d -o casign -m 0700 /run/casign/producers/www \
+    && install -d -o casign -m 0755 /out
+# The compose volumes mounted at /acl, /run/casign/producers/www and /out start as these folders,
+# the casign user's: the set-up writes Redis's ACL file and the producer's secrets there, and
+# the producer its key, CSR and certificate in /out.
 USER casign
 WORKDIR /var/lib/casign
 CMD ["casign", "--help"]

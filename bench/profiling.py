@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,15 +22,25 @@ TOP = 15
 PROJECT_PACKAGES = frozenset({"bench", "casign", "keystore", "producers", "worker"})
 
 
+def py_spy_binary() -> str | None:
+    """py-spy beside this Python (the `[test]` extra installs it there) or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("py-spy")
+
+
 def py_spy_missing() -> str | None:
-    return None if shutil.which("py-spy") else "py-spy is not on PATH (pip install py-spy)"
+    if py_spy_binary() is not None:
+        return None
+    return "py-spy is neither beside this Python nor on PATH (pip install -e '.[test]')"
 
 
 @contextlib.contextmanager
 def py_spy_recording(pid: int, output: Path, subprocesses: bool) -> Iterator[None]:
     """Sample `pid` (and its children) into `output`, collapsed stacks, for the block's span."""
     command = [
-        "py-spy",
+        py_spy_binary() or "py-spy",
         "record",
         "--pid",
         str(pid),

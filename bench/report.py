@@ -409,9 +409,9 @@ def markdown(report: Report, kept_section: str) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `python -m bench` (rewritten on every run, except the hand-written",
-        "section at the end). The machine is shared and noisy: read the ratios between rows of",
-        "one run, and the CPU-bound column, rather than the absolute rates.",
+        "Written by `python -m bench` (rewritten by every full run or `--write`, except the",
+        "hand-written section at the end). The machine is shared and noisy: read the ratios",
+        "between rows of one run, and the CPU-bound column, rather than the absolute rates.",
         "",
         f"- Run: `{settings.command}`, {machine.when}",
         f"- Machine: {machine.cpus} CPUs, {machine.cpu_model}",

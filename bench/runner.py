@@ -84,13 +84,15 @@ from worker.authority import SigningAuthority, load_authority
 
 DEFAULT_REDIS_URL = os.environ.get("CASIGN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 MIN_TABLE_WIDTH = 200
+DEFAULT_REPORT = Path("BENCHMARKS.md")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Measure casign against its signing limit, `openssl ca` and cfssl "
-        "on the same CSRs, print the table and write it to BENCHMARKS.md.",
+        "on the same CSRs and print the table; a full run (or --write) writes it to "
+        "BENCHMARKS.md.",
     )
     parser.add_argument("--count", type=int, default=20_000, help="CSRs per row (N)")
     parser.add_argument("--latency-jobs", type=int, default=200, help="single-job round trips (M)")
@@ -104,7 +106,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"rows not to measure: {', '.join(sorted(SKIP_GROUPS))}",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file to rewrite"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"Markdown file to rewrite (giving it asks for the write; default {DEFAULT_REPORT})",
+    )
+    parser.add_argument(
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"write the report to --out (default: only for a full run, every size at its "
+        f"default and no row skipped, or when --out is given; a quick `--count 200` run never "
+        f"rewrites {DEFAULT_REPORT})",
     )
     parser.add_argument(
         "--preload-index",
@@ -150,7 +163,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.preload_index < 0:
         parser.error("--preload-index must not be negative")
+    args.report_path = report_path(args, parser)
     return args
+
+
+# What makes a run partial: its table would not be comparable with the committed one.
+_SIZE_OPTIONS = (
+    "count", "latency_jobs", "skip", "preload_index", "lint_count", "openssl_count",
+    "cfssl_count", "batch_size", "est_clients", "leaf_key", "hsm_seconds",
+)  # fmt: skip
+
+
+def report_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path | None:
+    """Where this run writes its Markdown: --out or BENCHMARKS.md when asked (--write, --out)
+    or for a full run; None for a partial run not asked to, or with --no-write."""
+    if args.write is False:
+        return None
+    full = all(getattr(args, name) == parser.get_default(name) for name in _SIZE_OPTIONS)
+    if args.write or args.out is not None or full:
+        return args.out or DEFAULT_REPORT
+    return None
 
 
 def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
@@ -677,8 +709,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     report.load_averages.append(load_average())
     print_tables(report, stdout)
-    write_markdown(report, args.out)
-    stderr.print(f"wrote {args.out}")
+    if args.report_path is not None:
+        write_markdown(report, args.report_path)
+        stderr.print(f"wrote {args.report_path}")
+    else:
+        stderr.print(
+            f"{DEFAULT_REPORT} not written: a partial run (sizes or rows other than the full "
+            "run's); give --write (and --out FILE) to write its report"
+        )
     if report.failed:
         stderr.print(f"[red]failed rows: {', '.join(row.value for row in report.failed)}[/]")
         return 1

@@ -282,7 +282,8 @@ def index_export(ca: Path | None, store: str | None, out: Path | None) -> None:
     "--beat",
     is_flag=True,
     help="Also make a new CRL every hour, on this worker's own schedule (never on a queue "
-    "message); several such workers of one store make one CRL an hour between them.",
+    "message); several such workers of one store make one CRL an hour between them. (Every "
+    "worker, --beat or not, renews the OCSP delegate's certificate.)",
 )
 @click.option(
     "--open",
@@ -428,7 +429,7 @@ def _supervised_worker(folder: Path, endpoints: Endpoints, flags: WorkerFlags) -
         "CASIGN_STORE_PREFIX": endpoints.store_prefix,
         "CASIGN_QUEUE": endpoints.queue,
     }
-    with embedded_redis(endpoints):  # owned here, so a restarted worker finds the same Redis
+    with embedded_redis(endpoints):  # held across the worker's restarts, which join it too
         return Supervisor([*command, *flags.arguments()], env=env).run()
 
 

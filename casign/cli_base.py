@@ -35,7 +35,8 @@ def write_certificate(path: Path, pem: str) -> None:
 
 
 def embedded_redis(endpoints: Endpoints) -> contextlib.AbstractContextManager[object]:
-    """The CA folder's embedded Redis, running for the block, when the endpoints use it."""
+    """The CA folder's embedded Redis, joined (or started) for the block, when the endpoints
+    use it; the last process to leave it stops it."""
     if endpoints.embedded_dir is None:
         return contextlib.nullcontext()
     from store.embedded import EmbeddedRedis

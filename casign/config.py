@@ -61,7 +61,13 @@ def resolve_endpoints(
     broker_url = broker or os.environ.get("CASIGN_BROKER_URL")
     store_url = store or os.environ.get("CASIGN_STORE_URL")
     if store_url and (broker_url or not need_broker):
-        return Endpoints(broker_url or UNUSED_BROKER, store_url, store_prefix(), queue_name(), None)
+        return Endpoints(
+            broker_url or UNUSED_BROKER,
+            store_url,
+            store_prefix(),
+            queue_name(),
+            _embedded_folder_named(store_url, ca_folder),
+        )
     folder = ca_dir(ca_folder)
     problem = ca_folder_problem(folder)
     if problem is not None:
@@ -81,6 +87,19 @@ def resolve_endpoints(
         queue_name(),
         folder.absolute(),
     )
+
+
+def _embedded_folder_named(store_url: str, ca_folder: Path | None) -> Path | None:
+    """The CA folder whose embedded Redis `store_url` names (a supervised worker is given its
+    supervisor's URLs), so that this process too counts as one of its users; else None."""
+    if not store_url.startswith("unix://"):
+        return None
+    folder = ca_dir(ca_folder)
+    if ca_folder_problem(folder) is not None:
+        return None
+    from store.embedded import EmbeddedRedis
+
+    return folder.absolute() if EmbeddedRedis(folder.absolute()).url == store_url else None
 
 
 def known_ca_folder(flag: Path | None, endpoints: Endpoints) -> Path | None:

@@ -6,7 +6,8 @@ certificates revoked): when one moves, it rereads the index lines of the answers
 change and signs again those whose line changed, so a revocation reaches the answers within
 one interval without waiting for a request. It also signs again each answer asked for since
 its signing when its renewal time comes (ocsp.lifetime), drops those nobody asked for, and
-reloads the delegate when the worker has renewed it. A request with a nonce is signed for
+reloads the delegate when a worker has renewed it (and warns, hourly, of one near its end that
+no worker renewed: the responder holds no CA key to renew it itself). A request with a nonce is signed for
 itself (the nonce is inside the signed data, RFC 8954 2.1), from the store's current line.
 
 Store reads and signatures run in threads; the cache is touched only by the event loop.
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,6 +52,10 @@ DEFAULT_POLL_SECONDS = 1.0
 ANSWER_THREADS = 2  # store reads and signatures for requests the cache does not hold
 RENEWALS_PER_POLL = 500  # spreads a burst of renewals over polls (RENEWAL_LEAD leaves time)
 LINES_PER_READ = 2000  # index lines per HMGET when rechecking answers
+# Workers renew the delegate 7 days before its end (worker/ocsp_delegate.py RENEW_WITHIN): one
+# that has less than this left has not been renewed, so the responder says so, once an hour.
+DELEGATE_WARN_WITHIN = timedelta(days=6)
+DELEGATE_WARN_EVERY_SECONDS = 3600.0
 _T = TypeVar("_T")
 
 
@@ -114,6 +119,30 @@ class OCSPResponder:
         self._filling: dict[AnswerKey, asyncio.Future[CachedAnswer]] = {}
         self._answer_pool: ThreadPoolExecutor | None = None
         self._poll_pool: ThreadPoolExecutor | None = None
+        self._delegate_warned_at: float | None = None
+        self.warn_if_delegate_ending()
+
+    def warn_if_delegate_ending(self, now: datetime | None = None) -> bool:
+        """Log (at most once an hour) that the delegate's certificate nears its end unrenewed:
+        the responder holds no CA key, a worker renews it. True when it warned now."""
+        now = now or datetime.now(UTC)
+        ends = self.identity.certificate.not_valid_after_utc
+        if ends - now > DELEGATE_WARN_WITHIN:
+            return False
+        warned = self._delegate_warned_at
+        if warned is not None and time.monotonic() - warned < DELEGATE_WARN_EVERY_SECONDS:
+            return False
+        self._delegate_warned_at = time.monotonic()
+        log.warning(
+            "the OCSP responder certificate %x ends %s and has not been renewed: is a "
+            "`casign worker --ca %s` running? It renews it (or run `casign ocsp-cert --ca %s`); "
+            "answers never outlive it",
+            self.identity.certificate.serial_number,
+            f"{ends:%Y-%m-%d %H:%M} UTC",
+            self.ca_root,
+            self.ca_root,
+        )
+        return True
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[OCSPResponder]:
@@ -258,6 +287,7 @@ class OCSPResponder:
         """One look at the store and the delegate's files; sign again what changed or is due."""
         if self._files.changed():
             await self._reload_identity()
+        self.warn_if_delegate_ending()
         generation = await self._in(self._poll_pool, self._read_generation)
         previous, self._generation = self._generation, generation
         suspects, self._unchecked = self._unchecked, set()

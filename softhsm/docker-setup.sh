@@ -24,8 +24,22 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${CASIGN_BROKER_URL:?set CASIGN_BROKER_URL to the broker the roles use, without a password}"
 : "${CASIGN_STORE_URL:?set CASIGN_STORE_URL to the store the roles use, without a password}"
 
+failed() {
+    echo "casign set-up: $*" >&2
+    exit 1
+}
+
+if [[ ! -e $ca/intermediate/certs/intermediate.cert.pem && -e $hsm ]]; then
+    # No CA, yet a token: an earlier first run failed after making it (perhaps with the key
+    # inside, which `casign init` would refuse to make again). No certificate names that key,
+    # so it is set aside, not used, and this run starts afresh.
+    aside=$hsm.failed-$(date -u +%Y%m%dT%H%M%SZ)
+    mv "$hsm" "$aside"
+    echo "casign set-up: no CA yet, so the token of an earlier failed set-up was moved to $aside" >&2
+fi
 if [[ ! -e $hsm/user-pin ]]; then
-    "$here/make-token.sh" "$hsm" casign intermediate none
+    "$here/make-token.sh" "$hsm" casign intermediate none ||
+        failed "making the SoftHSM token in $hsm failed (above); run the set-up again once fixed"
 fi
 export SOFTHSM2_CONF=$hsm/softhsm2.conf
 
@@ -33,9 +47,11 @@ if [[ ! -e $ca/intermediate/certs/intermediate.cert.pem ]]; then
     # The root key is encrypted under a random passphrase that exists only in a pipe while
     # `casign init` reads it, and removed once the intermediate is signed: the signer's volume
     # never holds it. A root you can use again is made offline (README, "Keep the root offline").
+    # `casign init` leaves no part of a CA when it fails, and the next run makes a new token.
     casign init "$ca" --key-type rsa4096 \
         --root-passphrase-file <(od -An -tx1 -N32 /dev/urandom | tr -d ' \n') \
-        --intermediate-key-uri "pkcs11:token=casign;object=intermediate?pin-source=file:$hsm/user-pin"
+        --intermediate-key-uri "pkcs11:token=casign;object=intermediate?pin-source=file:$hsm/user-pin" ||
+        failed "\`casign init\` failed (the line above says why); nothing of the CA was kept, so \`docker compose up\` tries again from the start"
     rm -f "$ca/private/ca.key.pem"
 fi
 

@@ -1,4 +1,15 @@
-"""A private redis-server per CA folder: unix socket only, every write fsynced before its reply."""
+"""A private redis-server per CA folder: unix socket only, every write fsynced before its reply.
+
+One server per folder, shared by whoever needs it: every process that uses it (a worker, its
+supervisor, a CLI command) joins it for as long as it needs it (`EmbeddedRedis.running()`),
+starting it if none answers, and the last one to leave stops it. A user is a shared `flock` on
+DIR/redis.users held for its lifetime, so the kernel lets go of a killed user's share; starting
+and stopping are serialised by DIR/redis.lock. Users that are killed (SIGKILL) cannot stop it,
+so a small detached reaper (`python -m store.embedded_reaper DIR`, one per folder, holding
+DIR/redis.reaper) looks every second and stops the server once no user is left. A server whose
+users and reaper all died is adopted by the next user, who then stops it on leaving; one that
+still holds the socket but no longer answers is killed and replaced.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +17,17 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 import redis
@@ -22,6 +36,8 @@ from redis.retry import Retry
 
 from core.errors import ConfigurationError
 from core.files import PUBLIC_MODE, write_file_atomically
+
+log = logging.getLogger("casign.store")
 
 # sockaddr_un.sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 _MAX_SOCKET_PATH_BYTES = 103 if sys.platform == "darwin" else 107
@@ -32,6 +48,10 @@ _MAX_CLIENTS = 992
 _LOG_TAIL_LINES = 20
 _POLL_SECONDS = 0.05
 _CLIENT_TIMEOUT_SECONDS = 2.0
+# How long a server that holds the socket but no longer answers gets to exit after SIGTERM.
+_REPLACE_GRACE_SECONDS = 5.0
+# How often the reaper looks for users left.
+REAP_POLL_SECONDS = 1.0
 
 
 def redis_server_binary() -> str:
@@ -90,6 +110,8 @@ class EmbeddedRedis:
         self._config_path = self._ca_dir / "redis.conf"
         self._acl_path = self._ca_dir / "redis.acl"
         self._lock_path = self._ca_dir / "redis.lock"
+        self._users_path = self._ca_dir / "redis.users"
+        self._reaper_path = self._ca_dir / "redis.reaper"
         self._pid_path = self._ca_dir / "redis.pid"
         self._log_path = self._ca_dir / "redis.log"
         self._socket_path = _socket_path_for(self._ca_dir)
@@ -129,60 +151,196 @@ class EmbeddedRedis:
         return f"redis+socket://{quote(str(self._socket_path))}"
 
     def is_running(self) -> bool:
-        """True when a server answers PING on the socket, even one still loading its AOF."""
+        """True when a server answers on the socket, even one loading its AOF or refusing PING."""
         try:
             with self._client() as client:
                 client.ping()
-        except redis.BusyLoadingError:
-            return True
-        except (redis.RedisError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
+        except redis.RedisError:
+            return True  # it answered: loading its AOF, busy with a script, or refusing PING
         return True
 
     def start(self, timeout: float = 10.0) -> bool:
-        """Start a server unless one answers, wait until it serves; True if this call started it."""
+        """Start a server unless one answers, wait until it serves; True if this call started it.
+
+        This joins no user: a server started here runs until `stop()`, or until the last user
+        of a later `running()` block leaves.
+        """
         deadline = time.monotonic() + timeout
         with self._exclusive(deadline, "start"):
-            started = not self.is_running()
-            if started:
-                self._launch(deadline)
-            self._wait_until_ready(deadline, timeout)
-        return started
+            return self._start_locked(deadline, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Shut the server down and wait for its process to exit; nothing to do if none answers."""
+        """Shut the server down, whoever uses it, and wait for its process to exit."""
         if not self._ca_dir.is_dir():
             return
         deadline = time.monotonic() + timeout
         with self._exclusive(deadline, "stop"):
-            try:
-                with self._client() as client:
-                    pid = int(client.info("server")["process_id"])
-                    # Not NOSAVE: there is no RDB to write, and the AOF is already fsynced.
-                    client.shutdown()
-            except (redis.ConnectionError, OSError):
-                return
-            except redis.RedisError as exc:
-                raise ConfigurationError(
-                    f"redis-server for {self._ca_dir} did not shut down: {exc}"
-                ) from exc
-            while _process_alive(pid):
-                if time.monotonic() >= deadline:
-                    raise ConfigurationError(
-                        f"redis-server pid {pid} for {self._ca_dir} still runs {timeout:g}s "
-                        f"after SHUTDOWN; see {self._log_path}"
-                    )
-                time.sleep(_POLL_SECONDS)
+            self._stop_locked(deadline, timeout)
 
     @contextlib.contextmanager
     def running(self, timeout: float = 10.0) -> Iterator[EmbeddedRedis]:
-        """Start the server if needed; on exit stop it only if this block started it."""
-        started = self.start(timeout)
+        """Use the server for the block: join the one that runs or start it; the last user to
+        leave (this block or any other process's) stops it."""
+        membership = self._join(timeout)
         try:
             yield self
         finally:
-            if started:
-                self.stop(timeout)
+            self._leave(membership, timeout)
+
+    def _join(self, timeout: float) -> IO[bytes]:
+        """Become a user (a shared lock on DIR/redis.users), then start the server if needed."""
+        deadline = time.monotonic() + timeout
+        with self._exclusive(deadline, "start"):
+            membership = self._open_users_file()
+            try:
+                # Never blocks: the exclusive lock is only ever taken under DIR/redis.lock.
+                fcntl.flock(membership, fcntl.LOCK_SH)
+                self._start_locked(deadline, timeout)
+                self._ensure_reaper()
+            except BaseException:
+                membership.close()
+                raise
+        return membership
+
+    def _leave(self, membership: IO[bytes], timeout: float) -> None:
+        """Stop being a user; stop the server when no other user holds a share."""
+        deadline = time.monotonic() + timeout
+        with self._exclusive(deadline, "stop"):
+            # LOCK_UN, not close alone: a forked child (a pool process) shares this lock.
+            fcntl.flock(membership, fcntl.LOCK_UN)
+            membership.close()
+            with self._open_users_file() as probe:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another user still holds a share: the server stays up for it
+                try:
+                    self._stop_locked(deadline, timeout)
+                finally:
+                    fcntl.flock(probe, fcntl.LOCK_UN)
+
+    def reap(self, watch_fd: int | None = None, poll_seconds: float = REAP_POLL_SECONDS) -> None:
+        """Stop the server once no user holds a share, killed users included; return then, when
+        the server is gone, or at once when another reaper watches this folder.
+
+        `watch_fd` is DIR/redis.reaper already locked by the user that started this reaper.
+        """
+        watch = (
+            self._open_lock_file(self._reaper_path)
+            if watch_fd is None
+            else os.fdopen(watch_fd, "r+b")
+        )
+        with watch:
+            try:
+                fcntl.flock(watch, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op on an inherited lock
+            except BlockingIOError:
+                return
+            while not self._reap_once():
+                time.sleep(poll_seconds)
+
+    def _reap_once(self) -> bool:
+        """One look, under DIR/redis.lock (none while another process holds it); True when the
+        server is gone, stopped now or before."""
+        with self._open_lock_file(self._lock_path) as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a user is joining or leaving: look again later
+            try:
+                if not self.is_running():
+                    return True
+                with self._open_users_file() as probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return False
+                    deadline = time.monotonic() + _REPLACE_GRACE_SECONDS * 2
+                    self._stop_locked(deadline, _REPLACE_GRACE_SECONDS * 2)
+                    return True
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _ensure_reaper(self) -> None:
+        """Under DIR/redis.lock: start the folder's reaper unless one holds DIR/redis.reaper.
+
+        The reaper is handed the lock itself (the locked descriptor), so no second user can
+        start another while this one starts up.
+        """
+        with self._open_lock_file(self._reaper_path) as watch:
+            try:
+                fcntl.flock(watch, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._spawn_reaper(watch.fileno())
+
+    def _spawn_reaper(self, watch_fd: int) -> None:
+        package_root = str(Path(__file__).resolve().parent.parent)
+        python_path = os.environ.get("PYTHONPATH")
+        env = {
+            **os.environ,
+            "PYTHONPATH": package_root + (os.pathsep + python_path if python_path else ""),
+        }
+        # Through a shell that exits at once: the reaper is nobody's child but init's, so no
+        # user is left with a zombie, and it outlives every user; it holds no lock of theirs.
+        try:
+            subprocess.run(
+                ["/bin/sh", "-c", '"$@" </dev/null >/dev/null 2>&1 &', "casign-reaper",
+                 sys.executable, "-m", "store.embedded_reaper", str(self._ca_dir), str(watch_fd)],
+                env=env,
+                cwd="/",
+                pass_fds=(watch_fd,),
+                start_new_session=True,
+                check=True,
+                timeout=10,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning(
+                "no reaper for the redis-server of %s (%s): if every user is killed it runs "
+                "until the next user adopts it",
+                self._ca_dir,
+                exc,
+            )
+
+    def _open_users_file(self) -> IO[bytes]:
+        """DIR/redis.users, opened without following a link (its content is never used)."""
+        return self._open_lock_file(self._users_path)
+
+    @staticmethod
+    def _open_lock_file(path: Path) -> IO[bytes]:
+        """A lock file, opened without following a link (its content is never used)."""
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return os.fdopen(descriptor, "r+b")
+
+    def _start_locked(self, deadline: float, timeout: float) -> bool:
+        """Under DIR/redis.lock: adopt a server that answers, or launch one; True if launched."""
+        started = not self.is_running()
+        if started:
+            self._launch(deadline)
+        self._wait_until_ready(deadline, timeout)
+        return started
+
+    def _stop_locked(self, deadline: float, timeout: float) -> None:
+        """Under DIR/redis.lock: SHUTDOWN the server that answers and wait for it to exit."""
+        try:
+            with self._client() as client:
+                pid = int(client.info("server")["process_id"])
+                # Not NOSAVE: there is no RDB to write, and the AOF is already fsynced.
+                client.shutdown()
+        except (redis.ConnectionError, OSError):
+            return
+        except redis.RedisError as exc:
+            raise ConfigurationError(
+                f"redis-server for {self._ca_dir} did not shut down: {exc}"
+            ) from exc
+        while _process_alive(pid):
+            if time.monotonic() >= deadline:
+                raise ConfigurationError(
+                    f"redis-server pid {pid} for {self._ca_dir} still runs {timeout:g}s "
+                    f"after SHUTDOWN; see {self._log_path}"
+                )
+            time.sleep(_POLL_SECONDS)
 
     def _client(self) -> redis.Redis:
         """A client on the socket that fails fast instead of retrying."""
@@ -219,10 +377,7 @@ class EmbeddedRedis:
         """Clear what a crashed server left, write redis.conf and run a daemonized redis-server."""
         orphan = self._orphan_server_pid()
         if orphan is not None:
-            raise ConfigurationError(
-                f"redis-server pid {orphan} still serves {self._ca_dir} but does not answer on "
-                f"{self._socket_path}; stop it before starting another on the same AOF"
-            )
+            self._replace(orphan, deadline)
         self._store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._prepare_socket_dir()
         self._socket_path.unlink(missing_ok=True)
@@ -326,6 +481,29 @@ class EmbeddedRedis:
         if title is None or os.fsencode(self._socket_path) not in title:
             return None
         return pid
+
+    def _replace(self, pid: int, deadline: float) -> None:
+        """End a server of this folder that holds its socket but does not answer (hung, or
+        stopped by a signal): SIGTERM, then SIGKILL; every write it acknowledged is in the AOF."""
+        log.warning(
+            "redis-server pid %d holds %s but does not answer; replacing it", pid, self._socket_path
+        )
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        grace = min(time.monotonic() + _REPLACE_GRACE_SECONDS, deadline)
+        while _process_alive(pid) and time.monotonic() < grace:
+            time.sleep(_POLL_SECONDS)
+        if _process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _process_alive(pid):
+                if time.monotonic() >= deadline:
+                    raise ConfigurationError(
+                        f"redis-server pid {pid} holds {self._socket_path} without answering "
+                        "and survives SIGKILL; stop it before starting another on the same AOF"
+                    )
+                time.sleep(_POLL_SECONDS)
 
     def _log_tail(self) -> str:
         """The last lines of the log, formatted to end an error message."""

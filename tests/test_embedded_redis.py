@@ -251,7 +251,7 @@ def test_planted_fallback_folder_is_refused(make_store: StoreFactory, tmp_path: 
         store.socket_path.parent.unlink()
 
 
-def test_running_stops_only_what_it_started(make_store: StoreFactory, tmp_path: Path) -> None:
+def test_the_last_user_to_leave_stops_it(make_store: StoreFactory, tmp_path: Path) -> None:
     store = make_store(tmp_path / "ca")
     store.stop()  # nothing running: no error
 
@@ -260,10 +260,132 @@ def test_running_stops_only_what_it_started(make_store: StoreFactory, tmp_path: 
         assert store.is_running()
     assert not store.is_running()
 
-    assert store.start() is True
     with store.running():
-        assert store.is_running()
-    assert store.is_running()
+        pid = _server_pid(store)
+        with EmbeddedRedis(tmp_path / "ca").running():  # a second user joins, never starts
+            assert _server_pid(store) == pid
+        assert store.is_running(), "the second user's exit stopped a server still in use"
+    assert not store.is_running()
+
+    assert store.start() is True  # a server nobody uses is adopted by the next user
+    pid = _server_pid(store)
+    with store.running():
+        assert _server_pid(store) == pid
+    assert not store.is_running()
+
+
+_USER_SCRIPT = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from store.embedded import EmbeddedRedis\n"
+    "with EmbeddedRedis(Path(sys.argv[1])).running():\n"
+    "    print('joined', flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def _user_process(ca_dir: Path) -> subprocess.Popen[str]:
+    """Another process using the folder's server, once it has joined."""
+    env = {**os.environ, "PYTHONPATH": str(Path(next(iter(casign.__path__))).parent)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _USER_SCRIPT, str(ca_dir)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "joined"
+    return process
+
+
+def reapers_of(ca_dir: Path) -> list[int]:
+    """Pids of live reapers (`python -m store.embedded_reaper DIR`) of this folder."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        mine = b"store.embedded_reaper" in words and os.fsencode(ca_dir.resolve()) in words
+        if mine and not _gone(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@needs_proc
+def test_the_reaper_stops_it_once_the_last_user_is_killed(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    other = _user_process(store.ca_dir)
+    try:
+        pid = _server_pid(store)
+        with store.running():
+            assert _server_pid(store) == pid
+        assert store.is_running(), "left while another process still uses it"
+        assert len(reapers_of(store.ca_dir)) == 1
+    finally:
+        other.kill()  # SIGKILL: it cannot stop the server; its share goes with it
+        other.wait()
+    _wait_gone(pid, timeout=10)
+    assert _servers_on(store.socket_path) == []
+    wait_until(lambda: not reapers_of(store.ca_dir))
+
+
+@needs_proc
+def test_a_server_whose_users_and_reaper_were_killed_is_adopted(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    other = _user_process(store.ca_dir)
+    try:
+        pid = _server_pid(store)
+        wait_until(lambda: len(reapers_of(store.ca_dir)) == 1)
+        for reaper in reapers_of(store.ca_dir):
+            os.kill(reaper, signal.SIGKILL)
+            _wait_gone(reaper)
+    finally:
+        other.kill()
+        other.wait()
+    assert _servers_on(store.socket_path) == [pid]  # an orphan: nobody left to stop it
+    with store.running():
+        assert _server_pid(store) == pid, "the orphan was not adopted"
+        assert _servers_on(store.socket_path) == [pid]
+        wait_until(lambda: len(reapers_of(store.ca_dir)) == 1)  # a new reaper watches it
+    _wait_gone(pid)
+    assert _servers_on(store.socket_path) == []
+
+
+@needs_proc
+def test_a_server_that_no_longer_answers_is_replaced(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "ca")
+    store.start()
+    with redis.Redis.from_url(store.url) as client:
+        client.set("serial:next", "7")
+    hung = _server_pid(store)
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        with store.running():
+            assert _server_pid(store) != hung
+            assert _servers_on(store.socket_path) == [_server_pid(store)]
+            with redis.Redis.from_url(store.url) as client:
+                assert client.get("serial:next") == b"7"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert _gone(hung)
+    assert _servers_on(store.socket_path) == []
 
 
 def test_failed_start_quotes_the_log(make_store: StoreFactory, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from core.queue import SIGN_QUEUE, celery_settings
 from store.embedded import EmbeddedRedis
 from worker.crl_schedule import CRLSchedule
 from worker.issuance import BatchSigner
+from worker.ocsp_renewal import DelegateRenewal
 from worker.process import (
     DEFAULT_STORE_PREFIX,
     SignerProcess,
@@ -227,6 +228,7 @@ def _write_last_figures(**_: object) -> None:
 def _open_and_recover(process: SignerProcess) -> None:
     if app.conf.get(CRL_SCHEDULE_SETTING):
         CRLSchedule(process).start()  # it opens the signer itself, and waits out its outages
+    DelegateRenewal(process).start()  # every worker, --beat or not: the responder cannot renew
     try:
         batch_signer = process.signer()
     except SigningError as exc:

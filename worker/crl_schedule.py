@@ -15,7 +15,6 @@ import logging
 import threading
 
 from core.errors import SigningError
-from core.layout import ocsp_key_path
 from store.revocations import RevocationStore
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
@@ -27,7 +26,6 @@ from worker.crl import (
     seed_crl_number,
     write_crl_files,
 )
-from worker.ocsp_delegate import ensure_ocsp_certificate
 from worker.process import SignerProcess
 
 log = logging.getLogger("casign.crl")
@@ -46,7 +44,8 @@ def refresh_crl(
     revocations: RevocationStore,
     cache: RevokedEntryCache | None = None,
 ) -> list[PublishedCRL]:
-    """Make, publish and write the CRL (or each shard); renew the OCSP delegate when set up."""
+    """Make, publish and write the CRL (or each shard). (The OCSP delegate's certificate is
+    renewed by every worker, `--beat` or not: worker.ocsp_renewal.)"""
     seed_crl_number(folder, revocations)
     published = make_crls(authority, revocations, crl_days(folder), cache=cache)
     try:
@@ -55,10 +54,6 @@ def refresh_crl(
         log.warning(
             "CRL %d published to the store, not written to disk: %s", published[0].number, exc
         )
-    if ocsp_key_path(folder.root).exists():
-        delegate = ensure_ocsp_certificate(folder, authority, revocations.store)
-        if delegate.issued:
-            log.warning("renewed the OCSP responder certificate (%s)", delegate.cert_path)
     return published
 
 
