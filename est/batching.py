@@ -6,6 +6,7 @@ batch window for more (never past `batch_max`), and then, in three store round t
 queue message for the whole group:
 
 1. answers from the store what is finished already (a client retrying after 202 Accepted),
+   each answer checked against its request and the trust anchor, as `Producer.results` does,
 2. sends the jobs no worker has seen and this server did not send lately,
 3. waits with `Producer.results` until each is answered or the earliest deadline passes.
 
@@ -218,9 +219,9 @@ class Batcher:
         for item in group:
             waiting.setdefault(item.request.job_id, []).append(item)
         requests = {job_id: items[0].request for job_id, items in waiting.items()}
-        fingerprints = {job_id: request.fingerprint() for job_id, request in requests.items()}
         answered = _Answers()
-        for result in producer.store.job_results(requests, fingerprints).values():
+        # Checked as every producer checks an answer: the CSR's key, the trust anchor.
+        for result in producer.answers_in_store(requests.values()).values():
             answered.add(waiting.pop(result.job_id), result)
         answered.deliver()
         if not waiting:

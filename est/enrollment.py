@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from est.reenroll import job_id_for
 from est.refusals import SIGNER_FAILURE_STATUS, EstRefusal
 from est.settings import ServerSettings
 from est.wire import csr_to_pem
+
+log = logging.getLogger("casign.est")
 
 _HELD_KEYS_MAX = 10_000
 _HELD_KEY_SECONDS = 900.0
@@ -74,6 +77,13 @@ def certificate_from(result: JobResult, retry_after: int) -> x509.Certificate:
     if result.status == "refused":
         headers = {"Retry-After": str(retry_after)} if code == Code.AUTH_RATE_LIMITED else None
         raise EstRefusal(code, message, headers=headers)
+    if code == Code.RESULT_UNTRUSTED:
+        log.error("EST: job %s answered with an untrusted certificate: %s", result.job_id, message)
+        raise EstRefusal(
+            code,
+            "the certificate the store answered with does not check out against this server's "
+            "trust anchor; it is not served",
+        )
     if code == Code.EST_UNAVAILABLE:
         raise EstRefusal(code, message, headers={"Retry-After": str(retry_after)})
     raise EstRefusal(code, "the signer failed on this request", status=SIGNER_FAILURE_STATUS)

@@ -26,6 +26,7 @@ PKCS8_TYPE = "application/pkcs8"
 # The policy's own limit on a CSR (64 KiB DER) as base64, with line breaks and some slack.
 MAX_CSR_DER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 96 * 1024
+MIN_KEY_PASSPHRASE = 32  # characters: e.g. `openssl rand -hex 32`, 256 bits
 _LINE = 64
 _WHITESPACE = b" \t\r\n"
 
@@ -92,12 +93,19 @@ def load_certs_only(body: bytes) -> list[x509.Certificate]:
         raise ValueError(f"the answer is not base64 ({exc.code})") from None
 
 
-def private_key_pkcs8(key: PrivateKeyTypes) -> bytes:
-    """The key as unencrypted PKCS#8 DER (RFC 7030 4.4.2: protected by TLS alone)."""
+def private_key_pkcs8(key: PrivateKeyTypes, passphrase: bytes | None = None) -> bytes:
+    """The key as PKCS#8 DER: unencrypted (RFC 7030 4.4.2: protected by TLS alone), or, given
+    a passphrase, an EncryptedPrivateKeyInfo under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC:
+    `cryptography`'s best available PKCS#8 encryption, read by `openssl pkcs8`).
+
+    Its KDF runs few rounds (2048), which is why a passphrase must be long and random
+    (`MIN_KEY_PASSPHRASE`), not a password someone chose.
+    """
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase is not None:
+        encryption = serialization.BestAvailableEncryption(passphrase)
     return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, encryption
     )
 
 

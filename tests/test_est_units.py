@@ -442,6 +442,9 @@ class RecordingProducer:
     def expect(self, requests: Iterable[SignRequest]) -> None:
         self.expected += [request.job_id for request in requests]
 
+    def answers_in_store(self, requests: Iterable[SignRequest]) -> dict[str, JobResult]:
+        return self.store.job_results(request.job_id for request in requests)
+
     def submit_many(
         self, requests: Iterable[SignRequest], batch_size: int | None = None
     ) -> list[str]:
