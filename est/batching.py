@@ -107,6 +107,9 @@ class _Pool:
     inbox: queue.SimpleQueue[_Waiting | None] = field(default_factory=queue.SimpleQueue)
     gathering: threading.Lock = field(default_factory=threading.Lock)
     lanes: list[threading.Thread] = field(default_factory=list)
+    serving: int = 0  # lanes answering a group now
+    crowded: bool = True  # the last group had company, or went while another lane served
+    counting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Batcher:
@@ -174,14 +177,16 @@ class Batcher:
         """The next group: the first enrollment waiting, and what arrived within the window.
 
         The lane sleeps through the window and then takes what came, rather than waking for
-        each arrival: one thread switch per group, not one per enrollment.
+        each arrival: one thread switch per group, not one per enrollment. On an idle service
+        (the last group was one enrollment, and no other lane is answering one) there is no
+        one to wait for: the enrollment goes at once, without the window's delay.
         """
         with pool.gathering:
             first = pool.inbox.get()
             if first is None:
                 return None
             group = [first]
-            if self._window > 0:
+            if self._window > 0 and (pool.crowded or pool.serving):
                 time.sleep(self._window)
             while len(group) < self._batch_max:
                 try:
@@ -192,6 +197,7 @@ class Batcher:
                     pool.inbox.put(None)  # a stop meant for a lane: leave it for one
                     break
                 group.append(item)
+            pool.crowded = len(group) > 1 or pool.serving > 0
             return group
 
     def _run_lane(self, pool: _Pool) -> None:
@@ -201,7 +207,14 @@ class Batcher:
                 try:
                     if producer is None:
                         producer = self._connect(pool.identity)
-                    if not self._serve(producer, group):
+                    with pool.counting:
+                        pool.serving += 1
+                    try:
+                        served = self._serve(producer, group)
+                    finally:
+                        with pool.counting:
+                            pool.serving -= 1
+                    if not served:
                         _close(producer)  # forget the jobs it still waits for
                         producer = None
                 except Exception as exc:  # the queue or store failed: answer, reconnect

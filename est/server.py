@@ -53,6 +53,7 @@ from est.wire import (
     MAX_BODY_BYTES,
     MIN_KEY_PASSPHRASE,
     certs_only,
+    certs_only_der,
     check_content_type,
     decode_base64,
     parse_csr,
@@ -258,11 +259,11 @@ class EstService:
             return await self._reenroll(request, label, peer, tls)
         client = await self.admission.authenticate(request.headers.get("Authorization"), peer)
         self.admission.admit(client, label)
-        csr = await self._read_csr(request, client, tls)
+        csr, der = await self._read_csr(request, client, tls)
         if operation == "serverkeygen":
             return await self._serverkeygen(client, label, csr)
-        certificate = await self.enrollments.enroll(client, label, csr, "simpleenroll")
-        return _base64_response(certs_only([certificate]), CERTS_ONLY_TYPE)
+        certificate = await self.enrollments.enroll(client, label, csr, "simpleenroll", der=der)
+        return _base64_response(certs_only_der([certificate]), CERTS_ONLY_TYPE)
 
     async def _serverkeygen(
         self, client: EstClient, label: str, csr: x509.CertificateSigningRequest
@@ -294,20 +295,23 @@ class EstService:
             )
         client = EstClient(name, entry, "certificate")
         self.admission.admit(client, label)
-        csr = await self._read_csr(request, client, tls)
+        csr, der = await self._read_csr(request, client, tls)
         check_same_names(csr, current)
         serial = current.serial_number.to_bytes(20, "big")
-        certificate = await self.enrollments.enroll(client, label, csr, "simplereenroll", serial)
+        certificate = await self.enrollments.enroll(
+            client, label, csr, "simplereenroll", serial, der=der
+        )
         revoke = entry.revoke_superseded
         if revoke is None:
             revoke = self.settings.server.revoke_superseded
         if revoke and self.endpoints is not None:
             await asyncio.to_thread(revoke_superseded, self.endpoints, client, current)
-        return _base64_response(certs_only([certificate]), CERTS_ONLY_TYPE)
+        return _base64_response(certs_only_der([certificate]), CERTS_ONLY_TYPE)
 
     async def _read_csr(
         self, request: web.Request, client: EstClient, tls: ssl.SSLObject | None
-    ) -> x509.CertificateSigningRequest:
+    ) -> tuple[x509.CertificateSigningRequest, bytes]:
+        """The request's CSR, parsed, and its DER."""
         check_content_type(request.headers.get("Content-Type", ""))
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise EstRefusal(Code.CSR_TOO_LARGE, f"the request body is over {MAX_BODY_BYTES} bytes")
@@ -321,10 +325,11 @@ class EstService:
             raise EstRefusal(
                 Code.EST_REQUEST_TIMEOUT, "the request body did not arrive in time"
             ) from None
-        csr = parse_csr(decode_base64(body))
+        der = decode_base64(body)
+        csr = parse_csr(der)
         if client.entry.channel_binding:
             check_channel_binding(csr, tls)
-        return csr
+        return csr, der
 
 
 _READ_AT_START = (

@@ -70,8 +70,23 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def csr_to_pem(csr: x509.CertificateSigningRequest) -> str:
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+def csr_to_pem(der: bytes) -> str:
+    """A CSR's PEM from its DER (RFC 7468 5: base64 in lines of 64 between the labels)."""
+    text = base64.b64encode(der).decode("ascii")
+    lines = "".join(text[i : i + _LINE] + "\n" for i in range(0, len(text), _LINE))
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}-----END CERTIFICATE REQUEST-----\n"
+
+
+def pem_to_der(pem: str) -> bytes:
+    """The DER of a single-certificate PEM (as the signer writes it), without parsing it."""
+    lines = pem.strip().splitlines()
+    if (
+        len(lines) < 3
+        or not lines[0].startswith("-----BEGIN ")
+        or not lines[-1].startswith("-----END ")
+    ):
+        raise ValueError("not a PEM block")
+    return base64.b64decode("".join(lines[1:-1]), validate=True)
 
 
 def wrap_base64(der: bytes) -> bytes:
@@ -83,6 +98,33 @@ def wrap_base64(der: bytes) -> bytes:
 def certs_only(certificates: Sequence[x509.Certificate]) -> bytes:
     """A base64 certs-only PKCS#7 (RFC 7030 4.1.3, 4.2.3) holding `certificates`."""
     return wrap_base64(pkcs7.serialize_certificates(list(certificates), serialization.Encoding.DER))
+
+
+def _der_length(size: int) -> bytes:
+    """X.690 8.1.3: short form below 128, else the long form."""
+    if size < 0x80:
+        return bytes([size])
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
+
+
+# RFC 5652 5.1: SignedData version 1, no digest algorithms, id-data content absent, no signers.
+_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
+_DATA_CONTENT = bytes.fromhex("300b06092a864886f70d010701")  # SEQUENCE { 1.2.840.113549.1.7.1 }
+_VERSION_1, _EMPTY_SET = bytes.fromhex("020101"), bytes.fromhex("3100")
+
+
+def certs_only_der(certificate_ders: Sequence[bytes]) -> bytes:
+    """`certs_only` from certificates already in DER, the same bytes `cryptography` writes,
+    without parsing them again (the enrollment path's certificates were checked already)."""
+    # [0] IMPLICIT SET OF Certificate, in DER's order of a SET OF (X.690 11.6)
+    certificates = _der(0xA0, b"".join(sorted(certificate_ders)))
+    signed_data = _der(0x30, _VERSION_1 + _EMPTY_SET + _DATA_CONTENT + certificates + _EMPTY_SET)
+    return wrap_base64(_der(0x30, _SIGNED_DATA_OID + _der(0xA0, signed_data)))
 
 
 def load_certs_only(body: bytes) -> list[x509.Certificate]:
@@ -109,12 +151,12 @@ def private_key_pkcs8(key: PrivateKeyTypes, passphrase: bytes | None = None) -> 
     )
 
 
-def serverkeygen_body(key_der: bytes, certificate: x509.Certificate) -> tuple[bytes, str]:
+def serverkeygen_body(key_der: bytes, certificate_der: bytes) -> tuple[bytes, str]:
     """(body, Content-Type) of a serverkeygen answer: multipart/mixed, the key part first."""
     boundary = f"est-{secrets.token_hex(12)}"
     parts = [
         (PKCS8_TYPE, wrap_base64(key_der)),
-        (CERTS_ONLY_TYPE, certs_only([certificate])),
+        (CERTS_ONLY_TYPE, certs_only_der([certificate_der])),
     ]
     # RFC 2046 5.1.1: each delimiter is CRLF "--" boundary, the CRLF belonging to it.
     body = b""
