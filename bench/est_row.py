@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from bench.cpu import process_cpu_seconds
 from bench.rows import BenchError, Latency, Rate
-from bench.service import VERIFY_SAMPLE, CasignService, broker_url_for
+from bench.service import VERIFY_SAMPLE, WORKER_PROCESSES, CasignService, broker_url_for
 from bench.workload import PROFILE, Workload
 from casign.supervise import stop_process_group
 from est.passwords import hash_password
@@ -92,6 +92,10 @@ def running_est(
                 labels=[PROFILE],
                 wait_seconds=120,
                 max_connections=2 * clients,
+                # One queue message in flight per worker process: each message twice the size
+                # it would be with the default 4 lanes, and a worker's cost per certificate
+                # falls with the size of its batch.
+                lanes=WORKER_PROCESSES,
             ),
             clients={client_name(tag): ClientEntry(password=stored) for tag in tags},
         ),

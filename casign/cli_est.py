@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from casign.cli_base import broker_option, ca_option, fail, split_sans, store_option
+from casign.cli_producer import resolve_trust_anchor, trust_anchor_option
 from casign.config import ca_dir, resolve_endpoints
 from core.files import CERT_MODE, KEY_MODE, write_file_atomically
 from core.keys import KeyType, write_private_key
@@ -40,6 +41,7 @@ def _pem(certificate: x509.Certificate) -> str:
 @store_option
 @click.option("--port", type=int, default=None, help="TCP port to serve on (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
+@trust_anchor_option
 @click.pass_context
 def est(
     ctx: click.Context,
@@ -48,6 +50,7 @@ def est(
     store: str | None,
     port: int | None,
     host: str,
+    trust_anchor: str | None,
 ) -> None:
     """Serve EST (RFC 7030) over HTTPS: `casign est --ca DIR --port N`; or a subcommand."""
     if ctx.invoked_subcommand is not None:
@@ -55,16 +58,31 @@ def est(
     if port is None:
         fail("give --port N to serve, or a subcommand (see casign est --help)")
         return
-    _serve(ca, broker, store, host, port)
+    _serve(ca, broker, store, host, port, trust_anchor)
 
 
-def _serve(ca: Path | None, broker: str | None, store: str | None, host: str, port: int) -> None:
+def _serve(
+    ca: Path | None,
+    broker: str | None,
+    store: str | None,
+    host: str,
+    port: int,
+    trust_anchor: str | None,
+) -> None:
     from est.server import SignerEndpoints, build_service, run_server
     from est.settings import load_settings, settings_path
     from store.embedded import EmbeddedRedis
     from store.results import ResultsStore
 
     folder = ca_dir(ca).absolute()
+    anchor = resolve_trust_anchor(trust_anchor, folder)
+    if anchor is None:
+        fail(
+            f"casign est serves only certificates that chain to a trust anchor, and "
+            f"{folder / 'certs' / 'ca.cert.pem'} is not here: give --trust-anchor FILE (the "
+            "root certificate, or its SHA-256)",
+            2,
+        )
     endpoints = resolve_endpoints(broker, store, folder)
     if (
         endpoints.embedded_dir is not None
@@ -85,7 +103,11 @@ def _serve(ca: Path | None, broker: str | None, store: str | None, host: str, po
         )
     results_store = ResultsStore.from_url(endpoints.store_url, endpoints.store_prefix)
     signer = SignerEndpoints(
-        endpoints.broker_url, endpoints.store_url, endpoints.store_prefix, endpoints.queue
+        endpoints.broker_url,
+        endpoints.store_url,
+        endpoints.store_prefix,
+        endpoints.queue,
+        trust_anchor=anchor,
     )
     service = build_service(folder, settings, signer, results_store)
 
@@ -191,6 +213,24 @@ def est_client() -> None:
 @click.option("--label", "labels", multiple=True, help="A profile it may enroll for; repeatable.")
 @click.option("--rate", type=float, default=None, help="Enrollments per second it may make.")
 @click.option("--burst", type=int, default=None, help="How many it may make at once.")
+@click.option(
+    "--key-passphrase",
+    default=None,
+    metavar="SOURCE",
+    help="serverkeygen: encrypt its keys (PKCS#8, PBES2 AES-256) under the passphrase at "
+    "file:PATH or env:VAR (at least 32 characters).",
+)
+@click.option(
+    "--channel-binding",
+    is_flag=True,
+    help="Its CSRs must carry the TLS session's tls-unique in challengePassword (RFC 7030 3.5; "
+    "TLS 1.2 only).",
+)
+@click.option(
+    "--revoke-superseded/--keep-superseded",
+    default=None,
+    help="On simplereenroll, revoke the old certificate as superseded (default: [server]'s).",
+)
 @click.option("--replace", is_flag=True, help="Replace a client of the same name.")
 def est_client_add(
     ca: Path | None,
@@ -202,6 +242,9 @@ def est_client_add(
     labels: tuple[str, ...],
     rate: float | None,
     burst: int | None,
+    key_passphrase: str | None,
+    channel_binding: bool,
+    revoke_superseded: bool | None,
     replace: bool,
 ) -> None:
     """Let NAME enroll, with a password (HTTP Basic) or certificates from --issuer."""
@@ -227,6 +270,9 @@ def est_client_add(
             labels=list(labels) or None,
             rate_per_second=rate,
             burst=burst,
+            key_passphrase=key_passphrase,
+            channel_binding=channel_binding,
+            revoke_superseded=revoke_superseded,
         )
         updated = EstSettings.model_validate(settings.with_client(name, entry).model_dump())
     except ValidationError as exc:
@@ -244,7 +290,7 @@ def est_client_add(
 @ca_option
 @click.argument("name")
 def est_client_remove(ca: Path | None, name: str) -> None:
-    """Stop NAME from enrolling (restart `casign est` to apply)."""
+    """Stop NAME from enrolling (a running `casign est` applies it within a second)."""
     from est.settings import load_settings, save_settings, settings_path
 
     path = settings_path(ca_dir(ca))

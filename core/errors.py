@@ -85,6 +85,10 @@ class RefusalCode(StrEnum):
     EST_REQUEST_TIMEOUT = "est.request_timeout"
     EST_UNAVAILABLE = "est.unavailable"
     EST_INTERNAL_ERROR = "est.internal_error"
+    # RFC 7030 3.5: the CSR's challengePassword is not this TLS session's binding value, or the
+    # session (TLS 1.3) has none this server can read.
+    EST_CHANNEL_BINDING = "est.channel_binding"
+    EST_CHANNEL_BINDING_UNAVAILABLE = "est.channel_binding_unavailable"
 
 
 class SigningError(Exception):

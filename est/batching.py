@@ -6,6 +6,7 @@ batch window for more (never past `batch_max`), and then, in three store round t
 queue message for the whole group:
 
 1. answers from the store what is finished already (a client retrying after 202 Accepted),
+   each answer checked against its request and the trust anchor, as `Producer.results` does,
 2. sends the jobs no worker has seen and this server did not send lately,
 3. waits with `Producer.results` until each is answered or the earliest deadline passes.
 
@@ -106,6 +107,9 @@ class _Pool:
     inbox: queue.SimpleQueue[_Waiting | None] = field(default_factory=queue.SimpleQueue)
     gathering: threading.Lock = field(default_factory=threading.Lock)
     lanes: list[threading.Thread] = field(default_factory=list)
+    serving: int = 0  # lanes answering a group now
+    crowded: bool = True  # the last group had company, or went while another lane served
+    counting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Batcher:
@@ -173,14 +177,16 @@ class Batcher:
         """The next group: the first enrollment waiting, and what arrived within the window.
 
         The lane sleeps through the window and then takes what came, rather than waking for
-        each arrival: one thread switch per group, not one per enrollment.
+        each arrival: one thread switch per group, not one per enrollment. On an idle service
+        (the last group was one enrollment, and no other lane is answering one) there is no
+        one to wait for: the enrollment goes at once, without the window's delay.
         """
         with pool.gathering:
             first = pool.inbox.get()
             if first is None:
                 return None
             group = [first]
-            if self._window > 0:
+            if self._window > 0 and (pool.crowded or pool.serving):
                 time.sleep(self._window)
             while len(group) < self._batch_max:
                 try:
@@ -191,6 +197,7 @@ class Batcher:
                     pool.inbox.put(None)  # a stop meant for a lane: leave it for one
                     break
                 group.append(item)
+            pool.crowded = len(group) > 1 or pool.serving > 0
             return group
 
     def _run_lane(self, pool: _Pool) -> None:
@@ -200,7 +207,14 @@ class Batcher:
                 try:
                     if producer is None:
                         producer = self._connect(pool.identity)
-                    if not self._serve(producer, group):
+                    with pool.counting:
+                        pool.serving += 1
+                    try:
+                        served = self._serve(producer, group)
+                    finally:
+                        with pool.counting:
+                            pool.serving -= 1
+                    if not served:
                         _close(producer)  # forget the jobs it still waits for
                         producer = None
                 except Exception as exc:  # the queue or store failed: answer, reconnect
@@ -218,9 +232,9 @@ class Batcher:
         for item in group:
             waiting.setdefault(item.request.job_id, []).append(item)
         requests = {job_id: items[0].request for job_id, items in waiting.items()}
-        fingerprints = {job_id: request.fingerprint() for job_id, request in requests.items()}
         answered = _Answers()
-        for result in producer.store.job_results(requests, fingerprints).values():
+        # Checked as every producer checks an answer: the CSR's key, the trust anchor.
+        for result in producer.answers_in_store(requests.values()).values():
             answered.add(waiting.pop(result.job_id), result)
         answered.deliver()
         if not waiting:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from est.batching import Batcher, Identity, StillSigning
 from est.reenroll import job_id_for
 from est.refusals import SIGNER_FAILURE_STATUS, EstRefusal
 from est.settings import ServerSettings
-from est.wire import csr_to_pem
+from est.wire import csr_to_pem, pem_to_der
+
+log = logging.getLogger("casign.est")
 
 _HELD_KEYS_MAX = 10_000
 _HELD_KEY_SECONDS = 900.0
@@ -65,15 +68,25 @@ def identity_of(client: EstClient) -> Identity:
     return Identity(client.entry.producer, client.entry.secret)
 
 
-def certificate_from(result: JobResult, retry_after: int) -> x509.Certificate:
-    """The issued certificate, or the refusal the signer gave, as the client will see it."""
+def certificate_from(result: JobResult, retry_after: int) -> bytes:
+    """The issued certificate's DER, or the refusal the signer gave, as the client will see it.
+
+    An issued result reaches here only checked (its key, serial and chain to the anchor).
+    """
     if result.ok and result.certificate_pem:
-        return x509.load_pem_x509_certificate(result.certificate_pem.encode("ascii"))
+        return pem_to_der(result.certificate_pem)
     code = result.code or Code.EST_INTERNAL_ERROR
     message = result.message or "the signer gave no reason"
     if result.status == "refused":
         headers = {"Retry-After": str(retry_after)} if code == Code.AUTH_RATE_LIMITED else None
         raise EstRefusal(code, message, headers=headers)
+    if code == Code.RESULT_UNTRUSTED:
+        log.error("EST: job %s answered with an untrusted certificate: %s", result.job_id, message)
+        raise EstRefusal(
+            code,
+            "the certificate the store answered with does not check out against this server's "
+            "trust anchor; it is not served",
+        )
     if code == Code.EST_UNAVAILABLE:
         raise EstRefusal(code, message, headers={"Retry-After": str(retry_after)})
     raise EstRefusal(code, "the signer failed on this request", status=SIGNER_FAILURE_STATUS)
@@ -94,13 +107,16 @@ class Enrollments:
         csr: x509.CertificateSigningRequest,
         operation: str,
         context: bytes = b"",
-    ) -> x509.Certificate:
-        """The certificate for `csr`; raises EstRefusal, or StillPending for a 202."""
-        der = csr.public_bytes(serialization.Encoding.DER)
+        der: bytes | None = None,
+    ) -> bytes:
+        """The DER certificate for `csr` (whose DER `der` is, when the caller has it); raises
+        EstRefusal, or StillPending for a 202."""
+        if der is None:
+            der = csr.public_bytes(serialization.Encoding.DER)
         digest = job_digest(operation.encode(), label.encode(), context, der)
         request = SignRequest(
             job_id=job_id_for(client.name, digest),
-            csr_pem=csr_to_pem(csr),
+            csr_pem=csr_to_pem(der),
             profile=label,
             requester=f"est:{client.name}",
         )
@@ -113,7 +129,7 @@ class Enrollments:
 
     async def serverkeygen(
         self, client: EstClient, label: str, csr: x509.CertificateSigningRequest
-    ) -> tuple[ServerKey, x509.Certificate]:
+    ) -> tuple[ServerKey, bytes]:
         """RFC 7030 4.4: a key made here for the CSR's subject and SAN, and its certificate.
 
         The client's key in the CSR only says which kind of key to make (4.4.1). The key is

@@ -28,6 +28,10 @@ _STATUS: dict[str, int] = {
     Code.AUTH_NAME_NOT_ALLOWED: 403,
     Code.AUTH_RATE_LIMITED: 429,  # RFC 6585 4, with Retry-After
     Code.JOB_ID_REUSED: 409,
+    Code.EST_CHANNEL_BINDING: 403,
+    Code.EST_CHANNEL_BINDING_UNAVAILABLE: 403,
+    # The store answered with a certificate that fails the trust-anchor check: never served.
+    Code.RESULT_UNTRUSTED: 502,
     # The signer refused this server's own producer identity: the operator's to fix.
     Code.AUTH_UNSIGNED: 502,
     Code.AUTH_UNKNOWN_PRODUCER: 502,

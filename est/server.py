@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import signal
 import ssl
@@ -27,24 +28,32 @@ from pathlib import Path
 import redis
 from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 
 from core.auth import read_secret
 from core.errors import ConfigurationError, Retryable
 from core.errors import RefusalCode as Code
+from core.index import format_serial
+from core.secret_source import read_secret_source
 from est.admission import Admission, EstClient
 from est.batching import Batcher, Identity
+from est.binding import check_channel_binding
 from est.csrattrs import csr_attributes
-from est.enrollment import Enrollments, StillPending
+from est.enrollment import Enrollments, StillPending, identity_of
 from est.labels import LabelCatalog
 from est.reenroll import check_same_names, current_certificate, enrolling_client
 from est.refusals import EstRefusal
-from est.settings import EstSettings, server_cert_path, server_key_path
-from est.transport import BoundedSite, server_tls_context
+from est.reload import SettingsWatcher
+from est.settings import EstSettings, server_cert_path, server_key_path, settings_path
+from est.transport import BoundedSite, ServerTls
 from est.wire import (
     CERTS_ONLY_TYPE,
     CSRATTRS_TYPE,
     MAX_BODY_BYTES,
+    MIN_KEY_PASSPHRASE,
     certs_only,
+    certs_only_der,
     check_content_type,
     decode_base64,
     parse_csr,
@@ -53,10 +62,12 @@ from est.wire import (
     wrap_base64,
 )
 from producers import Producer
+from producers.trust import TrustAnchor
 from store.results import ResultsStore
 
 log = logging.getLogger("casign.est")
 
+_REVOKE_SECONDS = 30.0
 BASE_PATH = "/.well-known/est"
 _METHODS = {
     "cacerts": "GET",
@@ -74,12 +85,14 @@ _HTTP_ERROR_CODES = {
 
 @dataclass(frozen=True)
 class SignerEndpoints:
-    """Where the signer is: the broker its queue is on, the store, the prefix and queue."""
+    """Where the signer is: the broker its queue is on, the store, the prefix and queue, and the
+    root certificate every answer must chain to."""
 
     broker_url: str
     store_url: str
     store_prefix: str = "casign"
     queue: str = "casign.sign"
+    trust_anchor: TrustAnchor | None = None
 
     def producer(self, identity: Identity) -> Producer:
         return Producer(
@@ -89,6 +102,7 @@ class SignerEndpoints:
             queue=self.queue,
             identity=identity.producer,
             secret_source=identity.secret_source,
+            trust_anchor=self.trust_anchor,
         )
 
 
@@ -143,11 +157,16 @@ async def _answer_refusals(
         )
 
 
-def peer_certificate(request: web.Request) -> x509.Certificate | None:
-    """The TLS client certificate of the request's connection, if it sent one."""
+def tls_object(request: web.Request) -> ssl.SSLObject | None:
+    """The TLS session of the request's connection."""
     transport = request.transport
     tls = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+    return tls if isinstance(tls, ssl.SSLObject) else None
+
+
+def peer_certificate(tls: ssl.SSLObject | None) -> x509.Certificate | None:
+    """The TLS client certificate of the connection, if it sent one."""
+    if tls is None:
         return None
     der = tls.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der) if der else None
@@ -163,6 +182,8 @@ class EstService:
         chain: list[x509.Certificate],
         store: ResultsStore,
         batcher: Batcher,
+        endpoints: SignerEndpoints | None = None,
+        ca_root: Path | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -170,16 +191,42 @@ class EstService:
         self.admission = Admission(settings)
         self.store = store
         self.batcher = batcher
+        self.endpoints = endpoints
+        self.ca_root = ca_root
+        self.tls: ServerTls | None = None
         self.enrollments = Enrollments(batcher, settings.server)
         self._cacerts = certs_only(chain)
-        self._csrattrs = {
-            label: wrap_base64(csr_attributes(catalog.profile(label))) for label in catalog.labels
-        }
+        self._csrattrs = _csrattrs_of(catalog)
 
     @property
     def client_issuers(self) -> list[x509.Certificate]:
         """What TLS accepts client certificates from: the intermediate and listed issuers."""
         return [self.intermediate, *self.admission.issuer_certificates]
+
+    def reload(self, settings: EstSettings) -> None:
+        """Serve `settings` from now on: clients, labels, waiting, re-enrollment; raises
+        ConfigurationError (and keeps serving the old ones) when any part of them fails.
+
+        Batching and connection limits are read at start only: a change to them is logged.
+        """
+        check_client_secrets(settings)
+        admission = Admission(settings)
+        catalog = self.catalog
+        if self.ca_root is not None:
+            catalog = LabelCatalog.load(self.ca_root, settings.server)
+        csrattrs = _csrattrs_of(catalog)
+        if self.tls is not None:
+            self.tls.replace([self.intermediate, *admission.issuer_certificates])
+        at_start = [
+            name
+            for name in _READ_AT_START
+            if getattr(settings.server, name) != getattr(self.settings.server, name)
+        ]
+        if at_start:
+            log.warning("est.toml: %s change(s) at the next restart", ", ".join(at_start))
+        self.settings, self.admission, self.catalog = settings, admission, catalog
+        self._csrattrs = csrattrs
+        self.enrollments.settings = settings.server
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_answer_refusals])
@@ -206,23 +253,37 @@ class EstService:
             return _base64_response(self._cacerts, CERTS_ONLY_TYPE)
         if operation == "csrattrs":
             return _base64_response(self._csrattrs[label], CSRATTRS_TYPE)
-        peer = peer_certificate(request)
+        tls = tls_object(request)
+        peer = peer_certificate(tls)
         if operation == "simplereenroll":
-            return await self._reenroll(request, label, peer)
+            return await self._reenroll(request, label, peer, tls)
         client = await self.admission.authenticate(request.headers.get("Authorization"), peer)
         self.admission.admit(client, label)
-        csr = await self._read_csr(request)
+        csr, der = await self._read_csr(request, client, tls)
         if operation == "serverkeygen":
-            key, certificate = await self.enrollments.serverkeygen(client, label, csr)
-            body, content_type = serverkeygen_body(private_key_pkcs8(key), certificate)
-            response = web.Response(body=body)
-            response.headers["Content-Type"] = content_type
-            return response
-        certificate = await self.enrollments.enroll(client, label, csr, "simpleenroll")
-        return _base64_response(certs_only([certificate]), CERTS_ONLY_TYPE)
+            return await self._serverkeygen(client, label, csr)
+        certificate = await self.enrollments.enroll(client, label, csr, "simpleenroll", der=der)
+        return _base64_response(certs_only_der([certificate]), CERTS_ONLY_TYPE)
+
+    async def _serverkeygen(
+        self, client: EstClient, label: str, csr: x509.CertificateSigningRequest
+    ) -> web.StreamResponse:
+        key, certificate = await self.enrollments.serverkeygen(client, label, csr)
+        passphrase = None
+        if client.entry.key_passphrase is not None:
+            passphrase = await asyncio.to_thread(read_key_passphrase, client)
+        key_der = private_key_pkcs8(key, passphrase)
+        body, content_type = serverkeygen_body(key_der, certificate)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
     async def _reenroll(
-        self, request: web.Request, label: str, peer: x509.Certificate | None
+        self,
+        request: web.Request,
+        label: str,
+        peer: x509.Certificate | None,
+        tls: ssl.SSLObject | None,
     ) -> web.StreamResponse:
         current = current_certificate(peer, self.intermediate)
         name = await asyncio.to_thread(enrolling_client, self.store, current)
@@ -234,13 +295,23 @@ class EstService:
             )
         client = EstClient(name, entry, "certificate")
         self.admission.admit(client, label)
-        csr = await self._read_csr(request)
+        csr, der = await self._read_csr(request, client, tls)
         check_same_names(csr, current)
         serial = current.serial_number.to_bytes(20, "big")
-        certificate = await self.enrollments.enroll(client, label, csr, "simplereenroll", serial)
-        return _base64_response(certs_only([certificate]), CERTS_ONLY_TYPE)
+        certificate = await self.enrollments.enroll(
+            client, label, csr, "simplereenroll", serial, der=der
+        )
+        revoke = entry.revoke_superseded
+        if revoke is None:
+            revoke = self.settings.server.revoke_superseded
+        if revoke and self.endpoints is not None:
+            await asyncio.to_thread(revoke_superseded, self.endpoints, client, current)
+        return _base64_response(certs_only_der([certificate]), CERTS_ONLY_TYPE)
 
-    async def _read_csr(self, request: web.Request) -> x509.CertificateSigningRequest:
+    async def _read_csr(
+        self, request: web.Request, client: EstClient, tls: ssl.SSLObject | None
+    ) -> tuple[x509.CertificateSigningRequest, bytes]:
+        """The request's CSR, parsed, and its DER."""
         check_content_type(request.headers.get("Content-Type", ""))
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise EstRefusal(Code.CSR_TOO_LARGE, f"the request body is over {MAX_BODY_BYTES} bytes")
@@ -254,11 +325,75 @@ class EstService:
             raise EstRefusal(
                 Code.EST_REQUEST_TIMEOUT, "the request body did not arrive in time"
             ) from None
-        return parse_csr(decode_base64(body))
+        der = decode_base64(body)
+        csr = parse_csr(der)
+        if client.entry.channel_binding:
+            check_channel_binding(csr, tls)
+        return csr, der
 
 
-def load_chain(ca_root: Path, store: ResultsStore) -> list[x509.Certificate]:
-    """The CA chain, intermediate first: from the store, else the CA folder's chain file."""
+_READ_AT_START = (
+    "batch_window_ms",
+    "batch_max",
+    "lanes",
+    "max_connections",
+    "idle_timeout_seconds",
+)
+
+
+def _csrattrs_of(catalog: LabelCatalog) -> dict[str, bytes]:
+    return {label: wrap_base64(csr_attributes(catalog.profile(label))) for label in catalog.labels}
+
+
+def read_key_passphrase(client: EstClient) -> bytes:
+    """The passphrase `client`'s serverkeygen keys are encrypted under (RFC 7030 4.4.2)."""
+    source = client.entry.key_passphrase
+    assert source is not None
+    passphrase = read_secret_source(source, f"key passphrase of EST client {client.name!r}")
+    if len(passphrase) < MIN_KEY_PASSPHRASE:
+        raise ConfigurationError(
+            f"the key passphrase of EST client {client.name!r} is shorter than "
+            f"{MIN_KEY_PASSPHRASE} characters; make a random one (openssl rand -hex 32)"
+        )
+    return passphrase.encode()
+
+
+def check_client_secrets(settings: EstSettings) -> None:
+    """Read every client's secret sources once, so that a missing one fails now, not later."""
+    for name, entry in settings.clients.items():
+        try:
+            if entry.secret is not None:
+                read_secret(entry.secret)
+            if entry.key_passphrase is not None:
+                read_key_passphrase(EstClient(name, entry, "password"))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"EST client {name!r}: {exc}") from None
+
+
+def revoke_superseded(endpoints: SignerEndpoints, client: EstClient, old: x509.Certificate) -> None:
+    """Have the signer revoke `old` as superseded, as `client`'s producer (blocking).
+
+    The successor is issued already: a failure here is logged, and the client gets it anyway.
+    """
+    serial = format_serial(old.serial_number)
+    try:
+        with endpoints.producer(identity_of(client)) as producer:
+            result = producer.revoke(serial, "superseded", timeout=_REVOKE_SECONDS)
+    except Exception as exc:
+        log.warning("EST: could not revoke superseded certificate %s: %s", serial, exc)
+        return
+    if result.status != "revoked" and result.code != Code.REVOKE_ALREADY_REVOKED:
+        log.warning(
+            "EST: superseded certificate %s not revoked [%s]: %s",
+            serial, result.code, result.message,
+        )  # fmt: skip
+
+
+def load_chain(
+    ca_root: Path, store: ResultsStore, anchor: TrustAnchor | None
+) -> list[x509.Certificate]:
+    """The CA chain, intermediate first, ending at the trust anchor: from the store, else the
+    CA folder's chain file; refused unless each certificate is signed by the next."""
     pem = store.chain()
     if pem is None:
         path = ca_root / "intermediate" / "certs" / "ca-chain.cert.pem"
@@ -271,22 +406,34 @@ def load_chain(ca_root: Path, store: ResultsStore) -> list[x509.Certificate]:
     chain = x509.load_pem_x509_certificates(pem.encode("ascii"))
     if not chain:
         raise ConfigurationError("the CA chain holds no certificate")
-    return chain
+    if anchor is None:
+        return chain
+    root = anchor.root_among(chain)
+    if root is None:
+        raise ConfigurationError(
+            f"the CA chain holds no certificate with the trust anchor's fingerprint {anchor.hex}"
+        )
+    links = [c for c in chain if c.fingerprint(hashes.SHA256()) != anchor.fingerprint] + [root]
+    for child, parent in itertools.pairwise(links):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (InvalidSignature, ValueError, TypeError):
+            raise ConfigurationError(
+                f"the CA chain does not lead to the trust anchor: {child.subject.rfc4514_string()} "
+                f"is not signed by {parent.subject.rfc4514_string()}"
+            ) from None
+    return links
 
 
 def build_service(
     ca_root: Path, settings: EstSettings, endpoints: SignerEndpoints, store: ResultsStore
 ) -> EstService:
     """The service for the CA at `ca_root`; every secret source is read once here to fail early."""
-    for name, entry in settings.clients.items():
-        if entry.secret is not None:
-            try:
-                read_secret(entry.secret)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"EST client {name!r}: {exc}") from None
+    check_client_secrets(settings)
     catalog = LabelCatalog.load(ca_root, settings.server)
     batcher = Batcher(endpoints.producer, settings.server)
-    return EstService(settings, catalog, load_chain(ca_root, store), store, batcher)
+    chain = load_chain(ca_root, store, endpoints.trust_anchor)
+    return EstService(settings, catalog, chain, store, batcher, endpoints, ca_root)
 
 
 async def run_server(
@@ -297,9 +444,12 @@ async def run_server(
     on_ready: Callable[[str, int], None],
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until `stop` is set (or SIGTERM/SIGINT), then finish open requests and stop."""
+    """Serve until `stop` is set (or SIGTERM/SIGINT), then finish open requests and stop.
+
+    `est.toml` is read again when it changes, or on SIGHUP (see `est.reload`).
+    """
     server = service.settings.server
-    context = server_tls_context(
+    service.tls = ServerTls(
         server_cert_path(ca_root), server_key_path(ca_root), service.client_issuers
     )
     runner = web.AppRunner(
@@ -311,16 +461,21 @@ async def run_server(
     )
     await runner.setup()
     gc.freeze()  # what is loaded by now lives as long as the server: the collector skips it
-    site = BoundedSite(runner, host, port, context, server.max_connections)
+    site = BoundedSite(runner, host, port, service.tls.listening, server.max_connections)
     stop = stop or asyncio.Event()
+    watcher = SettingsWatcher(settings_path(ca_root), service.reload)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(RuntimeError, ValueError):  # not in the main thread
             loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, watcher.wake)
+    watching = asyncio.create_task(watcher.run())
     try:
         await site.start()
         on_ready(host, site.port)
         await stop.wait()
     finally:
+        watching.cancel()
         await runner.cleanup()
         await asyncio.to_thread(service.batcher.close)

@@ -11,6 +11,7 @@
     max_connections = 256
     idle_timeout_seconds = 15           # also the time a client has to send its request head
     body_timeout_seconds = 10
+    revoke_superseded = false           # simplereenroll revokes the old certificate (superseded)
 
     [clients.router-fleet]
     password = "scrypt$15$8$1$SALT$HASH"  # HTTP Basic; `casign est client add --password-file`
@@ -20,6 +21,9 @@
     labels = ["usr_cert"]               # the profiles it may enroll for (default: all offered)
     rate_per_second = 5                 # enrollments, token bucket in this server
     burst = 20
+    key_passphrase = "file:/run/secrets/router-fleet-key"  # serverkeygen keys encrypted under it
+    channel_binding = false             # the CSR's challengePassword must bind the TLS session
+    revoke_superseded = true            # overrides [server] for this client's re-enrollments
 
 `casign est client add|remove|list` edit the `[clients.*]` tables; the file is written 0600.
 """
@@ -81,6 +85,7 @@ class ServerSettings(_Table):
     max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256
     idle_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
     body_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    revoke_superseded: bool = False
 
 
 class ClientEntry(_Table):
@@ -93,6 +98,10 @@ class ClientEntry(_Table):
     labels: list[Label] | None = None
     rate_per_second: Annotated[float, Field(gt=0)] | None = None
     burst: Annotated[int, Field(gt=0)] | None = None
+    # RFC 7030 4.4.2: where the passphrase that encrypts this client's serverkeygen keys is.
+    key_passphrase: Annotated[str, StringConstraints(pattern=r"^(file|env):.+$")] | None = None
+    channel_binding: bool = False  # RFC 7030 3.5
+    revoke_superseded: bool | None = None  # default: the [server] table's
 
     @model_validator(mode="after")
     def _consistent(self) -> ClientEntry:

@@ -48,6 +48,30 @@ def server_tls_context(
     return context
 
 
+class ServerTls:
+    """The server's TLS context, replaceable while serving: the listening socket keeps one
+    context, whose server-name callback (called for every handshake, with or without SNI)
+    hands the connection the current one. A reload thus changes which client issuers are
+    trusted, and the server's own certificate, for every handshake that follows."""
+
+    def __init__(
+        self, cert_path: Path, key_path: Path, client_issuers: Sequence[x509.Certificate]
+    ) -> None:
+        self.cert_path, self.key_path = cert_path, key_path
+        self.current = server_tls_context(cert_path, key_path, client_issuers)
+        self.listening = server_tls_context(cert_path, key_path, client_issuers)
+        self.listening.sni_callback = self._hand_over
+
+    def _hand_over(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _: ssl.SSLContext
+    ) -> None:
+        connection.context = self.current
+
+    def replace(self, client_issuers: Sequence[x509.Certificate]) -> None:
+        """Read the certificate and key again and trust `client_issuers` from now on."""
+        self.current = server_tls_context(self.cert_path, self.key_path, client_issuers)
+
+
 class _Busy(asyncio.Protocol):
     """Answers a connection over the limit with a 503 and closes it."""
 

@@ -26,6 +26,7 @@ PKCS8_TYPE = "application/pkcs8"
 # The policy's own limit on a CSR (64 KiB DER) as base64, with line breaks and some slack.
 MAX_CSR_DER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 96 * 1024
+MIN_KEY_PASSPHRASE = 32  # characters: e.g. `openssl rand -hex 32`, 256 bits
 _LINE = 64
 _WHITESPACE = b" \t\r\n"
 
@@ -69,8 +70,23 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def csr_to_pem(csr: x509.CertificateSigningRequest) -> str:
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+def csr_to_pem(der: bytes) -> str:
+    """A CSR's PEM from its DER (RFC 7468 5: base64 in lines of 64 between the labels)."""
+    text = base64.b64encode(der).decode("ascii")
+    lines = "".join(text[i : i + _LINE] + "\n" for i in range(0, len(text), _LINE))
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}-----END CERTIFICATE REQUEST-----\n"
+
+
+def pem_to_der(pem: str) -> bytes:
+    """The DER of a single-certificate PEM (as the signer writes it), without parsing it."""
+    lines = pem.strip().splitlines()
+    if (
+        len(lines) < 3
+        or not lines[0].startswith("-----BEGIN ")
+        or not lines[-1].startswith("-----END ")
+    ):
+        raise ValueError("not a PEM block")
+    return base64.b64decode("".join(lines[1:-1]), validate=True)
 
 
 def wrap_base64(der: bytes) -> bytes:
@@ -84,6 +100,33 @@ def certs_only(certificates: Sequence[x509.Certificate]) -> bytes:
     return wrap_base64(pkcs7.serialize_certificates(list(certificates), serialization.Encoding.DER))
 
 
+def _der_length(size: int) -> bytes:
+    """X.690 8.1.3: short form below 128, else the long form."""
+    if size < 0x80:
+        return bytes([size])
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(content)) + content
+
+
+# RFC 5652 5.1: SignedData version 1, no digest algorithms, id-data content absent, no signers.
+_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
+_DATA_CONTENT = bytes.fromhex("300b06092a864886f70d010701")  # SEQUENCE { 1.2.840.113549.1.7.1 }
+_VERSION_1, _EMPTY_SET = bytes.fromhex("020101"), bytes.fromhex("3100")
+
+
+def certs_only_der(certificate_ders: Sequence[bytes]) -> bytes:
+    """`certs_only` from certificates already in DER, the same bytes `cryptography` writes,
+    without parsing them again (the enrollment path's certificates were checked already)."""
+    # [0] IMPLICIT SET OF Certificate, in DER's order of a SET OF (X.690 11.6)
+    certificates = _der(0xA0, b"".join(sorted(certificate_ders)))
+    signed_data = _der(0x30, _VERSION_1 + _EMPTY_SET + _DATA_CONTENT + certificates + _EMPTY_SET)
+    return wrap_base64(_der(0x30, _SIGNED_DATA_OID + _der(0xA0, signed_data)))
+
+
 def load_certs_only(body: bytes) -> list[x509.Certificate]:
     """The certificates in a base64 certs-only PKCS#7 (what an EST client reads)."""
     try:
@@ -92,21 +135,28 @@ def load_certs_only(body: bytes) -> list[x509.Certificate]:
         raise ValueError(f"the answer is not base64 ({exc.code})") from None
 
 
-def private_key_pkcs8(key: PrivateKeyTypes) -> bytes:
-    """The key as unencrypted PKCS#8 DER (RFC 7030 4.4.2: protected by TLS alone)."""
+def private_key_pkcs8(key: PrivateKeyTypes, passphrase: bytes | None = None) -> bytes:
+    """The key as PKCS#8 DER: unencrypted (RFC 7030 4.4.2: protected by TLS alone), or, given
+    a passphrase, an EncryptedPrivateKeyInfo under PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC:
+    `cryptography`'s best available PKCS#8 encryption, read by `openssl pkcs8`).
+
+    Its KDF runs few rounds (2048), which is why a passphrase must be long and random
+    (`MIN_KEY_PASSPHRASE`), not a password someone chose.
+    """
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase is not None:
+        encryption = serialization.BestAvailableEncryption(passphrase)
     return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, encryption
     )
 
 
-def serverkeygen_body(key_der: bytes, certificate: x509.Certificate) -> tuple[bytes, str]:
+def serverkeygen_body(key_der: bytes, certificate_der: bytes) -> tuple[bytes, str]:
     """(body, Content-Type) of a serverkeygen answer: multipart/mixed, the key part first."""
     boundary = f"est-{secrets.token_hex(12)}"
     parts = [
         (PKCS8_TYPE, wrap_base64(key_der)),
-        (CERTS_ONLY_TYPE, certs_only([certificate])),
+        (CERTS_ONLY_TYPE, certs_only_der([certificate_der])),
     ]
     # RFC 2046 5.1.1: each delimiter is CRLF "--" boundary, the CRLF belonging to it.
     body = b""

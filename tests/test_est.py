@@ -11,22 +11,27 @@ from __future__ import annotations
 import base64
 import email
 import http.client
+import os
+import secrets
+import signal
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AttributeOID, NameOID
 
 from core.errors import RefusalCode
 from core.index import format_serial
+from core.revocation import revocation_info
 from tests.est_service import (
     PRODUCER,
     SERVER_NAME,
@@ -39,6 +44,7 @@ from tests.est_service import (
     issue_server_certificate,
     make_deployment,
     running,
+    write_private,
 )
 
 pytestmark = pytest.mark.slow
@@ -63,6 +69,12 @@ def _configured(deployment: EstDeployment) -> EstDeployment:
     add_password_client(deployment, "fleet")
     add_password_client(deployment, "servers-only", "--label", "server_cert")
     add_password_client(deployment, "limited", "--rate", "0.01", "--burst", "1")
+    write_private(deployment.directory / "sealed.passphrase", secrets.token_hex(32).encode())
+    add_password_client(
+        deployment, "sealed", "--key-passphrase", f"file:{deployment.directory}/sealed.passphrase"
+    )
+    add_password_client(deployment, "bound", "--channel-binding")
+    add_password_client(deployment, "rotating", "--revoke-superseded")
     factory = Bootstrap.make(deployment.directory / "factory", "factory")
     deployment.casign(
         "est", "client", "add", "factory", "--ca", str(deployment.ca),
@@ -294,6 +306,32 @@ def test_a_revoked_certificate_cannot_reenroll(est: EstDeployment, tmp_path: Pat
     assert (answer.status, answer.code) == (403, RefusalCode.EST_CERTIFICATE_REVOKED)
 
 
+def test_a_reenrollment_revokes_the_superseded_certificate_when_its_client_says_so(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    key_path, body = openssl_key_and_csr(tmp_path, "rotating", "/CN=rotating@example.com")
+    pem = print_certs(enroll_with_curl(est, body, "--user", basic(est, "rotating")))
+    cert_path = tmp_path / "rotating.pem"
+    cert_path.write_bytes(pem)
+    old = format_serial(x509.load_pem_x509_certificate(pem).serial_number)
+    _, renew = openssl_key_and_csr(tmp_path, "rotated", "/CN=rotating@example.com")
+    answer = enroll_with_curl(
+        est, renew, "--cert", str(cert_path), "--key", str(key_path), operation="simplereenroll"
+    )
+    successor = verify(est, print_certs(answer), tmp_path, "rotated")
+    entry = est.store.index_entry(old)
+    assert entry is not None
+    revoked = revocation_info(entry)
+    assert revoked is not None and revoked.reason == x509.ReasonFlags.superseded
+    new_entry = est.store.index_entry(format_serial(successor.serial_number))
+    assert new_entry is not None and revocation_info(new_entry) is None
+    # The old certificate cannot renew again.
+    again = enroll_with_curl(
+        est, renew, "--cert", str(cert_path), "--key", str(key_path), operation="simplereenroll"
+    )
+    assert (again.status, again.code) == (403, RefusalCode.EST_CERTIFICATE_REVOKED)
+
+
 def test_csrattrs_with_curl_and_openssl_asn1parse(est: EstDeployment) -> None:
     answer = est.curl(est.endpoint("csrattrs", "server_cert"))
     assert answer.status == 200
@@ -336,6 +374,116 @@ def test_serverkeygen_returns_a_key_and_its_certificate_and_keeps_no_key(
             else [est.store.client.get(key)] if kind == "string" else []
         )  # fmt: skip
         assert not any(marker in str(value) for value in values for marker in markers), key
+
+
+def serverkeygen_parts(answer: CurlAnswer) -> tuple[bytes, bytes]:
+    """(key DER, certs-only DER) of a multipart serverkeygen answer, read by Python's MIME parser."""
+    assert answer.status == 200, answer.body
+    message = email.message_from_bytes(
+        b"Content-Type: " + answer.headers["content-type"].encode() + b"\r\n\r\n" + answer.body
+    )
+    parts = message.get_payload()
+    assert isinstance(parts, list) and len(parts) == 2
+    assert parts[0].get_content_type() == "application/pkcs8"
+    return parts[0].get_payload(decode=True), parts[1].get_payload(decode=True)
+
+
+def test_serverkeygen_encrypts_the_key_under_the_clients_passphrase(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    """RFC 7030 4.4.2: a client with a key passphrase gets an encrypted PKCS#8 (PBES2, AES-256),
+    which `openssl pkcs8` opens with that passphrase and nothing else."""
+    _, body = openssl_key_and_csr(tmp_path, "sealed", "/CN=sealed@example.com")
+    answer = enroll_with_curl(est, body, "--user", basic(est, "sealed"), operation="serverkeygen")
+    key_der, certs_der = serverkeygen_parts(answer)
+    structure = openssl("asn1parse", "-inform", "DER", data=key_der).decode()
+    assert "PBES2" in structure and "aes-256-cbc" in structure and "hmacWithSHA256" in structure
+    key_path = tmp_path / "sealed.key.der"
+    key_path.write_bytes(key_der)
+    passphrase = f"file:{est.directory}/sealed.passphrase"
+    opened = openssl(
+        "pkcs8", "-inform", "DER", "-in", str(key_path), "-passin", passphrase, "-topk8", "-nocrypt"
+    )  # fmt: skip
+    public = openssl("pkey", "-pubout", data=opened)
+    certificate = verify(
+        est, openssl("pkcs7", "-inform", "DER", "-print_certs", data=certs_der), tmp_path, "sealed"
+    )
+    assert public == certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    wrong = subprocess.run(
+        ["openssl", "pkcs8", "-inform", "DER", "-in", str(key_path), "-passin", "pass:" + "0" * 64],
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert wrong.returncode != 0 and b"PRIVATE KEY" not in wrong.stdout
+
+
+# --- channel binding (RFC 7030 3.5) ----------------------------------------------------------
+
+
+def bound_connection(est: EstDeployment, tls_max: ssl.TLSVersion) -> http.client.HTTPSConnection:
+    host, port = est.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(est.trust_path))
+    context.maximum_version = tls_max
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=60)
+    connection.connect()
+    return connection
+
+
+def bound_csr(common_name: str, challenge: bytes | None) -> bytes:
+    """A base64 CSR whose challengePassword is `challenge` (a base64 tls-unique value)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    )
+    if challenge is not None:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge)
+    csr = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
+
+
+def post_on(
+    connection: http.client.HTTPSConnection, est: EstDeployment, client: str, body: bytes
+) -> tuple[int, bytes]:
+    credentials = base64.b64encode(basic(est, client).encode()).decode()
+    connection.request(
+        "POST", "/.well-known/est/simpleenroll", body=body,
+        headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {credentials}"},
+    )  # fmt: skip
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_a_bound_client_proves_its_csr_was_made_on_this_tls_session(est: EstDeployment) -> None:
+    """The CSR carries base64(tls-unique) of the TLS 1.2 session that sends it (Python's ssl
+    computes the value on the client side); another session's value, none, or a TLS 1.3 session
+    (which has no tls-unique) are refused with a stable code."""
+    connection = bound_connection(est, ssl.TLSVersion.TLSv1_2)
+    assert connection.sock.version() == "TLSv1.2"  # type: ignore[union-attr]
+    binding = connection.sock.get_channel_binding("tls-unique")  # type: ignore[union-attr]
+    assert binding
+    status, answer = post_on(
+        connection, est, "bound", bound_csr("bound@example.com", base64.b64encode(binding))
+    )
+    assert status == 200, answer
+    # The same session's value on another session: what a relay in the middle would send.
+    other = bound_connection(est, ssl.TLSVersion.TLSv1_2)
+    status, answer = post_on(
+        other, est, "bound", bound_csr("bound@example.com", base64.b64encode(binding))
+    )
+    assert (status, answer.split(b":")[0]) == (403, RefusalCode.EST_CHANNEL_BINDING.encode())
+    status, answer = post_on(other, est, "bound", bound_csr("bound@example.com", None))
+    assert (status, answer.split(b":")[0]) == (403, RefusalCode.EST_CHANNEL_BINDING.encode())
+    newer = bound_connection(est, ssl.TLSVersion.TLSv1_3)
+    assert newer.sock.version() == "TLSv1.3"  # type: ignore[union-attr]
+    status, answer = post_on(newer, est, "bound", bound_csr("bound@example.com", b"AAAA"))
+    assert status == 403, answer
+    assert answer.startswith(RefusalCode.EST_CHANNEL_BINDING_UNAVAILABLE.encode() + b":")
+    assert b"TLS 1.2" in answer
+    # A client not held to it enrolls over TLS 1.3 without one, as before.
+    status, _ = post_on(newer, est, "fleet", bound_csr("free@example.com", None))
+    assert status == 200
+    for each in (connection, other, newer):
+        each.close()
 
 
 # --- Python's ssl, a mutual-TLS handshake with an issued certificate ------------------------
@@ -558,3 +706,67 @@ def test_many_concurrent_enrollments_are_all_answered(est: EstDeployment) -> Non
         statuses = list(pool.map(enroll, bodies))
     assert statuses == [200] * len(bodies)
     assert est.store.count_issued() - before == len(bodies)
+
+
+# --- what the store answers is checked against the trust anchor -----------------------------
+
+
+def test_a_planted_certificate_is_never_served(est: EstDeployment, tmp_path: Path) -> None:
+    """Whoever writes to the store swaps an issued certificate for one a CA of their own made
+    (same subject, key and serial): the client asking again gets 502 result.untrusted, not it."""
+    _key_path, body = openssl_key_and_csr(tmp_path, "planted", "/CN=planted@example.com")
+    genuine = x509.load_pem_x509_certificate(
+        print_certs(enroll_with_curl(est, body, "--user", basic(est, "fleet")))
+    )
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(genuine.subject)
+        .issuer_name(genuine.issuer)  # claims the real intermediate
+        .public_key(genuine.public_key())
+        .serial_number(genuine.serial_number)
+        .not_valid_before(genuine.not_valid_before_utc)
+        .not_valid_after(genuine.not_valid_after_utc)
+        .sign(rogue_key, hashes.SHA256())
+    )
+    serial = format_serial(genuine.serial_number)
+    forged_pem = forged.public_bytes(serialization.Encoding.PEM).decode()
+    est.store.client.hset(est.store.keys.certs, serial, forged_pem)
+    answer = enroll_with_curl(est, body, "--user", basic(est, "fleet"))
+    assert (answer.status, answer.code) == (502, RefusalCode.RESULT_UNTRUSTED), answer.body
+    assert b"BEGIN" not in answer.body and b"trust anchor" in answer.body
+    assert base64.b64encode(forged.public_bytes(serialization.Encoding.DER)[:48]) not in answer.body
+
+
+# --- est.toml read again while serving (kept last: it rewrites the file) ---------------------
+
+
+def test_est_toml_is_reloaded_when_it_changes_and_a_bad_file_keeps_the_old(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    _, body = openssl_key_and_csr(tmp_path, "late", "/CN=late@example.com")
+    assert enroll_with_curl(est, body, "--user", "late:whatever").status == 401
+    add_password_client(est, "late")  # `casign est client add` while the server runs
+
+    def until(done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not done():
+            assert time.monotonic() < deadline, f"{what}:\n{est.server_log.read_text()[-2000:]}"
+            time.sleep(0.2)
+
+    until(lambda: enroll_with_curl(est, body, "--user", basic(est, "late")).status == 200, "reload")
+    path = est.ca / "intermediate" / "est.toml"
+    good = path.read_text()
+    try:
+        path.write_text(good + "\n[clients.broken]\nlabels = 7\n")
+        until(lambda: "not reloaded" in est.server_log.read_text(), "a bad file named")
+        assert "clients.broken" in est.server_log.read_text()
+        _, again = openssl_key_and_csr(tmp_path, "late2", "/CN=late@example.com")
+        assert enroll_with_curl(est, again, "--user", basic(est, "late")).status == 200
+        # SIGHUP reads the file at once, changed or not.
+        assert est.server is not None
+        os.kill(est.server.pid, signal.SIGHUP)
+        until(lambda: est.server_log.read_text().count("not reloaded") >= 2, "SIGHUP")
+    finally:
+        path.write_text(good)
+    until(lambda: est.server_log.read_text().count("est.toml reloaded") >= 2, "restored")

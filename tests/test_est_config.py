@@ -139,3 +139,12 @@ def test_the_server_names_what_is_missing_before_serving(
         "est", "--ca", ca, "--port", "0", "--broker", broker_url, "--store", redis_url, env=env
     )
     assert unknown.returncode == 2 and "nosuch" in unknown.stderr
+    # Without a trust anchor (no root certificate in the folder, no --trust-anchor) it does not
+    # start: it would have nothing to check the store's answers against.
+    settings_path(folder.root).write_text("[server]\n")
+    (folder.root / "certs" / "ca.cert.pem").rename(folder.root / "root.pem")
+    anchorless = casign(
+        "est", "--ca", ca, "--port", "0", "--broker", broker_url, "--store", redis_url, env=env
+    )
+    assert anchorless.returncode == 2 and "--trust-anchor" in anchorless.stderr
+    assert "Traceback" not in anchorless.stderr

@@ -38,10 +38,13 @@ from est.settings import (
 )
 from est.wire import (
     certs_only,
+    certs_only_der,
     check_content_type,
+    csr_to_pem,
     decode_base64,
     load_certs_only,
     parse_csr,
+    pem_to_der,
     serverkeygen_body,
     split_serverkeygen,
 )
@@ -76,6 +79,21 @@ def test_a_base64_body_may_carry_line_breaks_and_spaces() -> None:
 )
 def test_a_body_that_is_not_base64_or_too_large_is_refused(body: bytes, code: str) -> None:
     assert refusal_code(lambda: decode_base64(body)) == code
+
+
+def test_certs_only_from_der_is_the_pkcs7_cryptography_writes() -> None:
+    """The enrollment path wraps DER it holds without parsing it: the same bytes either way."""
+    one, two = self_signed_certificate(), self_signed_certificate()
+    ders = [certificate.public_bytes(serialization.Encoding.DER) for certificate in (one, two)]
+    assert certs_only_der(ders[:1]) == certs_only([one])
+    assert certs_only_der(ders) == certs_only([one, two])
+    pem = one.public_bytes(serialization.Encoding.PEM).decode()
+    assert pem_to_der(pem) == ders[0]
+    csr = parse_csr(csr_der("a@example.com"))
+    assert (
+        csr_to_pem(csr.public_bytes(serialization.Encoding.DER))
+        == csr.public_bytes(serialization.Encoding.PEM).decode()
+    )
 
 
 def test_der_that_is_not_a_csr_is_malformed() -> None:
@@ -122,7 +140,9 @@ def test_a_serverkeygen_answer_is_multipart_a_mime_parser_reads(tmp_path: Path) 
         serialization.NoEncryption(),
     )
     certificate = self_signed_certificate()
-    body, content_type = serverkeygen_body(key_der, certificate)
+    body, content_type = serverkeygen_body(
+        key_der, certificate.public_bytes(serialization.Encoding.DER)
+    )
     message = email.message_from_bytes(
         b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
     )
@@ -442,6 +462,9 @@ class RecordingProducer:
     def expect(self, requests: Iterable[SignRequest]) -> None:
         self.expected += [request.job_id for request in requests]
 
+    def answers_in_store(self, requests: Iterable[SignRequest]) -> dict[str, JobResult]:
+        return self.store.job_results(request.job_id for request in requests)
+
     def submit_many(
         self, requests: Iterable[SignRequest], batch_size: int | None = None
     ) -> list[str]:
@@ -537,3 +560,23 @@ def test_a_job_past_its_deadline_is_still_signing_and_its_lane_reconnects() -> N
     outcomes, producers = run_batcher(settings, {}, ["job-slow"], wait=0.3)
     assert outcomes == [StillSigning("job-slow")]
     assert producers[0].closed  # the producer that still waits for it is dropped
+
+
+def test_an_enrollment_on_an_idle_service_does_not_wait_out_the_window() -> None:
+    """After a group of one (nobody else enrolling), the next goes at once; under load the
+    window gathers (the tests above)."""
+    settings = ServerSettings(batch_window_ms=1000, lanes=1)
+    batcher = Batcher(lambda identity: RecordingProducer(FinishedJobs({})), settings)  # type: ignore[arg-type,return-value]
+
+    async def one(job_id: str) -> float:
+        started = time.monotonic()
+        await batcher.submit(Identity(), request(job_id), time.monotonic() + 5)
+        return time.monotonic() - started
+
+    try:
+        first = asyncio.run(one("job-first"))  # no group before it: the window is waited
+        second = asyncio.run(one("job-second"))
+    finally:
+        batcher.close()
+    assert first >= 0.9
+    assert second < 0.5
