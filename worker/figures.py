@@ -55,6 +55,7 @@ class SignerFigures:
         self._deltas: defaultdict[Sample, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        self._failing = False
 
     def count(self, name: str, amount: float = 1, **labels: str) -> None:
         with self._lock:
@@ -109,10 +110,14 @@ class SignerFigures:
         try:
             self._ledger.add(deltas)
         except Exception as exc:  # figures never stop signing; they are written later
-            log.warning("could not write the signer's figures to the store: %s", exc)
+            if not self._failing:  # once per outage, not once a second
+                log.warning("could not write the signer's figures to the store: %s", exc)
+            self._failing = True
             with self._lock:
                 for sample, delta in deltas.items():
                     self._deltas[sample] += delta
+        else:
+            self._failing = False
 
     def _write_every_second(self) -> None:
         while True:
