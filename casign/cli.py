@@ -356,7 +356,7 @@ def worker(
         crl_schedule=beat,
         producers=listed_producer_names(CAFolder(folder).producers_path),
     )
-    log_queues(config.queues)  # a name that cannot name a queue stops the worker here (exit 2)
+    _log_queues(config.queues)  # a name that cannot name a queue stops the worker here (exit 2)
     options = [f"--loglevel={loglevel}", f"--pool={pool}"]
     if concurrency:
         options.append(f"--concurrency={concurrency}")
@@ -368,7 +368,7 @@ def worker(
     sys.exit(status)
 
 
-def log_queues(queues: tuple[str, ...]) -> None:
+def _log_queues(queues: tuple[str, ...]) -> None:
     """Say which queues the worker takes from, in turn: the CA's, then each producer's."""
     logging.getLogger("casign.worker").info(
         "consuming %d queue(s) in turn: %s", len(queues), ", ".join(queues)

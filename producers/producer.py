@@ -35,7 +35,8 @@ from store.revocations import RevocationStore
 log = logging.getLogger("casign.producer")
 
 DEFAULT_RESEND_SECONDS = 60.0
-# Each silent round that sends nothing new in answer doubles the wait for the next, up to this.
+# Each resend check after a silence doubles the wait before the next, up to this; an answer
+# starts it over at `resend_after`.
 MAX_RESEND_SECONDS = 600.0
 _REPLY_WAIT_SECONDS = 1.0
 # After this long without a reply the store is asked directly; the spell doubles each time.
@@ -198,8 +199,9 @@ class Producer:
         batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
         self._sent.note(request.job_id for request in requests)
         # declare=[]: publish only. The signer declares its queue; a broker user allowed to
-        # declare it could read it too (store.acl), and a batch sent before any signer ever
-        # started is sent again by `results` once nothing has answered.
+        # declare it could read it too (store.acl). A batch sent before any signer ever started
+        # waits in its list on Redis; RabbitMQ drops it unrouted, and then, its queue being
+        # absent (no message in it), `results` sends it again once nothing has answered.
         self._celery.send_task(
             SIGN_BATCH_TASK,
             args=[batch.model_dump()],

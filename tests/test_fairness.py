@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from core.errors import ConfigurationError
 from core.keys import KeyType
 from core.messages import SignRequest
 from core.queue import consumed_queues, producer_queue
@@ -114,6 +115,10 @@ def test_each_producer_has_a_queue_of_its_own_and_the_worker_consumes_them_all(
     )
     environment = {"CASIGN_CA_DIR": str(folder.root), "CASIGN_QUEUE": "ca.sign"}
     assert WorkerConfig.from_environment(environment).producers == ("flood", "steady")
+    # A name that could reach past its own queue (a glob, a `:`, Celery's `,`) names none.
+    for name in ("web,hr", "web:x", "web*", "a b"):
+        with pytest.raises(ConfigurationError, match="producer name"):
+            consumed_queues("ca.sign", [name])
 
 
 def _p99(latencies: list[float]) -> float:
