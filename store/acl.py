@@ -13,8 +13,8 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              declaring the queue) and count it (LLEN and EXISTS on Q:N and its priority lists,
              in MULTI/EXEC as kombu asks), never Q or another producer's queue; pop its own
              replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
-             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers and P:metrics (what `casign top`
-             shows). No other key, no pub/sub, no scripts.
+             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers and
+             P:metrics (what `casign top` shows). No other key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
