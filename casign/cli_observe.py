@@ -10,9 +10,12 @@ from pathlib import Path
 import click
 
 from casign.cli_base import broker_option, ca_option, open_store, store_option
-from casign.config import resolve_endpoints
+from casign.config import Endpoints, known_ca_folder, resolve_endpoints
 from casign.figures import Reading, read_figures
+from casign.producers_file import read_producers
 from casign.queue_view import QueueView
+from core.errors import ConfigurationError
+from core.queue import consumed_queues
 
 
 @click.command()
@@ -28,12 +31,12 @@ def metrics(ca: Path | None, broker: str | None, store: str | None, host: str, p
     needs only read rights) reads them on each scrape.
     """
     endpoints = resolve_endpoints(broker, store, ca, need_broker=False)
-    queue = QueueView(endpoints.broker_url, endpoints.queue)
+    queues = queue_views(endpoints, known_ca_folder(ca, endpoints))
     with open_store(endpoints) as results_store:
         from casign.metrics_server import serve
 
         click.echo(f"casign metrics: serving http://{host}:{port}/metrics", err=True)
-        serve(lambda: read_figures(results_store, queue), host, port)
+        serve(lambda: read_figures(results_store, queues), host, port)
 
 
 @click.command()
@@ -52,10 +55,10 @@ def top(
     from casign.top import render
 
     endpoints = resolve_endpoints(broker, store, ca, need_broker=False)
-    queue = QueueView(endpoints.broker_url, endpoints.queue)
+    queues = queue_views(endpoints, known_ca_folder(ca, endpoints))
     title = f"casign top: queue {endpoints.queue}, store prefix {endpoints.store_prefix}"
     with open_store(endpoints) as results_store:
-        read: Callable[[], Reading] = lambda: read_figures(results_store, queue)  # noqa: E731
+        read: Callable[[], Reading] = lambda: read_figures(results_store, queues)  # noqa: E731
         if once:
             Console().print(render(read(), None, title))
             return
@@ -69,6 +72,18 @@ def top(
                 reading = read()
                 live.update(render(reading, previous, title), refresh=True)
                 previous = reading
+
+
+def queue_views(endpoints: Endpoints, folder: Path | None) -> list[QueueView]:
+    """The CA's queue and each producer's own that its producers.toml lists (the ones its
+    workers consume); without a CA folder, the CA's queue only."""
+    names: list[str] = []
+    if folder is not None:
+        with contextlib.suppress(ConfigurationError, OSError):
+            names = list(read_producers(folder / "intermediate" / "producers.toml"))
+    return [
+        QueueView(endpoints.broker_url, queue) for queue in consumed_queues(endpoints.queue, names)
+    ]
 
 
 COMMANDS = (metrics, top)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -61,15 +61,19 @@ class Reading:
         return {step: sums[step] / counts[step] for step in sums if counts.get(step)}
 
 
-def read_figures(store: ResultsStore, queue: QueueView | None) -> Reading:
-    """Everything `casign metrics` and `casign top` show, read once."""
+def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Reading:
+    """Everything `casign metrics` and `casign top` show, read once; `queues` are the CA's
+    queue and each listed producer's own (`core.queue.consumed_queues`)."""
     now = time.time()
     samples = store.metrics.totals()
-    depth = oldest = None
-    if queue is not None:
-        depth = queue.depth()
-        sealed_at = queue.next_sealed_at() if depth else None
-        oldest = max(now - sealed_at, 0.0) if sealed_at is not None else None
+    depths = [depth for depth in (queue.depth() for queue in queues) if depth is not None]
+    depth = sum(depths) if depths else None
+    sealed = [
+        sealed_at
+        for sealed_at in (queue.next_sealed_at() for queue in queues)
+        if sealed_at is not None
+    ]
+    oldest = max(now - min(sealed), 0.0) if sealed else None
     beats = _optional(store.workers_last_active) or {}
     crl = _optional(store.crls.latest)
     crl_age = now - crl.last_update_utc.timestamp() if crl is not None else None

@@ -49,7 +49,7 @@ def test_figures_add_up_across_writers_and_parse_as_prometheus() -> None:
         figures.observe(STEP_SECONDS, 0.0003, STEP_BUCKETS, 4, step="sign")
         figures.write_now()
     store = ResultsStore(client, "t")
-    scraped = _samples(exposition(lambda: read_figures(store, None)))
+    scraped = _samples(exposition(lambda: read_figures(store)))
     assert scraped[("casign_issued_total", (("backend", "file"), ("profile", "server_cert")))] == 4
     assert scraped[("casign_issued_total", (("backend", "file"), ("profile", "usr_cert")))] == 2
     assert scraped[("casign_refused_total", (("code", "policy.bad_name"),))] == 2
@@ -233,7 +233,7 @@ def test_top_renders_a_reading() -> None:
     from rich.console import Console
 
     console = Console(width=100, record=True)
-    console.print(render(read_figures(store, None), None, "casign top"))
+    console.print(render(read_figures(store), None, "casign top"))
     screen = console.export_text()
     assert _row(screen, "issued") == "7"
     assert _row(screen, "rate.limited") == "2"
