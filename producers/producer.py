@@ -20,6 +20,7 @@ from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_s
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.acl import reply_list_name
+from store.airgap import AirgapRecords
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -296,7 +297,8 @@ class Producer:
         queue, not yet marked in flight); the job id makes sending it again safe.
         """
         ours = [job_id for job_id in waiting if job_id in self._unanswered]
-        known = self.store.known_jobs(ours)
+        # A job carried to an air-gapped signer is neither lost nor to be sent again.
+        known = self.store.known_jobs(ours) | AirgapRecords(self.store).exported_jobs(ours).keys()
         lost = [self._unanswered[job_id] for job_id in ours if job_id not in known]
         if lost:
             log.warning("sending %d job(s) again: no worker recorded them", len(lost))
@@ -352,7 +354,8 @@ class Producer:
                     ) from None
 
     def status(self, request: SignRequest | str) -> JobResult | None:
-        """The request's checked result if the store has one, else None (queued, or signing).
+        """The request's checked result if the store has one, else None (queued, signing, or
+        exported to an air-gapped signer: `waiting_offline` tells).
 
         Given a job id whose request this producer still holds, the answer is checked against
         that request; for any other job id, its certificate is checked against the trust anchor
@@ -370,6 +373,11 @@ class Producer:
         if found is None or found.fingerprint != fingerprint:
             return None
         return self._check.check(found, request)
+
+    def waiting_offline(self, job_id: str) -> bool:
+        """True when the job was exported to an air-gapped signer and is not answered yet
+        ("exported, waiting for the signer"; `casign airgap`)."""
+        return bool(AirgapRecords(self.store).exported_jobs([job_id]))
 
     def chain_pem(self) -> str | None:
         """The CA chain (`ca-chain.cert.pem`) that goes with every certificate: with a trust
