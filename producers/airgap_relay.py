@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,12 +486,3 @@ def _import_crl(store: ResultsStore, pem: bytes) -> None:
 def exported_jobs(store: ResultsStore, job_ids: Sequence[str]) -> dict[str, str]:
     """job id -> batch id of those exported to the air-gapped signer and not yet answered."""
     return AirgapRecords(store).exported_jobs(job_ids)
-
-
-def iter_bundle_files(first: Path) -> Iterator[Path]:
-    """`first`, then `first` named `-2`, `-3`... while they exist (a split export or result)."""
-    yield first
-    number = 2
-    while (path := first.with_name(f"{first.stem}-{number}{first.suffix}")).exists():
-        yield path
-        number += 1

@@ -240,6 +240,14 @@ class AirgapRecords:
         return [text(entry).partition(" ")[2] for entry in raw]
 
     @translated
+    def certificates(self, serials: Iterable[str]) -> list[str | None]:
+        """The certificate PEM of each serial (hex as stored), None where there is none."""
+        serials = list(serials)
+        if not serials:
+            return []
+        return [optional_text(pem) for pem in self._client.hmget(self._keys.certs, serials)]
+
+    @translated
     def index_lines(self, serials: Iterable[str]) -> list[str | None]:
         """The index line of each serial (hex as stored), None where there is none."""
         serials = list(serials)

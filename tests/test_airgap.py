@@ -18,14 +18,20 @@ from pathlib import Path
 import pytest
 
 from core.bundle import BundleRefused
+from core.cms import CMSError, sign_detached, verify_detached
+from core.keys import KeyType
 from core.messages import SignRequest
 from producers.revocation import send_revocation
 from store.airgap import AirgapRecords
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 from tests.airgap_setup import AirGap, air_gap, openssl_verify_all
+from tests.cas import make_alice_ca
 from tests.casign_cli import run_casign
 from tests.csrs import make_csr
+from tests.openssl_cli import openssl
+from tests.softhsm_token import SoftHsmToken
+from worker.authority import load_authority
 
 
 @pytest.fixture
@@ -217,10 +223,6 @@ def test_a_results_bundle_signed_by_another_key_is_refused(gap: AirGap, tmp_path
     [results] = gap.sign(bundle).results
     forged = gap.carry_back(results)
     other = shutil.copy(forged, tmp_path / "forged.tar")
-    from core.cms import sign_detached
-    from tests.cas import make_alice_ca
-    from worker.authority import load_authority
-
     impostor = load_authority(make_alice_ca(tmp_path / "impostor").root)
     with tarfile.open(other) as tar:
         manifest = tar.extractfile("manifest.json").read()  # type: ignore[union-attr]
@@ -430,3 +432,31 @@ def test_the_casign_airgap_commands_carry_jobs_both_ways(gap: AirGap, tmp_path: 
     )  # fmt: skip
     assert refused.returncode == 3
     assert "bundle.part_altered" in refused.stderr and "index.txt" in refused.stderr
+
+
+# -- the CA's signature with a token key -------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_type", [KeyType.RSA2048, KeyType.P256])
+def test_a_token_key_signs_the_results_manifest_as_openssl_checks_it(
+    softhsm_token: SoftHsmToken, tmp_path: Path, key_type: KeyType
+) -> None:
+    folder = make_alice_ca(
+        tmp_path / "hsm-ca",
+        key_type=key_type,
+        intermediate_key_uri=softhsm_token.key_uri("intermediate"),
+    )
+    authority = load_authority(folder.root)
+    manifest = b'{"format": "casign-airgap-results/1"}\n'
+    signature = sign_detached(manifest, authority.intermediate, authority.key)
+    verify_detached(manifest, signature, authority.intermediate)
+    (tmp_path / "manifest.json").write_bytes(manifest)
+    (tmp_path / "manifest.p7s").write_bytes(signature)
+    checked = openssl(
+        "cms", "-verify", "-binary", "-inform", "DER", "-in", tmp_path / "manifest.p7s",
+        "-content", tmp_path / "manifest.json", "-CAfile", folder.chain_path, "-out", "/dev/null",
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    with pytest.raises(CMSError) as altered:
+        verify_detached(manifest + b" ", signature, authority.intermediate)
+    assert altered.value.content_altered

@@ -270,8 +270,8 @@ def _write_results(
             result["serial"] for result in answer.get("results", []) if result["status"] == "issued"
         ]
         answer_parts = {
-            f"certs/{serial}.pem": (store.certificate(serial) or "").encode("ascii")
-            for serial in serials
+            f"certs/{serial}.pem": (pem or "").encode("ascii")
+            for serial, pem in zip(serials, records.certificates(serials), strict=True)
         }
         lines = [line or "" for line in records.index_lines(serials)]
         answer_parts["index"] = "".join(line + "\n" for line in lines).encode()
