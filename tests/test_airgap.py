@@ -7,6 +7,7 @@ bundle files (and the relay key, carried once) are copied.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -17,10 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from casign.job_status import describe_jobs
+from casign.queue_view import QueueView
 from core.bundle import BundleRefused
 from core.cms import CMSError, sign_detached, verify_detached
+from core.errors import Retryable
 from core.keys import KeyType
 from core.messages import SignRequest
+from producers.airgap_relay import export_bundles
 from producers.revocation import send_revocation
 from store.airgap import AirgapRecords
 from store.results import ResultsStore
@@ -130,6 +135,10 @@ def test_jobs_from_two_producers_go_out_signed_and_come_back(
     first = sent["alpha"][0].job_id
     assert gap.producer("alpha").status(first) is None
     assert gap.producer("alpha").waiting_offline(first)  # "exported, waiting for the signer"
+    [(said, known)] = describe_jobs(
+        gap.online_store, QueueView("unused://", gap.queue), [first], "casign worker"
+    ).values()
+    assert said.startswith("exported, waiting for the signer") and known
     assert gap.online_store.count_issued() == 0
     report = gap.sign(bundle)
     assert (report.issued, report.refused, report.gap) == (total, 0, [])
@@ -171,6 +180,45 @@ def test_jobs_from_two_producers_go_out_signed_and_come_back(
 
 def test_an_empty_queue_makes_no_bundle(gap: AirGap) -> None:
     assert gap.export() == []
+
+
+def test_an_export_that_fails_before_recording_leaves_the_batches_in_the_queue(
+    gap: AirGap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = submit(gap, 3, batch_size=2)
+
+    def store_down(*args: object, **kwargs: object) -> None:
+        raise Retryable("results store unavailable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AirgapRecords, "record_export", store_down)
+        with pytest.raises(Retryable):
+            gap.export()
+    assert not (gap.directory / "online" / "requests.tar").exists()  # no file before a record
+    assert gap.online_store.client.llen(gap.queue) == 4  # handed back, as a worker's are
+    [bundle] = gap.export()
+    report = gap.sign(bundle)
+    assert report.issued == 6
+    gap.import_(gap.carry_back(report.results[0]))
+    collect(gap, sent)
+
+
+def test_another_bundle_under_a_number_answered_before_is_refused(gap: AirGap) -> None:
+    submit(gap, 1)
+    [bundle] = gap.export()
+    gap.sign(bundle)
+    other_store = ResultsStore.from_url(gap.redis_url, gap.online_store.prefix + "other")
+    try:
+        other = dataclasses.replace(gap.relay, store=other_store)
+        submit(gap, 1)
+        [second] = export_bundles(other, gap.directory / "offline" / "other.tar")
+        with pytest.raises(BundleRefused) as refused:
+            gap.sign(second)
+        assert refused.value.code == "bundle.conflict"
+    finally:
+        for key in other_store.client.scan_iter(match=f"{other_store.prefix}*"):
+            other_store.client.delete(key)
+        other_store.close()
 
 
 # -- faults ------------------------------------------------------------------------------------
@@ -391,6 +439,7 @@ def test_bundles_split_at_the_configured_size(gap: AirGap) -> None:
 # -- the commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_casign_airgap_commands_carry_jobs_both_ways(gap: AirGap, tmp_path: Path) -> None:
     sent = submit(gap, 3)
     online_env = {
