@@ -11,7 +11,8 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
   producer   one per name N: push to Q (LPUSH; producers publish without declaring the queue)
              and count it (LLEN); pop its own replies P:reply:N:* and read its own refusal
              notes P:authfail:N:*; read (never write) P:job:*, P:certs, P:index, P:serials,
-             P:chain, P:ca and P:workers. No other key, no pub/sub, no scripts.
+             P:chain, P:ca, P:workers and P:airgap:jobs (a job exported to an air-gapped
+             signer, `casign airgap`). No other key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
@@ -191,7 +192,15 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
     """Publish to the queue, pop its own replies, read what `Producer.results`/`status` read."""
     keys = scope.keys
     own = check_producer_name(producer) + ":"
-    reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers]
+    reads = [
+        keys.certs,
+        keys.index,
+        keys.serials,
+        keys.chain,
+        keys.ca,
+        keys.workers,
+        keys.airgap_jobs,
+    ]
     rules = [
         f"%R~{glob_escape(keys.job_stem)}*",
         *(f"%R~{glob_escape(key)}" for key in reads),
