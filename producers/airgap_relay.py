@@ -6,7 +6,13 @@
 `import_results` checks a results bundle against the CA certificate this side already holds
 (never against anything in the bundle), then publishes what it carries exactly as the queue
 worker publishes a batch, and answers the producers waiting. Neither needs the CA key: the
-relay holds the rights of a producer and of the operator's commands over the store, no more.
+relay runs with the signer's Redis user (the queue's consumer side and the store), no key.
+
+Each batch is published in one atomic call, then taken out of the exported records. An import
+that stops between the two leaves that batch exported; importing the bundle again publishes it
+again, which the publish script makes harmless for certificates and kept refusals (each is
+published once, `lua/publish.lua`), though the refusals' replies and audit lines are written
+a second time.
 """
 
 from __future__ import annotations
