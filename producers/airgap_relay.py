@@ -8,11 +8,10 @@
 worker publishes a batch, and answers the producers waiting. Neither needs the CA key: the
 relay runs with the signer's Redis user (the queue's consumer side and the store), no key.
 
-Each batch is published in one atomic call, then taken out of the exported records. An import
-that stops between the two leaves that batch exported; importing the bundle again publishes it
-again, which the publish script makes harmless for certificates and kept refusals (each is
-published once, `lua/publish.lua`), though the refusals' replies and audit lines are written
-a second time.
+Each batch's answers are published and the batch taken out of the exported records in one
+MULTI/EXEC, so an import stopped halfway, then made again, publishes each batch once. A
+revocation is applied first (its script answers a request it did once with the same entry) and
+then settled.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from core.bundle import (
 from core.errors import RefusalCode, Rejected
 from core.messages import JobResult, RevocationResult, describe_validation_error
 from core.queue import REVOKE_TASK, SIGN_BATCH_TASK, celery_settings
-from store.airgap import AirgapRecords, ExportedBatch, RequestBundle
+from store.airgap import AirgapRecords, ExportedBatch, RequestBundle, Settle
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.results import Issued, Refusal, ResultsStore
@@ -311,11 +310,12 @@ def import_results(relay: Relay, path: Path, intermediate: x509.Certificate) -> 
         if not found:
             report.skipped += 1  # answered by an earlier bundle (a bundle made again)
             continue
+        settle = records.settling(found[0])
         if answer["task"] == "revoke":
             _import_revocation(relay.store, answer, report)
+            relay.store.publish([], [], [], None, (), then=settle)
         else:
-            _import_sign_answers(relay.store, answer, certificates, index_lines, report)
-        records.settle(found[0])
+            _import_sign_answers(relay.store, answer, certificates, index_lines, report, settle)
         report.batches += 1
     crl_pem = bundle.parts.get("crl.pem")
     if crl_pem is not None:
@@ -394,8 +394,10 @@ def _import_sign_answers(
     certificates: dict[str, str],
     index_lines: dict[str, str],
     report: ImportReport,
+    settle: Settle,
 ) -> None:
-    """Publish one batch's answers as the queue worker would have: one atomic call."""
+    """Publish one batch's answers as the queue worker would have, and settle the batch, in one
+    atomic call."""
     reply_to = answer.get("reply_to")
     note = answer.get("note")
     audit = [line for line in answer.get("audit", []) if isinstance(line, str)]
@@ -411,7 +413,7 @@ def _import_sign_answers(
         # An unauthenticated batch: one note for its reply list's owner, no reply (as online).
         if reply_to:
             EnvelopeLedger(store).note_refusal(reply_to, note["code"], note["message"])
-        store.publish([], [], [], None, other_lines)
+        store.publish([], [], [], None, other_lines, then=settle)
         report.refused += len(answer.get("results", []))
         return
     issued: list[Issued] = []
@@ -449,7 +451,7 @@ def _import_sign_answers(
             refusals.append(
                 Refusal(result.job_id, result.fingerprint, result.code, result.message or "")
             )
-    store.publish(issued, refusals, replies, reply_to, other_lines)
+    store.publish(issued, refusals, replies, reply_to, other_lines, then=settle)
     report.issued += len(issued)
 
 

@@ -12,12 +12,17 @@ The keys are in `store.keys`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.client import Pipeline
+
 from store.boundary import optional_text, text, translated
 from store.results import ResultsStore
+
+# What `ResultsStore.publish` runs in its transaction after the batch's script (`then`).
+Settle = Callable[[Pipeline], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +186,17 @@ class AirgapRecords:
     def imported(self, bundle_id: str) -> bool:
         return bool(self._client.sismember(self._keys.airgap_imported, bundle_id))
 
-    @translated
-    def settle(self, batch: ExportedBatch) -> None:
-        """The batch is answered: it leaves the exported records."""
-        with self._client.pipeline(transaction=True) as pipe:
+    def settling(self, batch: ExportedBatch) -> Settle:
+        """What takes `batch` out of the exported records (answered), queued on a transaction:
+        given as `then` to `ResultsStore.publish`, so it is done with the batch's answers."""
+
+        def settle(pipe: Pipeline) -> object:
             pipe.hdel(self._keys.airgap_exported, batch.batch_id)
             if batch.job_ids:
                 pipe.hdel(self._keys.airgap_jobs, *batch.job_ids)
-            pipe.execute()
+            return pipe
+
+        return settle
 
     @translated
     def mark_imported(self, bundle_id: str) -> None:

@@ -308,6 +308,36 @@ def test_results_imported_twice_change_nothing(gap: AirGap) -> None:
     assert snapshot() == before
 
 
+def test_an_import_stopped_halfway_and_made_again_publishes_each_batch_once(
+    gap: AirGap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = submit(gap, 4, batch_size=2)
+    [bundle] = gap.export()
+    carried = gap.carry_back(gap.sign(bundle).results[0])
+    publish = ResultsStore.publish
+    calls = []
+
+    def publish_then_crash(store: ResultsStore, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise Crash
+        publish(store, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ResultsStore, "publish", publish_then_crash)
+        with pytest.raises(Crash):
+            gap.import_(carried)
+    assert gap.online_store.count_issued() == 2
+    assert AirgapRecords(gap.online_store).count_unanswered() == 3
+    again = gap.import_(carried)
+    assert (again.skipped, again.batches, again.issued) == (1, 3, 6)
+    collect(gap, sent)
+    issued_lines = [
+        entry for entry in gap.online_store.audit_entries() if '"event":"issued"' in entry
+    ]
+    assert len(issued_lines) == 8
+
+
 def test_a_bundle_lost_in_transit_is_made_again_from_what_is_unanswered(gap: AirGap) -> None:
     from producers.airgap_relay import export_again, unanswered_bundles
 
