@@ -508,6 +508,7 @@ def audit_show(ca: Path | None, store: str | None, last: int) -> None:
 
 
 def _register_other_commands() -> None:
+    from casign.cli_airgap import COMMANDS as AIRGAP_COMMANDS
     from casign.cli_est import est
     from casign.cli_lifecycle import COMMANDS as LIFECYCLE_COMMANDS
     from casign.cli_observe import COMMANDS as OBSERVE_COMMANDS
@@ -517,7 +518,7 @@ def _register_other_commands() -> None:
 
     for command in (submit, request, collect, status, demo, est, *LIFECYCLE_COMMANDS):
         main.add_command(command)
-    for command in (*ACCESS_COMMANDS, *OBSERVE_COMMANDS):
+    for command in (*ACCESS_COMMANDS, *AIRGAP_COMMANDS, *OBSERVE_COMMANDS):
         main.add_command(command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from casign.queue_view import QueueView, worker_activity, worker_busy
+from store.airgap import AirgapRecords
 from store.results import ResultsStore
 
 
@@ -24,6 +25,10 @@ def describe_jobs(
             states[job_id] = (f"signing (serial {serial} reserved)", True)
         else:
             unrecorded.append(job_id)
+    exported = AirgapRecords(store).exported_jobs(unrecorded)
+    for job_id in exported:
+        states[job_id] = ("exported, waiting for the signer (casign airgap)", True)
+    unrecorded = [job_id for job_id in unrecorded if job_id not in exported]
     if not unrecorded:
         return states
     places = view.locate(unrecorded)

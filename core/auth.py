@@ -28,6 +28,8 @@ SIGNATURE_ALGORITHM = "hmac-sha256"
 MIN_SECRET_BYTES = 16
 ENVELOPE_VERSION = 2
 DEFAULT_ENVELOPE_SECONDS = 600  # how long a sealed message may wait in the queue
+# How long one may wait in the queue of an air-gapped signer, until the relay exports it.
+DEFAULT_AIRGAP_ENVELOPE_SECONDS = 24 * 3600
 CLOCK_SKEW_SECONDS = 60
 
 

@@ -66,6 +66,14 @@ class RefusalCode(StrEnum):
     REVOKE_BAD_REASON = "revoke.bad_reason"
     REVOKE_MALFORMED = "revoke.malformed"
     REVOKE_NOT_ALLOWED = "revoke.not_allowed"
+    # An air-gap bundle (core/bundle.py) refused whole: a part whose bytes are not the ones its
+    # manifest lists, a manifest whose MAC or CMS signature does not verify, a bundle that is not
+    # one, or one made for another CA or that conflicts with one answered before.
+    BUNDLE_MALFORMED = "bundle.malformed"
+    BUNDLE_PART_ALTERED = "bundle.part_altered"
+    BUNDLE_BAD_SIGNATURE = "bundle.bad_signature"
+    BUNDLE_WRONG_CA = "bundle.wrong_ca"
+    BUNDLE_CONFLICT = "bundle.conflict"
     # A producer's own verdict on an answer: the certificate does not check out against the
     # request's key, the profile's usage or the producer's trust anchor.
     RESULT_UNTRUSTED = "result.untrusted"

@@ -27,6 +27,7 @@ from producers.delivery import SentMessages, queue_depth
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.acl import reply_list_name
+from store.airgap import AirgapRecords
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.results import ResultsStore
@@ -329,7 +330,8 @@ class Producer:
             return
         ours = [job_id for job_id in waiting if job_id in self._unanswered]
         gone = [job_id for job_id in ours if self._sent.left_the_queue(job_id, depth)]
-        known = self.store.known_jobs(gone)
+        # A job carried to an air-gapped signer is neither lost nor to be sent again.
+        known = self.store.known_jobs(gone) | AirgapRecords(self.store).exported_jobs(gone).keys()
         lost = [self._unanswered[job_id] for job_id in gone if job_id not in known]
         if lost:
             log.warning(
@@ -391,7 +393,8 @@ class Producer:
                     ) from None
 
     def status(self, request: SignRequest | str) -> JobResult | None:
-        """The request's checked result if the store has one, else None (queued, or signing).
+        """The request's checked result if the store has one, else None (queued, signing, or
+        exported to an air-gapped signer: `waiting_offline` tells).
 
         Given a job id whose request this producer still holds, the answer is checked against
         that request; for any other job id, its certificate is checked against the trust anchor
@@ -409,6 +412,11 @@ class Producer:
         if found is None or found.fingerprint != fingerprint:
             return None
         return self._check.check(found, request)
+
+    def waiting_offline(self, job_id: str) -> bool:
+        """True when the job was exported to an air-gapped signer and is not answered yet
+        ("exported, waiting for the signer"; `casign airgap`)."""
+        return bool(AirgapRecords(self.store).exported_jobs([job_id]))
 
     def chain_pem(self) -> str | None:
         """The CA chain (`ca-chain.cert.pem`) that goes with every certificate: with a trust

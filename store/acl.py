@@ -14,7 +14,8 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              in MULTI/EXEC as kombu asks), never Q or another producer's queue; pop its own
              replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
              write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers and
-             P:metrics (what `casign top` shows). No other key, no pub/sub, no scripts.
+             P:metrics (what `casign top` shows) and P:airgap:jobs (a job exported to an
+             air-gapped signer, `casign airgap`). No other key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
@@ -202,7 +203,16 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
     keys = scope.keys
     own = check_producer_name(producer) + ":"
     own_queue = scope.producer_queue_lists(producer)
-    reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers, keys.metrics]
+    reads = [
+        keys.certs,
+        keys.index,
+        keys.serials,
+        keys.chain,
+        keys.ca,
+        keys.workers,
+        keys.metrics,
+        keys.airgap_jobs,
+    ]
     rules = [
         f"%R~{glob_escape(keys.job_stem)}*",
         *(f"%R~{glob_escape(key)}" for key in reads),

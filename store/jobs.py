@@ -8,10 +8,11 @@ one), not Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from core.errors import Retryable
 from core.messages import JobResult
@@ -143,9 +144,11 @@ class JobRecords:
         other_replies: Iterable[JobResult],
         reply_to: str | None,
         audit_lines: Iterable[str] = (),
+        then: Callable[[Pipeline], object] | None = None,
     ) -> None:
         """Publish a batch atomically in one round trip: certificates, index entries, refusals,
-        replies (`other_replies` first) and audit lines."""
+        replies (`other_replies` first) and audit lines; with `then`, the commands it queues
+        on the transaction run in the same MULTI/EXEC (the air gap settles a batch so)."""
         issued, refusals, audit_lines = list(issued), list(refusals), list(audit_lines)
         keys = self._keys
         payloads = (
@@ -154,6 +157,10 @@ class JobRecords:
             else []
         )
         if not (issued or refusals or audit_lines or payloads):
+            if then is not None:
+                with self._client.pipeline(transaction=True) as pipe:
+                    then(pipe)
+                    pipe.execute()
             return
         script_keys = [
             keys.serials,
@@ -187,7 +194,13 @@ class JobRecords:
         for refusal in refusals:
             args += (refusal.job_id, refusal.fingerprint, refusal.code, refusal.message)
         args += audit_lines
-        outcomes = self._scripts[Lua.PUBLISH](keys=script_keys, args=args)
+        if then is None:
+            outcomes = self._scripts[Lua.PUBLISH](keys=script_keys, args=args)
+        else:
+            with self._client.pipeline(transaction=True) as pipe:
+                self._scripts[Lua.PUBLISH](keys=script_keys, args=args, client=pipe)
+                then(pipe)
+                outcomes = pipe.execute()[0]
         if -1 in outcomes:
             raise Retryable("a serial drawn for a job belongs to another job; not published")
 

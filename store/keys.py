@@ -46,6 +46,15 @@ Workers (`store.workers`):
 Figures (`store.metrics`):
   P:metrics           hash: JSON [sample name, labels] -> value the signers added up (counters and
                       histogram buckets, for `casign metrics` and `casign top`)
+The air gap (`store.airgap`): on the online side, what the relay exported and imported
+  P:airgap:exported   hash: batch id -> JSON of a batch taken off the queue, until answered
+  P:airgap:jobs       hash: job id -> batch id of an exported, unanswered sign job
+  P:airgap:bundle:{n} string: JSON of request bundle n (id, time, its batch ids), kept
+  P:airgap:sequence   counter: the last request bundle number drawn
+  P:airgap:imported   set: ids of results bundles imported
+and on the offline side, what the signer answered
+  P:airgap:seen       hash: request bundle number -> its bundle id
+  P:airgap:answers    hash: batch id -> JSON of its answers, index lines and audit lines
 """
 
 from __future__ import annotations
@@ -56,6 +65,12 @@ class KeySpace:
 
     __slots__ = (
         "adopted",
+        "airgap_answers",
+        "airgap_exported",
+        "airgap_imported",
+        "airgap_jobs",
+        "airgap_seen",
+        "airgap_sequence",
         "audit",
         "audit_head",
         "ca",
@@ -92,6 +107,12 @@ class KeySpace:
         self.ca = self.key("ca")
         self.workers = self.key("workers")
         self.metrics = self.key("metrics")
+        self.airgap_exported = self.key("airgap", "exported")
+        self.airgap_jobs = self.key("airgap", "jobs")
+        self.airgap_sequence = self.key("airgap", "sequence")
+        self.airgap_imported = self.key("airgap", "imported")
+        self.airgap_seen = self.key("airgap", "seen")
+        self.airgap_answers = self.key("airgap", "answers")
 
     def key(self, *parts: str) -> str:
         """`P:part1:part2...`: the one way a key is spelled."""
@@ -120,3 +141,6 @@ class KeySpace:
 
     def auth_note(self, reply_to: str) -> str:
         return self.key("authfail", reply_to)
+
+    def airgap_bundle(self, sequence: int) -> str:
+        return self.key("airgap", "bundle", str(sequence))

@@ -9,9 +9,10 @@ below are the entry points callers have always used; each hands over to its part
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import redis
+from redis.client import Pipeline
 
 from core.index import IndexEntry
 from core.messages import JobResult
@@ -105,12 +106,14 @@ class ResultsStore:
         other_replies: Iterable[JobResult],
         reply_to: str | None,
         audit_lines: Iterable[str] = (),
+        then: Callable[[Pipeline], object] | None = None,
     ) -> None:
         """Publish a batch atomically in one round trip: certificates, index entries, refusals.
 
-        `other_replies` (refusals, answers found in the store) go to the reply list too.
+        `other_replies` (refusals, answers found in the store) go to the reply list too; what
+        `then` queues on the transaction is done in the same MULTI/EXEC.
         """
-        self.jobs.publish(issued, refusals, other_replies, reply_to, audit_lines)
+        self.jobs.publish(issued, refusals, other_replies, reply_to, audit_lines, then)
 
     def mark_failed(self, failures: Iterable[Failure]) -> list[bool]:
         """Close each job as `failed` if it is reserved under the same fingerprint or unknown;

@@ -19,6 +19,7 @@ import redis
 
 import store.keys
 from core.index import format_serial
+from store.airgap import AirgapRecords, ExportedBatch
 from store.embedded import EmbeddedRedis
 from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
@@ -173,6 +174,12 @@ def test_every_key_written_is_in_the_documented_layout(
     CAIdentityRecord(store).claim("c" * 64, "CN=layout CA")
     store.note_worker_active("casign.sign")
     signer.figures.write_now()
+    airgap = AirgapRecords(store)
+    exported = ExportedBatch("sign:layout", "sign", {}, ("layout-exported",))
+    assert airgap.record_export([[exported]], ["b" * 32], 0)
+    airgap.mark_imported("layout-results")
+    airgap.mark_seen(1, "b" * 32)
+    airgap.keep_answers("sign:layout-offline", "{}", None)
 
     patterns = documented_key_patterns()
     written = [

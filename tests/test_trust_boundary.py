@@ -827,6 +827,14 @@ def test_a_producer_with_its_own_user_gets_certificates_end_to_end(
     assert boundary.redis.denials(boundary.users["web"]) == []
 
 
+def test_a_producer_user_may_ask_whether_a_job_waits_for_an_air_gapped_signer(
+    boundary: Boundary,
+) -> None:
+    with boundary.producer("web") as producer:
+        assert not producer.waiting_offline("no-such-job")
+    assert boundary.redis.denials(boundary.users["web"]) == []
+
+
 def test_the_signer_user_signs_revokes_and_makes_a_crl(boundary: Boundary) -> None:
     with boundary.producer("web") as producer:
         (job_id,) = [producer.submit(make_csr("revoked.example.com"), profile="server_cert")]

@@ -30,7 +30,13 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, check_envelope, read_secret
+from core.auth import (
+    DEFAULT_AIRGAP_ENVELOPE_SECONDS,
+    DEFAULT_ENVELOPE_SECONDS,
+    MessageKind,
+    check_envelope,
+    read_secret,
+)
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope, describe_validation_error
 from core.revocation import canonical_reason
@@ -77,6 +83,11 @@ class ProducerPolicy(BaseModel):
     burst: int | None = Field(default=None, gt=0)
     # The longest a message of this producer may be sealed for (issued-at to expires-at).
     envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
+    # The same for a message carried to an air-gapped signer (judged when the relay exported
+    # it, so it covers only the wait in the queue, not the trip; casign airgap).
+    airgap_envelope_seconds: int = Field(
+        default=DEFAULT_AIRGAP_ENVELOPE_SECONDS, gt=0, le=30 * 24 * 3600
+    )
     # Which serials it may revoke: the ones issued to it ("own"), any but the OCSP delegate's
     # ("any"), or none; and with which reasons.
     revoke: Literal["own", "any", "none"] = "own"
@@ -134,10 +145,17 @@ class AllowedProducer:
 class AccessPolicy:
     """The producers of one CA; `None` from `load` means the signer is open to any producer."""
 
-    def __init__(self, producers: dict[str, AllowedProducer], ca: str, queue: str) -> None:
+    def __init__(
+        self, producers: dict[str, AllowedProducer], ca: str, queue: str, airgap: bool = False
+    ) -> None:
         self.producers = producers
         self.ca = ca
         self.queue = queue
+        self.airgap = airgap  # an air-gapped signer: each producer's airgap_envelope_seconds
+
+    def for_airgap(self) -> AccessPolicy:
+        """The same producers, their messages judged as an air-gapped signer judges them."""
+        return AccessPolicy(self.producers, self.ca, self.queue, airgap=True)
 
     @classmethod
     def load(cls, path: Path, ca: str, queue: str) -> AccessPolicy | None:
@@ -189,7 +207,11 @@ class AccessPolicy:
             queue=self.queue,
             reply_to=reply_to,
             payload=payload,
-            max_lifetime_seconds=known.policy.envelope_seconds,
+            max_lifetime_seconds=(
+                known.policy.airgap_envelope_seconds
+                if self.airgap
+                else known.policy.envelope_seconds
+            ),
             now=now,
         )
         return known

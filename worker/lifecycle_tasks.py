@@ -33,12 +33,16 @@ def _field(raw: object, name: str) -> str | None:
 
 
 def handle_revoke(
-    raw: object, revocations: RevocationStore, access: AccessPolicy | None = None
+    raw: object,
+    revocations: RevocationStore,
+    access: AccessPolicy | None = None,
+    judged_at: float | None = None,
 ) -> RevocationResult | None:
     """Record one revocation request and answer it on its reply list; Retryable propagates.
 
     With an access policy (producers.toml), only a listed producer's signed request is heard,
-    and only for what its rights allow (`worker.revocation_rights`).
+    and only for what its rights allow (`worker.revocation_rights`); its envelope is judged at
+    `judged_at` when given (an air-gap bundle's export time), else now.
     """
     try:
         request = RevokeRequest.model_validate(raw)
@@ -67,7 +71,11 @@ def handle_revoke(
     if access is not None:
         try:
             producer = access.authenticate(
-                request.envelope, MessageKind.REVOKE, request.reply_to, request.sealed_payload()
+                request.envelope,
+                MessageKind.REVOKE,
+                request.reply_to,
+                request.sealed_payload(),
+                judged_at,
             )
             assert request.envelope is not None
             if ledger.seen(producer.name, request.envelope.nonce):

@@ -93,16 +93,26 @@ class BatchSigner:
         raw_jobs: Iterable[object],
         reply_to: str | None = None,
         envelope: Envelope | None = None,
+        *,
+        judged_at: datetime | None = None,
+        remember_envelope: bool = True,
     ) -> list[JobResult]:
-        """Sign, verify and publish every acceptable job; refuse the rest with a code."""
+        """Sign, verify and publish every acceptable job; refuse the rest with a code.
+
+        An air-gapped signer (worker.airgap) judges the envelope at `judged_at`, when the relay
+        exported the batch, and marks the envelope done itself, with the batch's answers
+        (`remember_envelope=False`).
+        """
         jobs = list(raw_jobs)
         now = datetime.now(UTC)
         try:
-            batch = authenticate(jobs, reply_to, envelope, self.access, self.ledger, now)  # 1
+            batch = authenticate(
+                jobs, reply_to, envelope, self.access, self.ledger, now, judged_at
+            )  # 1
         except Rejected as refusal:
             return self._refuse_whole_batch(jobs, reply_to, envelope, refusal)
         results = self._issue(batch, self.authority.profiles)
-        if batch.producer is not None and batch.envelope is not None:
+        if remember_envelope and batch.producer is not None and batch.envelope is not None:
             self.ledger.remember(
                 batch.producer.name, batch.envelope.nonce, batch.envelope.expires_at
             )

@@ -75,15 +75,18 @@ def authenticate(
     access: AccessPolicy | None,
     ledger: EnvelopeLedger | None,
     now: datetime,
+    judged_at: datetime | None = None,
 ) -> Authenticated:
     """Step 1: the listed producer that sealed the batch for this CA and queue, in time, once.
 
-    Raise Rejected otherwise (auth.*); an open signer (no access policy) takes any batch.
+    The envelope's time is judged at `judged_at` when given (an air-gap bundle: when the relay
+    exported it), else `now`. Raise Rejected otherwise (auth.*); an open signer (no access
+    policy) takes any batch.
     """
     if access is None:
         return Authenticated(tuple(jobs), reply_to, None, now)
     identity = access.authenticate(
-        envelope, MessageKind.SIGN, reply_to, list(jobs), now.timestamp()
+        envelope, MessageKind.SIGN, reply_to, list(jobs), (judged_at or now).timestamp()
     )
     assert envelope is not None and ledger is not None
     if ledger.seen(identity.name, envelope.nonce):
