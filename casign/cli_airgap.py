@@ -42,6 +42,13 @@ def airgap() -> None:
 @click.option(
     "--max-bytes", type=click.IntRange(min=4096), default=_DEFAULT_MAX_BYTES, help=_MAX_BYTES_HELP
 )
+@click.option(
+    "--producer",
+    "producers",
+    multiple=True,
+    help="A producer whose own queue to take from (repeat; default: those the CA folder's "
+    "producers.toml lists).",
+)
 def airgap_export(
     ca: Path | None,
     broker: str | None,
@@ -49,8 +56,10 @@ def airgap_export(
     out: Path,
     again: int | None,
     max_bytes: int,
+    producers: tuple[str, ...],
 ) -> None:
-    """Take the waiting batches off the queue and write them as a request bundle."""
+    """Take the waiting batches off the queue (the CA's and each producer's own) and write
+    them as a request bundle."""
     from casign.producers_file import read_producers
     from core.auth import ca_identity
     from producers.airgap_relay import Relay, export_again, export_bundles, unanswered_bundles
@@ -67,7 +76,8 @@ def airgap_export(
             folder / "airgap",
             max_bytes,
             ca_name=intermediate.subject.rfc4514_string(),
-            producers=tuple(read_producers(folder / "intermediate" / "producers.toml")),
+            producers=producers
+            or tuple(read_producers(folder / "intermediate" / "producers.toml")),
         )
         if again is not None:
             export_again(relay, again, out)

@@ -95,6 +95,7 @@ class AirGap:
             self.online / "airgap",
             max_bundle_bytes=self.max_bundle_bytes,
             chain_pem=(self.online / "intermediate" / "certs" / "ca-chain.cert.pem").read_text(),
+            producers=PRODUCERS,
         )
 
     max_bundle_bytes: int = 64 * 2**20

@@ -195,7 +195,8 @@ def test_an_export_that_fails_before_recording_leaves_the_batches_in_the_queue(
         with pytest.raises(Retryable):
             gap.export()
     assert not (gap.directory / "online" / "requests.tar").exists()  # no file before a record
-    assert gap.online_store.client.llen(gap.queue) == 4  # handed back, as a worker's are
+    queued = sum(gap.online_store.client.llen(queue) for queue in gap.relay.queues)
+    assert queued == 4  # handed back, as a worker's are
     [bundle] = gap.export()
     report = gap.sign(bundle)
     assert report.issued == 6
@@ -479,7 +480,8 @@ def test_the_casign_airgap_commands_carry_jobs_both_ways(gap: AirGap, tmp_path: 
     out = tmp_path / "requests.tar"
     exported = run_casign(
         "airgap", "export", "--ca", gap.online, "--broker", gap.broker_url,
-        "--store", gap.redis_url, "--out", out, env=online_env,
+        "--store", gap.redis_url, "--out", out, "--producer", "alpha", "--producer", "beta",
+        env=online_env,
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     assert "request bundle written" in exported.stdout
