@@ -112,7 +112,14 @@ def run(directory: Path, count: int, rounds: int) -> None:
                     ),
                     batch_size=BATCH,
                 )
-        relay = Relay(embedded.broker_url, queue, online, identity, directory / "online-airgap")
+        relay = Relay(
+            embedded.broker_url,
+            queue,
+            online,
+            identity,
+            directory / "online-airgap",
+            producers=PRODUCERS,
+        )
         started = time.perf_counter()
         [bundle] = export_bundles(relay, directory / "requests.tar")
         export_seconds = time.perf_counter() - started
