@@ -32,6 +32,7 @@ from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache
 from worker.issuance import BatchSigner
+from worker.live_config import Configuration, LiveConfiguration, ReloadNotice
 
 log = logging.getLogger("casign.worker")
 
@@ -103,12 +104,16 @@ def retry_delay(attempt: int) -> float:
 class SignerProcess:
     """What one worker process holds: settings, signer, CRL entry cache, the worker's stop notice."""
 
-    def __init__(self, settings: SignerSettings, stop: StopNotice) -> None:
+    def __init__(
+        self, settings: SignerSettings, stop: StopNotice, reload: ReloadNotice | None = None
+    ) -> None:
         self.settings = settings
         self.stop = stop
+        self.reload = reload
         self.folder = CAFolder(settings.ca_dir)
         self.crl_cache = RevokedEntryCache()
         self._signer: BatchSigner | None = None
+        self._live: LiveConfiguration | None = None
 
     def signer(self) -> BatchSigner:
         """The signer, opened on first use; Retryable while the key or the store cannot be."""
@@ -122,6 +127,16 @@ class SignerProcess:
                 raise Retryable(str(exc)) from exc
         self._signer.store.note_worker_active(self.settings.queue)  # read by `casign status`
         return self._signer
+
+    def task_signer(self) -> BatchSigner:
+        """The signer for the next task, with producers.toml and profiles.toml as they are now
+        (`worker.live_config`); called only from the thread that runs tasks."""
+        signer = self.signer()
+        if self._live is not None:
+            config = self._live.refresh()
+            if config.access is not signer.access or config.profiles is not signer.profiles:
+                signer.reconfigure(config.access, config.profiles)
+        return signer
 
     def wait_out_outages(self, attempt: Callable[[], T], what: str) -> T:
         """Call `attempt` until it does not raise Retryable, backing off between tries.
@@ -157,6 +172,14 @@ class SignerProcess:
                 self.folder.producers_path,
             )
         store.set_chain(authority.chain_pem)
+        self._live = LiveConfiguration(
+            self.folder.producers_path,
+            self.folder.profiles_path,
+            lambda path: AccessPolicy.load(path, identity, settings.queue),
+            authority.crl_shards,
+            Configuration(access, authority.profiles),
+            self.reload,
+        )
         return BatchSigner(authority, store, access)
 
 
@@ -195,10 +218,12 @@ def claim_store(intermediate: x509.Certificate, store: ResultsStore) -> str:
 _by_pid: dict[int, SignerProcess] = {}
 
 
-def start_signer_process(settings: SignerSettings, stop: StopNotice) -> SignerProcess:
+def start_signer_process(
+    settings: SignerSettings, stop: StopNotice, reload: ReloadNotice | None = None
+) -> SignerProcess:
     """Make this process's SignerProcess (after fork: nothing of the parent's is reused)."""
     _by_pid.clear()
-    process = _by_pid[os.getpid()] = SignerProcess(settings, stop)
+    process = _by_pid[os.getpid()] = SignerProcess(settings, stop, reload)
     return process
 
 
