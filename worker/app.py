@@ -30,6 +30,7 @@ from core.errors import SigningError
 from core.queue import SIGN_QUEUE, celery_settings
 from store.embedded import EmbeddedRedis
 from worker.crl_schedule import CRLSchedule
+from worker.folder_sync import FolderSyncThread, index_sync_enabled
 from worker.issuance import BatchSigner
 from worker.live_config import ReloadNotice
 from worker.process import (
@@ -239,6 +240,8 @@ def _open_and_recover(process: SignerProcess) -> None:
     except SigningError as exc:
         log.error("worker process cannot sign: %s", exc)
         return
+    if index_sync_enabled(process.folder):
+        FolderSyncThread(process.folder, lambda: process.signer().store, process.stop).start()
     threading.Thread(
         target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
     ).start()

@@ -27,6 +27,7 @@ from worker.crl import (
     seed_crl_number,
     write_crl_files,
 )
+from worker.folder_sync import FolderBound, index_sync_enabled, log_report, sync_folder
 from worker.ocsp_delegate import ensure_ocsp_certificate
 from worker.process import SignerProcess
 
@@ -46,7 +47,18 @@ def refresh_crl(
     revocations: RevocationStore,
     cache: RevokedEntryCache | None = None,
 ) -> list[PublishedCRL]:
-    """Make, publish and write the CRL (or each shard); renew the OCSP delegate when set up."""
+    """Make, publish and write the CRL (or each shard); renew the OCSP delegate when set up.
+
+    The folder is brought in step first, so that what `openssl ca -revoke` marked is listed.
+    """
+    if index_sync_enabled(folder):
+        try:
+            report = sync_folder(folder, revocations.store)
+        except (FolderBound, OSError) as exc:
+            log.warning("%s is not kept in step with the store: %s", folder.index_path, exc)
+        else:
+            if report is not None:
+                log_report(report)
     seed_crl_number(folder, revocations)
     published = make_crls(authority, revocations, crl_days(folder), cache=cache)
     try:
