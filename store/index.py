@@ -85,10 +85,10 @@ class CertificateIndex:
         return IndexMarks(text(instance), int(entries), int(revoked))
 
     @translated
-    def lines_from(self, start: int) -> tuple[list[tuple[str, str]], int]:
-        """(serial, line) of the entries from position `start` of the issuance order on, and
-        the position after the last one read; chunked."""
-        found: list[tuple[str, str]] = []
+    def lines_from(self, start: int) -> tuple[list[tuple[str, str, bool]], int]:
+        """(serial, line, adopted) of the entries from position `start` of the issuance order
+        on, and the position after the last one read; chunked."""
+        found: list[tuple[str, str, bool]] = []
         position = start
         while True:
             serials = [
@@ -99,9 +99,14 @@ class CertificateIndex:
             ]
             if not serials:
                 return found, position
-            lines = self._client.hmget(self._keys.index, serials)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(self._keys.index, serials)
+            pipe.hmget(self._keys.serials, serials)
+            lines, owners = pipe.execute()
             found.extend(
-                (serial, text(line)) for serial, line in zip(serials, lines, strict=True) if line
+                (serial, text(line), owner == ADOPTED)
+                for serial, line, owner in zip(serials, lines, owners, strict=True)
+                if line
             )
             position += len(serials)
 

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -208,41 +210,66 @@ def _sync_locked(folder: CAFolder, store: ResultsStore) -> SyncReport:
     )
 
 
+# The serial (fourth field) of each line, found in C rather than line by line in Python.
+_SERIAL_FIELD = re.compile(r"^[^\t\n]*\t[^\t\n]*\t[^\t\n]*\t([^\t\n]*)\t[^\n]*$", re.MULTILINE)
+_NON_EMPTY_LINE = re.compile(r"^[^\n]+$", re.MULTILINE)
+# Hex digits of the largest serial below CASIGN_SERIAL_FLOOR, as `format_serial` spells it.
+_LOW_SERIAL_DIGITS = 16
+
+
 class _Merge:
-    """index.txt's lines being brought in step with the store."""
+    """index.txt being brought in step with the store.
+
+    New store entries are appended to the file's text as read; its lines are split out (by
+    regular expressions, in C: a Python loop per line costs seconds on a large index) only when
+    one must be compared or changed: the file changed by someone else, or a revocation.
+    """
 
     def __init__(self, folder: CAFolder, store: ResultsStore, report: SyncReport) -> None:
         self.folder = folder
         self.store = store
         self.report = report
-        self.lines: list[str] = []
-        self.position: dict[str, int] = {}
-        self.changed = False
-        self.highest_low_serial = -1
+        self.original = ""
+        self.lines: list[str] | None = None  # the file's lines, once split
+        self.position: dict[str, int] = {}  # serial -> its line, -1 for an appended one
+        self.appended: list[str] = []
+        self.appended_serials: set[str] = set()
+        self.rewritten = False
+        self.highest_low_serial = -1  # of the lines looked at
+
+    @property
+    def changed(self) -> bool:
+        return self.rewritten or bool(self.appended)
 
     def read_file(self, path: Path) -> None:
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
         except FileNotFoundError:
             text = ""
-        for raw in text.split("\n"):
-            line = raw.removesuffix("\r")
-            if not line:
-                continue
-            self.position.setdefault(_serial_of(line), len(self.lines))
-            self.lines.append(line)
-            self._note_serial(_serial_of(line))
+        self.original = text.replace("\r\n", "\n") if "\r" in text else text
 
-    def _note_serial(self, serial: str) -> None:
-        try:
-            value = int(serial, 16)
-        except ValueError:
-            return
-        if value < CASIGN_SERIAL_FLOOR:
-            self.highest_low_serial = max(self.highest_low_serial, value)
+    def _split(self) -> list[str]:
+        """The file's lines, and each serial's position (split on first use)."""
+        if self.lines is None:
+            lines: list[str] = _NON_EMPTY_LINE.findall(self.original)
+            serials: list[str] = _SERIAL_FIELD.findall(self.original)
+            if len(serials) != len(lines):  # a line out of the ordinary: one at a time
+                serials = [_serial_of(line) for line in lines]
+            self.position = dict(zip(serials, itertools.count(), strict=False))
+            self.position.update(dict.fromkeys(self.appended_serials, -1))
+            self._note_low_serials(serials)
+            self.lines = lines
+        return self.lines
+
+    def _note_low_serials(self, serials: Iterable[str]) -> None:
+        low = [serial for serial in serials if len(serial) <= _LOW_SERIAL_DIGITS]
+        for serial in low:
+            with contextlib.suppress(ValueError):
+                self.highest_low_serial = max(self.highest_low_serial, int(serial, 16))
 
     def take_file_changes(self) -> None:
         """Adopt lines the store lacks; carry `openssl ca -revoke` marks into the store."""
+        lines = self._split()
         serials = list(self.position)
         stored: list[str | None] = []
         for first in range(0, len(serials), 5000):
@@ -250,7 +277,9 @@ class _Merge:
         adopted: list[AdoptedEntry] = []
         issuer = None
         for serial, held in zip(serials, stored, strict=True):
-            line = self.lines[self.position[serial]]
+            line = lines[self.position[serial]]
+            if held == line:
+                continue
             try:
                 entry = IndexEntry.from_openssl_line(line)
             except ValueError as exc:
@@ -291,34 +320,55 @@ class _Merge:
 
     def add_store_entries(self, start: int) -> int:
         """Append the store's entries from `start` of its issuance order that the file lacks;
-        the position reached."""
+        the position reached.
+
+        Unless the lines were split, only an adopted entry can be in the file already (casign
+        draws its serials afresh); it is looked for in the text.
+        """
         found, reached = self.store.index.lines_from(start)
-        for serial, line in found:
-            at = self.position.get(serial)
+        for serial, line, adopted in found:
+            if serial in self.appended_serials:
+                continue
+            if self.lines is None:
+                present = adopted and f"\t{serial}\t" in self.original
+                at = None if not present else self.position.get(serial, -2)
+            else:
+                at = self.position.get(serial)
             if at is None:
-                self.position[serial] = len(self.lines)
-                self.lines.append(line)
-                self._note_serial(serial)
-                self.changed = True
+                self.position[serial] = -1
+                self.appended.append(line)
+                self.appended_serials.add(serial)
+                self._note_low_serials([serial])
                 self.report.appended += 1
-            elif line.startswith("R\t") and not self.lines[at].startswith("R\t"):
+            elif line.startswith("R\t") and not self._line_revoked(serial):
                 self._set(serial, line)
         return reached
+
+    def _line_revoked(self, serial: str) -> bool:
+        lines = self._split()
+        at = self.position.get(serial, -1)
+        return at < 0 or lines[at].startswith("R\t")
 
     def mark_store_revocations(self) -> None:
         for line in RevocationStore(self.store).revoked_lines():
             serial = _serial_of(line)
-            at = self.position.get(serial)
-            if at is not None and not self.lines[at].startswith("R\t"):
+            if serial in self.appended_serials:
+                continue
+            if not self._line_revoked(serial):
                 self._set(serial, line)
 
     def _set(self, serial: str, line: str) -> None:
-        self.lines[self.position[serial]] = line
-        self.changed = True
+        self._split()[self.position[serial]] = line
+        self.rewritten = True
         self.report.marked_revoked += 1
 
     def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
+        if not self.rewritten:
+            head = self.original
+            if head and not head.endswith("\n"):
+                head += "\n"
+            return head + "".join(line + "\n" for line in self.appended)
+        return "\n".join([*self._split(), *self.appended]) + "\n"
 
 
 def _serial_of(line: str) -> str:
