@@ -65,6 +65,9 @@ CASIGN_SERIAL_FLOOR = 1 << 64
 OPENSSL_FIRST_SERIAL = 0x1000  # the guide's `echo 1000 > serial`
 OPENSSL_REQUESTER = "openssl ca"
 _WRITE_TRIES = 3
+# A sync waits ten times its own duration before the next, so that rewriting a large index takes
+# at most a tenth of a core; but never longer than this, so the file is at most a minute behind.
+MAX_PAUSE_SECONDS = 60.0
 
 
 class Stopping(Protocol):
@@ -409,8 +412,8 @@ def index_sync_enabled(folder: CAFolder) -> bool:
 
 class FolderSyncThread(threading.Thread):
     """Keeps the folder in step from a worker process: a cheap look every `check_seconds`, a
-    sync when something changed, and at least ten times its own duration between two syncs
-    (a large index costs a rewrite each time), so it never takes more than a tenth of a core."""
+    sync when something changed, then a pause of ten times the sync's own duration (a large
+    index costs a rewrite each time), at most MAX_PAUSE_SECONDS."""
 
     def __init__(
         self,
@@ -439,7 +442,7 @@ class FolderSyncThread(threading.Thread):
             if report is None:
                 continue
             log_report(report)
-            pause = max(self.check_seconds, 10 * report.seconds)
+            pause = min(MAX_PAUSE_SECONDS, max(self.check_seconds, 10 * report.seconds))
 
     def _complain(self, problem: str) -> None:
         """Log a problem once, until it changes or goes away."""
