@@ -9,6 +9,7 @@ on one folder made by `casign init` with a passphrase-protected key file.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -143,6 +144,28 @@ def test_openssl_ca_lines_are_adopted_and_its_revocations_carried(
     assert revoked is not None and revoked.revocation_reason == "superseded"
     audit = [line for line in store.audit_entries() if '"revoked"' in line]
     assert any('"openssl ca"' in line and casign_serial in line for line in audit)
+
+
+def test_a_line_openssl_ca_lost_to_a_casign_write_comes_back_from_newcerts(
+    own_ca: CAFolder, own_signer: BatchSigner, store: ResultsStore
+) -> None:
+    issue(own_signer, "casign.example.com")
+    sync_folder(own_ca, store)
+    before = own_ca.index_path.read_text(encoding="utf-8")
+    openssl_made = openssl_sign(own_ca, "raced.example.com", [])
+    # casign replaced index.txt with what it had read just before `openssl ca` renamed its own:
+    own_ca.index_path.write_text(before, encoding="utf-8")
+    state_path = own_ca.intermediate / STATE_NAME
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    stat = own_ca.index_path.stat()
+    state["index"] = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    state_path.write_text(json.dumps(state), encoding="utf-8")
+
+    report = sync_folder(own_ca, store)
+    assert report is not None and report.adopted == 1 and report.appended == 1, report
+    serial = format_serial(openssl_made.serial_number)
+    assert serial in by_serial(own_ca)
+    assert store.certificate(serial) is not None
 
 
 def test_a_folder_kept_with_another_store_is_left_alone(

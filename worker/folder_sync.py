@@ -22,12 +22,13 @@ or the store already holds. `index.txt.attr` is written `unique_subject = no` wh
 
 Files are written whole and atomically (`core/files.py`), under an exclusive `flock` on
 `intermediate/.casign-index.lock`, so one casign process writes at a time; `openssl ca` takes no
-lock, so a file it changed while a sync ran is read again before being replaced (a rename of
-its own in the last microseconds before ours can still be lost: run `openssl ca` while no
-worker issues, or check the line is there). `intermediate/.casign-index-sync.json` records the
-store the folder is kept with (`P:instance`), how far its issuance order was written, the
-revoked count seen and the index file as written, so that a sync with nothing to do costs a
-stat and one store round trip. A folder kept with another store is left alone, and said so.
+lock, so a file it changed while a sync ran is read again before being replaced, and a
+certificate it wrote to `newcerts/` that the store lacks is adopted even if its line was lost to
+a casign write in the same instant (only a `-revoke` mark lost that way stays lost).
+`intermediate/.casign-index-sync.json` records the store the folder is kept with
+(`P:instance`), how far its issuance order was written, the revoked count seen, and the index
+file and `newcerts/` as last seen, so that a sync with nothing to do costs two stats and one
+store round trip. A folder kept with another store is left alone, and said so.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from cryptography import x509
 
 from core.errors import ConfigurationError, Rejected, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
@@ -86,6 +89,7 @@ class SyncState:
     entries: int  # entries of the store's issuance order written into index.txt
     revoked: int  # the store's revoked count then
     index_version: tuple[int, int, int]  # (inode, size, mtime ns) of index.txt as written
+    newcerts_version: tuple[int, int, int] = (0, 0, 0)  # of the newcerts/ folder as looked at
 
     def to_json(self) -> str:
         return json.dumps(
@@ -94,6 +98,7 @@ class SyncState:
                 "entries": self.entries,
                 "revoked": self.revoked,
                 "index": list(self.index_version),
+                "newcerts": list(self.newcerts_version),
             }
         )
 
@@ -102,11 +107,13 @@ class SyncState:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             inode, size, mtime = document["index"]
+            folder_inode, folder_size, folder_mtime = document.get("newcerts", (0, 0, 0))
             return cls(
                 str(document["store"]),
                 int(document["entries"]),
                 int(document["revoked"]),
                 (int(inode), int(size), int(mtime)),
+                (int(folder_inode), int(folder_size), int(folder_mtime)),
             )
         except FileNotFoundError:
             return None
@@ -177,22 +184,22 @@ def _sync_locked(folder: CAFolder, store: ResultsStore) -> SyncReport:
                 "folder's index into this store"
             )
         version = file_version(folder.index_path)
+        newcerts = file_version(folder.intermediate / "newcerts")
         external = state is None or version != state.index_version
-        if (
-            not external
-            and state is not None
-            and (state.entries, state.revoked)
-            == (
-                marks.entries,
-                marks.revoked,
-            )
-        ):
+        issued_by_openssl = state is None or newcerts != state.newcerts_version
+        looked = state is not None and (state.entries, state.revoked) == (
+            marks.entries,
+            marks.revoked,
+        )
+        if looked and not external and not issued_by_openssl:
             return report
         start = 0 if external or state is None else state.entries
         merged = _Merge(folder, store, report)
         merged.read_file(folder.index_path)
         if external:
             merged.take_file_changes()
+        if issued_by_openssl:
+            merged.adopt_newcerts()
         entries = merged.add_store_entries(start)
         if external or state is None or state.revoked != marks.revoked:
             merged.mark_store_revocations()
@@ -205,7 +212,7 @@ def _sync_locked(folder: CAFolder, store: ResultsStore) -> SyncReport:
             version = file_version(folder.index_path)
         _keep_serial_ahead(folder, merged.highest_low_serial, report)
         _keep_attributes(folder)
-        done = SyncState(marks.instance, entries, marks.revoked, version)
+        done = SyncState(marks.instance, entries, marks.revoked, version, newcerts)
         write_file_atomically(state_path, done.to_json() + "\n", 0o600)
         return report
     raise OSError(
@@ -215,6 +222,7 @@ def _sync_locked(folder: CAFolder, store: ResultsStore) -> SyncReport:
 
 # The serial (fourth field) of each line, found in C rather than line by line in Python.
 _SERIAL_FIELD = re.compile(r"^[^\t\n]*\t[^\t\n]*\t[^\t\n]*\t([^\t\n]*)\t[^\n]*$", re.MULTILINE)
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 _NON_EMPTY_LINE = re.compile(r"^[^\n]+$", re.MULTILINE)
 # Hex digits of the largest serial below CASIGN_SERIAL_FLOOR, as `format_serial` spells it.
 _LOW_SERIAL_DIGITS = 16
@@ -301,6 +309,41 @@ class _Merge:
                 self._revoke_in_store(serial, entry)
             elif held.startswith("R\t") and entry.status is not Status.REVOKED:
                 self._set(serial, held)
+        if adopted:
+            self.store.index.adopt(adopted)
+            self.report.adopted += len(adopted)
+
+    def adopt_newcerts(self) -> None:
+        """Adopt a certificate `openssl ca` wrote to `newcerts/` whose serial the store lacks.
+
+        `openssl ca` writes the certificate before it renames its new index.txt into place, so
+        this also catches a line of its own that a casign write replaced in the same instant:
+        the line is made again from the certificate (`IndexEntry.for_certificate`).
+        """
+        directory = self.folder.intermediate / "newcerts"
+        try:
+            names = [path.stem for path in directory.glob("*.pem")]
+        except OSError:
+            return
+        serials = [name.upper() for name in names if _HEX.fullmatch(name)]
+        unknown: list[str] = []
+        for first in range(0, len(serials), 5000):
+            chunk = serials[first : first + 5000]
+            held = self.store.index.lines_of(chunk)
+            unknown += [serial for serial, line in zip(chunk, held, strict=True) if line is None]
+        if not unknown:
+            return
+        issuer = self.folder.intermediate_certificate()
+        adopted: list[AdoptedEntry] = []
+        for serial in unknown:
+            pem, problem = newcerts_certificate(self.folder, serial, issuer)
+            if pem is None:
+                if problem is not None:
+                    self.report.warnings.append(problem)
+                continue
+            certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
+            line = IndexEntry.for_certificate(certificate).to_openssl_line()
+            adopted.append(AdoptedEntry(serial, line, pem, False))
         if adopted:
             self.store.index.adopt(adopted)
             self.report.adopted += len(adopted)
