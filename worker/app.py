@@ -241,7 +241,7 @@ def _open_and_recover(process: SignerProcess) -> None:
         log.error("worker process cannot sign: %s", exc)
         return
     if index_sync_enabled(process.folder):
-        FolderSyncThread(process.folder, lambda: process.signer().store, process.stop).start()
+        FolderSyncThread(process.folder, process.store, process.stop).start()
     threading.Thread(
         target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
     ).start()

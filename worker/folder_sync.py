@@ -481,6 +481,12 @@ class FolderSyncThread(threading.Thread):
             except (SigningError, OSError) as exc:
                 self._complain(str(exc))
                 continue
+            except Exception as exc:  # a fault here must not end the thread, nor touch signing
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != self._complaint:
+                    log.exception("keeping %s in step failed", self.folder.index_path)
+                    self._complaint = problem
+                continue
             self._complaint = None
             if report is None:
                 continue

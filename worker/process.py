@@ -128,6 +128,11 @@ class SignerProcess:
         self._signer.store.note_worker_active(self.settings.queue)  # read by `casign status`
         return self._signer
 
+    def store(self) -> ResultsStore:
+        """The signer's store, for the process's own threads (no sign of activity recorded)."""
+        signer = self._signer if self._signer is not None else self.signer()
+        return signer.store
+
     def task_signer(self) -> BatchSigner:
         """The signer for the next task, with producers.toml and profiles.toml as they are now
         (`worker.live_config`); called only from the thread that runs tasks."""
