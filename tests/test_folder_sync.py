@@ -38,6 +38,8 @@ from worker.folder_sync import (
     CASIGN_SERIAL_FLOOR,
     STATE_NAME,
     FolderBound,
+    folder_lock,
+    index_sync_enabled,
     sync_folder,
 )
 from worker.issuance import BatchSigner
@@ -166,6 +168,23 @@ def test_a_line_openssl_ca_lost_to_a_casign_write_comes_back_from_newcerts(
     serial = format_serial(openssl_made.serial_number)
     assert serial in by_serial(own_ca)
     assert store.certificate(serial) is not None
+
+
+def test_one_writer_at_a_time_and_a_switch_to_turn_it_off(
+    own_ca: CAFolder, own_signer: BatchSigner, store: ResultsStore
+) -> None:
+    issue(own_signer, "locked.example.com")
+    with folder_lock(own_ca, wait=True):  # another process's sync under way
+        assert sync_folder(own_ca, store, wait=False) is None
+        assert index_lines(own_ca) == []
+    assert sync_folder(own_ca, store, wait=False) is not None
+    assert len(index_lines(own_ca)) == 1
+
+    assert index_sync_enabled(own_ca)
+    settings = own_ca.settings_path.read_text(encoding="utf-8")
+    own_ca.settings_path.chmod(0o644)
+    own_ca.settings_path.write_text(settings + "index_sync = false\n", encoding="utf-8")
+    assert not index_sync_enabled(own_ca)
 
 
 def test_a_folder_kept_with_another_store_is_left_alone(
