@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,6 +23,9 @@ from core.index import IndexEntry, format_serial
 from core.revocation import REVOKE_REASONS
 from store.results import ResultsStore
 from store.revocations import RevocationStore
+
+if TYPE_CHECKING:
+    from worker.cafolder import CAFolder
 
 _DURATION_UNITS = {
     "w": timedelta(weeks=1),
@@ -119,8 +123,24 @@ def _revoke_as_operator(
         except Rejected as exc:
             _refused(exc)
             return
+        _bring_folder_in_step(folder, results_store)
     fields = entry.to_openssl_line().split("\t")
     click.echo(f"revoked {fields[3]} at {fields[2].partition(',')[0]} ({entry.revocation_reason})")
+
+
+def _bring_folder_in_step(folder: CAFolder, results_store: ResultsStore) -> None:
+    """index.txt marks the revocation now, not at a worker's next look (there may be none)."""
+    from worker.folder_sync import FolderBound, index_sync_enabled, log_report, sync_folder
+
+    if not index_sync_enabled(folder):
+        return
+    try:
+        report = sync_folder(folder, results_store)
+    except (FolderBound, OSError) as exc:
+        click.echo(f"warning: {folder.index_path} not updated: {exc}", err=True)
+    else:
+        if report is not None:
+            log_report(report)
 
 
 @click.command()

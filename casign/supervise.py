@@ -5,6 +5,7 @@ connection drops (celery/celery#9250, celery/kombu#582); a signer must outlive a
 so `casign worker` does what a service manager would: any exit it did not ask for, 0 included
 (Celery's own shutdown, `celery control shutdown`), is followed by a new start, except a refusal
 to start (exit 2: a configuration error, such as a wrong PIN, that no restart would cure).
+SIGHUP is passed on as it is: the worker reads producers.toml and profiles.toml again.
 Its exit codes: 0 when asked to stop, 2 when the worker refused to start, otherwise the code
 the worker stopped with (128 + N for signal N). A stop it passes on is bounded: a worker still
 running `stop_grace` seconds later is killed. `stop_process_group` is how casign (and its tests
@@ -75,6 +76,7 @@ class Supervisor:
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._forward) for sig in STOP_SIGNALS}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._pass_hangup)
         try:
             return self._loop()
         finally:
@@ -126,6 +128,11 @@ class Supervisor:
         while self._stop_signal is None and time.monotonic() < deadline:
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         return self._stop_signal is not None
+
+    def _pass_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        """SIGHUP is no stop: the worker reads its producers and profiles again."""
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signal.SIGHUP)
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self._stop_signal = signum

@@ -7,6 +7,7 @@ adopted `openssl ca` folder brings.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,15 @@ from store.keys import KeySpace
 
 ADOPTED = "adopted"  # the `serials` hash value of a serial issued before casign
 _EXPORT_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMarks:
+    """How far the index has grown: enough to tell, in one round trip, that nothing changed."""
+
+    instance: str  # this key space's random id (`P:instance`)
+    entries: int  # length of `P:index:order`
+    revoked: int  # entries of `P:revoked`
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,44 @@ class CertificateIndex:
                 text(line) for line in self._client.hmget(self._keys.index, serials) if line
             )
             start += len(serials)
+
+    @translated
+    def marks(self) -> IndexMarks:
+        """This key space's id (made on first use), the entries in order and the revoked count."""
+        keys = self._keys
+        self._client.set(keys.instance, secrets.token_hex(16), nx=True)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(keys.instance)
+        pipe.llen(keys.index_order)
+        pipe.hlen(keys.revoked)
+        instance, entries, revoked = pipe.execute()
+        return IndexMarks(text(instance), int(entries), int(revoked))
+
+    @translated
+    def lines_from(self, start: int) -> tuple[list[tuple[str, str, bool]], int]:
+        """(serial, line, adopted) of the entries from position `start` of the issuance order
+        on, and the position after the last one read; chunked."""
+        found: list[tuple[str, str, bool]] = []
+        position = start
+        while True:
+            serials = [
+                text(serial)
+                for serial in self._client.lrange(
+                    self._keys.index_order, position, position + _EXPORT_CHUNK - 1
+                )
+            ]
+            if not serials:
+                return found, position
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(self._keys.index, serials)
+            pipe.hmget(self._keys.serials, serials)
+            lines, owners = pipe.execute()
+            found.extend(
+                (serial, text(line), owner == ADOPTED)
+                for serial, line, owner in zip(serials, lines, owners, strict=True)
+                if line
+            )
+            position += len(serials)
 
     @translated
     def count(self) -> int:

@@ -20,6 +20,8 @@ Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:revoked           hash: serial hex -> index line, the revoked subset of `index`
   P:revocation:{id}   string: serial a revocation request revoked (a redelivery is answered once)
   P:adopted           hash: folder, at of the `openssl ca` folder adopted into this store
+  P:instance          string: a random id of this key space, made once (SET NX): the CA folder
+                      whose index.txt the worker keeps in step names it (`worker/folder_sync.py`)
 The audit log (`store.audit`, appended by `lua/audit.lua` only):
   P:audit             list of `HASH JSON` entries, each chained to the one before (core.audit)
   P:audit:head        string: the hash of the newest entry
@@ -80,6 +82,7 @@ class KeySpace:
         "crl_number",
         "index",
         "index_order",
+        "instance",
         "job_stem",
         "metrics",
         "pending",
@@ -99,6 +102,7 @@ class KeySpace:
         self.index_order = self.key("index", "order")
         self.revoked = self.key("revoked")
         self.adopted = self.key("adopted")
+        self.instance = self.key("instance")
         self.audit = self.key("audit")
         self.audit_head = self.key("audit", "head")
         self.crl_number = self.key("crl", "number")

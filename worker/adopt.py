@@ -81,28 +81,37 @@ def read_index(path: Path) -> list[_Line]:
     return lines
 
 
+def newcerts_certificate(
+    folder: CAFolder, serial: str, issuer: x509.Certificate
+) -> tuple[str | None, str | None]:
+    """`newcerts/SERIAL.pem` as PEM if it is there and is the certificate of `serial` (hex as in
+    the index) that `issuer` signed; else None and, for a file that is there but wrong, why."""
+    path = folder.intermediate / "newcerts" / f"{serial}.pem"
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError):
+        return None, f"{path} is not a PEM certificate; its line is kept without it"
+    if certificate.serial_number != int(serial, 16):
+        return None, f"{path} holds serial {certificate.serial_number:X}; not stored"
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except Exception:
+        return None, f"{path} is not signed by the intermediate; not stored"
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), None
+
+
 def _certificate_pem(
     folder: CAFolder, line: _Line, issuer: x509.Certificate, report: AdoptionReport
 ) -> str | None:
     """`newcerts/SERIAL.pem` as PEM, if it is there and is the certificate the line names."""
-    path = folder.intermediate / "newcerts" / f"{line.serial}.pem"
-    try:
-        certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError:
+    pem, problem = newcerts_certificate(folder, line.serial, issuer)
+    if problem is not None:
+        report.warnings.append(problem)
+    elif pem is None:
         report.missing_certificates.append(line.serial)
-        return None
-    except ValueError:
-        report.warnings.append(f"{path} is not a PEM certificate; its line is kept without it")
-        return None
-    if certificate.serial_number != line.entry.serial:
-        report.warnings.append(f"{path} holds serial {certificate.serial_number:X}; not stored")
-        return None
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except Exception:
-        report.warnings.append(f"{path} is not signed by the intermediate; not stored")
-        return None
-    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return pem
 
 
 def _key_file_name(folder: CAFolder) -> str:

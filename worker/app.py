@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, platforms, signals
 from celery.apps.worker import Worker as CeleryWorker
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.platforms import EX_FAILURE
@@ -31,8 +32,10 @@ from store.embedded import EmbeddedRedis
 from worker.access import listed_producer_names
 from worker.cafolder import CAFolder
 from worker.crl_schedule import CRLSchedule
+from worker.folder_sync import FolderSyncThread, index_sync_enabled
 from worker.issuance import BatchSigner
 from worker.ocsp_renewal import DelegateRenewal
+from worker.live_config import ReloadNotice
 from worker.process import (
     DEFAULT_STORE_PREFIX,
     SignerProcess,
@@ -142,6 +145,12 @@ class ExitingWorker(CeleryWorker):
             # Nothing forks (--pool solo, threads): this process signs, so it opens the key.
             _open_and_recover(signer_process())
 
+    def install_platform_tweaks(self, worker: Any) -> None:
+        # SIGHUP reads producers.toml and profiles.toml again (worker.live_config), where
+        # Celery's own handler would exec the whole worker afresh.
+        super().install_platform_tweaks(worker)
+        platforms.signals["SIGHUP"] = _reload_on_hangup
+
     def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
         STOP.raise_(failed=exitcode == EX_FAILURE)
         super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
@@ -161,8 +170,13 @@ app = CasignCelery("casign", include=TASK_MODULES, set_as_current=False)
 # Read when the configuration is first needed; `configure` then overrides it.
 app.add_defaults(lambda: WorkerConfig.from_environment().celery_settings())
 
-# Made here, in the main process, so every pool process forked from it shares it.
+# Made here, in the main process, so every pool process forked from it shares them.
 STOP = StopNotice()
+RELOAD = ReloadNotice()
+
+
+def _reload_on_hangup(*_: object) -> None:
+    RELOAD.raise_()
 
 
 def configure(config: WorkerConfig) -> Celery:
@@ -188,7 +202,7 @@ def run_worker(config: WorkerConfig, options: Sequence[str] = ()) -> int:
 
 def signer_process() -> SignerProcess:
     """This process's SignerProcess: made after fork, or here on first use (solo pool, tests)."""
-    return current_signer_process() or start_signer_process(signer_settings(app.conf), STOP)
+    return current_signer_process() or start_signer_process(signer_settings(app.conf), STOP, RELOAD)
 
 
 def watch_shutdown(stop: StopNotice) -> threading.Thread:
@@ -228,7 +242,9 @@ def _open_key_after_fork(**_: object) -> None:
     # Celery may hand this process a batch before init returns, and a batch handed to a
     # process that dies in init is stranded; so init only opens the key, and the recovery
     # (which signs) runs beside the tasks.
-    _open_and_recover(start_signer_process(signer_settings(app.conf), STOP))
+    # A SIGHUP sent to the whole process group reaches this process too: the same notice.
+    signal.signal(signal.SIGHUP, _reload_on_hangup)
+    _open_and_recover(start_signer_process(signer_settings(app.conf), STOP, RELOAD))
 
 
 @signals.worker_process_shutdown.connect
@@ -248,6 +264,8 @@ def _open_and_recover(process: SignerProcess) -> None:
     except SigningError as exc:
         log.error("worker process cannot sign: %s", exc)
         return
+    if index_sync_enabled(process.folder):
+        FolderSyncThread(process.folder, process.store, process.stop).start()
     threading.Thread(
         target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
     ).start()

@@ -26,6 +26,7 @@ from worker.crl import (
     seed_crl_number,
     write_crl_files,
 )
+from worker.folder_sync import FolderBound, index_sync_enabled, log_report, sync_folder
 from worker.process import SignerProcess
 
 log = logging.getLogger("casign.crl")
@@ -44,8 +45,17 @@ def refresh_crl(
     revocations: RevocationStore,
     cache: RevokedEntryCache | None = None,
 ) -> list[PublishedCRL]:
-    """Make, publish and write the CRL (or each shard). (The OCSP delegate's certificate is
+    """Make, publish and write the CRL (or each shard). The folder is brought in step first,
+    so that what `openssl ca -revoke` marked is listed. (The OCSP delegate's certificate is
     renewed by every worker, `--beat` or not: worker.ocsp_renewal.)"""
+    if index_sync_enabled(folder):
+        try:
+            report = sync_folder(folder, revocations.store)
+        except (FolderBound, OSError) as exc:
+            log.warning("%s is not kept in step with the store: %s", folder.index_path, exc)
+        else:
+            if report is not None:
+                log_report(report)
     seed_crl_number(folder, revocations)
     published = make_crls(authority, revocations, crl_days(folder), cache=cache)
     try:

@@ -182,7 +182,7 @@ def revoke(message: object) -> str:
     process = signer_process()
 
     def attempt() -> str:
-        batch_signer = process.signer()
+        batch_signer = process.task_signer()
         result = handle_revoke(message, RevocationStore(batch_signer.store), batch_signer.access)
         return result.status if result else "dropped"
 

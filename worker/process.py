@@ -34,6 +34,7 @@ from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache
 from worker.figures import RECOVERED, RETRIES
 from worker.issuance import BatchSigner
+from worker.live_config import Configuration, LiveConfiguration, ReloadNotice
 
 log = logging.getLogger("casign.worker")
 
@@ -110,13 +111,17 @@ def retry_delay(attempt: int) -> float:
 class SignerProcess:
     """What one worker process holds: settings, signer, CRL entry cache, the worker's stop notice."""
 
-    def __init__(self, settings: SignerSettings, stop: StopNotice) -> None:
+    def __init__(
+        self, settings: SignerSettings, stop: StopNotice, reload: ReloadNotice | None = None
+    ) -> None:
         self.settings = settings
         self.stop = stop
+        self.reload = reload
         self.folder = CAFolder(settings.ca_dir)
         self.crl_cache = RevokedEntryCache()
         self._signer: BatchSigner | None = None
         self._retries: Counter[str] = Counter()  # by cause, until the signer's figures take them
+        self._live: LiveConfiguration | None = None
 
     def signer(self) -> BatchSigner:
         """The signer, opened on first use; Retryable while the key or the store cannot be."""
@@ -139,6 +144,20 @@ class SignerProcess:
         """Write the signer's figures now, if it was ever opened."""
         if self._signer is not None:
             self._signer.figures.write_now()
+    def store(self) -> ResultsStore:
+        """The signer's store, for the process's own threads (no sign of activity recorded)."""
+        signer = self._signer if self._signer is not None else self.signer()
+        return signer.store
+
+    def task_signer(self) -> BatchSigner:
+        """The signer for the next task, with producers.toml and profiles.toml as they are now
+        (`worker.live_config`); called only from the thread that runs tasks."""
+        signer = self.signer()
+        if self._live is not None:
+            config = self._live.refresh()
+            if config.access is not signer.access or config.profiles is not signer.profiles:
+                signer.reconfigure(config.access, config.profiles)
+        return signer
 
     def wait_out_outages(self, attempt: Callable[[], T], what: str) -> T:
         """Call `attempt` until it does not raise Retryable, backing off between tries.
@@ -175,6 +194,14 @@ class SignerProcess:
                 self.folder.producers_path,
             )
         store.set_chain(authority.chain_pem)
+        self._live = LiveConfiguration(
+            self.folder.producers_path,
+            self.folder.profiles_path,
+            lambda path: AccessPolicy.load(path, identity, settings.queue),
+            authority.crl_shards,
+            Configuration(access, authority.profiles),
+            self.reload,
+        )
         return BatchSigner(authority, store, access)
 
 
@@ -213,10 +240,12 @@ def claim_store(intermediate: x509.Certificate, store: ResultsStore) -> str:
 _by_pid: dict[int, SignerProcess] = {}
 
 
-def start_signer_process(settings: SignerSettings, stop: StopNotice) -> SignerProcess:
+def start_signer_process(
+    settings: SignerSettings, stop: StopNotice, reload: ReloadNotice | None = None
+) -> SignerProcess:
     """Make this process's SignerProcess (after fork: nothing of the parent's is reused)."""
     _by_pid.clear()
-    process = _by_pid[os.getpid()] = SignerProcess(settings, stop)
+    process = _by_pid[os.getpid()] = SignerProcess(settings, stop, reload)
     return process
 
 

@@ -37,7 +37,7 @@ def sign_batch(batch: object) -> int:
 
 def _sign_parsed(process: SignerProcess, parsed: SignBatch) -> int:
     """Sign a validated batch; Retryable when the key or the store is unavailable now."""
-    batch_signer = process.signer()
+    batch_signer = process.task_signer()
     try:
         results = batch_signer.sign_batch(parsed.jobs, parsed.reply_to, parsed.envelope)
     except Retryable:

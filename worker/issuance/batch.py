@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,17 @@ class BatchSigner:
         self.figures = SignerFigures(store.metrics, backend_name(authority.key))
         # The throwaway key and pkilint's validators, once per process, before the first job.
         prepare_linters([profile.lint for profile in authority.profiles], authority.key)
+
+    @property
+    def profiles(self) -> ProfileSet:
+        return self.authority.profiles
+
+    def reconfigure(self, access: AccessPolicy | None, profiles: ProfileSet) -> None:
+        """Serve the producers of `access` (None: open) under `profiles` from the next batch."""
+        if profiles is not self.authority.profiles:
+            prepare_linters([profile.lint for profile in profiles], self.authority.key)
+            self.authority = dataclasses.replace(self.authority, profiles=profiles)
+        self.access = access
 
     def sign_batch(
         self,
