@@ -34,8 +34,8 @@ from worker.cafolder import CAFolder
 from worker.crl_schedule import CRLSchedule
 from worker.folder_sync import FolderSyncThread, index_sync_enabled
 from worker.issuance import BatchSigner
-from worker.ocsp_renewal import DelegateRenewal
 from worker.live_config import ReloadNotice
+from worker.ocsp_renewal import DelegateRenewal
 from worker.process import (
     DEFAULT_STORE_PREFIX,
     SignerProcess,

@@ -144,6 +144,7 @@ class SignerProcess:
         """Write the signer's figures now, if it was ever opened."""
         if self._signer is not None:
             self._signer.figures.write_now()
+
     def store(self) -> ResultsStore:
         """The signer's store, for the process's own threads (no sign of activity recorded)."""
         signer = self._signer if self._signer is not None else self.signer()
