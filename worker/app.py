@@ -45,6 +45,7 @@ from worker.process import (
     recover_once,
     start_signer_process,
 )
+from worker.producer_queues import ProducerQueueWatcher
 
 log = logging.getLogger("casign.worker")
 
@@ -141,9 +142,26 @@ class ExitingWorker(CeleryWorker):
         STOP.clear()
         super().on_start()
         watch_shutdown(STOP)
+        self._follow_producers()
         if not issubclass(getattr(self, "pool_cls", PreforkPool), PreforkPool):
             # Nothing forks (--pool solo, threads): this process signs, so it opens the key.
             _open_and_recover(signer_process())
+
+    def _follow_producers(self) -> None:
+        """Consume the queue of each producer listed after the start (worker.producer_queues)."""
+        conf = self.app.conf
+        hostname: str = getattr(self, "hostname")  # noqa: B009 (set by WorkController.setup_instance)
+
+        def add_queue(queue: str) -> None:
+            self.app.control.add_consumer(queue, destination=[hostname], reply=False)
+
+        ProducerQueueWatcher(
+            CAFolder(Path(conf[CA_DIR_SETTING])).producers_path,
+            conf.get("task_default_queue") or SIGN_QUEUE,
+            set(self.app.amqp.queues),
+            add_queue,
+            lambda: STOP.raised,
+        ).start()
 
     def install_platform_tweaks(self, worker: Any) -> None:
         # SIGHUP reads producers.toml and profiles.toml again (worker.live_config), where
