@@ -17,6 +17,7 @@ from core.errors import Retryable
 from core.messages import JobResult
 from store.boundary import optional_text, text, translated
 from store.keys import KeySpace
+from store.leases import UNLEASED, LeaseTerms
 from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import Lua, LuaScripts
 
@@ -26,7 +27,7 @@ class Reservation:
     """What `reserve` found for a job: newly reserved, or the job's earlier state."""
 
     job_id: str
-    state: str  # reserved | serial_taken | issued | refused | pending
+    state: str  # reserved | serial_taken | leased | issued | refused | failed | pending
     fingerprint: str | None = None
     record: str | None = None
     serial: str | None = None
@@ -101,13 +102,15 @@ class JobRecords:
         self._replies = replies
 
     @translated
-    def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
-        """Record each intent before signing: its serial (never reused) and its TBS record."""
+    def reserve(self, intents: Iterable[Intent], lease: LeaseTerms = UNLEASED) -> list[Reservation]:
+        """Record each intent before signing: its serial (never reused), its TBS record and its
+        holder (`lease.holder`, whose lease this call renews). A job reserved under another
+        process's live lease comes back `leased`, untouched."""
         intents = list(intents)
         if not intents:
             return []
         keys = self._keys
-        args: list[str] = [keys.job_stem]
+        args: list[str | int] = [keys.job_stem, keys.lease_stem, lease.holder, lease.milliseconds]
         for intent in intents:
             args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
         replies = self._scripts[Lua.RESERVE](
@@ -116,7 +119,7 @@ class JobRecords:
         reservations = []
         for intent, reply in zip(intents, replies, strict=True):
             state = text(reply[0])
-            if len(reply) == 1:  # this call reserved the job, or found its serial taken
+            if len(reply) == 1:  # reserved now, its serial found taken, or another's lease
                 reservations.append(Reservation(intent.job_id, state))
                 continue
             # The job was there already; one still 'reserved' is an earlier delivery's intent.

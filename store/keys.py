@@ -8,8 +8,9 @@ they append each job id, so a batch's ids travel once. This list is the whole sc
 Jobs and records (`store.jobs`):
   P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
                       (sealed by a signer, `worker/issuance/record.py`; until published, failed
-                      or refused), code, message (of a refusal or failure), owner (of an issued
-                      job: the requester it was issued to, who may revoke it)
+                      or refused), holder (of a reserved job: the id of the worker process whose
+                      lease covers it, `store.leases`), code, message (of a refusal or failure),
+                      owner (of an issued job: the requester it was issued to, who may revoke it)
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
@@ -41,8 +42,11 @@ Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
                       that reply list (no reply is pushed for one); expires after 5 minutes
   P:ca                hash: id (SHA-256 of the intermediate's SubjectPublicKeyInfo), name: the
                       CA this key space belongs to, recorded by its first signer
-Workers (`store.workers`):
+Workers (`store.workers`) and their leases (`store.leases`):
   P:workers           hash: queue name -> unix time a worker serving it last started or took a batch
+  P:lease:{worker}    string: a signing process's lease (its id: host, pid and a start nonce),
+                      set with an expiry (PX) that the process renews while it lives; a reserved
+                      job whose holder's lease is gone may be taken over (recovery)
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class KeySpace:
         "index",
         "index_order",
         "job_stem",
+        "lease_stem",
         "pending",
         "prefix",
         "revoked",
@@ -73,6 +78,7 @@ class KeySpace:
     def __init__(self, prefix: str = "casign") -> None:
         self.prefix = prefix.rstrip(":") + ":"
         self.job_stem = self.key("job", "")
+        self.lease_stem = self.key("lease", "")
         self.serials = self.key("serials")
         self.pending = self.key("pending")
         self.certs = self.key("certs")
@@ -109,6 +115,9 @@ class KeySpace:
 
     def lock(self, name: str) -> str:
         return self.key("lock", name)
+
+    def lease(self, worker: str) -> str:
+        return self.key("lease", worker)
 
     def envelope(self, producer: str, nonce: str) -> str:
         return self.key("envelope", producer, nonce)

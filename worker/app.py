@@ -29,14 +29,13 @@ from core.errors import SigningError
 from core.queue import SIGN_QUEUE, celery_settings
 from store.embedded import EmbeddedRedis
 from worker.crl_schedule import CRLSchedule
-from worker.issuance import BatchSigner
 from worker.process import (
     DEFAULT_STORE_PREFIX,
     SignerProcess,
     SignerSettings,
     StopNotice,
     current_signer_process,
-    recover_once,
+    recover_while_running,
     start_signer_process,
 )
 
@@ -224,13 +223,11 @@ def _open_and_recover(process: SignerProcess) -> None:
     except SigningError as exc:
         log.error("worker process cannot sign: %s", exc)
         return
+    if batch_signer.lease is not None:
+        batch_signer.lease.start()  # renewed while this process lives
     threading.Thread(
-        target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
+        target=recover_while_running,
+        args=(batch_signer, process.stop),
+        name="casign-recovery",
+        daemon=True,
     ).start()
-
-
-def _recover_in_background(batch_signer: BatchSigner) -> None:
-    try:
-        recover_once(batch_signer)
-    except SigningError as exc:
-        log.error("recovery of reserved jobs failed (a later worker start retries): %s", exc)

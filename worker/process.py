@@ -32,6 +32,7 @@ from worker.authority import load_authority
 from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache
 from worker.issuance import BatchSigner
+from worker.lease import WorkerLease
 
 log = logging.getLogger("casign.worker")
 
@@ -157,7 +158,9 @@ class SignerProcess:
                 self.folder.producers_path,
             )
         store.set_chain(authority.chain_pem)
-        return BatchSigner(authority, store, access)
+        lease = WorkerLease(store)
+        lease.renew()
+        return BatchSigner(authority, store, access, lease)
 
 
 def open_mode_refusal(folder: CAFolder) -> str:
@@ -208,7 +211,8 @@ def current_signer_process() -> SignerProcess | None:
 
 
 def recover_once(batch_signer: BatchSigner) -> None:
-    """Publish jobs a crashed worker reserved but never published; one process at a time."""
+    """Publish jobs a crashed worker reserved but never published (their holder's lease is
+    gone); one process at a time."""
     store = batch_signer.store
     lock = store.locks.acquire("recovery", RECOVERY_LOCK_SECONDS)
     if lock is None:
@@ -219,3 +223,16 @@ def recover_once(batch_signer: BatchSigner) -> None:
             log.warning("recovered %d job(s) reserved before a crash", len(recovered))
     finally:
         lock.release()
+
+
+def recover_while_running(batch_signer: BatchSigner, stop: StopNotice) -> None:
+    """Recover at start, then once every lease period until the worker stops: a worker that
+    died mid-batch has its jobs signed by a live one once its lease expires."""
+    seconds = batch_signer.lease.terms.seconds if batch_signer.lease else RECOVERY_LOCK_SECONDS
+    while True:
+        try:
+            recover_once(batch_signer)
+        except SigningError as exc:
+            log.error("recovery of reserved jobs failed (tried again in %.0f s): %s", seconds, exc)
+        if stop.wait(seconds):
+            return
