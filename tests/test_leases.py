@@ -9,9 +9,10 @@ rig) and count every signature the workers make (tests/signature_probe/sitecusto
 from __future__ import annotations
 
 import os
-import signal
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +26,14 @@ from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
 from tests.faults import (
     Collector,
+    OwnedRedis,
     assert_exactly_once,
     kill_whole_worker_when,
     pending_count,
     pending_jobs,
     wait_until,
 )
-from tests.test_faults import (  # noqa: F401  (fixtures)
-    FaultRig,
-    make_jobs,
-    owned_redis,
-    record_numbers,
-    rig,
-)
+from tests.test_faults import FaultRig, make_jobs, record_numbers
 from worker.authority import SigningAuthority
 from worker.issuance import BatchSigner
 from worker.issuance.pace import FIRST_CHUNK_JOBS, SigningPace
@@ -154,8 +150,11 @@ def test_a_long_message_is_signed_in_chunks_that_fit_the_visibility_timeout(
     chunks: list[int] = []
     signer = BatchSigner(authority, store, pace=SigningPace(visibility_timeout=300, most=4))
     original = signer._issue
-    signer._issue = lambda batch, profiles: chunks.append(len(batch.jobs)) or original(  # type: ignore[method-assign]
-        batch, profiles
+    signer._issue = lambda batch, profiles: (
+        chunks.append(len(batch.jobs))
+        or original(  # type: ignore[method-assign]
+            batch, profiles
+        )
     )
     results = signer.sign_batch(jobs_of("chunked", 10), reply_to="chunked-replies")
     assert [r.status for r in results] == ["issued"] * 10
@@ -175,3 +174,169 @@ def test_kombu_looks_for_stranded_messages_every_tenth_of_the_timeout(
     }
     monkeypatch.setenv("CASIGN_VISIBILITY_TIMEOUT", "6")
     assert celery_settings("redis://x")["broker_transport_options"]["unacked_restore_interval"] == 1
+
+
+# Real workers on a Redis of their own -------------------------------------------------------
+
+VISIBILITY_SECONDS = 6
+LEASE_SECONDS = 2
+
+
+def probed_env(rig: FaultRig, delay: float) -> dict[str, str]:
+    """Worker environment: signatures counted into the rig's folder, each `delay` s slower."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(PROBE), os.environ.get("PYTHONPATH", "")]),
+        "CASIGN_TEST_SIGNATURES": str(rig.folder / "signatures.txt"),
+        "CASIGN_TEST_SIGN_DELAY": str(delay),
+        "CASIGN_VISIBILITY_TIMEOUT": str(VISIBILITY_SECONDS),
+        "CASIGN_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+
+
+def signatures(rig: FaultRig) -> list[tuple[int, str, str]]:
+    """(pid, job id, certificate SHA-256) of every signature the workers made."""
+    path = rig.folder / "signatures.txt"
+    if not path.exists():
+        return []
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(int(pid), job_id, digest) for pid, job_id, digest in rows]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[FaultRig]:
+    """A redis-server of the test's own (broker and store), as tests/test_faults.py's rig."""
+    server = OwnedRedis(tmp_path / "redis")
+    server.start()
+    store = ResultsStore.from_url(server.url, f"casign-leases:{uuid.uuid4().hex[:8]}")
+    yield FaultRig(server, store, f"casign-leases-{uuid.uuid4().hex[:8]}", tmp_path)
+    store.client.close()
+    server.stop()
+
+
+@pytest.fixture
+def ecdsa_ca(tmp_path: Path) -> Path:
+    """A P-256 CA: signing one record twice gives two certificates with one serial."""
+    return make_alice_ca(tmp_path / "p256-ca", key_type=KeyType.P256).root
+
+
+@pytest.mark.slow
+@pytest.mark.flaky(reruns=1)
+def test_a_worker_starting_while_another_signs_a_long_batch_signs_nothing_twice(
+    ecdsa_ca: Path, rig: FaultRig
+) -> None:
+    """One 1,500-job message signed slowly by worker A outlives the visibility timeout; it is
+    handed out again (A's own restore sweep, and worker B restores it when it starts): every
+    job is signed exactly once, all published."""
+    jobs = 1500
+    env = probed_env(rig, delay=0.006)
+    first = rig.worker(ecdsa_ca, "worker-a.log", extra_env=env)
+    second = None
+    try:
+        with rig.producer() as producer:
+            names = make_jobs(producer, jobs, "long")
+            sent = time.monotonic()
+            producer.submit_many(names.requests.values(), batch_size=jobs)  # one message
+            collector = Collector(producer, names, 150)
+            collector.start()
+            wait_until(lambda: pending_count(rig.store) > 0, 30, "A signing")
+            # The message is now older than the visibility timeout and A is still signing it.
+            time.sleep(max(0.0, sent + VISIBILITY_SECONDS + 1 - time.monotonic()))
+            issued_when_b_started = rig.store.count_issued()
+            assert issued_when_b_started < jobs, "A finished before the timeout: nothing tested"
+            second = rig.worker(ecdsa_ca, "worker-b.log", extra_env=env)
+            results = collector.finish()
+        counts = assert_exactly_once(rig.store, results, names, _intermediate(ecdsa_ca))
+        logs = first.log() + second.log()
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+    made = signatures(rig)
+    per_job = Counter(job_id for _, job_id, _ in made)
+    twice = {job_id: n for job_id, n in per_job.items() if n != 1}
+    assert twice == {}, f"{len(twice)} job(s) signed more than once, e.g. {next(iter(twice))}"
+    assert set(per_job) == set(names)
+    by_process = Counter(pid for pid, _, _ in made)
+    left = [line for line in logs.splitlines() if "left to it" in line]
+    record_numbers(
+        "test_a_worker_starting_while_another_signs_a_long_batch_signs_nothing_twice",
+        jobs=counts.jobs,
+        visibility_timeout=VISIBILITY_SECONDS,
+        issued_when_b_started=issued_when_b_started,
+        signatures=len(made),
+        signatures_by_process=sorted(by_process.values(), reverse=True),
+        chunks_left_to_their_holder=len(left),
+        seconds=round(time.monotonic() - sent, 1),
+    )
+    assert len(by_process) >= 2, "the message was never handed out again: nothing tested"
+    assert left, "no delivery met a chunk under another worker's lease: nothing tested"
+
+
+@pytest.mark.slow
+@pytest.mark.flaky(reruns=1)
+def test_a_worker_killed_mid_batch_has_its_reserved_jobs_signed_once_by_another(
+    ecdsa_ca: Path, rig: FaultRig
+) -> None:
+    """Worker A killed (-9) while it holds reserved jobs; once its lease expires, worker B
+    recovers them, and the message comes back after the visibility timeout: every job is
+    published once, and B signs each job once (A's unpublished signatures died with it)."""
+    jobs = 1000
+    env = probed_env(rig, delay=0.006)
+    first = rig.worker(ecdsa_ca, "worker-a.log", extra_env=env)
+    second = None
+    try:
+        with rig.producer() as producer:
+            names = make_jobs(producer, jobs, "killed")
+            sent = time.monotonic()
+            producer.submit_many(names.requests.values(), batch_size=jobs)
+            collector = Collector(producer, names, 150)
+            collector.start()
+            wait_until(lambda: rig.store.count_issued() >= 200, 30, "A under way")
+            pids = kill_whole_worker_when(
+                first, lambda: pending_count(rig.store) > 0, 20, "A holding reserved jobs"
+            )
+            held_at_kill = pending_jobs(rig.store)
+            issued_at_kill = rig.store.count_issued()
+            signed_by_a = Counter(job_id for _, job_id, _ in signatures(rig))
+            # B starts once the message is past its visibility timeout (so B's first look
+            # hands it out again) and A's lease has expired (so B's recovery takes its jobs).
+            time.sleep(max(0.0, sent + VISIBILITY_SECONDS + 1 - time.monotonic()))
+            second = rig.worker(ecdsa_ca, "worker-b.log", extra_env=env)
+            killed_at = time.monotonic()
+            results = collector.finish()
+            recovered_after = time.monotonic() - killed_at
+        counts = assert_exactly_once(rig.store, results, names, _intermediate(ecdsa_ca))
+        recovery_log = [line for line in second.log().splitlines() if "before a crash" in line]
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+    made = signatures(rig)
+    by_b = Counter(job_id for pid, job_id, _ in made if pid not in pids)
+    assert [job_id for job_id, n in by_b.items() if n > 1] == [], "B signed a job twice"
+    per_job = Counter(job_id for _, job_id, _ in made)
+    again = {job_id for job_id, n in per_job.items() if n > 1}
+    # Only jobs A held when it died, signed by A but never published, are signed once more.
+    assert again <= held_at_kill
+    assert all(signed_by_a[job_id] == 1 and by_b[job_id] == 1 for job_id in again)
+    assert set(per_job) == set(names)
+    record_numbers(
+        "test_a_worker_killed_mid_batch_has_its_reserved_jobs_signed_once_by_another",
+        jobs=counts.jobs,
+        lease_seconds=LEASE_SECONDS,
+        visibility_timeout=VISIBILITY_SECONDS,
+        issued_at_kill=issued_at_kill,
+        reserved_at_kill=len(held_at_kill),
+        signed_by_a_unpublished=len(again),
+        signed_by_b=sum(by_b.values()),
+        recovery_log=recovery_log,
+        seconds_from_b_start_to_last_answer=round(recovered_after, 1),
+    )
+    assert held_at_kill, "A held no reserved job when killed: nothing tested"
+    assert recovery_log, "B's recovery took none of A's jobs"
+
+
+def _intermediate(ca_dir: Path):  # type: ignore[no-untyped-def]
+    from worker.cafolder import CAFolder
+
+    return CAFolder(ca_dir).intermediate_certificate()

@@ -15,6 +15,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 
 from core.errors import Retryable
 from store.leases import LeaseTerms
@@ -49,6 +50,9 @@ class WorkerLease:
         self._valid_until = 0.0  # monotonic
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Jobs a thread of this process is signing: the store cannot tell this process's
+        # threads apart (one holder), so a batch and the recovery never sign the same one.
+        self._in_hand: set[str] = set()
 
     @property
     def holder(self) -> str:
@@ -69,6 +73,18 @@ class WorkerLease:
         """True while enough of the lease is left to begin a signature."""
         left = self._valid_until - time.monotonic()
         return left > self.terms.seconds * _SIGNING_MARGIN
+
+    def take(self, job_ids: Iterable[str]) -> set[str]:
+        """Of `job_ids`, those no other thread of this process is signing, now this thread's."""
+        with self._lock:
+            taken = set(job_ids) - self._in_hand
+            self._in_hand |= taken
+        return taken
+
+    def drop(self, job_ids: Iterable[str]) -> None:
+        """Done with `job_ids` (published, closed, or given up)."""
+        with self._lock:
+            self._in_hand -= set(job_ids)
 
     def start(self) -> threading.Thread:
         """Renew in a daemon thread every third of the lease for as long as the process lives

@@ -144,9 +144,13 @@ class BatchSigner:
         linted = jobs.refusing(built, lambda job: lint(job, authority))  # 5
         authority.check_own_chain(batch.now)
         reserved = jobs.settle(self._reserve(linted))  # 6
-        signed = jobs.failing(reserved, lambda job: sign(job, authority), self.lease)  # 7
-        verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
-        jobs.publish(verified, store)  # 9
+        try:
+            signed = jobs.failing(reserved, lambda job: sign(job, authority), self.lease)  # 7
+            verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
+            jobs.publish(verified, store)  # 9
+        finally:
+            if self.lease is not None:
+                self.lease.drop(job.job_id for job in reserved)
         if jobs.unsigned and self.lease is not None:
             # Published what was signed; the rest goes to whoever holds a lease next (this
             # process, when its task tries the batch again, or another's recovery).
@@ -161,9 +165,16 @@ class BatchSigner:
         """Step 6 under this signer's lease; the reservation renews the lease too."""
         sent = time.monotonic()
         outcomes = reserve(linted, self.store, self.authority, self.lease_terms)
-        if self.lease is not None:
-            self.lease.renewed(sent)
-        return outcomes
+        if self.lease is None:
+            return outcomes
+        self.lease.renewed(sent)
+        # A job this process holds already may be in another of its threads' hands (the
+        # recovery's, or another batch's): left to that thread.
+        taken = self.lease.take(o.job_id for o in outcomes if isinstance(o, Reserved))
+        return [
+            Left(o.job_id) if isinstance(o, Reserved) and o.job_id not in taken else o
+            for o in outcomes
+        ]
 
     @property
     def lease_terms(self) -> LeaseTerms:

@@ -77,13 +77,20 @@ def recover_pending_records(
         if not claimed:
             return recovered
         seen.update(job_id for job_id, _ in claimed)
-        for n, (job_id, text) in enumerate(claimed):
-            if lease is not None and not lease.held():
-                store.leases.release(lease.holder, [left for left, _ in claimed[n:]])
-                raise Retryable("this worker's lease lapsed during recovery; the rest waits")
-            issued = _recover_one(job_id, text, authority, store, access)
-            if issued is not None:
-                recovered.append(issued)
+        if lease is not None:  # not one a batch of this process is signing
+            taken = lease.take(job_id for job_id, _ in claimed)
+            claimed = [(job_id, text) for job_id, text in claimed if job_id in taken]
+        try:
+            for n, (job_id, text) in enumerate(claimed):
+                if lease is not None and not lease.held():
+                    store.leases.release(lease.holder, [left for left, _ in claimed[n:]])
+                    raise Retryable("this worker's lease lapsed during recovery; the rest waits")
+                issued = _recover_one(job_id, text, authority, store, access)
+                if issued is not None:
+                    recovered.append(issued)
+        finally:
+            if lease is not None:
+                lease.drop(job_id for job_id, _ in claimed)
 
 
 def _recover_one(
