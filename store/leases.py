@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
+from store.acl import glob_escape
 from store.boundary import text, translated
 from store.keys import KeySpace
 from store.scripts import Lua, LuaScripts
@@ -57,6 +58,21 @@ class Leases:
             keys=[], args=[self._keys.job_stem, holder, *job_ids]
         )
         return int(released)
+
+    @translated
+    def holders(self) -> list[str]:
+        """Every holder whose lease is alive now (one SCAN over the lease keys)."""
+        stem = self._keys.lease_stem
+        return [
+            text(key).removeprefix(stem)
+            for key in self._client.scan_iter(match=f"{glob_escape(stem)}*", count=1000)
+        ]
+
+    @translated
+    def end(self, holder: str) -> bool:
+        """End `holder`'s lease (its process is known gone); True if it was still there."""
+        ended = self._scripts[Lua.LEASE_END](keys=[self._keys.lease(holder)], args=[holder])
+        return bool(ended)
 
     @translated
     def alive(self, holder: str) -> bool:

@@ -9,6 +9,7 @@ rig) and count every signature the workers make (tests/signature_probe/sitecusto
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -37,7 +38,7 @@ from tests.test_faults import FaultRig, make_jobs, record_numbers
 from worker.authority import SigningAuthority
 from worker.issuance import BatchSigner
 from worker.issuance.pace import FIRST_CHUNK_JOBS, SigningPace
-from worker.lease import WorkerLease
+from worker.lease import WorkerLease, gone
 
 PROBE = Path(__file__).resolve().parent / "signature_probe"
 
@@ -97,6 +98,28 @@ def test_a_lease_is_renewed_in_one_call_and_expires_with_its_process(store: Resu
     assert 0 < ttl <= 1000
     time.sleep(1.1)
     assert not lease.held() and not store.leases.alive(lease.holder)
+
+
+def test_the_lease_of_a_process_of_this_host_that_died_ends_at_once(store: ResultsStore) -> None:
+    """A pool process killed, or a worker killed and started again on the same host: its
+    leases end as soon as a neighbour looks, not after they expire."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ticks = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19]
+        me = WorkerLease(store)
+        place = me.holder.rsplit(":", 1)[1]
+        neighbour = f"host:{child.pid}:{ticks}:abcd:{place}"
+        elsewhere = f"host:{child.pid}:{ticks}:abcd:000000000000"  # another kernel or pid namespace
+        for holder in (neighbour, elsewhere):
+            store.leases.renew(LeaseTerms(holder, 30))
+        assert not gone(neighbour) and me.end_gone_neighbours() == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert gone(neighbour) and not gone(elsewhere)
+    assert gone(f"host:{os.getpid()}:1:abcd:{place}")  # this pid, but an earlier process
+    assert me.end_gone_neighbours() == 1
+    assert not store.leases.alive(neighbour) and store.leases.alive(elsewhere)
 
 
 # The signer in process ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ last successful renewal, so its estimate ends before Redis's does.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -16,6 +17,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 
 from core.errors import Retryable
 from store.leases import LeaseTerms
@@ -37,8 +40,47 @@ def lease_seconds() -> float:
 
 
 def worker_id() -> str:
-    """This process's id: host, pid and a nonce (a pid is reused after a restart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """A lease holder's id: `HOST:PID:START:NONCE:PLACE`, START the process's start time (clock
+    ticks since boot) telling it from a later process with the same pid, PLACE its kernel and
+    pid namespace."""
+    pid = os.getpid()
+    start = _start_ticks(pid) or "0"
+    return f"{socket.gethostname()}:{pid}:{start}:{secrets.token_hex(4)}:{_place()}"
+
+
+def gone(holder: str) -> bool:
+    """True when `holder` is a process of this kernel and pid namespace that no longer runs (or
+    is a zombie). A holder elsewhere is never judged here: only its lease's expiry tells."""
+    try:
+        _, pid, start, _, place = holder.rsplit(":", 4)
+        number = int(pid)
+    except ValueError:
+        return False
+    if place != _place():
+        return False
+    try:
+        fields = Path(f"/proc/{number}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return True
+    return fields[0] == "Z" or fields[19] != start  # state, starttime (proc(5))
+
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@cache
+def _place() -> str:
+    """This kernel's boot id and this pid namespace, hashed: where a pid means one process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return secrets.token_hex(4)  # no /proc: never judge another process from here
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12]
 
 
 class WorkerLease:
@@ -73,6 +115,16 @@ class WorkerLease:
         """True while enough of the lease is left to begin a signature."""
         left = self._valid_until - time.monotonic()
         return left > self.terms.seconds * _SIGNING_MARGIN
+
+    def end_gone_neighbours(self) -> int:
+        """End the leases of processes of this host that died (a pool process killed, a worker
+        killed and started again), so their jobs are taken at once, not after their lease."""
+        ended = 0
+        for holder in self.store.leases.holders():
+            if holder != self.holder and gone(holder) and self.store.leases.end(holder):
+                log.warning("the lease of %s ended: that process is gone", holder)
+                ended += 1
+        return ended
 
     def take(self, job_ids: Iterable[str]) -> set[str]:
         """Of `job_ids`, those no other thread of this process is signing, now this thread's."""

@@ -218,6 +218,8 @@ def recover_once(batch_signer: BatchSigner) -> None:
     if lock is None:
         return
     try:
+        if batch_signer.lease is not None:
+            batch_signer.lease.end_gone_neighbours()
         recovered = batch_signer.recover_pending()
         if recovered:
             log.warning("recovered %d job(s) reserved before a crash", len(recovered))

@@ -168,6 +168,15 @@ class BatchSigner:
         if self.lease is None:
             return outcomes
         self.lease.renewed(sent)
+        held = {o.job_id for o in outcomes if isinstance(o, Left)}
+        if held and self.lease.end_gone_neighbours():
+            # Held by a process of this host that died (its batch comes straight back): take
+            # those jobs now rather than after its lease.
+            retry = [job for job in linted if job.job_id in held]
+            again = {
+                o.job_id: o for o in reserve(retry, self.store, self.authority, self.lease_terms)
+            }
+            outcomes = [again.get(o.job_id, o) for o in outcomes]
         # A job this process holds already may be in another of its threads' hands (the
         # recovery's, or another batch's): left to that thread.
         taken = self.lease.take(o.job_id for o in outcomes if isinstance(o, Reserved))
