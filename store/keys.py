@@ -34,7 +34,7 @@ The CA (`store.ca_chain`):
   P:chain             string: the CA chain PEM handed out with every certificate
 Rate limits and locks (`store.rate_limits`, `store.locks`):
   P:rate:{producer}   hash: tokens, at of a producer's token bucket; expires when full again
-  P:lock:{name}       string: the holder's token of a lock (`recovery`; `crl-schedule`, held
+  P:lock:{name}       string: the holder's token of a lock (`crl-schedule`, held
                       for the CRL interval by the worker process that made its scheduled CRL)
 Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
   P:envelope:{producer}:{nonce}  string: a sealed message done (the replay cache); expires

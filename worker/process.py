@@ -39,7 +39,7 @@ log = logging.getLogger("casign.worker")
 T = TypeVar("T")
 
 DEFAULT_STORE_PREFIX = "casign"
-RECOVERY_LOCK_SECONDS = 60
+RECOVERY_SECONDS = 60  # between recoveries of a signer without a lease
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 _STOP_POLL_SECONDS = 0.1
@@ -212,25 +212,20 @@ def current_signer_process() -> SignerProcess | None:
 
 def recover_once(batch_signer: BatchSigner) -> None:
     """Publish jobs a crashed worker reserved but never published (their holder's lease is
-    gone); one process at a time."""
-    store = batch_signer.store
-    lock = store.locks.acquire("recovery", RECOVERY_LOCK_SECONDS)
-    if lock is None:
-        return
-    try:
-        if batch_signer.lease is not None:
-            batch_signer.lease.end_gone_neighbours()
-        recovered = batch_signer.recover_pending()
-        if recovered:
-            log.warning("recovered %d job(s) reserved before a crash", len(recovered))
-    finally:
-        lock.release()
+    gone). Several processes may recover at once: each takes a job over in the store before
+    it signs it, so no two sign the same one (a lock held by a process that died would hold
+    every recovery up until it expired)."""
+    if batch_signer.lease is not None:
+        batch_signer.lease.end_gone_neighbours()
+    recovered = batch_signer.recover_pending()
+    if recovered:
+        log.warning("recovered %d job(s) reserved before a crash", len(recovered))
 
 
 def recover_while_running(batch_signer: BatchSigner, stop: StopNotice) -> None:
     """Recover at start, then once every lease period until the worker stops: a worker that
     died mid-batch has its jobs signed by a live one once its lease expires."""
-    seconds = batch_signer.lease.terms.seconds if batch_signer.lease else RECOVERY_LOCK_SECONDS
+    seconds = batch_signer.lease.terms.seconds if batch_signer.lease else RECOVERY_SECONDS
     while True:
         try:
             recover_once(batch_signer)
