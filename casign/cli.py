@@ -330,6 +330,7 @@ def worker(
     flags = WorkerFlags(concurrency, loglevel, pool, beat, open_mode, allow_root_key)
     if restart:
         sys.exit(_supervised_worker(folder, endpoints, flags))
+    from worker.access import listed_producer_names
     from worker.app import WorkerConfig, run_worker
     from worker.authority import load_authority
     from worker.process import SignerSettings
@@ -353,7 +354,9 @@ def worker(
         ),
         queue=endpoints.queue,
         crl_schedule=beat,
+        producers=listed_producer_names(CAFolder(folder).producers_path),
     )
+    _log_queues(config.queues)  # a name that cannot name a queue stops the worker here (exit 2)
     options = [f"--loglevel={loglevel}", f"--pool={pool}"]
     if concurrency:
         options.append(f"--concurrency={concurrency}")
@@ -363,6 +366,13 @@ def worker(
         _claim_store(authority.intermediate, endpoints)
         status = run_worker(config, options)
     sys.exit(status)
+
+
+def _log_queues(queues: tuple[str, ...]) -> None:
+    """Say which queues the worker takes from, in turn: the CA's, then each producer's."""
+    logging.getLogger("casign.worker").info(
+        "consuming %d queue(s) in turn: %s", len(queues), ", ".join(queues)
+    )
 
 
 def _check_producers_file(folder: Path, intermediate: x509.Certificate, queue: str) -> None:

@@ -135,7 +135,7 @@ def _silence_explainer(endpoints: Endpoints, store: ResultsStore, ca_folder: Pat
     def explain(waited: float) -> str:
         return explain_silence(
             waited,
-            QueueView(endpoints.broker_url, endpoints.queue),
+            QueueView(endpoints.broker_url, endpoints.queue, producer_identity()[0]),
             store.workers_last_active(),
             start_worker_command(endpoints, ca_folder),
         )
@@ -538,7 +538,7 @@ def status(ca: Path | None, broker: str | None, store: str | None, job: str) -> 
     with open_store(endpoints) as results_store:
         states = describe_jobs(
             results_store,
-            QueueView(endpoints.broker_url, endpoints.queue),
+            QueueView(endpoints.broker_url, endpoints.queue, producer_identity()[0]),
             list(labels),
             start_worker_command(endpoints, ca_folder),
         )

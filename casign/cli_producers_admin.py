@@ -26,13 +26,13 @@ from casign.cli_base import broker_option, ca_option, fail, store_option
 from casign.config import Endpoints, ca_dir, resolve_endpoints
 from core.errors import ConfigurationError
 from core.files import KEY_MODE, write_file_atomically
+from core.queue import check_producer_name
 from store.acl import (
     AclAdmin,
     AclUser,
     KeyScope,
     Role,
     check_acl_support,
-    check_producer_name,
     file_user_names,
     password_hash,
     rabbitmq_permissions,

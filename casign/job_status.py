@@ -28,8 +28,8 @@ def describe_jobs(
         return states
     places = view.locate(unrecorded)
     last_active = store.workers_last_active()
-    activity = worker_activity(last_active, view.queue)
-    advice = "" if worker_busy(last_active, view.queue) else f"; start one with: {start_worker}"
+    activity = worker_activity(last_active, view.ca_queue)
+    advice = "" if worker_busy(last_active, view.ca_queue) else f"; start one with: {start_worker}"
     for job_id in unrecorded:
         place = None if places is None else places.get(job_id)
         if places is None:

@@ -4,7 +4,9 @@ The broker is read through kombu, as Celery reads it. A Redis broker keeps the q
 named after it (new messages pushed on the left, taken from the right) and the messages a
 worker took but has not acknowledged in the `unacked` hash; each message's body is the task's
 JSON `[args, kwargs, embed]`, base64-encoded, and `args[0]` is the SignBatch with its jobs.
-Other brokers only say how many messages wait.
+Other brokers only say how many messages wait. A producer with an identity publishes to its
+own queue `Q:NAME` (`core.queue.producer_queue`), so that is the queue its jobs are looked for in;
+workers mark their activity under the CA's queue Q.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from casign.config import DEFAULT_STORE_PREFIX, Endpoints
-from core.queue import SIGN_QUEUE, celery_settings
+from core.queue import SIGN_QUEUE, celery_settings, producer_queue
 
 _CHUNK = 200
 _CONNECT_SECONDS = 2.0
@@ -38,11 +40,13 @@ class QueuePlace:
 
 
 class QueueView:
-    """A read-only look at one signing queue on the broker."""
+    """A read-only look at the queue a producer (`producer`, None for an anonymous one) of the
+    CA's queue `queue` publishes to."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
+    def __init__(self, broker_url: str, queue: str, producer: str | None = None) -> None:
         self.broker_url = broker_url
-        self.queue = queue
+        self.ca_queue = queue  # what workers mark their activity under
+        self.queue = producer_queue(queue, producer)
 
     @property
     def searchable(self) -> bool:
@@ -181,8 +185,8 @@ def explain_silence(
     """Why no worker has taken a job in `waited` seconds, and what to do about it."""
     depth = view.depth()
     holding = f"queue {view.queue!r}" + (f" holds {depth} message(s)" if depth is not None else "")
-    activity = worker_activity(last_active, view.queue)
-    if worker_busy(last_active, view.queue):
+    activity = worker_activity(last_active, view.ca_queue)
+    if worker_busy(last_active, view.ca_queue):
         return f"no worker has taken a job in {waited:g} s: {holding} and {activity}, so they wait their turn"
     return (
         f"no worker has taken a job in {waited:g} s ({holding}; {activity}): is a worker "

@@ -1,10 +1,22 @@
-"""What producers and workers agree on about the queue: names and Celery settings."""
+"""What producers and workers agree on about the queue: names and Celery settings.
+
+A CA has one signing queue Q (`casign.sign` unless configured). A producer with an identity
+publishes to a queue of its own, `Q:NAME` (`producer_queue`); one without (an open signer's)
+publishes to Q itself. The worker consumes Q and the queue of every producer listed when it
+starts (`consumed_queues`), and kombu's Redis transport takes from them in turn (round robin:
+after a message from one queue, that queue goes to the back of the line), so one producer's
+backlog does not hold another's jobs behind it.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import ssl
+from collections.abc import Iterable
 from typing import Any
+
+from core.errors import ConfigurationError
 
 SIGN_QUEUE = "casign.sign"
 SIGN_BATCH_TASK = "casign.sign_batch"
@@ -22,6 +34,33 @@ VISIBILITY_TIMEOUT_SECONDS = 300
 # 110 s after a 20 s timeout). One look every tenth of the timeout (1 s to 10 s), each a real
 # one, brings it back within the timeout plus that tenth.
 RESTORE_THROTTLE = 1
+
+# A producer's name: it names its queue, its Redis user and its reply lists, so no `:`, no
+# glob character, no white space and no `,` (Celery's list separator).
+PRODUCER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PRODUCER_QUEUE_SEPARATOR = ":"
+
+
+def check_producer_name(name: str) -> str:
+    """`name`, if it can name a producer's queue, keys and ACL user; ConfigurationError otherwise."""
+    if PRODUCER_NAME.fullmatch(name) is None:
+        raise ConfigurationError(
+            f"producer name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def producer_queue(queue: str, producer: str | None) -> str:
+    """The queue `producer` publishes to: `Q:NAME`, or Q itself for a producer without a name."""
+    if producer is None:
+        return queue
+    return f"{queue}{PRODUCER_QUEUE_SEPARATOR}{check_producer_name(producer)}"
+
+
+def consumed_queues(queue: str, producers: Iterable[str]) -> tuple[str, ...]:
+    """What a worker of queue Q consumes: Q, then each listed producer's own queue."""
+    return (queue, *(producer_queue(queue, name) for name in sorted(set(producers))))
 
 
 def visibility_timeout() -> int:
@@ -58,6 +97,8 @@ def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
             "visibility_timeout": timeout,
             "unacked_restore_interval": restore_interval(timeout),
             "unacked_restore_throttle": RESTORE_THROTTLE,
+            # kombu's default, stated: take from the consumed queues in turn (fairness).
+            "queue_order_strategy": "round_robin",
         }
     if broker_url.startswith("rediss://") and "ssl_cert_reqs=" not in broker_url:
         # kombu would otherwise connect to a bare rediss:// broker without checking its certificate.

@@ -16,7 +16,14 @@ from celery import Celery
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, read_secret, seal
 from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
-from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
+from core.queue import (
+    DEFAULT_BATCH_SIZE,
+    SIGN_BATCH_TASK,
+    SIGN_QUEUE,
+    celery_settings,
+    producer_queue,
+)
+from producers.delivery import SentMessages, queue_depth
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.acl import reply_list_name
@@ -28,6 +35,9 @@ from store.revocations import RevocationStore
 log = logging.getLogger("casign.producer")
 
 DEFAULT_RESEND_SECONDS = 60.0
+# Each resend check after a silence doubles the wait before the next, up to this; an answer
+# starts it over at `resend_after`.
+MAX_RESEND_SECONDS = 600.0
 _REPLY_WAIT_SECONDS = 1.0
 # After this long without a reply the store is asked directly; the spell doubles each time.
 _RECHECK_SECONDS = 2.0
@@ -65,8 +75,12 @@ class Producer:
         by default the identity the CA's signer recorded in the store) and expires after
         `envelope_seconds` (at most the producer's `envelope_seconds` in producers.toml).
 
-        Jobs no worker has recorded after `resend_after` seconds without any answer are sent
-        again (same job id, so never signed twice).
+        A producer with an identity publishes to its own queue (`core.queue.producer_queue`:
+        `QUEUE:IDENTITY`), which the signer consumes in turn with every other producer's; the
+        envelope still names `queue`, the CA's. After `resend_after` seconds without any answer,
+        the jobs that no worker has recorded and whose message can no longer be in that queue
+        are sent again (same job id, so never signed twice); each silent round doubles the wait
+        for the next, up to MAX_RESEND_SECONDS, and an answer starts it over.
         """
         self.resend_after = resend_after
         if (identity is None) != (secret_source is None):
@@ -77,6 +91,7 @@ class Producer:
         self.envelope_seconds = envelope_seconds
         self.batch_size = batch_size
         self.queue = queue
+        self.delivery_queue = producer_queue(queue, identity)
         self.requester = requester
         self.store = ResultsStore.from_url(store_url, store_prefix)
         self._ledger = EnvelopeLedger(self.store)
@@ -92,8 +107,10 @@ class Producer:
         # When this producer last heard an answer, or began waiting for one; kept across
         # `results` calls, so a caller that polls in short rounds still gets lost jobs resent.
         self._last_reply = time.monotonic()
+        self._resend_wait = resend_after
+        self._sent = SentMessages()
         self._celery = Celery("casign-producer", set_as_current=False)
-        self._celery.conf.update(celery_settings(broker_url, queue))
+        self._celery.conf.update(celery_settings(broker_url, self.delivery_queue))
 
     def __enter__(self) -> Producer:
         return self
@@ -180,16 +197,23 @@ class Producer:
                 lifetime_seconds=self.envelope_seconds,
             )
         batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
+        self._sent.note(request.job_id for request in requests)
         # declare=[]: publish only. The signer declares its queue; a broker user allowed to
-        # declare it could read it too (store.acl), and a batch sent before any signer ever
-        # started is sent again by `results` once nothing has answered.
+        # declare it could read it too (store.acl). A batch sent before any signer ever started
+        # waits in its list on Redis; RabbitMQ drops it unrouted, and then, its queue being
+        # absent (no message in it), `results` sends it again once nothing has answered.
         self._celery.send_task(
             SIGN_BATCH_TASK,
             args=[batch.model_dump()],
-            queue=self.queue,
+            queue=self.delivery_queue,
             ignore_result=True,
             declare=[],
         )
+
+    def queued_messages(self) -> int | None:
+        """How many messages wait in this producer's queue (`delivery_queue`); None when the
+        broker cannot be asked."""
+        return queue_depth(self._celery, self.delivery_queue)
 
     def ca_identity(self) -> str:
         """The identity of the CA this producer's sealed messages are for."""
@@ -252,11 +276,13 @@ class Producer:
                     yield from self._collect_finished(set(waiting), waiting)
                     yield from self._collect_refused_unheard(waiting)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
-                if waiting and time.monotonic() - self._last_reply >= self.resend_after:
+                if waiting and time.monotonic() - self._last_reply >= self._resend_wait:
                     self._resend_lost(waiting)
                     self._last_reply = time.monotonic()
+                    self._resend_wait = min(self._resend_wait * 2, MAX_RESEND_SECONDS)
                 continue
             quiet, self._last_reply = 0.0, time.monotonic()
+            self._resend_wait = self.resend_after
             for reply in replies:
                 if reply.job_id in waiting and self._answers_request(reply):
                     waiting.discard(reply.job_id)
@@ -271,6 +297,7 @@ class Producer:
         """`result` checked against its request (which is then forgotten)."""
         request = self._requests.pop(result.job_id)
         self._unanswered.pop(result.job_id, None)
+        self._sent.forget(result.job_id)
         return self._check.check(result, request)
 
     def _collect_refused_unheard(self, waiting: set[str]) -> Iterator[JobResult]:
@@ -287,19 +314,31 @@ class Producer:
             waiting.discard(job_id)
             self._requests.pop(job_id, None)
             self._unanswered.pop(job_id, None)
+            self._sent.forget(job_id)
             yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
     def _resend_lost(self, waiting: set[str]) -> None:
-        """Send again the jobs of ours that no worker has recorded after a long silence.
+        """Send again the jobs of ours that no worker has recorded and no queue holds.
 
         A Redis broker can lose a message its consumer was killed holding (taken from the
-        queue, not yet marked in flight); the job id makes sending it again safe.
+        queue, not yet marked in flight); the job id makes sending it again safe. A job whose
+        message may still wait in our queue (`producers.delivery`) is never sent again.
         """
+        depth = self.queued_messages()
+        if depth is None:
+            return
         ours = [job_id for job_id in waiting if job_id in self._unanswered]
-        known = self.store.known_jobs(ours)
-        lost = [self._unanswered[job_id] for job_id in ours if job_id not in known]
+        gone = [job_id for job_id in ours if self._sent.left_the_queue(job_id, depth)]
+        known = self.store.known_jobs(gone)
+        lost = [self._unanswered[job_id] for job_id in gone if job_id not in known]
         if lost:
-            log.warning("sending %d job(s) again: no worker recorded them", len(lost))
+            log.warning(
+                "sending %d job(s) again: no worker recorded them and queue %s (%d message(s)) "
+                "can no longer hold them",
+                len(lost),
+                self.delivery_queue,
+                depth,
+            )
             for start in range(0, len(lost), self.batch_size):
                 self._send(lost[start : start + self.batch_size])
 

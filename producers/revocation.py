@@ -1,4 +1,5 @@
-"""Asking the signing worker to revoke a certificate, through the same queue as the CSRs.
+"""Asking the signing worker to revoke a certificate, through the same queue as the CSRs
+(the producer's own, `core.queue.producer_queue`).
 
 Imports the message schema and the store only; never the keystore or the worker.
 """
@@ -11,7 +12,7 @@ from celery import Celery
 
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, seal
 from core.messages import RevokeRequest
-from core.queue import REVOKE_TASK
+from core.queue import REVOKE_TASK, producer_queue
 from core.revocation import canonical_reason, canonical_serial
 
 DEFAULT_TIMEOUT = 60.0
@@ -30,7 +31,8 @@ def send_revocation(
     ca: str = "",
     envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
 ) -> RevokeRequest:
-    """Enqueue one revocation; serial and reason are checked here first (Rejected)."""
+    """Enqueue one revocation for the CA of `queue`, on `identity`'s own queue (Q itself without
+    one); serial and reason are checked here first (Rejected)."""
     request = RevokeRequest(
         request_id=uuid.uuid4().hex,
         serial=canonical_serial(serial),
@@ -52,6 +54,10 @@ def send_revocation(
         request = request.model_copy(update={"envelope": envelope})
     # Publish only, as Producer does: the signer declares its queue.
     celery.send_task(
-        REVOKE_TASK, args=[request.model_dump()], queue=queue, ignore_result=True, declare=[]
+        REVOKE_TASK,
+        args=[request.model_dump()],
+        queue=producer_queue(queue, identity),
+        ignore_result=True,
+        declare=[],
     )
     return request

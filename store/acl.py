@@ -4,14 +4,17 @@ The roles, and what each may touch (P is the store prefix, `casign:` unless conf
 signing queue, `casign.sign` unless configured; every key name is `store.keys.KeySpace`'s):
 
   signer     every key under P (reserve, publish, revoke, CRLs, audit, rate limits, the chain),
-             the queue Q as its consumer (BRPOP on Q and its priority lists, kombu's `unacked`
+             the queue Q and every producer's queue Q:* as their consumer (BRPOP on them and
+             their priority lists, kombu's `unacked`
              hash, `unacked_index` and `unacked_mutex`) and Celery's remote control (the
              pidbox lists, and every channel: kombu subscribes by pattern); INFO (the store's
              health check reads the eviction policy there); no other admin command
-  producer   one per name N: push to Q (LPUSH; producers publish without declaring the queue)
-             and count it (LLEN); pop its own replies P:reply:N:* and read its own refusal
-             notes P:authfail:N:*; read (never write) P:job:*, P:certs, P:index, P:serials,
-             P:chain, P:ca and P:workers. No other key, no pub/sub, no scripts.
+  producer   one per name N: push to its own queue Q:N (LPUSH; producers publish without
+             declaring the queue) and count it (LLEN and EXISTS on Q:N and its priority lists,
+             in MULTI/EXEC as kombu asks), never Q or another producer's queue; pop its own
+             replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
+             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca and P:workers. No other
+             key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
@@ -36,12 +39,16 @@ import redis
 
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
-from core.queue import SIGN_QUEUE
+from core.queue import (
+    PRODUCER_QUEUE_SEPARATOR,
+    SIGN_QUEUE,
+    check_producer_name,
+    producer_queue,
+)
 from store.boundary import translated
 from store.keys import KeySpace
 
 MIN_REDIS_MAJOR = 7
-PRODUCER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # kombu's Redis transport (kombu.transport.redis.Channel; tests/test_trust_boundary.py checks
 # these against the installed kombu): a queue Q is the list Q, and Q + SEP + N for priority N.
 KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
@@ -80,16 +87,6 @@ class Role(StrEnum):
     PRODUCER = "producer"
     OCSP = "ocsp"
     OPERATOR = "operator"
-
-
-def check_producer_name(name: str) -> str:
-    """`name`, if it can name a producer's keys and ACL user; ConfigurationError otherwise."""
-    if PRODUCER_NAME.fullmatch(name) is None:
-        raise ConfigurationError(
-            f"producer name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def reply_list_name(producer: str | None) -> str:
@@ -131,11 +128,16 @@ class KeyScope:
     @property
     def queue_lists(self) -> tuple[str, ...]:
         """Patterns of the lists kombu keeps the queue in: Q, and Q SEP N per priority step."""
-        escaped = glob_escape(self.queue)
-        return (
-            escaped,
-            *(f"{escaped}{KOMBU_PRIORITY_SEPARATOR}{step}" for step in KOMBU_PRIORITY_STEPS),
-        )
+        return _kombu_lists(glob_escape(self.queue))
+
+    @property
+    def producer_queues(self) -> str:
+        """The pattern of every producer's queue and its priority lists: `Q:*`."""
+        return f"{glob_escape(self.queue)}{PRODUCER_QUEUE_SEPARATOR}*"
+
+    def producer_queue_lists(self, producer: str) -> tuple[str, ...]:
+        """Patterns of the lists of `producer`'s own queue Q:NAME (`core.queue.producer_queue`)."""
+        return _kombu_lists(glob_escape(producer_queue(self.queue, producer)))
 
     @property
     def user_stem(self) -> str:
@@ -174,6 +176,14 @@ class AclUser:
         return " ".join(map(_quoted, words))
 
 
+def _kombu_lists(escaped_queue: str) -> tuple[str, ...]:
+    """The queue's list, then one per priority step (`kombu.transport.redis` `_q_for_pri`)."""
+    return (
+        escaped_queue,
+        *(f"{escaped_queue}{KOMBU_PRIORITY_SEPARATOR}{step}" for step in KOMBU_PRIORITY_STEPS),
+    )
+
+
 def _quoted(word: str) -> str:
     """A word as redis-cli and the ACL file read it: bytes outside printable ASCII as \\xHH."""
     if all(0x21 <= ord(character) < 0x7F and character not in "\"'" for character in word):
@@ -191,6 +201,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
     """Publish to the queue, pop its own replies, read what `Producer.results`/`status` read."""
     keys = scope.keys
     own = check_producer_name(producer) + ":"
+    own_queue = scope.producer_queue_lists(producer)
     reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers]
     rules = [
         f"%R~{glob_escape(keys.job_stem)}*",
@@ -204,10 +215,11 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         "+exists",
         # Its replies: taken, never written.
         f"(~{glob_escape(keys.reply(own))}* +blpop +lpop)",
-        # The queue: a message pushed (producers publish without declaring the queue), and how
-        # many wait (`casign status`); never a message read or taken.
-        f"(%W~{scope.queue_lists[0]} +lpush)",
-        f"(%R~{scope.queue_lists[0]} +llen)",
+        # Its own queue Q:N only: a message pushed (producers publish without declaring the
+        # queue), and how many wait (`casign status`; before resending, kombu's passive declare:
+        # EXISTS and LLEN of each priority list in MULTI/EXEC); never a message read or taken.
+        f"(%W~{own_queue[0]} +lpush)",
+        f"({' '.join(f'%R~{pattern}' for pattern in own_queue)} +llen +exists +multi +exec)",
     ]
     return AclUser(scope.user_name(Role.PRODUCER, producer), Role.PRODUCER, tuple(rules))
 
@@ -224,6 +236,7 @@ def signer_user(scope: KeyScope) -> AclUser:
     rules = [
         f"~{glob_escape(scope.store_prefix)}*",
         *(f"~{pattern}" for pattern in scope.queue_lists),
+        f"~{scope.producer_queues}",
         *(f"~{pattern}" for pattern in kombu_patterns),
         "&*",  # kombu PSUBSCRIBEs /DB.celery.pidbox, and a pattern is checked literally
         *_SIGNER_CATEGORIES,

@@ -194,6 +194,7 @@ def test_kombu_looks_for_stranded_messages_every_tenth_of_the_timeout(
         "visibility_timeout": 300,
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
+        "queue_order_strategy": "round_robin",
     }
     monkeypatch.setenv("CASIGN_VISIBILITY_TIMEOUT", "6")
     assert celery_settings("redis://x")["broker_transport_options"]["unacked_restore_interval"] == 1

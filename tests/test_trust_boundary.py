@@ -821,6 +821,9 @@ def test_a_producer_with_its_own_user_gets_certificates_end_to_end(
         status = producer.status(job_ids[0])
         assert status is not None and status.serial == results[job_ids[0]].serial
         assert producer.chain_pem() == boundary.folder.chain_path.read_text()
+        # It published to its own queue, and may count it (what the resend decision reads).
+        assert producer.delivery_queue == f"{boundary.scope.queue}:web"
+        assert producer.queued_messages() == 0
     assert boundary.redis.denials(boundary.users["web"]) == []
 
 
@@ -959,9 +962,20 @@ def test_a_producer_cannot_read_another_producers_replies(boundary: Boundary) ->
 
 
 def test_a_producer_cannot_take_the_queue_or_command_the_workers(boundary: Boundary) -> None:
-    queue = boundary.scope.queue
+    queue, own, other = (f"{boundary.scope.queue}{end}" for end in ("", ":web", ":hr"))
     with boundary.redis.client(boundary.users["web"]) as web:
+        # What it may: count its own queue as kombu's passive declare does (before a resend).
+        with web.pipeline() as pipe:
+            pipe.exists(own, f"{own}{KOMBU_PRIORITY_SEPARATOR}3")
+            pipe.llen(own)
+            pipe.llen(f"{own}{KOMBU_PRIORITY_SEPARATOR}9")
+            assert pipe.execute() == [0, 0, 0]
         for attempt in (
+            lambda: web.lpush(queue, "{}"),  # a producer publishes to its own queue only
+            lambda: web.lpush(other, "{}"),
+            lambda: web.llen(other),
+            lambda: web.rpop(own),
+            lambda: web.lrange(own, 0, -1),
             lambda: web.rpop(queue),
             lambda: web.brpop([queue], timeout=0.1),
             lambda: web.lrange(queue, 0, -1),
@@ -1264,6 +1278,8 @@ def test_a_producer_with_the_printed_rabbitmq_permissions_publishes_and_reads_no
             job_id = producer.submit(make_csr("rabbit.example.com"), profile="server_cert")
             (result,) = _collect(producer, [job_id]).values()
             assert result.ok, result
+            assert producer.delivery_queue == f"{boundary.scope.queue}:rabbit"
+            assert producer.queued_messages() == 0  # a passive declare needs no permission
         for attempt in (
             lambda channel: channel.basic_get(boundary.scope.queue),
             lambda channel: channel.queue_declare(boundary.scope.queue, durable=True),

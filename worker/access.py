@@ -39,7 +39,14 @@ from worker.name_patterns import check_pattern, name_matches, value_matches
 from worker.profiles import SUBJECT_ATTRIBUTE_OIDS
 from worker.subject import attribute_name
 
-__all__ = ["AccessPolicy", "AllowedProducer", "ProducerPolicy", "check_allowed", "name_matches"]
+__all__ = [
+    "AccessPolicy",
+    "AllowedProducer",
+    "ProducerPolicy",
+    "check_allowed",
+    "listed_producer_names",
+    "name_matches",
+]
 
 # Attributes that are names, checked against `names`, never against `subject`.
 _NAME_ATTRIBUTES = frozenset({NameOID.COMMON_NAME, NameOID.EMAIL_ADDRESS})
@@ -103,6 +110,18 @@ class ProducerPolicy(BaseModel):
                     f"subject attribute {attribute!r} is not one of {', '.join(SUBJECT_ATTRIBUTE_OIDS)}"
                 )
         return subject
+
+
+def listed_producer_names(path: Path) -> tuple[str, ...]:
+    """The names of the producers `path` lists (sorted; none when there is no file): the
+    worker consumes each one's own queue. ConfigurationError on a file it cannot read."""
+    if not path.exists():
+        return ()
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+    return tuple(sorted(document.get("producers", {})))
 
 
 @dataclass(frozen=True)

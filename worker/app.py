@@ -26,8 +26,10 @@ from celery.platforms import EX_FAILURE
 from kombu.utils.objects import cached_property
 
 from core.errors import SigningError
-from core.queue import SIGN_QUEUE, celery_settings
+from core.queue import SIGN_QUEUE, celery_settings, consumed_queues
 from store.embedded import EmbeddedRedis
+from worker.access import listed_producer_names
+from worker.cafolder import CAFolder
 from worker.crl_schedule import CRLSchedule
 from worker.process import (
     DEFAULT_STORE_PREFIX,
@@ -63,12 +65,23 @@ DEFAULT_CA_DIR = "ca"
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What a signing worker is configured with: the broker and queue, the CA and the store."""
+    """What a signing worker is configured with: the broker and queue, the CA and the store.
+
+    `producers` are the names producers.toml lists: the worker consumes the CA's queue and
+    each one's own (`core.queue.consumed_queues`), in turn.
+    """
 
     broker_url: str
     signer: SignerSettings
     queue: str = SIGN_QUEUE
     crl_schedule: bool = False  # each pool process keeps the CRL schedule (`--beat`)
+    producers: tuple[str, ...] = ()
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every queue this worker consumes: the CA's (an open signer's producers, anonymous
+        messages), then each listed producer's."""
+        return consumed_queues(self.queue, self.producers)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -84,6 +97,7 @@ class WorkerConfig:
                 store_prefix=environ.get("CASIGN_STORE_PREFIX") or DEFAULT_STORE_PREFIX,
             ),
             queue=environ.get("CASIGN_QUEUE") or SIGN_QUEUE,
+            producers=listed_producer_names(CAFolder(ca_dir).producers_path),
         )
 
     def celery_settings(self) -> dict[str, Any]:
@@ -160,7 +174,7 @@ def run_worker(config: WorkerConfig, options: Sequence[str] = ()) -> int:
     from celery.bin.celery import celery as celery_command
 
     configure(config)
-    arguments = ["worker", *_WORKER_OPTIONS, f"--queues={config.queue}", *options]
+    arguments = ["worker", *_WORKER_OPTIONS, f"--queues={','.join(config.queues)}", *options]
     # As Celery.start does, but keeping the status that Celery.worker_main throws away.
     celery_command.params[0].default = app
     try:
