@@ -39,6 +39,8 @@ DEFAULT_RESEND_SECONDS = 60.0
 # starts it over at `resend_after`.
 MAX_RESEND_SECONDS = 600.0
 _REPLY_WAIT_SECONDS = 1.0
+# A job found nowhere is looked for once more after this long before it is sent again.
+_LOST_GRACE_SECONDS = 0.5
 # After this long without a reply the store is asked directly; the spell doubles each time.
 _RECHECK_SECONDS = 2.0
 _MAX_RECHECK_SECONDS = 30.0
@@ -275,6 +277,7 @@ class Producer:
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
                     yield from self._collect_refused_unheard(waiting)
+                    self._resend_lost(waiting)  # only what is provably nowhere: safe this soon
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
                 if waiting and time.monotonic() - self._last_reply >= self._resend_wait:
                     self._resend_lost(waiting)
@@ -318,19 +321,28 @@ class Producer:
             yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
     def _resend_lost(self, waiting: set[str]) -> None:
-        """Send again the jobs of ours that no worker has recorded and no queue holds.
+        """Send again the jobs of ours that no worker has recorded, no worker holds and no
+        queue holds: provably nowhere.
 
-        A Redis broker can lose a message its consumer was killed holding (taken from the
-        queue, not yet marked in flight); the job id makes sending it again safe. A job whose
-        message may still wait in our queue (`producers.delivery`) is never sent again.
+        A Redis broker can lose a message its consumer was killed holding, or failed to mark in
+        flight (Redis out of memory): taken from the queue, never marked; the job id makes
+        sending it again safe. A job whose message may still wait in our queue
+        (`producers.delivery`), or that a signing process has in hand, is never sent again.
+        Called at each quiet spell (2 s, doubling to 30 s; an answer starts it over), so a
+        lost message is sent again within seconds.
         """
         depth = self.queued_messages()
         if depth is None:
             return
         ours = [job_id for job_id in waiting if job_id in self._unanswered]
         gone = [job_id for job_id in ours if self._sent.left_the_queue(job_id, depth)]
-        known = self.store.known_jobs(gone)
-        lost = [self._unanswered[job_id] for job_id in gone if job_id not in known]
+        # Not in a record and not in a worker's hands (P:inhand); looked at twice, so that a
+        # message a worker has just taken (popped, about to be marked) is not taken for lost.
+        unaccounted = set(gone) - self.store.accounted_jobs(gone)
+        if unaccounted:
+            time.sleep(_LOST_GRACE_SECONDS)
+            unaccounted -= self.store.accounted_jobs(unaccounted)
+        lost = [self._unanswered[job_id] for job_id in gone if job_id in unaccounted]
         if lost:
             log.warning(
                 "sending %d job(s) again: no worker recorded them and queue %s (%d message(s)) "

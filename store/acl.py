@@ -13,7 +13,7 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              declaring the queue) and count it (LLEN and EXISTS on Q:N and its priority lists,
              in MULTI/EXEC as kombu asks), never Q or another producer's queue; pop its own
              replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
-             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca and P:workers. No other
+             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers and P:inhand. No other
              key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
@@ -202,7 +202,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
     keys = scope.keys
     own = check_producer_name(producer) + ":"
     own_queue = scope.producer_queue_lists(producer)
-    reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers]
+    reads = [keys.certs, keys.index, keys.serials, keys.chain, keys.ca, keys.workers, keys.in_hand]
     rules = [
         f"%R~{glob_escape(keys.job_stem)}*",
         *(f"%R~{glob_escape(key)}" for key in reads),
@@ -213,6 +213,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         "+hmget",
         "+hgetall",
         "+exists",
+        "+zscore",  # is a job in a signing process's hands (P:inhand)
         # Its replies: taken, never written.
         f"(~{glob_escape(keys.reply(own))}* +blpop +lpop)",
         # Its own queue Q:N only: a message pushed (producers publish without declaring the

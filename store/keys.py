@@ -13,6 +13,9 @@ Jobs and records (`store.jobs`):
                       owner (of an issued job: the requester it was issued to, who may revoke it)
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
+  P:inhand            sorted set: job id -> unix time a signing process began the message that
+                      carries it, until that task ends (a job in a worker's hands before its
+                      record is written); entries older than twice the visibility timeout go
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
 Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:certs             hash: serial hex -> certificate PEM
@@ -64,6 +67,7 @@ class KeySpace:
         "chain",
         "crl_latest",
         "crl_number",
+        "in_hand",
         "index",
         "index_order",
         "job_stem",
@@ -81,6 +85,7 @@ class KeySpace:
         self.lease_stem = self.key("lease", "")
         self.serials = self.key("serials")
         self.pending = self.key("pending")
+        self.in_hand = self.key("inhand")
         self.certs = self.key("certs")
         self.index = self.key("index")
         self.index_order = self.key("index", "order")

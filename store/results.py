@@ -139,6 +139,10 @@ class ResultsStore:
         """Which of `job_ids` the store has a record of (reserved, issued or refused)."""
         return self.jobs.known_jobs(job_ids)
 
+    def accounted_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` are in a record or in a signing process's hands (`JobRecords`)."""
+        return self.jobs.accounted_jobs(job_ids)
+
     def job_state(self, job_id: str) -> dict[str, str]:
         return self.jobs.job_state(job_id)
 

@@ -360,6 +360,60 @@ def test_a_worker_killed_mid_batch_has_its_reserved_jobs_signed_once_by_another(
     assert recovery_log, "B's recovery took none of A's jobs"
 
 
+def test_a_job_in_a_workers_hands_is_accounted_for(store: ResultsStore) -> None:
+    """In a record, or marked in a signing process's hands: not lost; a stale mark is forgotten."""
+    store.reserve([intent("recorded", "0D01")])
+    store.jobs.note_in_hand(["in-hand", "in-hand-2"], forget_after=60)
+    assert store.accounted_jobs(["recorded", "in-hand", "nowhere"]) == {"recorded", "in-hand"}
+    store.jobs.drop_in_hand(["in-hand"])
+    assert store.accounted_jobs(["in-hand", "in-hand-2"]) == {"in-hand-2"}
+    time.sleep(0.05)
+    store.jobs.note_in_hand(["fresh"], forget_after=0.01)  # forgets marks older than that
+    assert store.accounted_jobs(["in-hand-2", "fresh"]) == {"fresh"}
+
+
+@pytest.mark.slow
+@pytest.mark.flaky(reruns=1)
+def test_a_message_lost_between_pop_and_record_is_sent_again_within_seconds(
+    ecdsa_ca: Path, rig: FaultRig
+) -> None:
+    """A message taken from the queue and never recorded (as kombu loses it when Redis is out
+    of memory, or its consumer dies between BRPOP and `unacked`): its jobs are in no queue, no
+    record and no worker's hands, and the producer (resend_after left at 60 s) sends them again
+    at its first quiet spell; nothing is signed twice."""
+    broker = rig.redis.client()
+    env = probed_env(rig, delay=0)
+    worker = None
+    try:
+        with rig.producer() as producer:
+            lost = make_jobs(producer, 20, "lost")
+            kept = make_jobs(producer, 20, "kept")
+            producer.submit_many(lost.requests.values(), batch_size=20)
+            producer.submit_many(kept.requests.values(), batch_size=20)
+            assert broker.llen(rig.queue) == 2
+            assert broker.rpop(rig.queue) is not None  # the oldest message, lost in transit
+            worker = rig.worker(ecdsa_ca, "worker.log", extra_env=env)
+            started = time.monotonic()
+            results = list(producer.results([*lost, *kept], timeout=45))
+            answered_after = time.monotonic() - started
+        names = {**lost, **kept}
+        counts = assert_exactly_once(rig.store, results, names, _intermediate(ecdsa_ca))
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.close()
+    per_job = Counter(job_id for _, job_id, _ in signatures(rig))
+    assert per_job == dict.fromkeys(names, 1), "a job was signed other than once"
+    record_numbers(
+        "test_a_message_lost_between_pop_and_record_is_sent_again_within_seconds",
+        jobs=counts.jobs,
+        lost=len(lost),
+        resend_after=producer.resend_after,
+        seconds_from_worker_start_to_last_answer=round(answered_after, 1),
+    )
+    assert answered_after < 20, "the lost message waited for a blind resend"
+
+
 def _intermediate(ca_dir: Path):  # type: ignore[no-untyped-def]
     from worker.cafolder import CAFolder
 
