@@ -277,7 +277,8 @@ class Producer:
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
                     yield from self._collect_refused_unheard(waiting)
-                    self._resend_lost(waiting)  # only what is provably nowhere: safe this soon
+                    # Only what is provably nowhere (looked at twice): safe this soon.
+                    self._resend_lost(waiting, _LOST_GRACE_SECONDS)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
                 if waiting and time.monotonic() - self._last_reply >= self._resend_wait:
                     self._resend_lost(waiting)
@@ -320,7 +321,7 @@ class Producer:
             self._sent.forget(job_id)
             yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
-    def _resend_lost(self, waiting: set[str]) -> None:
+    def _resend_lost(self, waiting: set[str], grace: float = 0.0) -> None:
         """Send again the jobs of ours that no worker has recorded, no worker holds and no
         queue holds: provably nowhere.
 
@@ -328,8 +329,9 @@ class Producer:
         flight (Redis out of memory): taken from the queue, never marked; the job id makes
         sending it again safe. A job whose message may still wait in our queue
         (`producers.delivery`), or that a signing process has in hand, is never sent again.
-        Called at each quiet spell (2 s, doubling to 30 s; an answer starts it over), so a
-        lost message is sent again within seconds.
+        Called at each quiet spell (2 s, doubling to 30 s; an answer starts it over), looking
+        twice `grace` seconds apart, so a lost message is sent again within seconds; and after
+        `resend_after` seconds of silence, doubling.
         """
         depth = self.queued_messages()
         if depth is None:
@@ -339,8 +341,8 @@ class Producer:
         # Not in a record and not in a worker's hands (P:inhand); looked at twice, so that a
         # message a worker has just taken (popped, about to be marked) is not taken for lost.
         unaccounted = set(gone) - self.store.accounted_jobs(gone)
-        if unaccounted:
-            time.sleep(_LOST_GRACE_SECONDS)
+        if unaccounted and grace:
+            time.sleep(grace)
             unaccounted -= self.store.accounted_jobs(unaccounted)
         lost = [self._unanswered[job_id] for job_id in gone if job_id in unaccounted]
         if lost:

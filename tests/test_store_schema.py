@@ -159,6 +159,7 @@ def test_every_key_written_is_in_the_documented_layout(
         [Intent("layout-pending", "0" * 64, format_serial(0x1A7E57), "{}")],
         LeaseTerms("layout-host:1:abcd", 30),
     )
+    store.jobs.note_in_hand(["layout-in-hand"], forget_after=60)
     serial = next(result.serial for result in issued if result.serial)
     revocations = RevocationStore(store)
     revocations.revoke(serial, "superseded", request_id="layout-request")
