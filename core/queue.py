@@ -25,8 +25,15 @@ CRL_TASK = "casign.crl"
 DEFAULT_BATCH_SIZE = 250
 
 # Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT
-# overrides it); a batch signs in well under it.
+# overrides it); the signer works through a message in chunks that each take at most a tenth
+# of it (worker/issuance/pace.py), and a message handed out again while its first taker still
+# signs it is not signed twice (worker/lease.py).
 VISIBILITY_TIMEOUT_SECONDS = 300
+# kombu looks for messages past their visibility timeout every `unacked_restore_interval`
+# seconds times `unacked_restore_throttle` (10 x 10 by default: a stranded batch came back
+# 110 s after a 20 s timeout). One look every tenth of the timeout (1 s to 10 s), each a real
+# one, brings it back within the timeout plus that tenth.
+RESTORE_THROTTLE = 1
 
 # A producer's name: it names its queue, its Redis user and its reply lists, so no `:`, no
 # glob character, no white space and no `,` (Celery's list separator).
@@ -60,6 +67,11 @@ def visibility_timeout() -> int:
     return int(os.environ.get("CASIGN_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT_SECONDS))
 
 
+def restore_interval(timeout: int) -> int:
+    """Seconds between kombu's looks for messages past their visibility timeout."""
+    return max(1, min(10, timeout // 10))
+
+
 def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
     """Celery configuration for both sides: JSON only (pickle refused), acks after the work."""
     settings: dict[str, Any] = {
@@ -80,8 +92,11 @@ def celery_settings(broker_url: str, queue: str = SIGN_QUEUE) -> dict[str, Any]:
         "task_send_sent_event": False,
     }
     if broker_url.startswith(("redis", "rediss")):
+        timeout = visibility_timeout()
         settings["broker_transport_options"] = {
-            "visibility_timeout": visibility_timeout(),
+            "visibility_timeout": timeout,
+            "unacked_restore_interval": restore_interval(timeout),
+            "unacked_restore_throttle": RESTORE_THROTTLE,
             # kombu's default, stated: take from the consumed queues in turn (fairness).
             "queue_order_strategy": "round_robin",
         }

@@ -40,6 +40,8 @@ DEFAULT_RESEND_SECONDS = 60.0
 # starts it over at `resend_after`.
 MAX_RESEND_SECONDS = 600.0
 _REPLY_WAIT_SECONDS = 1.0
+# A job found nowhere is looked for once more after this long before it is sent again.
+_LOST_GRACE_SECONDS = 0.5
 # After this long without a reply the store is asked directly; the spell doubles each time.
 _RECHECK_SECONDS = 2.0
 _MAX_RECHECK_SECONDS = 30.0
@@ -276,6 +278,8 @@ class Producer:
                 if quiet >= recheck_after:
                     yield from self._collect_finished(set(waiting), waiting)
                     yield from self._collect_refused_unheard(waiting)
+                    # Only what is provably nowhere (looked at twice): safe this soon.
+                    self._resend_lost(waiting, _LOST_GRACE_SECONDS)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
                 if waiting and time.monotonic() - self._last_reply >= self._resend_wait:
                     self._resend_lost(waiting)
@@ -318,21 +322,34 @@ class Producer:
             self._sent.forget(job_id)
             yield JobResult(job_id=job_id, status="refused", code=code, message=message)
 
-    def _resend_lost(self, waiting: set[str]) -> None:
-        """Send again the jobs of ours that no worker has recorded and no queue holds.
+    def _resend_lost(self, waiting: set[str], grace: float = 0.0) -> None:
+        """Send again the jobs of ours that no worker has recorded, no worker holds and no
+        queue holds: provably nowhere.
 
-        A Redis broker can lose a message its consumer was killed holding (taken from the
-        queue, not yet marked in flight); the job id makes sending it again safe. A job whose
-        message may still wait in our queue (`producers.delivery`) is never sent again.
+        A Redis broker can lose a message its consumer was killed holding, or failed to mark in
+        flight (Redis out of memory): taken from the queue, never marked; the job id makes
+        sending it again safe. A job whose message may still wait in our queue
+        (`producers.delivery`), or that a signing process has in hand, is never sent again.
+        Called at each quiet spell (2 s, doubling to 30 s; an answer starts it over), looking
+        twice `grace` seconds apart, so a lost message is sent again within seconds; and after
+        `resend_after` seconds of silence, doubling.
         """
         depth = self.queued_messages()
         if depth is None:
             return
         ours = [job_id for job_id in waiting if job_id in self._unanswered]
         gone = [job_id for job_id in ours if self._sent.left_the_queue(job_id, depth)]
-        # A job carried to an air-gapped signer is neither lost nor to be sent again.
-        known = self.store.known_jobs(gone) | AirgapRecords(self.store).exported_jobs(gone).keys()
-        lost = [self._unanswered[job_id] for job_id in gone if job_id not in known]
+        # Not in a record, not in a worker's hands (P:inhand) and not carried to an air-gapped
+        # signer; looked at twice, so that a message a worker has just taken (popped, about to
+        # be marked) is not taken for lost.
+        airgap = AirgapRecords(self.store)
+        unaccounted = (
+            set(gone) - self.store.accounted_jobs(gone) - airgap.exported_jobs(gone).keys()
+        )
+        if unaccounted and grace:
+            time.sleep(grace)
+            unaccounted -= self.store.accounted_jobs(unaccounted)
+        lost = [self._unanswered[job_id] for job_id in gone if job_id in unaccounted]
         if lost:
             log.warning(
                 "sending %d job(s) again: no worker recorded them and queue %s (%d message(s)) "

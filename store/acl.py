@@ -13,9 +13,10 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              declaring the queue) and count it (LLEN and EXISTS on Q:N and its priority lists,
              in MULTI/EXEC as kombu asks), never Q or another producer's queue; pop its own
              replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
-             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers and
-             P:metrics (what `casign top` shows) and P:airgap:jobs (a job exported to an
-             air-gapped signer, `casign airgap`). No other key, no pub/sub, no scripts.
+             write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers, P:inhand
+             (the jobs in a worker's hands), P:metrics (what `casign top` shows) and
+             P:airgap:jobs (a job exported to an air-gapped signer, `casign airgap`). No other
+             key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
@@ -210,6 +211,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         keys.chain,
         keys.ca,
         keys.workers,
+        keys.in_hand,
         keys.metrics,
         keys.airgap_jobs,
     ]
@@ -223,6 +225,7 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         "+hmget",
         "+hgetall",
         "+exists",
+        "+zscore",  # is a job in a signing process's hands (P:inhand)
         # Its replies: taken, never written.
         f"(~{glob_escape(keys.reply(own))}* +blpop +lpop)",
         # Its own queue Q:N only: a message pushed (producers publish without declaring the

@@ -8,6 +8,7 @@ one), not Redis Cluster.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,8 +19,11 @@ from core.errors import Retryable
 from core.messages import JobResult
 from store.boundary import optional_text, text, translated
 from store.keys import KeySpace
+from store.leases import UNLEASED, LeaseTerms
 from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import Lua, LuaScripts
+
+_CHUNK = 1000  # members per ZADD/ZREM: each Redis call stays short
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +31,7 @@ class Reservation:
     """What `reserve` found for a job: newly reserved, or the job's earlier state."""
 
     job_id: str
-    state: str  # reserved | serial_taken | issued | refused | pending
+    state: str  # reserved | serial_taken | leased | issued | refused | failed | pending
     fingerprint: str | None = None
     record: str | None = None
     serial: str | None = None
@@ -102,13 +106,15 @@ class JobRecords:
         self._replies = replies
 
     @translated
-    def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
-        """Record each intent before signing: its serial (never reused) and its TBS record."""
+    def reserve(self, intents: Iterable[Intent], lease: LeaseTerms = UNLEASED) -> list[Reservation]:
+        """Record each intent before signing: its serial (never reused), its TBS record and its
+        holder (`lease.holder`, whose lease this call renews). A job reserved under another
+        process's live lease comes back `leased`, untouched."""
         intents = list(intents)
         if not intents:
             return []
         keys = self._keys
-        args: list[str] = [keys.job_stem]
+        args: list[str | int] = [keys.job_stem, keys.lease_stem, lease.holder, lease.milliseconds]
         for intent in intents:
             args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
         replies = self._scripts[Lua.RESERVE](
@@ -117,7 +123,7 @@ class JobRecords:
         reservations = []
         for intent, reply in zip(intents, replies, strict=True):
             state = text(reply[0])
-            if len(reply) == 1:  # this call reserved the job, or found its serial taken
+            if len(reply) == 1:  # reserved now, its serial found taken, or another's lease
                 reservations.append(Reservation(intent.job_id, state))
                 continue
             # The job was there already; one still 'reserved' is an earlier delivery's intent.
@@ -290,6 +296,41 @@ class JobRecords:
         for job_id in ids:
             pipe.exists(self._keys.job(job_id))
         return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
+
+    @translated
+    def note_in_hand(self, job_ids: Iterable[str], forget_after: float) -> None:
+        """Mark `job_ids` as in a signing process's hands (its task began their message), and
+        forget marks older than `forget_after` seconds (their process died long ago)."""
+        now = time.time()
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(ids), _CHUNK):
+            pipe.zadd(self._keys.in_hand, dict.fromkeys(ids[start : start + _CHUNK], now))
+        pipe.zremrangebyscore(self._keys.in_hand, "-inf", now - forget_after)
+        pipe.execute()
+
+    @translated
+    def drop_in_hand(self, job_ids: Iterable[str]) -> None:
+        """The task that carried `job_ids` ended: they are in a record now, or answered."""
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(ids), _CHUNK):
+            pipe.zrem(self._keys.in_hand, *ids[start : start + _CHUNK])
+        pipe.execute()
+
+    @translated
+    def accounted_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` are somewhere a worker will answer them from: in a record
+        (reserved, issued, refused, failed), or in a signing process's hands."""
+        ids = list(job_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self._keys.job(job_id))
+            pipe.zscore(self._keys.in_hand, job_id)
+        found = pipe.execute()
+        return {
+            job_id for n, job_id in enumerate(ids) if found[2 * n] or found[2 * n + 1] is not None
+        }
 
     @translated
     def job_state(self, job_id: str) -> dict[str, str]:

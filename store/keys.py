@@ -8,10 +8,14 @@ they append each job id, so a batch's ids travel once. This list is the whole sc
 Jobs and records (`store.jobs`):
   P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
                       (sealed by a signer, `worker/issuance/record.py`; until published, failed
-                      or refused), code, message (of a refusal or failure), owner (of an issued
-                      job: the requester it was issued to, who may revoke it)
+                      or refused), holder (of a reserved job: the id of the worker process whose
+                      lease covers it, `store.leases`), code, message (of a refusal or failure),
+                      owner (of an issued job: the requester it was issued to, who may revoke it)
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
+  P:inhand            sorted set: job id -> unix time a signing process began the message that
+                      carries it, until that task ends (a job in a worker's hands before its
+                      record is written); entries older than twice the visibility timeout go
   P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
 Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:certs             hash: serial hex -> certificate PEM
@@ -35,7 +39,7 @@ The CA (`store.ca_chain`):
   P:chain             string: the CA chain PEM handed out with every certificate
 Rate limits and locks (`store.rate_limits`, `store.locks`):
   P:rate:{producer}   hash: tokens, at of a producer's token bucket; expires when full again
-  P:lock:{name}       string: the holder's token of a lock (`recovery`; `crl-schedule`, held
+  P:lock:{name}       string: the holder's token of a lock (`crl-schedule`, held
                       for the CRL interval by the worker process that made its scheduled CRL)
 Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
   P:envelope:{producer}:{nonce}  string: a sealed message done (the replay cache); expires
@@ -43,8 +47,11 @@ Sealed messages and the CA's identity (`store.envelopes`, `store.identity`):
                       that reply list (no reply is pushed for one); expires after 5 minutes
   P:ca                hash: id (SHA-256 of the intermediate's SubjectPublicKeyInfo), name: the
                       CA this key space belongs to, recorded by its first signer
-Workers (`store.workers`):
+Workers (`store.workers`) and their leases (`store.leases`):
   P:workers           hash: queue name -> unix time a worker serving it last started or took a batch
+  P:lease:{worker}    string: a signing process's lease (its id: host, pid and a start nonce),
+                      set with an expiry (PX) that the process renews while it lives; a reserved
+                      job whose holder's lease is gone may be taken over (recovery)
 Figures (`store.metrics`):
   P:metrics           hash: JSON [sample name, labels] -> value the signers added up (counters and
                       histogram buckets, for `casign metrics` and `casign top`)
@@ -80,10 +87,12 @@ class KeySpace:
         "chain",
         "crl_latest",
         "crl_number",
+        "in_hand",
         "index",
         "index_order",
         "instance",
         "job_stem",
+        "lease_stem",
         "metrics",
         "pending",
         "prefix",
@@ -95,8 +104,10 @@ class KeySpace:
     def __init__(self, prefix: str = "casign") -> None:
         self.prefix = prefix.rstrip(":") + ":"
         self.job_stem = self.key("job", "")
+        self.lease_stem = self.key("lease", "")
         self.serials = self.key("serials")
         self.pending = self.key("pending")
+        self.in_hand = self.key("inhand")
         self.certs = self.key("certs")
         self.index = self.key("index")
         self.index_order = self.key("index", "order")
@@ -139,6 +150,9 @@ class KeySpace:
 
     def lock(self, name: str) -> str:
         return self.key("lock", name)
+
+    def lease(self, worker: str) -> str:
+        return self.key("lease", worker)
 
     def envelope(self, producer: str, nonce: str) -> str:
         return self.key("envelope", producer, nonce)

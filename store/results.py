@@ -2,8 +2,8 @@
 
 It holds one part per concern, each owning its keys (all named in `store.keys`):
 `jobs` (records, reservation, publishing), `index` (certificates, index lines, adoption),
-`replies`, `audit`, `ca_chain`, `crls`, `rate_limits`, `locks`, and `health` (eviction policy,
-persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
+`replies`, `audit`, `ca_chain`, `crls`, `rate_limits`, `locks`, `leases` (who holds a reserved
+job), `workers`, and `health` (eviction policy, persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
 below are the entry points callers have always used; each hands over to its part.
 """
 
@@ -24,6 +24,7 @@ from store.health import Fitness, MemoryUse, StoreHealth
 from store.index import CertificateIndex
 from store.jobs import Closure, Failure, Intent, Issued, JobRecords, Refusal, Reservation
 from store.keys import KeySpace
+from store.leases import UNLEASED, Leases, LeaseTerms
 from store.locks import Locks
 from store.metrics import MetricsLedger
 from store.rate_limits import RateLimits
@@ -33,10 +34,12 @@ from store.workers import WorkerBeats
 
 __all__ = [
     "REPLY_TTL_SECONDS",
+    "UNLEASED",
     "Closure",
     "Failure",
     "Intent",
     "Issued",
+    "LeaseTerms",
     "Refusal",
     "Reservation",
     "ResultsStore",
@@ -62,6 +65,7 @@ class ResultsStore:
         self.health = StoreHealth(client)
         self.workers = WorkerBeats(client, self.keys)
         self.metrics = MetricsLedger(client, self.keys)
+        self.leases = Leases(client, self.keys, self.scripts)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "casign") -> ResultsStore:
@@ -91,13 +95,14 @@ class ResultsStore:
     def ping(self) -> bool:
         return bool(self.client.ping())
 
-    def reserve(self, intents: Iterable[Intent]) -> list[Reservation]:
-        """Record each intent before signing: its serial (never reused) and its TBS record.
+    def reserve(self, intents: Iterable[Intent], lease: LeaseTerms = UNLEASED) -> list[Reservation]:
+        """Record each intent before signing: its serial (never reused), its TBS record and
+        the lease that covers it (see `store.leases`).
 
         Refused (Retryable) while the store may evict keys; see `store.health`.
         """
         self.health.guard()
-        return self.jobs.reserve(intents)
+        return self.jobs.reserve(intents, lease)
 
     def publish(
         self,
@@ -138,6 +143,10 @@ class ResultsStore:
     def known_jobs(self, job_ids: Iterable[str]) -> set[str]:
         """Which of `job_ids` the store has a record of (reserved, issued or refused)."""
         return self.jobs.known_jobs(job_ids)
+
+    def accounted_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` are in a record or in a signing process's hands (`JobRecords`)."""
+        return self.jobs.accounted_jobs(job_ids)
 
     def job_state(self, job_id: str) -> dict[str, str]:
         return self.jobs.job_state(job_id)

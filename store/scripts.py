@@ -28,6 +28,9 @@ class Lua(StrEnum):
     COUNTER_RAISE = "counter_raise"
     RATE_TAKE = "rate_take"
     LOCK_RELEASE = "lock_release"
+    CLAIM_EXPIRED = "claim_expired"
+    LEASE_RELEASE = "lease_release"
+    LEASE_END = "lease_end"
 
 
 # Routines a script calls, put in front of its own text when it is loaded. audit.lua holds the

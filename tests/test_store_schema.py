@@ -25,6 +25,7 @@ from store.envelopes import EnvelopeLedger
 from store.identity import CAIdentityRecord
 from store.index import AdoptedEntry
 from store.jobs import Intent
+from store.leases import LeaseTerms
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 from store.scripts import Lua, lua_source
@@ -155,7 +156,11 @@ def test_every_key_written_is_in_the_documented_layout(
         reply_to="layout-producer",
     )
     assert {result.status for result in issued} == {"issued", "refused"}
-    store.reserve([Intent("layout-pending", "0" * 64, format_serial(0x1A7E57), "{}")])
+    store.reserve(
+        [Intent("layout-pending", "0" * 64, format_serial(0x1A7E57), "{}")],
+        LeaseTerms("layout-host:1:abcd", 30),
+    )
+    store.jobs.note_in_hand(["layout-in-hand"], forget_after=60)
     serial = next(result.serial for result in issued if result.serial)
     revocations = RevocationStore(store)
     revocations.revoke(serial, "superseded", request_id="layout-request")

@@ -33,7 +33,6 @@ from worker.access import listed_producer_names
 from worker.cafolder import CAFolder
 from worker.crl_schedule import CRLSchedule
 from worker.folder_sync import FolderSyncThread, index_sync_enabled
-from worker.issuance import BatchSigner
 from worker.live_config import ReloadNotice
 from worker.ocsp_renewal import DelegateRenewal
 from worker.process import (
@@ -42,7 +41,7 @@ from worker.process import (
     SignerSettings,
     StopNotice,
     current_signer_process,
-    recover_once,
+    recover_while_running,
     start_signer_process,
 )
 from worker.producer_queues import ProducerQueueWatcher
@@ -284,13 +283,11 @@ def _open_and_recover(process: SignerProcess) -> None:
         return
     if index_sync_enabled(process.folder):
         FolderSyncThread(process.folder, process.store, process.stop).start()
+    if batch_signer.lease is not None:
+        batch_signer.lease.start()  # renewed while this process lives
     threading.Thread(
-        target=_recover_in_background, args=(batch_signer,), name="casign-recovery", daemon=True
+        target=recover_while_running,
+        args=(batch_signer, process.stop),
+        name="casign-recovery",
+        daemon=True,
     ).start()
-
-
-def _recover_in_background(batch_signer: BatchSigner) -> None:
-    try:
-        recover_once(batch_signer)
-    except SigningError as exc:
-        log.error("recovery of reserved jobs failed (a later worker start retries): %s", exc)

@@ -34,6 +34,7 @@ from worker.cafolder import CAFolder
 from worker.crl import RevokedEntryCache
 from worker.figures import RECOVERED, RETRIES
 from worker.issuance import BatchSigner
+from worker.lease import WorkerLease
 from worker.live_config import Configuration, LiveConfiguration, ReloadNotice
 
 log = logging.getLogger("casign.worker")
@@ -41,7 +42,7 @@ log = logging.getLogger("casign.worker")
 T = TypeVar("T")
 
 DEFAULT_STORE_PREFIX = "casign"
-RECOVERY_LOCK_SECONDS = 60
+RECOVERY_SECONDS = 60  # between recoveries of a signer without a lease
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 _STOP_POLL_SECONDS = 0.1
@@ -203,7 +204,9 @@ class SignerProcess:
             Configuration(access, authority.profiles),
             self.reload,
         )
-        return BatchSigner(authority, store, access)
+        lease = WorkerLease(store)
+        lease.renew()
+        return BatchSigner(authority, store, access, lease)
 
 
 def open_mode_refusal(folder: CAFolder) -> str:
@@ -256,16 +259,27 @@ def current_signer_process() -> SignerProcess | None:
 
 
 def recover_once(batch_signer: BatchSigner) -> None:
-    """Publish jobs a crashed worker reserved but never published; one process at a time."""
-    store = batch_signer.store
-    lock = store.locks.acquire("recovery", RECOVERY_LOCK_SECONDS)
-    if lock is None:
-        return
-    try:
-        recovered = batch_signer.recover_pending()
-        if recovered:
-            log.warning("recovered %d job(s) reserved before a crash", len(recovered))
-            batch_signer.figures.count(RECOVERED, len(recovered))
-            batch_signer.figures.keep_written()
-    finally:
-        lock.release()
+    """Publish jobs a crashed worker reserved but never published (their holder's lease is
+    gone). Several processes may recover at once: each takes a job over in the store before
+    it signs it, so no two sign the same one (a lock held by a process that died would hold
+    every recovery up until it expired)."""
+    if batch_signer.lease is not None:
+        batch_signer.lease.end_gone_neighbours()
+    recovered = batch_signer.recover_pending()
+    if recovered:
+        log.warning("recovered %d job(s) reserved before a crash", len(recovered))
+        batch_signer.figures.count(RECOVERED, len(recovered))
+        batch_signer.figures.keep_written()
+
+
+def recover_while_running(batch_signer: BatchSigner, stop: StopNotice) -> None:
+    """Recover at start, then once every lease period until the worker stops: a worker that
+    died mid-batch has its jobs signed by a live one once its lease expires."""
+    seconds = batch_signer.lease.terms.seconds if batch_signer.lease else RECOVERY_SECONDS
+    while True:
+        try:
+            recover_once(batch_signer)
+        except SigningError as exc:
+            log.error("recovery of reserved jobs failed (tried again in %.0f s): %s", seconds, exc)
+        if stop.wait(seconds):
+            return

@@ -6,13 +6,17 @@ import logging
 
 from pydantic import ValidationError
 
-from core.errors import Retryable
+from core.errors import Retryable, SigningError
 from core.messages import SignBatch, describe_validation_error
-from core.queue import SIGN_BATCH_TASK
+from core.queue import SIGN_BATCH_TASK, visibility_timeout
 from worker.app import app, signer_process
 from worker.process import SignerProcess
 
 log = logging.getLogger("casign.worker")
+
+# A job marked in a worker's hands whose task never ended (its process died) is forgotten after
+# this many visibility timeouts: by then the broker has handed its message out again.
+IN_HAND_FORGET_FACTOR = 2
 
 
 @app.task(name=SIGN_BATCH_TASK, acks_late=True)
@@ -30,14 +34,23 @@ def sign_batch(batch: object) -> int:
         log.error("refused a malformed batch message: %s", describe_validation_error(exc))
         return 0
     process = signer_process()
-    return process.wait_out_outages(
-        lambda: _sign_parsed(process, parsed), f"batch of {len(parsed.jobs)} job(s)"
-    )
+    job_ids = [job["job_id"] for job in parsed.jobs if isinstance(job.get("job_id"), str)]
+    try:
+        return process.wait_out_outages(
+            lambda: _sign_parsed(process, parsed, job_ids), f"batch of {len(parsed.jobs)} job(s)"
+        )
+    finally:
+        _out_of_hand(process, job_ids)
 
 
-def _sign_parsed(process: SignerProcess, parsed: SignBatch) -> int:
-    """Sign a validated batch; Retryable when the key or the store is unavailable now."""
+def _sign_parsed(process: SignerProcess, parsed: SignBatch, job_ids: list[str]) -> int:
+    """Sign a validated batch; Retryable when the key or the store is unavailable now.
+
+    Its jobs are first marked in this process's hands (`P:inhand`), so a producer that finds
+    no record of them yet knows they are neither lost nor waiting in a queue.
+    """
     batch_signer = process.task_signer()
+    batch_signer.store.jobs.note_in_hand(job_ids, IN_HAND_FORGET_FACTOR * visibility_timeout())
     try:
         results = batch_signer.sign_batch(parsed.jobs, parsed.reply_to, parsed.envelope)
     except Retryable:
@@ -47,3 +60,12 @@ def _sign_parsed(process: SignerProcess, parsed: SignBatch) -> int:
         batch_signer.report_failure(parsed.jobs, parsed.reply_to, exc)
         return 0
     return len(results)
+
+
+def _out_of_hand(process: SignerProcess, job_ids: list[str]) -> None:
+    """The task ends: its jobs are in records or answered (a mark left by a store outage is
+    forgotten after IN_HAND_FORGET_FACTOR visibility timeouts)."""
+    try:
+        process.signer().store.jobs.drop_in_hand(job_ids)
+    except SigningError as exc:
+        log.warning("could not clear %d job(s) in hand: %s", len(job_ids), exc)

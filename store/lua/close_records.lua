@@ -15,7 +15,7 @@ for i = 2, #ARGV, 4 do
     if redis.call('HGET', key, 'state') == 'reserved' then
       redis.call('HSET', key, 'state', 'refused', 'code', ARGV[i + 2], 'message', ARGV[i + 3])
     end
-    redis.call('HDEL', key, 'record')
+    redis.call('HDEL', key, 'record', 'holder')
     redis.call('SREM', pending, job_id)
     out[#out + 1] = 1
   else

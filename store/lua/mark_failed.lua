@@ -14,7 +14,7 @@ for i = 2, #ARGV, 4 do
   if not found[1] or (found[1] == 'reserved' and found[2] == fingerprint) then
     redis.call('HSET', key, 'state', 'failed', 'fingerprint', fingerprint, 'code', ARGV[i + 2],
                'message', ARGV[i + 3])
-    redis.call('HDEL', key, 'record')
+    redis.call('HDEL', key, 'record', 'holder')
     redis.call('SREM', pending, job_id)
     out[#out + 1] = 1
   else

@@ -34,7 +34,7 @@ for n = 1, issued_count do
     redis.call('HSET', serials, serial, job_id)
     redis.call('HSET', key, 'state', 'issued', 'serial', serial, 'fingerprint', fingerprint)
     if ARGV[a + 6] ~= '' then redis.call('HSET', key, 'owner', ARGV[a + 6]) end
-    redis.call('HDEL', key, 'record')
+    redis.call('HDEL', key, 'record', 'holder')
     redis.call('HSET', certs, serial, pem)
     redis.call('HSET', index, serial, line)
     redis.call('RPUSH', order, serial)

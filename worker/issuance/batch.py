@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
@@ -14,8 +15,9 @@ from cryptography import x509
 from core.audit import audit_line
 from core.errors import RefusalCode, Rejected, Retryable
 from core.messages import Envelope, JobResult, parse_sign_request
+from core.queue import visibility_timeout
 from store.envelopes import EnvelopeLedger
-from store.results import Refusal, ResultsStore
+from store.results import UNLEASED, LeaseTerms, Refusal, ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
 from worker.figures import (
@@ -27,13 +29,16 @@ from worker.figures import (
     backend_name,
 )
 from worker.issuance.failures import FailedJob, close_failed, failure_message
+from worker.issuance.pace import SigningPace
 from worker.issuance.record import Applicant, IssuanceRecord
 from worker.issuance.recovery import recover_pending_records
 from worker.issuance.steps import (
     Admitted,
     Answered,
     Authenticated,
+    Built,
     Decided,
+    Left,
     Received,
     Refused,
     Reserved,
@@ -51,6 +56,7 @@ from worker.issuance.steps import (
     verify,
     within_rate,
 )
+from worker.lease import WorkerLease
 from worker.lint import prepare as prepare_linters
 from worker.profiles import Profile, ProfileSet
 
@@ -73,17 +79,27 @@ Held = TypeVar("Held", bound=_Recorded)
 
 
 class BatchSigner:
-    """Signs batches of jobs for one authority, publishing each batch in one round trip."""
+    """Signs batches of jobs for one authority, publishing each chunk in one round trip.
+
+    With a `lease` (a worker process's), every job it reserves is held under it, a job held
+    under another live process's lease is left to that process, and no signature is begun once
+    the lease may have lapsed. Without one (tests, `casign recover`) its reservations are held
+    by no one, so any recovery may take them.
+    """
 
     def __init__(
         self,
         authority: SigningAuthority,
         store: ResultsStore,
         access: AccessPolicy | None = None,
+        lease: WorkerLease | None = None,
+        pace: SigningPace | None = None,
     ) -> None:
         self.authority = authority
         self.store = store
         self.access = access
+        self.lease = lease
+        self.pace = pace or SigningPace(visibility_timeout())
         self.ledger = EnvelopeLedger(store)
         self.figures = SignerFigures(store.metrics, backend_name(authority.key))
         # The throwaway key and pkilint's validators, once per process, before the first job.
@@ -123,7 +139,16 @@ class BatchSigner:
             )  # 1
         except Rejected as refusal:
             return self._refuse_whole_batch(jobs, reply_to, envelope, refusal)
-        results = self._issue(batch, self.authority.profiles)
+        self.pace.warn_if_long(len(jobs))
+        results: list[JobResult] = []
+        done = 0
+        while done < len(jobs):  # in chunks that each finish well inside the visibility timeout
+            chunk = batch.jobs[done : done + self.pace.chunk_jobs()]
+            began = time.monotonic()
+            moment = batch.now if done == 0 else datetime.now(UTC)
+            results += self._issue(replace(batch, jobs=chunk, now=moment), self.authority.profiles)
+            self.pace.note(len(chunk), time.monotonic() - began)
+            done += len(chunk)
         if remember_envelope and batch.producer is not None and batch.envelope is not None:
             self.ledger.remember(
                 batch.producer.name, batch.envelope.nonce, batch.envelope.expires_at
@@ -152,15 +177,27 @@ class BatchSigner:
         linted = jobs.refusing(built, lambda job: lint(job, authority))  # 5
         clock.lap("lint")
         authority.check_own_chain(batch.now)
-        reserved = jobs.settle(reserve(linted, store, authority))  # 6
+        reserved = jobs.settle(self._reserve(linted))  # 6
         clock.lap("reserve")
-        signed = jobs.failing(reserved, lambda job: sign(job, authority))  # 7
-        clock.lap("sign")
-        verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
-        clock.lap("verify")
-        jobs.publish(verified, store)  # 9
-        clock.lap("publish")
-        self._count(jobs, verified, clock)
+        try:
+            signed = jobs.failing(reserved, lambda job: sign(job, authority), self.lease)  # 7
+            clock.lap("sign")
+            verified = jobs.failing(signed, lambda job: verify(job, authority, batch.now))  # 8
+            clock.lap("verify")
+            jobs.publish(verified, store)  # 9
+            clock.lap("publish")
+            self._count(jobs, verified, clock)
+        finally:
+            if self.lease is not None:
+                self.lease.drop(job.job_id for job in reserved)
+        if jobs.unsigned and self.lease is not None:
+            # Published what was signed; the rest goes to whoever holds a lease next (this
+            # process, when its task tries the batch again, or another's recovery).
+            store.leases.release(self.lease.holder, jobs.unsigned)
+            raise Retryable(
+                f"this worker's lease lapsed (store unreachable?) before {len(jobs.unsigned)} "
+                "reserved job(s) were signed; they are left unsigned for a holder of a lease"
+            )
         return jobs.results()
 
     def _count(self, jobs: _BatchJobs, verified: Sequence[Verified], clock: StepClock) -> None:
@@ -172,6 +209,34 @@ class BatchSigner:
         figures.observe(BATCH_JOBS, len(jobs.order), BATCH_BUCKETS)
         figures.steps(clock, len(jobs.order))
         figures.keep_written()
+
+    def _reserve(self, linted: Sequence[Built]) -> list[Reserved | Answered | Refused | Left]:
+        """Step 6 under this signer's lease; the reservation renews the lease too."""
+        sent = time.monotonic()
+        outcomes = reserve(linted, self.store, self.authority, self.lease_terms)
+        if self.lease is None:
+            return outcomes
+        self.lease.renewed(sent)
+        held = {o.job_id for o in outcomes if isinstance(o, Left)}
+        if held and self.lease.end_gone_neighbours():
+            # Held by a process of this host that died (its batch comes straight back): take
+            # those jobs now rather than after its lease.
+            retry = [job for job in linted if job.job_id in held]
+            again = {
+                o.job_id: o for o in reserve(retry, self.store, self.authority, self.lease_terms)
+            }
+            outcomes = [again.get(o.job_id, o) for o in outcomes]
+        # A job this process holds already may be in another of its threads' hands (the
+        # recovery's, or another batch's): left to that thread.
+        taken = self.lease.take(o.job_id for o in outcomes if isinstance(o, Reserved))
+        return [
+            Left(o.job_id) if isinstance(o, Reserved) and o.job_id not in taken else o
+            for o in outcomes
+        ]
+
+    @property
+    def lease_terms(self) -> LeaseTerms:
+        return self.lease.terms if self.lease is not None else UNLEASED
 
     def _refuse_whole_batch(
         self,
@@ -239,7 +304,7 @@ class BatchSigner:
     def recover_pending(self) -> list[JobResult]:
         """Sign and publish every job that was reserved but never published (after a crash),
         once its record proves a signer's and its request passes admission again."""
-        return recover_pending_records(self.authority, self.store, self.access)
+        return recover_pending_records(self.authority, self.store, self.access, self.lease)
 
 
 def _refused(job_id: str, refusal: Rejected) -> JobResult:
@@ -258,6 +323,8 @@ class _BatchJobs:
     audit: list[str] = field(default_factory=list)
     failed: list[FailedJob] = field(default_factory=list)
     refused_codes: list[str] = field(default_factory=list)
+    left: set[str] = field(default_factory=set)  # held under another live process's lease
+    unsigned: list[str] = field(default_factory=list)  # reserved here, not signed: lease lapsed
 
     def receive(self, raw_jobs: Iterable[object]) -> list[Received]:
         """Each job's message validated once; a malformed one refused, a twin in the batch skipped."""
@@ -316,23 +383,45 @@ class _BatchJobs:
             self.refuse(job.job_id, job.refusal, job.recorded)
         return granted
 
-    def settle(self, outcomes: Sequence[Reserved | Answered | Refused]) -> list[Reserved]:
-        """The reserved jobs; the others take the answer or refusal the store gave them."""
+    def settle(self, outcomes: Sequence[Reserved | Answered | Refused | Left]) -> list[Reserved]:
+        """The reserved jobs; the others take the answer or refusal the store gave them, or are
+        left to the live process that holds them (it answers them when it publishes)."""
         reserved: list[Reserved] = []
+        left = [outcome.job_id for outcome in outcomes if isinstance(outcome, Left)]
+        if left:
+            log.warning(
+                "%d job(s) of this batch are being signed by another worker (held under its "
+                "lease); left to it",
+                len(left),
+            )
+            self.left.update(left)
         for outcome in outcomes:
             if isinstance(outcome, Reserved):
                 reserved.append(outcome)
+            elif isinstance(outcome, Left):
+                continue
             elif isinstance(outcome, Answered):
                 self.answers[outcome.job_id] = outcome.result
             else:
                 self.refuse(outcome.job_id, outcome.refusal, outcome.recorded)
         return reserved
 
-    def failing(self, jobs: Sequence[Held], step: Callable[[Held], Out]) -> list[Out]:
+    def failing(
+        self,
+        jobs: Sequence[Held],
+        step: Callable[[Held], Out],
+        lease: WorkerLease | None = None,
+    ) -> list[Out]:
         """`step` applied to each reserved job; one that raises fails alone (Retryable does not:
-        the whole batch is tried again)."""
+        the whole batch is tried again). With `lease`, no job is begun once the lease may have
+        lapsed: those left are `unsigned`."""
         kept: list[Out] = []
-        for job in jobs:
+        for n, job in enumerate(jobs):
+            if lease is not None and not lease.held():
+                self.unsigned = [held.record.job_id for held in jobs[n:]]
+                self.left.update(self.unsigned)
+                log.error("this worker's lease lapsed: %d job(s) left unsigned", len(jobs) - n)
+                break
             try:
                 kept.append(step(job))
             except Retryable:
@@ -363,7 +452,7 @@ class _BatchJobs:
             )
 
     def results(self) -> list[JobResult]:
-        return [self._stamped(job_id) for job_id in self.order]
+        return [self._stamped(job_id) for job_id in self.order if job_id not in self.left]
 
     def _stamped(self, job_id: str) -> JobResult:
         result = self.answers[job_id]

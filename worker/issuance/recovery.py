@@ -9,6 +9,11 @@ the rights the producer it names has in producers.toml now; a producer since rem
 (never tried again, kept for later deliveries of the job), audited once and logged; a refused
 genuine record is answered on its reply list, a forged one on none (its reply list is the
 forger's word).
+
+Only a record whose holder's lease is gone is taken (`store.leases`): a worker that starts, or
+looks again every lease period, while another signs a long batch leaves that batch's records
+to it. A record is taken over in the store before it is signed, so two recoveries never sign
+the same one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datetime import UTC, datetime
 from core.audit import audit_line
 from core.errors import RefusalCode, Rejected, Retryable
 from core.messages import JobResult, SignRequest
-from store.results import Closure, ResultsStore
+from store.results import UNLEASED, Closure, ResultsStore
 from worker.access import AccessPolicy
 from worker.authority import SigningAuthority
 from worker.issuance.failures import FailedJob, close_failed
@@ -35,56 +40,94 @@ from worker.issuance.steps import (
     sign,
     verify,
 )
+from worker.lease import WorkerLease
 from worker.policy import san_text
 
 log = logging.getLogger("casign.issuance")
 
 _DAY_SECONDS = 86400
+# Records taken over per store call.
+CLAIM_JOBS = 200
 
 
 def recover_pending_records(
-    authority: SigningAuthority, store: ResultsStore, access: AccessPolicy | None
+    authority: SigningAuthority,
+    store: ResultsStore,
+    access: AccessPolicy | None,
+    lease: WorkerLease | None = None,
 ) -> list[JobResult]:
-    """Steps 7, 8 and 9 for every pending record the checks above admit, exactly as stored,
-    each published alone; returns the certificates issued.
+    """Steps 7, 8 and 9 for every pending record whose holder's lease is gone (or that has no
+    holder) that the checks above admit, exactly as stored, each published alone; returns the
+    certificates issued.
 
-    `access` is the signer's producers.toml (None: an open signer, whose records name no
-    producer to hold to). A record that fails to sign or verify is closed as `failed` and
-    answered so (and logged); a Retryable (store or HSM unavailable) stops the recovery, which
-    the next start takes up.
+    Each record is first taken over under `lease` (this process's; None: held by no one), so
+    no other recovery signs it meanwhile; a record held under a live lease, this process's own
+    included, is left to its holder. `access` is the signer's producers.toml (None: an open
+    signer, whose records name no producer to hold to). A record that fails to sign or verify
+    is closed as `failed` and answered so (and logged); a Retryable (store or HSM unavailable,
+    or this process's lease lapsed) stops the recovery, which the next round takes up.
     """
     recovered: list[JobResult] = []
-    for job_id, text in store.pending_records():
-        now = datetime.now(UTC)
+    terms = lease.terms if lease is not None else UNLEASED
+    seen: set[str] = set()
+    while True:
+        claimed = [
+            (j, t) for j, t in store.leases.claim_expired(terms, CLAIM_JOBS) if j not in seen
+        ]
+        if not claimed:
+            return recovered
+        seen.update(job_id for job_id, _ in claimed)
+        if lease is not None:  # not one a batch of this process is signing
+            taken = lease.take(job_id for job_id, _ in claimed)
+            claimed = [(job_id, text) for job_id, text in claimed if job_id in taken]
         try:
-            stored = StoredRecord.opened(text, job_id, authority.record_key, store.prefix)
-        except Rejected as refusal:
-            _refuse_forged(job_id, text, refusal, store, now)
-            continue
-        try:
-            record = readmitted(stored, authority, access, now)
-        except Rejected as refusal:
-            _refuse_genuine(stored, text, refusal, store, now)
-            continue
-        try:
-            verified = verify(sign(Reserved.stored(record, authority), authority), authority, now)
-        except Retryable:
-            raise
-        except Exception as exc:
-            log.exception("recovery of job %s failed", record.job_id)
-            replies, audit = close_failed([FailedJob.of_record(record, exc)], store, now)
-            publish([], Decided(replies=replies, audit=audit), store, record.reply_to, now)
-            continue
-        (issued,) = publish([verified], Decided(), store, record.reply_to, now)
-        recovered.append(
-            JobResult(
-                job_id=issued.job_id,
-                status="issued",
-                serial=issued.serial,
-                certificate_pem=issued.certificate_pem,
-            )
-        )
-    return recovered
+            for n, (job_id, text) in enumerate(claimed):
+                if lease is not None and not lease.held():
+                    store.leases.release(lease.holder, [left for left, _ in claimed[n:]])
+                    raise Retryable("this worker's lease lapsed during recovery; the rest waits")
+                issued = _recover_one(job_id, text, authority, store, access)
+                if issued is not None:
+                    recovered.append(issued)
+        finally:
+            if lease is not None:
+                lease.drop(job_id for job_id, _ in claimed)
+
+
+def _recover_one(
+    job_id: str,
+    text: str,
+    authority: SigningAuthority,
+    store: ResultsStore,
+    access: AccessPolicy | None,
+) -> JobResult | None:
+    """Sign, verify and publish one record taken over, or close it; the issued result."""
+    now = datetime.now(UTC)
+    try:
+        stored = StoredRecord.opened(text, job_id, authority.record_key, store.prefix)
+    except Rejected as refusal:
+        _refuse_forged(job_id, text, refusal, store, now)
+        return None
+    try:
+        record = readmitted(stored, authority, access, now)
+    except Rejected as refusal:
+        _refuse_genuine(stored, text, refusal, store, now)
+        return None
+    try:
+        verified = verify(sign(Reserved.stored(record, authority), authority), authority, now)
+    except Retryable:
+        raise
+    except Exception as exc:
+        log.exception("recovery of job %s failed", record.job_id)
+        replies, audit = close_failed([FailedJob.of_record(record, exc)], store, now)
+        publish([], Decided(replies=replies, audit=audit), store, record.reply_to, now)
+        return None
+    (issued,) = publish([verified], Decided(), store, record.reply_to, now)
+    return JobResult(
+        job_id=issued.job_id,
+        status="issued",
+        serial=issued.serial,
+        certificate_pem=issued.certificate_pem,
+    )
 
 
 def readmitted(

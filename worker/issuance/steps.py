@@ -27,7 +27,16 @@ from core.errors import IssuanceFault, RefusalCode, Rejected, Retryable
 from core.index import IndexEntry, Status, openssl_oneline
 from core.messages import Envelope, JobResult, SignRequest, parse_sign_request
 from store.envelopes import EnvelopeLedger
-from store.results import Closure, Intent, Issued, Refusal, Reservation, ResultsStore
+from store.results import (
+    UNLEASED,
+    Closure,
+    Intent,
+    Issued,
+    LeaseTerms,
+    Refusal,
+    Reservation,
+    ResultsStore,
+)
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.issuance.record import Applicant, IssuanceRecord, StoredRecord, draw_serial
@@ -349,19 +358,31 @@ class Answered:
         return self.result.job_id
 
 
-def reserve(
-    built: Sequence[Built], store: ResultsStore, authority: SigningAuthority
-) -> list[Reserved | Answered | Refused]:
-    """Step 6: store every record, sealed, before it is signed, in one round trip per draw.
+@dataclass(frozen=True, slots=True)
+class Left:
+    """A job another live signing process holds under its lease: it answers it, not us."""
 
-    A serial found taken is drawn again; a job the store knows is settled from what it holds.
+    job_id: str
+
+
+def reserve(
+    built: Sequence[Built],
+    store: ResultsStore,
+    authority: SigningAuthority,
+    lease: LeaseTerms = UNLEASED,
+) -> list[Reserved | Answered | Refused | Left]:
+    """Step 6: store every record, sealed, before it is signed, in one round trip per draw,
+    held under `lease` (this process's; see `store.leases`).
+
+    A serial found taken is drawn again; a job the store knows is settled from what it holds;
+    a job reserved under another process's live lease is left to that process.
     An earlier delivery's record is signed only if the signers' MAC over it verifies and its
     profile is still the CA's; else the job is refused and closed in the store (one more round
     trip), so that neither a redelivery nor recovery signs it. Raise Retryable when serials keep
     colliding (or the store is unavailable).
     """
     waiting = {job.job_id: job for job in built}
-    settled: dict[str, Reserved | Answered | Refused] = {}
+    settled: dict[str, Reserved | Answered | Refused | Left] = {}
     unusable: list[Closure] = []
     for _ in range(MAX_SERIAL_DRAWS):
         if not waiting:
@@ -380,8 +401,11 @@ def reserve(
             for job in waiting.values()
         ]
         redraw: dict[str, Built] = {}
-        for reservation in store.reserve(intents):
+        for reservation in store.reserve(intents, lease):
             job = waiting[reservation.job_id]
+            if reservation.state == "leased":
+                settled[job.job_id] = Left(job.job_id)
+                continue
             if reservation.state == "serial_taken":
                 record = replace(job.record, serial=draw_serial())
                 redraw[job.job_id] = Built(
