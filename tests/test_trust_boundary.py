@@ -994,6 +994,41 @@ def test_the_rules_name_the_installed_kombus_keys() -> None:
     ) == KOMBU_CONSUMER_KEYS
 
 
+def test_status_as_a_producer_user_tells_the_job_and_names_the_right_it_lacks(
+    boundary: Boundary,
+) -> None:
+    """`casign status` on a producer's Redis user: a job's state from the store; for a job no
+    worker recorded, the queue's depth and why its messages cannot be searched (that user may
+    not read them), not "the broker is not Redis"."""
+    with boundary.producer("web") as producer:
+        job_id = producer.submit(make_csr("status.example.com"), profile="server_cert")
+        (result,) = _collect(producer, [job_id]).values()
+    user = boundary.users["web"]
+    env = {
+        "CASIGN_BROKER_URL": boundary.redis.broker_url(user),
+        "CASIGN_STORE_URL": boundary.redis.store_url(user),
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+    }
+    try:
+        issued = run_casign("status", job_id, env=env)
+        assert issued.returncode == 0, issued.stderr
+        assert issued.stdout == f"{job_id}: issued, serial {result.serial}\n"
+
+        unknown = run_casign("status", "never-sent", env=env)
+        assert unknown.returncode == 1, unknown.stderr
+        assert "is not Redis" not in unknown.stdout
+        assert f"the broker's Redis user {user!r} may not read the queue's messages" in (
+            unknown.stdout
+        )
+        assert f"queue {boundary.scope.queue!r} holds 0 message(s)" in unknown.stdout
+        assert boundary.redis.passwords[user] not in unknown.stdout + unknown.stderr
+    finally:
+        # The refused reads of the queue stay out of what the other tests read in ACL LOG.
+        with boundary.redis.admin() as admin:
+            admin.acl_log_reset()
+
+
 def _casign(
     *arguments: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
