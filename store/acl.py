@@ -101,6 +101,13 @@ def reply_list_name(producer: str | None) -> str:
     return f"{producer}:{random}" if producer else random
 
 
+def owns_reply_list(producer: str, reply_to: str) -> bool:
+    """Whether `reply_to` is one of `producer`'s reply lists (`PRODUCER:RANDOM`): the lists
+    its Redis user may pop, `P:reply:PRODUCER:*`, and no other producer's."""
+    owner, colon, rest = reply_to.partition(":")
+    return bool(colon) and bool(rest) and owner == producer
+
+
 def glob_escape(text: str) -> str:
     """`text` as a Redis glob that matches it literally."""
     return _GLOB_SPECIAL.sub(r"\\\1", text)

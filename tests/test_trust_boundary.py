@@ -63,6 +63,7 @@ from store.acl import (
     KeyScope,
     Role,
     rabbitmq_permissions,
+    reply_list_name,
     role_user,
 )
 from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
@@ -333,7 +334,7 @@ def test_records_a_planted_reserved_record_is_refused_by_its_mac(
         genuine = records.stored_record(job_id)
         records.plant(job_id, fingerprint, 1 << 100, altered_record(records.authority, genuine))
 
-    results = records.submit([request], "hr-portal", reply_to="hr-replies")
+    results = records.submit([request], "hr-portal", reply_to="hr-portal:replies")
 
     assert_closed_refused(records, job_id, RECORD_INVALID, results[job_id])
     assert "record" in (results[job_id].message or "")
@@ -412,13 +413,13 @@ def test_records_a_record_whose_stored_profile_json_was_altered_is_refused(
     """web-frontend's genuine record, its profile rewritten in the store to sign for anything."""
     job_id = records_id("profile")
     request = job(job_id, make_csr("www.example.com"), profile="server_cert")
-    records.reserve_only([request], "web-frontend", reply_to="web-replies")
+    records.reserve_only([request], "web-frontend", reply_to="web-frontend:replies")
     data = json.loads(records.stored_record(job_id))
     data["profile"] = escalating_profile(records.authority)
     records.store.client.hset(records.store.job_key(job_id), "record", json.dumps(data))
 
     if path == "redelivery":
-        result = records.submit([request], "web-frontend", reply_to="web-replies")[job_id]
+        result = records.submit([request], "web-frontend", reply_to="web-frontend:replies")[job_id]
     else:
         assert records.signer().recover_pending() == []
         result = None
@@ -433,7 +434,7 @@ def test_records_a_profile_changed_between_reserve_and_sign_is_refused(
     """profiles.toml changed under a reserved record: the record's profile is not the CA's now."""
     job_id = records_id("changed")
     request = job(job_id, make_csr("www.example.com"), profile="server_cert")
-    records.reserve_only([request], "web-frontend", reply_to="web-replies")
+    records.reserve_only([request], "web-frontend", reply_to="web-frontend:replies")
     offered = {
         name: records.authority.profiles.get(name) for name in records.authority.profiles.names
     }
@@ -445,10 +446,12 @@ def test_records_a_profile_changed_between_reserve_and_sign_is_refused(
     changed = records.signer(profiles=ProfileSet({n: p for n, p in offered.items() if p}))
 
     if path == "redelivery":
-        result = records.submit([request], "web-frontend", "web-replies", signer=changed)[job_id]
+        result = records.submit([request], "web-frontend", "web-frontend:replies", signer=changed)[
+            job_id
+        ]
     else:
         assert changed.recover_pending() == []
-        (result,) = records.store.wait_replies("web-replies", timeout=2)
+        (result,) = records.store.wait_replies("web-frontend:replies", timeout=2)
 
     assert_closed_refused(records, job_id, PROFILE_CHANGED, result)
     assert "server_cert" in (result.message or "")
@@ -469,11 +472,11 @@ def test_records_recovery_admits_again_and_refuses_what_policy_now_refuses(
     """hr-portal's genuine pending record, its rights in producers.toml changed since."""
     job_id = records_id("readmit")
     request = job(job_id, make_csr("alice@example.com"), profile="usr_cert")
-    records.reserve_only([request], "hr-portal", reply_to="hr-replies")
+    records.reserve_only([request], "hr-portal", reply_to="hr-portal:replies")
 
     assert records.signer(records.access(**rights)).recover_pending() == []
 
-    (reply,) = records.store.wait_replies("hr-replies", timeout=2)
+    (reply,) = records.store.wait_replies("hr-portal:replies", timeout=2)
     assert_closed_refused(records, job_id, code, reply)
     (line,) = records.audit_of(job_id)
     assert (line["event"], line["reason"], line["requester"]) == ("refused", code, "hr-portal")
@@ -484,7 +487,7 @@ def test_records_recovery_signs_a_genuine_record_its_producer_may_still_have(
 ) -> None:
     job_id = records_id("genuine")
     request = job(job_id, make_csr("alice@example.com"), profile="usr_cert")
-    records.reserve_only([request], "hr-portal", reply_to="hr-replies")
+    records.reserve_only([request], "hr-portal", reply_to="hr-portal:replies")
 
     (recovered,) = records.signer().recover_pending()
 
@@ -1709,6 +1712,78 @@ def test_a_certificate_for_another_key_is_reported_untrusted(
         assert _certificates(producer.chain_pem() or "") == _certificates(ca_folder.chain_pem())
 
 
+# Reply lists: a sealed message's answers go to a list of its own producer's (`NAME:...`, the
+# lists its Redis user pops), never to another producer's.
+
+FOREIGN_REPLY_LIST = RefusalCode.AUTH_FOREIGN_REPLY_LIST
+
+
+def test_a_batch_sealed_for_another_producers_reply_list_is_refused(
+    records: RecordsSigner,
+) -> None:
+    """web-frontend seals a batch whose answers would go to hr-portal's list: one audit line,
+    nothing under the job ids, no reply and no note on hr-portal's list."""
+    hr_list = reply_list_name("hr-portal")
+    job_ids = [records_id("misdirected") for _ in range(3)]
+    jobs = [job(job_id, make_csr(f"{job_id}.example.com")) for job_id in job_ids]
+    before = len(list(records.store.audit_entries()))
+
+    results = records.submit(jobs, "web-frontend", reply_to=hr_list)
+
+    assert {(r.status, r.code) for r in results.values()} == {("refused", FOREIGN_REPLY_LIST)}
+    assert "not its own" in results[job_ids[0]].message
+    assert all(records.store.job_state(job_id) == {} for job_id in job_ids)
+    assert records.store.wait_replies(hr_list, timeout=0.2) == []
+    assert EnvelopeLedger(records.store).refusal_note(hr_list) is None
+    lines = [json.loads(e.partition(" ")[2]) for e in list(records.store.audit_entries())[before:]]
+    assert [(line["reason"], line["claimed_by"]) for line in lines] == [
+        (FOREIGN_REPLY_LIST, "web-frontend")
+    ]
+    # The same jobs sealed for a list of web-frontend's own are issued.
+    own = reply_list_name("web-frontend")
+    assert {r.status for r in records.submit(jobs, "web-frontend", reply_to=own).values()} == {
+        "issued"
+    }
+    assert len(records.store.wait_replies(own, timeout=2)) == len(jobs)
+
+
+def test_a_revocation_sealed_for_another_producers_reply_list_is_refused(
+    records: RecordsSigner,
+) -> None:
+    """The same for a revocation: nothing revoked, one audit line, nothing on hr-portal's list."""
+    request = job(records_id("revocable"), make_csr("revocable.example.com"))
+    (issued,) = records.submit(
+        [request], "web-frontend", reply_to=reply_list_name("web-frontend")
+    ).values()
+    assert issued.ok and issued.serial is not None
+    hr_list = reply_list_name("hr-portal")
+    revocation = RevokeRequest(
+        request_id=uuid.uuid4().hex, serial=issued.serial, reason="superseded", reply_to=hr_list
+    )
+    envelope = seal(
+        records.secrets["web-frontend"],
+        MessageKind.REVOKE,
+        producer="web-frontend",
+        ca=ca_identity(records.authority.intermediate),
+        queue=SIGN_QUEUE,
+        reply_to=hr_list,
+        payload=revocation.sealed_payload(),
+    )
+    sealed = revocation.model_copy(update={"envelope": envelope}).model_dump()
+    revocations = RevocationStore(records.store)
+    before = len(list(records.store.audit_entries()))
+
+    assert handle_revoke(sealed, revocations, records.access()) is None
+
+    assert records.store.index_entry(issued.serial).status is Status.VALID  # type: ignore[union-attr]
+    assert records.store.wait_replies(hr_list, timeout=0.2) == []
+    assert EnvelopeLedger(records.store).refusal_note(hr_list) is None
+    lines = [json.loads(e.partition(" ")[2]) for e in list(records.store.audit_entries())[before:]]
+    assert [(line["reason"], line["claimed_by"]) for line in lines] == [
+        (FOREIGN_REPLY_LIST, "web-frontend")
+    ]
+
+
 # Revocation rights: a producer revokes what it obtained; the OCSP delegate only the operator.
 
 
@@ -1716,7 +1791,7 @@ def _seal_revocation(
     name: str, secret: bytes, ca: str, serial: str, reason: str
 ) -> dict[str, object]:
     request = RevokeRequest(
-        request_id=uuid.uuid4().hex, serial=serial, reason=reason, reply_to=f"{name}-replies"
+        request_id=uuid.uuid4().hex, serial=serial, reason=reason, reply_to=f"{name}:replies"
     )
     envelope = seal(
         secret,
@@ -1754,10 +1829,10 @@ def test_a_producer_revokes_only_what_it_obtained_and_never_the_ocsp_delegate(
         producer="web",
         ca=ca,
         queue=PRODUCER_QUEUE,
-        reply_to="web-replies",
+        reply_to="web:replies",
         payload=jobs,
     )
-    (issued,) = BatchSigner(authority, store, access).sign_batch(jobs, "web-replies", envelope)
+    (issued,) = BatchSigner(authority, store, access).sign_batch(jobs, "web:replies", envelope)
     assert issued.ok and issued.serial is not None
     serial = issued.serial
     revocations = RevocationStore(store)
