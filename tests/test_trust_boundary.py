@@ -1113,6 +1113,44 @@ def test_producer_add_then_remove_through_the_admin_url(
         assert user not in admin.acl_users()
 
 
+BAD_ENTRIES = [
+    (("--profiles", "server_cert,no_such_profile"), "'no_such_profile' is not a profile of"),
+    (("--names", "*.example.com,ab*.example.com"), "name pattern 'ab*.example.com' is not"),
+    (("--rate", "nan"), "rate_per_second: Input should be a finite number"),
+    (("--rate", "inf"), "rate_per_second: Input should be a finite number"),
+    (("--burst", "20"), "--burst needs --rate"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "sentence"), BAD_ENTRIES, ids=["profile", "names", "nan-rate", "inf-rate", "burst"]
+)
+def test_producer_add_refuses_a_bad_entry_before_it_writes_anything(
+    boundary: Boundary, acl_redis: AclRedis, flags: tuple[str, ...], sentence: str
+) -> None:
+    folder = boundary.folder
+    listed = folder.producers_path.read_bytes()
+    secrets_dir = folder.intermediate / "private" / "producers"
+    before = sorted(secrets_dir.iterdir()) if secrets_dir.exists() else []
+    env = {
+        "CASIGN_REDIS_ADMIN_URL": acl_redis.admin_url,
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+    }
+    added = _casign(
+        "producer", "add", "sloppy", "--ca", folder.root, "--store", f"unix://{acl_redis.socket}",
+        *flags, env=env,
+    )  # fmt: skip
+    assert added.returncode == 2, added.stdout + added.stderr
+    assert sentence in added.stderr
+    assert len(added.stderr.strip().splitlines()) == 1, added.stderr
+    assert added.stdout == ""
+    assert folder.producers_path.read_bytes() == listed
+    assert (sorted(secrets_dir.iterdir()) if secrets_dir.exists() else []) == before
+    with acl_redis.admin() as admin:
+        assert boundary.scope.user_name(Role.PRODUCER, "sloppy") not in admin.acl_users()
+
+
 def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: Path) -> None:
     folder = init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
     added = _casign(
