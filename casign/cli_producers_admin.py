@@ -105,7 +105,7 @@ class UserTarget:
         # The embedded Redis keeps its open default user (its socket is the owner's alone); a
         # file for another Redis is read by that server's own user and holds hashes only.
         mode = EMBEDDED_ACL_FILE_MODE if self.embedded else SHARED_ACL_FILE_MODE
-        write_user_line(self.acl_file, name, line, mode, default_off=not self.embedded)
+        write_user_line(self.acl_file, name, line, mode, lock_default=not self.embedded)
 
     def _persist(self) -> None:
         """Have a running server keep its users; not needed where this command wrote the file."""
@@ -132,7 +132,8 @@ def _target_options(function: F) -> F:
             "--acl-file",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
-            help="Write the user into this Redis ACL file (a new one begins `user default off`).",
+            help="Write the user into this Redis ACL file (a new one begins with a default user "
+            "no client can log in as).",
         ),
     ]
     for option in reversed(options):

@@ -73,6 +73,7 @@ from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
 from tests.casign_cli import CASIGN, run_casign
 from tests.csrs import job, make_csr
+from tests.faults import OwnedRedis
 from tests.ocsp_responder import running_responder
 from tests.openssl_cli import openssl
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON
@@ -1416,7 +1417,7 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     kept = [path.name for path in (tmp_path / "state").rglob("*") if path.is_file()]
     assert not [name for name in kept if "root" in name and "pass" in name], kept
     acl_text = (tmp_path / "acl" / "users.acl").read_text()
-    assert acl_text.startswith("user default off\n")
+    assert re.match(r"user default on #[0-9a-f]{64} ~\* &\* \+@all\n", acl_text), acl_text
     for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
         assert f"\nuser {user} " in acl_text
     for env_file in (
@@ -1475,6 +1476,38 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_script_writes_outlive_a_kill_on_a_redis_loading_the_acl_file_casign_writes(
+    tmp_path: Path, authority: SigningAuthority
+) -> None:
+    """Redis replays its AOF as the default user and (redis/redis#14541, 7.0.15 here) checks
+    each MULTI/EXEC command against that user's rights: behind `user default off` every Lua
+    script's writes (a batch published, its serials) were gone after a restart. The file casign
+    writes keeps a default user no client can log in as, with the rights replay needs."""
+    server = OwnedRedis(tmp_path / "redis", admin_password=secrets.token_hex(16))
+    server.start()  # its ACL file begun by store.acl.write_user_line, as casign begins one
+    try:
+        assert server.acl_path.read_text().startswith("user default on #")
+        with server.client() as admin, pytest.raises(redis.exceptions.AuthenticationError):
+            admin.execute_command("AUTH", "default", "")
+        store = ResultsStore.from_url(server.url, "aof-acl")
+        jobs = [job(f"aof-{n}", make_csr(f"aof-{n}.example.com")) for n in range(3)]
+        issued = BatchSigner(authority, store).sign_batch(jobs)
+        assert all(result.ok for result in issued)
+        store.close()
+        server.restart(signal.SIGKILL, down_seconds=0.2)
+        store = ResultsStore.from_url(server.url, "aof-acl")
+        try:
+            assert store.count_issued() == store.count_serials() == len(jobs)
+            for result in issued:
+                assert result.serial is not None
+                assert store.certificate(result.serial) == result.certificate_pem
+        finally:
+            store.close()
+        assert server.acl_denials() == []
+    finally:
+        server.stop()
 
 
 def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
