@@ -294,20 +294,26 @@ def pool_settled(worker: WorkerProcess, expected: int, timeout: float = 30.0) ->
         time.sleep(_POLL_SECONDS)
 
 
+# CPU ticks (10 ms) in a 0.2 s look that mark a pool process as signing: 2, not more, since on
+# a shared 2-core machine at a load of 10 a signing process gets a sixth of a core.
+_BUSY_TICKS = 2
+
+
 def busy_pool_process(worker: WorkerProcess, expected: int, timeout: float = 30.0) -> int:
-    """A pool process that is using the CPU now, that is, signing a batch."""
+    """The pool process using the most CPU now (at least `_BUSY_TICKS` in 0.2 s): signing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = pool_processes(worker, expected)
         before = {pid: cpu_ticks(pid) for pid in pids}
         time.sleep(0.2)
-        busy = [
-            pid
+        used = {
+            pid: cpu_ticks(pid) - before[pid]
             for pid in pids
-            if cpu_ticks(pid) - before[pid] >= 5 and process_age(pid) >= _SETTLED_SECONDS
-        ]
+            if process_age(pid) >= _SETTLED_SECONDS
+        }
+        busy = [pid for pid, ticks in used.items() if ticks >= _BUSY_TICKS]
         if busy:
-            return busy[0]
+            return max(busy, key=used.__getitem__)
     raise RuntimeError("no pool process was busy signing")
 
 
