@@ -112,6 +112,8 @@ def compared(report: Report, row: Row) -> str:
             return _times(r(row, Row.LIMIT_RSA, 2), lambda v: f"{v:.2f} x (2 x limit)")
         case Row.CASIGN_PRELOADED:
             return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x empty index")
+        case Row.CASIGN_SEALED:
+            return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x open")
         case Row.EST:
             return _times(r(row, Row.CASIGN_RSA), lambda v: f"{v:.2f} x Producer.submit_many")
         case Row.CASIGN_P256:
@@ -289,6 +291,14 @@ def target_checks(report: Report) -> list[TargetCheck]:
             Row.MINIMAL_P256,
             2,
             0.80,
+            "",
+        ),
+        (
+            "casign sealed, ACL users / open (issue 10)",
+            Row.CASIGN_SEALED,
+            Row.CASIGN_RSA,
+            1,
+            0.90,
             "",
         ),
     )

@@ -23,6 +23,7 @@ class Row(StrEnum):
     LIMIT_P256 = "limit P-256"
     SIGN_ONLY_P256 = "sign only P-256"
     CASIGN_RSA = "casign RSA-2048"
+    CASIGN_SEALED = "casign RSA-2048, sealed, ACL users"
     CASIGN_PRELOADED = "casign RSA-2048, index preloaded"
     CASIGN_P256 = "casign P-256"
     SCALE_ONE = "casign RSA-2048, 1 worker x 1 process"
@@ -43,6 +44,7 @@ class Row(StrEnum):
 # Processes that sign at once in a row, for its CPU-bound rate (the machine has 2 cores).
 PARALLELISM: dict[Row, int] = {
     Row.CASIGN_RSA: 2,
+    Row.CASIGN_SEALED: 2,
     Row.CASIGN_PRELOADED: 2,
     Row.CASIGN_P256: 2,
     Row.CASIGN_SOFTHSM: 2,
@@ -65,6 +67,7 @@ SKIP_GROUPS: dict[str, tuple[Row, ...]] = {
         Row.LINT_TLS_OFF,
     ),
     "casign": (Row.CASIGN_RSA, Row.WORKER_RSS),
+    "sealed": (Row.CASIGN_SEALED,),
     "preload": (Row.CASIGN_PRELOADED,),
     "latency": (Row.LATENCY,),
     "casign-p256": (Row.CASIGN_P256,),

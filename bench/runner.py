@@ -321,12 +321,15 @@ def service(
     workload: Workload,
     work_dir: Path,
     needed: bool = True,
+    sealed: bool = False,
 ) -> Iterator[CasignService | None]:
-    """A running casign worker for `authority` when `needed`, else None."""
+    """A running casign worker for `authority` when `needed`, else None; `sealed`: serving one
+    listed producer, the worker and the producer on their own Redis users."""
     if not needed:
         yield None
         return
-    run.console.print(f"starting a casign worker ({authority.name}) ...")
+    what = ", sealed, ACL users" if sealed else ""
+    run.console.print(f"starting a casign worker ({authority.name}{what}) ...")
     with running_service(
         authority,
         run.args.redis,
@@ -334,6 +337,7 @@ def service(
         run.queue(name),
         work_dir / f"worker-{name}.log",
         workload,
+        sealed_in=work_dir / f"ca-{name}" if sealed else None,
     ) as started:
         yield started
 
@@ -360,6 +364,9 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
     needed = run.wants(*casign_rows, Row.EST, Row.EST_LATENCY)
     with (
         service(run, authority, "rsa", workload, work_dir, needed) as casign,
+        service(
+            run, authority, "sealed", workload, work_dir, run.wants(Row.CASIGN_SEALED), sealed=True
+        ) as sealed,
         est_front_end(run, casign, work_dir) as front,
     ):
         rss_before = casign.pool_rss_kib() if casign else {}
@@ -378,6 +385,12 @@ def measure_rsa(run: Run, authority: BenchAuthority, workload: Workload, work_di
                     round_,
                 )
                 jobs += _jobs(outcome)
+            if sealed is not None:  # interleaved with the open row: the boundary's cost
+                run.measure(
+                    Row.CASIGN_SEALED,
+                    functools.partial(_sealed_rate, sealed, workload, round_, args.batch_size),
+                    round_,
+                )
             if casign is not None and front is not None:  # interleaved: the ratio's two rows
                 outcome = run.measure(
                     Row.EST,
@@ -430,6 +443,16 @@ def est_front_end(
             for row in (Row.EST, Row.EST_LATENCY):
                 run.report.outcomes[row] = Failed(str(exc))
         yield front
+
+
+def _sealed_rate(sealed: CasignService, workload: Workload, round_: int, batch_size: int) -> Rate:
+    """The casign row on a worker that serves one listed producer, each on its own Redis user."""
+    rate = measure_throughput(sealed, workload, f"sealed-{round_}", batch_size)
+    return dataclasses.replace(
+        rate,
+        how=f"as casign RSA-2048, every batch sealed (producers.toml), worker and producer on "
+        f"their own Redis ACL users; {rate.how}",
+    )
 
 
 def _preloaded(run: Run, casign: CasignService, workload: Workload) -> Rate:
@@ -639,7 +662,13 @@ def measure_all(run: Run, work_dir: Path) -> None:
     console = run.console
     console.print(f"making {args.count:,} CSRs ({args.leaf_key} leaf key) ...")
     workload = make_workload(args.count, args.leaf_key)
-    rsa_rows: tuple[Row, ...] = (Row.MINIMAL_RSA, Row.LIMIT_RSA, Row.SIGN_ONLY_RSA, Row.CASIGN_RSA)
+    rsa_rows: tuple[Row, ...] = (
+        Row.MINIMAL_RSA,
+        Row.LIMIT_RSA,
+        Row.SIGN_ONLY_RSA,
+        Row.CASIGN_RSA,
+        Row.CASIGN_SEALED,
+    )
     rsa_rows += tuple(row for rows in LINT_ROWS.values() for row in rows)
     rsa_rows += (Row.CASIGN_PRELOADED, Row.LATENCY, Row.WORKER_RSS, Row.OPENSSL_CA, Row.CFSSL)
     rsa_rows += (Row.OCSP_CACHED, Row.OCSP_NONCE, Row.SCALE_ONE, Row.SCALE_TWO)

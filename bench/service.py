@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +19,11 @@ from bench.authorities import BenchAuthority
 from bench.cpu import CpuMeter
 from bench.rows import BenchError, Latency, Rate
 from bench.workload import PROFILE, Workload
+from casign.cli_producers_admin import url_with_user
+from casign.safe_path import python_command
 from core.messages import JobResult
 from producers import Producer
+from store.acl import AclAdmin, KeyScope, Role, role_user
 from store.results import ResultsStore
 from tests.workers import WorkerProcess, start_worker
 
@@ -27,6 +33,8 @@ VERIFY_SAMPLE = 50
 # A synthetic index entry: valid, expiring 2027-12-31, `openssl ca`'s six fields.
 PRELOAD_LINE = "V\t271231235959Z\t\t{serial}\tunknown\t/CN=preload{index:07d}.bench.example"
 PRELOAD_CHUNK = 2000
+# The producer of the sealed row: listed in its CA's producers.toml, every batch sealed.
+SEALED_PRODUCER = "bench"
 
 
 def broker_url_for(redis_url: str) -> str:
@@ -76,9 +84,61 @@ def rss_kib(pid: int) -> int:
     return int(value.split()[0]) if value else 0
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """A CA folder copy that lists one producer, and each role's Redis URL as its own user."""
+
+    folder: Path
+    producer: str
+    secret_source: str
+    signer_url: str
+    producer_url: str
+    users: tuple[str, ...]
+
+
+def seal_authority(
+    authority: BenchAuthority, directory: Path, redis_url: str, prefix: str, queue: str
+) -> Sealed:
+    """Copy the CA folder to `directory`, then run `casign producer add` and `casign acl add
+    signer` on it through `redis_url` as its admin: producers.toml, the secret, the users."""
+    shutil.copytree(authority.folder.root, directory, symlinks=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CASIGN_")},
+        "CASIGN_REDIS_ADMIN_URL": redis_url,
+        "CASIGN_STORE_PREFIX": prefix,
+        "CASIGN_QUEUE": queue,
+    }
+    where = ["--ca", str(directory), "--store", redis_url, "--broker", broker_url_for(redis_url)]
+    for command in (["producer", "add", SEALED_PRODUCER], ["acl", "add", "signer"]):
+        done = subprocess.run(
+            [*python_command(), "-m", "casign", *command, *where],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BenchError(f"casign {' '.join(command)}: {done.stderr.strip()}")
+    private = directory / "intermediate" / "private"
+    scope = KeyScope(prefix, queue)
+    signer = role_user(scope, Role.SIGNER)
+    producer = role_user(scope, Role.PRODUCER, SEALED_PRODUCER)
+    signer_password = (private / "redis" / "signer.redis-password").read_text().strip()
+    producer_password = (
+        (private / "producers" / f"{SEALED_PRODUCER}.redis-password").read_text().strip()
+    )
+    secret = private / "producers" / f"{SEALED_PRODUCER}.secret"
+    return Sealed(
+        directory,
+        SEALED_PRODUCER,
+        f"file:{secret}",
+        url_with_user(redis_url, signer.name, Path(), signer_password),
+        url_with_user(redis_url, producer.name, Path(), producer_password),
+        (signer.name, producer.name),
+    )
+
+
 @dataclass
 class CasignService:
-    """A running `casign worker` with its own store prefix and queue in the shared Redis."""
+    """A running `casign worker` with its own store prefix and queue in the shared Redis;
+    `sealed`: serving one listed producer, worker and producer on their own Redis users."""
 
     authority: BenchAuthority
     redis_url: str
@@ -87,14 +147,25 @@ class CasignService:
     worker: WorkerProcess
     store: ResultsStore
     intermediate: x509.Certificate
+    sealed: Sealed | None = None
 
     def producer(self, batch_size: int) -> Producer:
+        if self.sealed is None:
+            return Producer(
+                broker_url_for(self.redis_url),
+                self.redis_url,
+                store_prefix=self.prefix,
+                queue=self.queue,
+                batch_size=batch_size,
+            )
         return Producer(
-            broker_url_for(self.redis_url),
-            self.redis_url,
+            broker_url_for(self.sealed.producer_url),
+            self.sealed.producer_url,
             store_prefix=self.prefix,
             queue=self.queue,
             batch_size=batch_size,
+            identity=self.sealed.producer,
+            secret_source=self.sealed.secret_source,
         )
 
     @property
@@ -117,19 +188,31 @@ def running_service(
     log_path: Path,
     workload: Workload,
     concurrency: int = WORKER_PROCESSES,
+    sealed_in: Path | None = None,
 ) -> Iterator[CasignService]:
-    """Start a worker of `concurrency` processes, warm them up, stop it and drop its keys."""
+    """Start a worker of `concurrency` processes, warm them up, stop it and drop its keys.
+
+    With `sealed_in`, on a copy of the CA folder made there that lists one producer, the worker
+    and the producer each on their own Redis user (deleted afterwards).
+    """
     store = ResultsStore.from_url(redis_url, prefix)
-    worker = start_worker(
-        authority.folder.root,
-        broker_url_for(redis_url),
-        redis_url,
-        store,
-        queue,
-        log_path,
-        concurrency=concurrency,
-        extra_env=authority.worker_env,
-    )
+    sealed = None
+    if sealed_in is not None:
+        sealed = seal_authority(authority, sealed_in, redis_url, prefix, queue)
+    try:
+        worker = start_worker(
+            sealed.folder if sealed else authority.folder.root,
+            broker_url_for(sealed.signer_url if sealed else redis_url),
+            sealed.signer_url if sealed else redis_url,
+            store,
+            queue,
+            log_path,
+            concurrency=concurrency,
+            extra_env=authority.worker_env,
+        )
+    except BaseException:
+        _delete_users(redis_url, sealed)
+        raise
     try:
         service = CasignService(
             authority,
@@ -139,6 +222,7 @@ def running_service(
             worker,
             store,
             authority.folder.intermediate_certificate(),
+            sealed,
         )
         # Two batches at once, so that each pool process signs one before timing starts.
         measure_throughput(service, workload.head(2 * WARMUP_BATCH), "warmup", WARMUP_BATCH)
@@ -149,6 +233,18 @@ def running_service(
         delete_keys(store.client, queue)
         delete_keys(store.client, f"_kombu.binding.{queue}")
         store.client.close()
+        _delete_users(redis_url, sealed)
+
+
+def _delete_users(redis_url: str, sealed: Sealed | None) -> None:
+    if sealed is None:
+        return
+    admin = AclAdmin.from_url(redis_url, "the bench Redis")
+    try:
+        for user in sealed.users:
+            admin.delete(user)
+    finally:
+        admin.close()
 
 
 def check_results(

@@ -429,9 +429,10 @@ def _supervised_worker(folder: Path, endpoints: Endpoints, flags: WorkerFlags) -
     The broker and store URLs reach the child in its environment, never on its command line,
     which any user of the host can read (`ps`, /proc/PID/cmdline) and which may hold passwords.
     """
+    from casign.safe_path import python_command
     from casign.supervise import Supervisor
 
-    command = [sys.executable, "-m", "casign", "worker", "--no-restart", "--ca", str(folder)]
+    command = [*python_command(), "-m", "casign", "worker", "--no-restart", "--ca", str(folder)]
     env = {
         **os.environ,
         "CASIGN_BROKER_URL": endpoints.broker_url,

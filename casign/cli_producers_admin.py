@@ -105,7 +105,7 @@ class UserTarget:
         # The embedded Redis keeps its open default user (its socket is the owner's alone); a
         # file for another Redis is read by that server's own user and holds hashes only.
         mode = EMBEDDED_ACL_FILE_MODE if self.embedded else SHARED_ACL_FILE_MODE
-        write_user_line(self.acl_file, name, line, mode, default_off=not self.embedded)
+        write_user_line(self.acl_file, name, line, mode, lock_default=not self.embedded)
 
     def _persist(self) -> None:
         """Have a running server keep its users; not needed where this command wrote the file."""
@@ -132,7 +132,8 @@ def _target_options(function: F) -> F:
             "--acl-file",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
-            help="Write the user into this Redis ACL file (a new one begins `user default off`).",
+            help="Write the user into this Redis ACL file (a new one begins with a default user "
+            "no client can log in as).",
         ),
     ]
     for option in reversed(options):
@@ -313,13 +314,22 @@ def producer_add(
     acl_file: Path | None,
 ) -> None:
     """List NAME in producers.toml with a fresh secret, and make its Redis user."""
-    from casign.producers_file import ProducerEntry, add_producer, read_producers, remove_producer
+    from casign.producers_file import (
+        ProducerEntry,
+        add_producer,
+        check_entry,
+        read_producers,
+        remove_producer,
+    )
 
+    # The whole entry is checked before anything is written: no secret, entry or user is left
+    # behind by a refusal (exit 2).
     check_producer_name(name)
     folder = _folder(ca)
     if name in read_producers(folder.producers_path):
-        fail(f"producer {name!r} is already listed in {folder.producers_path}")
+        fail(f"producer {name!r} is already listed in {folder.producers_path}", 2)
     _check_rights(folder, _split(profiles), rate, burst)
+    check_entry(ProducerEntry(name, "file:-", _split(profiles), _split(names), rate, burst))
     endpoints = _endpoints(ca, broker, store)
     user = role_user(_scope(endpoints), Role.PRODUCER, name)
     first = not folder.producers_path.exists()
@@ -370,9 +380,9 @@ def _check_rights(
     known = ProfileSet.load(folder.profiles_path)
     for profile in profiles:
         if profile not in known:
-            fail(f"--profiles: {profile!r} is not a profile of {folder.profiles_path}")
+            fail(f"--profiles: {profile!r} is not a profile of {folder.profiles_path}", 2)
     if burst is not None and rate is None:
-        fail("--burst needs --rate")
+        fail("--burst needs --rate", 2)
 
 
 def _print_user(user: AclUser, password_path: Path, lines: list[str], where: str) -> None:

@@ -82,8 +82,10 @@ def _demo_request(index: int, out: Path) -> tuple[str, SignRequest]:
 
 
 def _start_worker(ca_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    from casign.safe_path import python_command
+
     command = [
-        sys.executable,
+        *python_command(),
         "-m",
         "casign",
         "worker",

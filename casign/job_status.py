@@ -35,12 +35,15 @@ def describe_jobs(
     last_active = store.workers_last_active()
     activity = worker_activity(last_active, view.ca_queue)
     advice = "" if worker_busy(last_active, view.ca_queue) else f"; start one with: {start_worker}"
+    depth = ""
+    if places is None and (count := view.depth()) is not None:
+        depth = f"; queue {view.queue!r} holds {count} message(s)"
     for job_id in unrecorded:
         place = None if places is None else places.get(job_id)
         if places is None:
             states[job_id] = (
                 "not recorded by any worker: queued, or never submitted (the queue cannot be "
-                "searched: the broker is not Redis or was not given)",
+                f"searched: {view.unsearchable}){depth}; {activity}",
                 False,
             )
         elif place is None:

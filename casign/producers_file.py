@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
+from core.messages import describe_validation_error
 from worker.access import ProducerPolicy
 
 PRODUCERS_MODE = 0o600
@@ -71,11 +74,23 @@ def add_producer(path: Path, entry: ProducerEntry) -> None:
     table = _producers_of(updated, path).get(entry.name)
     if table is None:
         raise ConfigurationError(f"{path}: the entry for {entry.name!r} did not read back")
+    _check_table(entry.name, table)
+    _write(path, updated)
+
+
+def check_entry(entry: ProducerEntry) -> None:
+    """Refuse (ConfigurationError, one sentence) an entry the signer would not load: a bad name
+    pattern, rate or burst; `casign producer add` asks before it writes anything."""
+    _check_table(entry.name, _producers_of(entry.table(), Path("entry"))[entry.name])
+
+
+def _check_table(name: str, table: dict[str, Any]) -> None:
     try:
         ProducerPolicy.model_validate(table)
-    except ValueError as exc:
-        raise ConfigurationError(f"producer {entry.name!r}: {exc}") from None
-    _write(path, updated)
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"producer {name!r}: {describe_validation_error(exc, 'entry')}"
+        ) from None
 
 
 def remove_producer(path: Path, name: str) -> bool:

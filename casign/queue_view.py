@@ -20,6 +20,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.exceptions import NoPermissionError
 
 from casign.config import DEFAULT_STORE_PREFIX, Endpoints
 from core.queue import SIGN_QUEUE, celery_settings, producer_queue
@@ -47,6 +50,8 @@ class QueueView:
         self.broker_url = broker_url
         self.ca_queue = queue  # what workers mark their activity under
         self.queue = producer_queue(queue, producer)
+        # Why the last `locate` could not search the queue, as a clause; None when it could.
+        self.unsearchable: str | None = None
 
     @property
     def searchable(self) -> bool:
@@ -96,8 +101,14 @@ class QueueView:
             return None
 
     def locate(self, job_ids: Collection[str]) -> dict[str, QueuePlace] | None:
-        """Where each of `job_ids` waits on a Redis broker; None when it cannot be searched."""
+        """Where each of `job_ids` waits on a Redis broker; None when it cannot be searched, and
+        `unsearchable` then says why."""
+        self.unsearchable = None
+        if self.broker_url.startswith("unused"):
+            self.unsearchable = "no broker was given (--broker or CASIGN_BROKER_URL)"
+            return None
         if not self.searchable:
+            self.unsearchable = "the broker is not Redis, whose messages only can be searched"
             return None
         wanted = set(job_ids)
         places: dict[str, QueuePlace] = {}
@@ -116,7 +127,16 @@ class QueueView:
                     if wanted <= places.keys():
                         break
                     jobs_ahead += len(ids)
-        except Exception:
+        except NoPermissionError:
+            user = urlsplit(self.broker_url).username or "default"
+            self.unsearchable = (
+                f"the broker's Redis user {unquote(user)!r} may not read the queue's messages "
+                "(a producer's user may only push to the queue and count it: ask with the "
+                "operator's or the signer's user to see where a job waits)"
+            )
+            return None
+        except Exception as exc:
+            self.unsearchable = f"the broker could not be read ({type(exc).__name__})"
             return None
         return places
 

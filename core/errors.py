@@ -56,6 +56,8 @@ class RefusalCode(StrEnum):
     AUTH_EXPIRED = "auth.expired"
     AUTH_REPLAYED = "auth.replayed"
     AUTH_WRONG_AUDIENCE = "auth.wrong_audience"
+    # A sealed message whose answers would go to a reply list that is not its producer's.
+    AUTH_FOREIGN_REPLY_LIST = "auth.foreign_reply_list"
     LINT_FAILED = "lint.failed"
     # A record read back from the store: without the signers' MAC over it (forged, altered or
     # moved), or naming a profile that changed in profiles.toml since it was reserved.

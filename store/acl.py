@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -98,6 +99,13 @@ def reply_list_name(producer: str | None) -> str:
     """
     random = uuid.uuid4().hex
     return f"{producer}:{random}" if producer else random
+
+
+def owns_reply_list(producer: str, reply_to: str) -> bool:
+    """Whether `reply_to` is one of `producer`'s reply lists (`PRODUCER:RANDOM`): the lists
+    its Redis user may pop, `P:reply:PRODUCER:*`, and no other producer's."""
+    owner, colon, rest = reply_to.partition(":")
+    return bool(colon) and bool(rest) and owner == producer
 
 
 def glob_escape(text: str) -> str:
@@ -353,16 +361,34 @@ class AclAdmin:
         return self.client.execute_command("ACL", *arguments)  # type: ignore[no-untyped-call]
 
 
+def locked_default_user_line() -> str:
+    """The default user of an ACL file casign writes: on, with every right, under a password
+    nobody knows (the hash of 256 random bits, the bits thrown away), so no client can be it.
+
+    Not `user default off`: Redis replays its AOF as the default user and, up to the fix of
+    redis/redis#14541 (7.0.15 and 7.2 do), checks every command of a MULTI/EXEC against that
+    user's rights again; an AOF holds each Lua script's writes (every batch published, every
+    serial drawn) as a MULTI/EXEC, so with the default user off a restart drops them silently.
+    """
+    return f"user default on #{password_hash(secrets.token_hex(32))} ~* &* +@all"
+
+
 def write_user_line(
-    path: Path, name: str, line: str | None, mode: int, *, default_off: bool = True
+    path: Path, name: str, line: str | None, mode: int, *, lock_default: bool = True
 ) -> None:
     """Put `line` in place of user `name`'s line of the ACL file at `path`, or append it; with
-    None, remove that line. A new file begins with `user default off` (connect as a role)
-    unless `default_off` is False: Redis then makes the default user as ever."""
+    None, remove that line. With `lock_default`, a new file begins with the locked default
+    user (`locked_default_user_line`: connect as a role), which also takes the place of a
+    `user default off` line; without, Redis makes the default user as ever."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        lines = ["user default off"] if default_off else []
+        lines = [locked_default_user_line()] if lock_default else []
+    if lock_default:
+        lines = [
+            locked_default_user_line() if entry.split() == ["user", "default", "off"] else entry
+            for entry in lines
+        ]
     kept = [entry for entry in lines if entry.split()[:2] != ["user", name]]
     if line is not None:
         kept.append(line)

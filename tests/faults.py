@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,14 +16,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from casign.cli import main as casign_main
 from core.index import IndexEntry, format_serial, openssl_oneline
 from core.messages import JobResult
 from producers import Producer
+from store.acl import AclAdmin, KeyScope, Role, role_user, write_user_line
 from store.embedded import redis_server_binary
 from store.results import ResultsStore
 from tests.workers import WorkerProcess
@@ -39,16 +44,40 @@ def free_tcp_port() -> int:
 
 @dataclass
 class OwnedRedis:
-    """A redis-server this test starts, kills and restarts: TCP on 127.0.0.1, AOF fsynced always."""
+    """A redis-server this test starts, kills and restarts: TCP on 127.0.0.1, AOF fsynced always.
+
+    With ACLs on (an `admin_password`), an ACL file it loads at every start, begun as casign
+    begins one (a default user no client can log in as: `store.acl.locked_default_user_line`),
+    holds an `admin` user (the test's own checks) and the users the roles are given
+    (`casign producer add`, `casign acl add`, which save them there), so that they outlive a
+    restart as in production.
+    """
 
     directory: Path
     port: int = field(default_factory=free_tcp_port)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    admin_password: str | None = None
 
     @property
     def url(self) -> str:
+        """The URL of the test's own checks: the admin's, with ACLs on."""
+        if self.admin_password is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return self.user_url("admin", self.admin_password)
+
+    @property
+    def address(self) -> str:
+        """The URL without a user: what a role's settings name before its user is added."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def user_url(self, user: str, password: str) -> str:
+        """The URL a role connects with as its own user."""
+        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/0"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.directory / "users.acl"
 
     @property
     def log_path(self) -> Path:
@@ -61,6 +90,12 @@ class OwnedRedis:
     def start(self, timeout: float = 20.0) -> None:
         """Run redis-server on this port and folder, loading the AOF, and wait until it serves."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        acl = []
+        if self.admin_password is not None:
+            if not self.acl_path.exists():  # begun as casign begins one: no default user to use
+                admin = f"user admin on >{self.admin_password} ~* &* +@all"
+                write_user_line(self.acl_path, "admin", admin, 0o600)
+            acl = ["--aclfile", str(self.acl_path)]
         command = [
             redis_server_binary(),
             "--bind",
@@ -77,6 +112,7 @@ class OwnedRedis:
             "",
             "--logfile",
             str(self.log_path),
+            *acl,
         ]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -111,11 +147,92 @@ class OwnedRedis:
         self.start()
         self.restarts += 1
 
+    def acl_denials(self, ignore: Iterable[str] = ()) -> list[str]:
+        """What ACL LOG recorded as refused to any user, but the `ignore`d objects."""
+        with self.client() as admin:
+            entries = admin.acl_log(128)
+        return [
+            f"{_text(entry.get('username'))}: {_text(entry.get('reason'))} "
+            f"{_text(entry.get('object'))}"
+            for entry in entries
+            if _text(entry.get("object")) not in ignore
+        ]
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+# The producer every fault test's jobs come from: listed in producers.toml, every message sealed.
+FAULTS_PRODUCER = "faults"
+
+
+@dataclass(frozen=True)
+class SealedCA:
+    """A copy of a CA folder that serves one listed producer, each role with its own Redis user.
+
+    Made as an operator makes it: `casign producer add` (producers.toml, the secret, the Redis
+    user) and `casign acl add signer`, both through the broker Redis's admin URL.
+    """
+
+    root: Path
+    producer: str
+    secret_source: str
+    users: Mapping[Role, tuple[str, str]]  # role -> (user, password)
+
+    def url(self, server: OwnedRedis, role: Role) -> str:
+        """The URL of `server` for `role`, as its own user."""
+        return server.user_url(*self.users[role])
+
+
+def seal_ca(
+    source: Path, destination: Path, broker: OwnedRedis, store: OwnedRedis, scope: KeyScope
+) -> SealedCA:
+    """Copy the CA at `source` to `destination`, list FAULTS_PRODUCER and make the role users.
+
+    The users go to the broker Redis with the commands an operator runs; a store on a Redis
+    of its own gets the same users (same passwords) through its admin, as `casign producer add`
+    prints them for a second Redis.
+    """
+    shutil.copytree(source, destination, symlinks=True)
+    env = {
+        "CASIGN_STORE_PREFIX": scope.prefix,
+        "CASIGN_QUEUE": scope.queue,
+        "CASIGN_REDIS_ADMIN_URL": broker.url,
+    }
+    where = ["--ca", str(destination), "--store", store.address, "--broker", broker.address]
+    for command in (["producer", "add", FAULTS_PRODUCER], ["acl", "add", "signer"]):
+        done = CliRunner().invoke(casign_main, [*command, *where], env=env)
+        if done.exit_code != 0:
+            raise RuntimeError(f"casign {' '.join(command)} failed: {done.output}")
+    private = destination / "intermediate" / "private"
+    passwords = {
+        Role.PRODUCER: private / "producers" / f"{FAULTS_PRODUCER}.redis-password",
+        Role.SIGNER: private / "redis" / "signer.redis-password",
+    }
+    users = {
+        role: (
+            role_user(scope, role, FAULTS_PRODUCER if role is Role.PRODUCER else None).name,
+            path.read_text(encoding="utf-8").strip(),
+        )
+        for role, path in passwords.items()
+    }
+    if store is not broker:
+        admin = AclAdmin.from_url(store.url, "the store Redis")
+        try:
+            for role, (_, password) in users.items():
+                admin.apply(role_user(scope, role, FAULTS_PRODUCER), password)
+            admin.save()
+        finally:
+            admin.close()
+    secret = private / "producers" / f"{FAULTS_PRODUCER}.secret"
+    return SealedCA(destination, FAULTS_PRODUCER, f"file:{secret}", users)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -177,20 +294,26 @@ def pool_settled(worker: WorkerProcess, expected: int, timeout: float = 30.0) ->
         time.sleep(_POLL_SECONDS)
 
 
+# CPU ticks (10 ms) in a 0.2 s look that mark a pool process as signing: 2, not more, since on
+# a shared 2-core machine at a load of 10 a signing process gets a sixth of a core.
+_BUSY_TICKS = 2
+
+
 def busy_pool_process(worker: WorkerProcess, expected: int, timeout: float = 30.0) -> int:
-    """A pool process that is using the CPU now, that is, signing a batch."""
+    """The pool process using the most CPU now (at least `_BUSY_TICKS` in 0.2 s): signing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = pool_processes(worker, expected)
         before = {pid: cpu_ticks(pid) for pid in pids}
         time.sleep(0.2)
-        busy = [
-            pid
+        used = {
+            pid: cpu_ticks(pid) - before[pid]
             for pid in pids
-            if cpu_ticks(pid) - before[pid] >= 5 and process_age(pid) >= _SETTLED_SECONDS
-        ]
+            if process_age(pid) >= _SETTLED_SECONDS
+        }
+        busy = [pid for pid, ticks in used.items() if ticks >= _BUSY_TICKS]
         if busy:
-            return busy[0]
+            return max(busy, key=used.__getitem__)
     raise RuntimeError("no pool process was busy signing")
 
 

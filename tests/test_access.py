@@ -275,7 +275,7 @@ def _drop_job(jobs: list[dict[str, Any]]) -> None:
 def test_job_changed_after_signing_is_a_bad_signature(
     guarded: BatchSigner, credentials: Credentials, store: ResultsStore, tamper: Any
 ) -> None:
-    reply_to = uuid.uuid4().hex
+    reply_to = f"web-frontend:{uuid.uuid4().hex}"
     jobs = [
         job(new_id("t"), make_csr("www.example.com")),
         job(new_id("t"), make_csr("api.example.com")),
@@ -291,8 +291,10 @@ def test_signature_covers_the_reply_list_and_the_producer_name(
     guarded: BatchSigner, credentials: Credentials, store: ResultsStore
 ) -> None:
     jobs = [job(new_id("t"), make_csr("www.example.com"))]
-    envelope = sealed(guarded, jobs, "web-frontend", credentials.secret("web-frontend"), "mine")
-    redirected = by_id(guarded.sign_batch(jobs, "theirs", envelope))
+    envelope = sealed(
+        guarded, jobs, "web-frontend", credentials.secret("web-frontend"), "web-frontend:mine"
+    )
+    redirected = by_id(guarded.sign_batch(jobs, "web-frontend:theirs", envelope))
     # hr-portal's name on web-frontend's seal: hr-portal's secret does not verify it.
     renamed = by_id(
         guarded.sign_batch(jobs, "mine", envelope.model_copy(update={"producer": "hr-portal"}))

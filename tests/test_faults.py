@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 import redis
 from celery import Celery
 
+from core.auth import read_secret
 from core.errors import Retryable
 from core.index import Status
 from core.keys import KeyType
@@ -32,12 +34,14 @@ from core.messages import JobResult, SignRequest
 from core.queue import celery_settings
 from producers import Producer
 from producers.revocation import send_revocation
+from store.acl import KeyScope, Role, reply_list_name
 from store.results import Issued, ResultsStore
 from store.revocations import RevocationStore
 from tests.csrs import job, make_csr
 from tests.faults import (
     Collector,
     OwnedRedis,
+    SealedCA,
     assert_exactly_once,
     assert_none_half_recorded,
     busy_pool_process,
@@ -51,6 +55,7 @@ from tests.faults import (
     queued_job_ids,
     replaced,
     resume,
+    seal_ca,
     unacked_job_ids,
     wait_until,
 )
@@ -86,8 +91,9 @@ def record_numbers(test: str, **numbers: object) -> None:
 
 @pytest.fixture
 def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
-    """A redis-server for this test alone (broker and store), AOF fsynced on every write."""
-    server = OwnedRedis(tmp_path / "redis")
+    """A redis-server for this test alone (broker and store), AOF fsynced on every write, its
+    default user off: every role connects as its own user."""
+    server = OwnedRedis(tmp_path / "redis", admin_password=secrets.token_hex(16))
     server.start()
     yield server
     server.stop()
@@ -96,17 +102,47 @@ def owned_redis(tmp_path: Path) -> Iterator[OwnedRedis]:
 @dataclass
 class FaultRig:
     """What a fault test breaks: its own Redis (broker, and store unless `store_redis`), queue
-    and key prefix."""
+    and key prefix.
+
+    Authentication and ACLs are on: the worker runs on a copy of the test's CA folder that
+    lists one producer (`casign producer add`), and the worker and the producer each connect
+    as their own Redis user (`casign acl add signer`); the producer seals every message.
+    """
 
     redis: OwnedRedis
     store: ResultsStore
     queue: str
     folder: Path
     store_redis: OwnedRedis | None = None
+    sealed: SealedCA | None = None
+    sealed_from: Path | None = None
 
     @property
     def store_url(self) -> str:
         return (self.store_redis or self.redis).url
+
+    @property
+    def scope(self) -> KeyScope:
+        return KeyScope(self.store.prefix.rstrip(":"), self.queue)
+
+    def seal(self, ca_dir: Path) -> SealedCA:
+        """The sealed copy of `ca_dir`, made on first use (one CA per test)."""
+        if self.sealed is None:
+            self.sealed = seal_ca(
+                ca_dir, self.folder / "sealed-ca", self.redis, self.store_redis or self.redis,
+                self.scope,
+            )  # fmt: skip
+            self.sealed_from = ca_dir
+        assert self.sealed_from == ca_dir, "a fault rig serves one CA"
+        return self.sealed
+
+    def role_urls(self, role: Role) -> tuple[str, str]:
+        """The broker and store URLs of `role`, as its own user."""
+        assert self.sealed is not None, "start a worker first: it makes the CA's users"
+        return (
+            self.sealed.url(self.redis, role),
+            self.sealed.url(self.store_redis or self.redis, role),
+        )
 
     def launch(
         self,
@@ -115,12 +151,15 @@ class FaultRig:
         extra_env: Mapping[str, str] | None = None,
         restart: bool = False,
         pool: str = "prefork",
+        flags: Sequence[str] = (),
     ) -> WorkerProcess:
         """Start `casign worker` without waiting for it (it may refuse to start)."""
+        sealed = self.seal(ca_dir)
+        broker_url, store_url = self.role_urls(Role.SIGNER)
         return launch_worker(
-            ca_dir,
-            self.redis.url,
-            self.store_url,
+            sealed.root,
+            broker_url,
+            store_url,
             self.store,
             self.queue,
             self.folder / log_name,
@@ -128,6 +167,7 @@ class FaultRig:
             extra_env=extra_env,
             restart=restart,
             pool=pool,
+            flags=flags,
         )
 
     def worker(
@@ -137,40 +177,59 @@ class FaultRig:
         extra_env: Mapping[str, str] | None = None,
         restart: bool = False,
         pool: str = "prefork",
+        flags: Sequence[str] = (),
     ) -> WorkerProcess:
         """Start `casign worker` and wait until it has opened the key."""
         return wait_until_started(
-            self.launch(ca_dir, log_name, extra_env, restart, pool), self.store
+            self.launch(ca_dir, log_name, extra_env, restart, pool, flags), self.store
         )
 
+    def assert_no_denials(self) -> None:
+        """Each role did its job within its user's rights: Redis refused it nothing (but the
+        CONFIG GET that the store's health check tries before INFO)."""
+        for server in {id(s): s for s in (self.redis, self.store_redis or self.redis)}.values():
+            if server.process is not None and server.process.poll() is None:
+                assert server.acl_denials(ignore={"config|get"}) == []
+
     def producer(self, resend_after: float = 60.0) -> Producer:
+        """The listed producer, sealing its messages, on its own Redis user."""
+        assert self.sealed is not None
+        broker_url, store_url = self.role_urls(Role.PRODUCER)
         return Producer(
-            self.redis.url,
-            self.store_url,
+            broker_url,
+            store_url,
             store_prefix=self.store.prefix,
             queue=self.queue,
             resend_after=resend_after,
+            identity=self.sealed.producer,
+            secret_source=self.sealed.secret_source,
         )
 
 
 @pytest.fixture
 def rig(owned_redis: OwnedRedis, tmp_path: Path) -> Iterator[FaultRig]:
     store = ResultsStore.from_url(owned_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
-    yield FaultRig(owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path)
+    rig = FaultRig(owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path)
+    yield rig
     store.client.close()
+    rig.assert_no_denials()
 
 
 @pytest.fixture
 def split_rig(owned_redis: OwnedRedis, tmp_path: Path) -> Iterator[FaultRig]:
     """A rig whose store is a second redis-server of its own, to fail while the broker works."""
-    store_redis = OwnedRedis(tmp_path / "store-redis")
+    store_redis = OwnedRedis(tmp_path / "store-redis", admin_password=secrets.token_hex(16))
     store_redis.start()
     store = ResultsStore.from_url(store_redis.url, f"casign-faults:{uuid.uuid4().hex[:8]}")
-    yield FaultRig(
+    rig = FaultRig(
         owned_redis, store, f"casign-faults-{uuid.uuid4().hex[:8]}", tmp_path, store_redis
     )
+    yield rig
     store.client.close()
-    store_redis.stop()
+    try:
+        rig.assert_no_denials()
+    finally:
+        store_redis.stop()
 
 
 class Submitted(dict[str, str]):
@@ -710,14 +769,19 @@ def test_revoke_during_a_store_outage_is_done_once_the_store_is_back(
     memory) is not dropped: the task waits with its message unacknowledged and revokes once
     Redis takes writes again. Celery's autoretry had to publish a retry message to that same
     Redis, failed, and rejected the revocation without requeue."""
-    worker = rig.worker(ca_folder.root, "worker.log", restart=True)
+    # At INFO, each pool process says once it has opened the key and whom it serves.
+    worker = rig.worker(ca_folder.root, "worker.log", restart=True, flags=("--loglevel", "INFO"))
     broker = rig.redis.client()
+    # The revocation is sent as the producer sends it: sealed, on the producer's Redis user.
     sender = Celery("test-revoke", set_as_current=False)
-    sender.conf.update(celery_settings(rig.redis.url, rig.queue))
+    sender.conf.update(celery_settings(rig.role_urls(Role.PRODUCER)[0], rig.queue))
+    assert rig.sealed is not None
+    reply_to = reply_list_name(rig.sealed.producer)
     pool: list[int] = []
     try:
         with rig.producer() as producer:
             issued = list(producer.results(submit_jobs(producer, 1, "revoke-me"), timeout=60))
+            ca = producer.ca_identity()
         serial = issued[0].serial
         assert serial is not None
         # Both pool processes past their start (each has opened the key), the batch acknowledged.
@@ -730,7 +794,10 @@ def test_revoke_during_a_store_outage_is_done_once_the_store_is_back(
         pool = child_pids(celery_worker_pid(worker))
         for pid in pool:
             os.kill(pid, signal.SIGSTOP)  # the task is handed out, not run, until the outage
-        request = send_revocation(sender, rig.queue, "revoker", serial, "keyCompromise")
+        request = send_revocation(
+            sender, rig.queue, reply_to, serial, "keyCompromise",
+            identity=rig.sealed.producer, secret=read_secret(rig.sealed.secret_source), ca=ca,
+        )  # fmt: skip
         wait_until(lambda: broker.hlen("unacked") == 1, 10, "the revocation handed out")
         broker.config_set("maxmemory-policy", "noeviction")
         broker.config_set("maxmemory", "1")
@@ -739,7 +806,7 @@ def test_revoke_during_a_store_outage_is_done_once_the_store_is_back(
         time.sleep(OUTAGE_SECONDS)  # the task meets the outage
         broker.config_set("maxmemory", "0")
         back = time.monotonic()
-        answer = RevocationStore(rig.store).wait_result("revoker", request.request_id, 30)
+        answer = RevocationStore(rig.store).wait_result(reply_to, request.request_id, 30)
         answered_after = time.monotonic() - back
         entry = rig.store.index_entry(serial)
         assert answer.status == "revoked", answer

@@ -130,20 +130,20 @@ def web_batch(
 def test_authenticate_names_the_producer_whose_seal_covers_the_batch(store: ResultsStore) -> None:
     jobs: list[object] = [job("a", make_csr("a.example.com"))]
     access, ledger = web_access(), EnvelopeLedger(store)
-    envelope = sealed_by_web(jobs, "replies", access)
-    batch = authenticate(jobs, "replies", envelope, access, ledger, NOW)
+    envelope = sealed_by_web(jobs, "web:replies", access)
+    batch = authenticate(jobs, "web:replies", envelope, access, ledger, NOW)
     assert batch.producer is not None and batch.producer.name == "web"
-    assert (batch.jobs, batch.reply_to, batch.now) == (tuple(jobs), "replies", NOW)
+    assert (batch.jobs, batch.reply_to, batch.now) == (tuple(jobs), "web:replies", NOW)
 
     with pytest.raises(Rejected) as unsigned:
-        authenticate(jobs, "replies", None, access, ledger, NOW)
+        authenticate(jobs, "web:replies", None, access, ledger, NOW)
     assert unsigned.value.code == RefusalCode.AUTH_UNSIGNED
     with pytest.raises(Rejected) as forged:
         authenticate(jobs, "elsewhere", envelope, access, ledger, NOW)
     assert forged.value.code == RefusalCode.AUTH_BAD_SIGNATURE
     ledger.remember("web", envelope.nonce, envelope.expires_at)
     with pytest.raises(Rejected) as replayed:
-        authenticate(jobs, "replies", envelope, access, ledger, NOW)
+        authenticate(jobs, "web:replies", envelope, access, ledger, NOW)
     assert replayed.value.code == RefusalCode.AUTH_REPLAYED
     assert authenticate(jobs, None, None, None, None, NOW).producer is None
 

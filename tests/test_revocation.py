@@ -206,12 +206,15 @@ def test_with_listed_producers_only_a_sealed_request_is_heard(
     ledger = EnvelopeLedger(store)
 
     # Unsealed: no answer on the reply list, one note for its owner, nothing revoked.
-    unsigned = RevokeRequest(request_id="u1", serial=serial, reply_to="me")
+    unsigned = RevokeRequest(request_id="u1", serial=serial, reply_to="ops:me")
     assert handle_revoke(unsigned.model_dump(), revocations, access) is None
-    assert ledger.refusal_note("me") == (RefusalCode.AUTH_UNSIGNED, ledger.refusal_note("me")[1])  # type: ignore[index]
+    assert ledger.refusal_note("ops:me") == (
+        RefusalCode.AUTH_UNSIGNED,
+        ledger.refusal_note("ops:me")[1],
+    )  # type: ignore[index]
     assert store.index_entry(serial).status is Status.VALID  # type: ignore[union-attr]
 
-    request = RevokeRequest(request_id="s1", serial=serial, reply_to="me")
+    request = RevokeRequest(request_id="s1", serial=serial, reply_to="ops:me")
 
     def sealed(update: dict[str, object]) -> RevokeRequest:
         payload_of = request.model_copy(update=update)
@@ -221,7 +224,7 @@ def test_with_listed_producers_only_a_sealed_request_is_heard(
             producer="ops",
             ca="c" * 64,
             queue="casign.sign",
-            reply_to="me",
+            reply_to="ops:me",
             payload=payload_of.sealed_payload(),
         )
         return payload_of.model_copy(update={"envelope": envelope})
@@ -234,13 +237,13 @@ def test_with_listed_producers_only_a_sealed_request_is_heard(
     # The same sealed message again is a replay: no answer, a note, one audit line.
     lines = len(list(store.audit_entries()))
     assert handle_revoke(signed.model_dump(), revocations, access) is None
-    assert ledger.refusal_note("me")[0] == RefusalCode.AUTH_REPLAYED  # type: ignore[index]
+    assert ledger.refusal_note("ops:me")[0] == RefusalCode.AUTH_REPLAYED  # type: ignore[index]
     assert len(list(store.audit_entries())) == lines + 1
 
     # The seal covers the serial: moved to another serial, it no longer verifies.
     forged = sealed({}).model_copy(update={"serial": other})
     assert handle_revoke(forged.model_dump(), revocations, access) is None
-    assert ledger.refusal_note("me")[0] == RefusalCode.AUTH_BAD_SIGNATURE  # type: ignore[index]
+    assert ledger.refusal_note("ops:me")[0] == RefusalCode.AUTH_BAD_SIGNATURE  # type: ignore[index]
     assert store.index_entry(other).status is Status.VALID  # type: ignore[union-attr]
 
     # A sealed signing batch does not open as a revocation (the kind is inside the seal).
@@ -250,7 +253,7 @@ def test_with_listed_producers_only_a_sealed_request_is_heard(
         producer="ops",
         ca="c" * 64,
         queue="casign.sign",
-        reply_to="me",
+        reply_to="ops:me",
         payload=request.model_copy(update={"serial": other}).sealed_payload(),
     )
     crossed = request.model_copy(update={"serial": other, "envelope": as_batch})

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from celery.platforms import EX_FAILURE
 
 import worker.app as worker_app
 from casign.supervise import REFUSED_TO_START, RestartPolicy, Supervisor
+from store.results import ResultsStore
+from tests.workers import launch_worker, wait_until_started
+from worker.cafolder import CAFolder
 from worker.process import StopNotice
 
 QUICK = RestartPolicy(first=0.01, most=0.05, steady=60.0)
@@ -215,3 +219,46 @@ def test_the_stop_reaches_processes_forked_before_it() -> None:
 
 def test_the_casign_app_runs_the_exiting_worker() -> None:
     assert issubclass(worker_app.app.Worker, worker_app.ExitingWorker)
+
+
+# The working directory's folders never stand in for casign's packages (casign/safe_path.py).
+SHADOWED_PACKAGES = ("store", "core", "worker", "producers", "keystore")
+
+
+def test_casign_and_its_worker_ignore_package_folders_in_the_working_directory(
+    tmp_path: Path, ca_folder: CAFolder, redis_url: str, broker_url: str, store: ResultsStore
+) -> None:
+    """From a folder holding `store/`, `core/`, `worker/` and `producers/` packages that refuse
+    to be imported, `python -m casign` and the Celery worker it supervises run casign's own."""
+    hostile = tmp_path / "cwd"
+    for name in SHADOWED_PACKAGES:
+        (hostile / name).mkdir(parents=True)
+        (hostile / name / "__init__.py").write_text(f"raise SystemExit('imported ./{name}')\n")
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "casign", "--help"],
+        cwd=hostile, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "imported ./" not in shown.stdout + shown.stderr
+
+    queue = f"casign-test-{uuid.uuid4().hex[:8]}"
+    process = launch_worker(
+        ca_folder.root, broker_url, redis_url, store, queue, tmp_path / "worker.log",
+        concurrency=1, restart=True, cwd=hostile,
+    )  # fmt: skip
+    try:
+        wait_until_started(process, store)
+        [child] = _children(process.process.pid)
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:4] == [b"-P", b"-m", b"casign"], argv
+    finally:
+        process.stop()
+    assert "imported ./" not in process.log()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(word) for word in (task / "children").read_text().split()]
+    return found

@@ -63,6 +63,7 @@ from store.acl import (
     KeyScope,
     Role,
     rabbitmq_permissions,
+    reply_list_name,
     role_user,
 )
 from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
@@ -72,6 +73,7 @@ from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
 from tests.casign_cli import CASIGN, run_casign
 from tests.csrs import job, make_csr
+from tests.faults import OwnedRedis
 from tests.ocsp_responder import running_responder
 from tests.openssl_cli import openssl
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON
@@ -333,7 +335,7 @@ def test_records_a_planted_reserved_record_is_refused_by_its_mac(
         genuine = records.stored_record(job_id)
         records.plant(job_id, fingerprint, 1 << 100, altered_record(records.authority, genuine))
 
-    results = records.submit([request], "hr-portal", reply_to="hr-replies")
+    results = records.submit([request], "hr-portal", reply_to="hr-portal:replies")
 
     assert_closed_refused(records, job_id, RECORD_INVALID, results[job_id])
     assert "record" in (results[job_id].message or "")
@@ -412,13 +414,13 @@ def test_records_a_record_whose_stored_profile_json_was_altered_is_refused(
     """web-frontend's genuine record, its profile rewritten in the store to sign for anything."""
     job_id = records_id("profile")
     request = job(job_id, make_csr("www.example.com"), profile="server_cert")
-    records.reserve_only([request], "web-frontend", reply_to="web-replies")
+    records.reserve_only([request], "web-frontend", reply_to="web-frontend:replies")
     data = json.loads(records.stored_record(job_id))
     data["profile"] = escalating_profile(records.authority)
     records.store.client.hset(records.store.job_key(job_id), "record", json.dumps(data))
 
     if path == "redelivery":
-        result = records.submit([request], "web-frontend", reply_to="web-replies")[job_id]
+        result = records.submit([request], "web-frontend", reply_to="web-frontend:replies")[job_id]
     else:
         assert records.signer().recover_pending() == []
         result = None
@@ -433,7 +435,7 @@ def test_records_a_profile_changed_between_reserve_and_sign_is_refused(
     """profiles.toml changed under a reserved record: the record's profile is not the CA's now."""
     job_id = records_id("changed")
     request = job(job_id, make_csr("www.example.com"), profile="server_cert")
-    records.reserve_only([request], "web-frontend", reply_to="web-replies")
+    records.reserve_only([request], "web-frontend", reply_to="web-frontend:replies")
     offered = {
         name: records.authority.profiles.get(name) for name in records.authority.profiles.names
     }
@@ -445,10 +447,12 @@ def test_records_a_profile_changed_between_reserve_and_sign_is_refused(
     changed = records.signer(profiles=ProfileSet({n: p for n, p in offered.items() if p}))
 
     if path == "redelivery":
-        result = records.submit([request], "web-frontend", "web-replies", signer=changed)[job_id]
+        result = records.submit([request], "web-frontend", "web-frontend:replies", signer=changed)[
+            job_id
+        ]
     else:
         assert changed.recover_pending() == []
-        (result,) = records.store.wait_replies("web-replies", timeout=2)
+        (result,) = records.store.wait_replies("web-frontend:replies", timeout=2)
 
     assert_closed_refused(records, job_id, PROFILE_CHANGED, result)
     assert "server_cert" in (result.message or "")
@@ -469,11 +473,11 @@ def test_records_recovery_admits_again_and_refuses_what_policy_now_refuses(
     """hr-portal's genuine pending record, its rights in producers.toml changed since."""
     job_id = records_id("readmit")
     request = job(job_id, make_csr("alice@example.com"), profile="usr_cert")
-    records.reserve_only([request], "hr-portal", reply_to="hr-replies")
+    records.reserve_only([request], "hr-portal", reply_to="hr-portal:replies")
 
     assert records.signer(records.access(**rights)).recover_pending() == []
 
-    (reply,) = records.store.wait_replies("hr-replies", timeout=2)
+    (reply,) = records.store.wait_replies("hr-portal:replies", timeout=2)
     assert_closed_refused(records, job_id, code, reply)
     (line,) = records.audit_of(job_id)
     assert (line["event"], line["reason"], line["requester"]) == ("refused", code, "hr-portal")
@@ -484,7 +488,7 @@ def test_records_recovery_signs_a_genuine_record_its_producer_may_still_have(
 ) -> None:
     job_id = records_id("genuine")
     request = job(job_id, make_csr("alice@example.com"), profile="usr_cert")
-    records.reserve_only([request], "hr-portal", reply_to="hr-replies")
+    records.reserve_only([request], "hr-portal", reply_to="hr-portal:replies")
 
     (recovered,) = records.signer().recover_pending()
 
@@ -1016,6 +1020,41 @@ def test_the_rules_name_the_installed_kombus_keys() -> None:
     ) == KOMBU_CONSUMER_KEYS
 
 
+def test_status_as_a_producer_user_tells_the_job_and_names_the_right_it_lacks(
+    boundary: Boundary,
+) -> None:
+    """`casign status` on a producer's Redis user: a job's state from the store; for a job no
+    worker recorded, the queue's depth and why its messages cannot be searched (that user may
+    not read them), not "the broker is not Redis"."""
+    with boundary.producer("web") as producer:
+        job_id = producer.submit(make_csr("status.example.com"), profile="server_cert")
+        (result,) = _collect(producer, [job_id]).values()
+    user = boundary.users["web"]
+    env = {
+        "CASIGN_BROKER_URL": boundary.redis.broker_url(user),
+        "CASIGN_STORE_URL": boundary.redis.store_url(user),
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+    }
+    try:
+        issued = run_casign("status", job_id, env=env)
+        assert issued.returncode == 0, issued.stderr
+        assert issued.stdout == f"{job_id}: issued, serial {result.serial}\n"
+
+        unknown = run_casign("status", "never-sent", env=env)
+        assert unknown.returncode == 1, unknown.stderr
+        assert "is not Redis" not in unknown.stdout
+        assert f"the broker's Redis user {user!r} may not read the queue's messages" in (
+            unknown.stdout
+        )
+        assert f"queue {boundary.scope.queue!r} holds 0 message(s)" in unknown.stdout
+        assert boundary.redis.passwords[user] not in unknown.stdout + unknown.stderr
+    finally:
+        # The refused reads of the queue stay out of what the other tests read in ACL LOG.
+        with boundary.redis.admin() as admin:
+            admin.acl_log_reset()
+
+
 def _casign(
     *arguments: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -1095,6 +1134,44 @@ def test_producer_add_then_remove_through_the_admin_url(
     assert not secret_file.exists() and not password_file.exists()
     with acl_redis.admin() as admin:
         assert user not in admin.acl_users()
+
+
+BAD_ENTRIES = [
+    (("--profiles", "server_cert,no_such_profile"), "'no_such_profile' is not a profile of"),
+    (("--names", "*.example.com,ab*.example.com"), "name pattern 'ab*.example.com' is not"),
+    (("--rate", "nan"), "rate_per_second: Input should be a finite number"),
+    (("--rate", "inf"), "rate_per_second: Input should be a finite number"),
+    (("--burst", "20"), "--burst needs --rate"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "sentence"), BAD_ENTRIES, ids=["profile", "names", "nan-rate", "inf-rate", "burst"]
+)
+def test_producer_add_refuses_a_bad_entry_before_it_writes_anything(
+    boundary: Boundary, acl_redis: AclRedis, flags: tuple[str, ...], sentence: str
+) -> None:
+    folder = boundary.folder
+    listed = folder.producers_path.read_bytes()
+    secrets_dir = folder.intermediate / "private" / "producers"
+    before = sorted(secrets_dir.iterdir()) if secrets_dir.exists() else []
+    env = {
+        "CASIGN_REDIS_ADMIN_URL": acl_redis.admin_url,
+        "CASIGN_STORE_PREFIX": boundary.scope.prefix,
+        "CASIGN_QUEUE": boundary.scope.queue,
+    }
+    added = _casign(
+        "producer", "add", "sloppy", "--ca", folder.root, "--store", f"unix://{acl_redis.socket}",
+        *flags, env=env,
+    )  # fmt: skip
+    assert added.returncode == 2, added.stdout + added.stderr
+    assert sentence in added.stderr
+    assert len(added.stderr.strip().splitlines()) == 1, added.stderr
+    assert added.stdout == ""
+    assert folder.producers_path.read_bytes() == listed
+    assert (sorted(secrets_dir.iterdir()) if secrets_dir.exists() else []) == before
+    with acl_redis.admin() as admin:
+        assert boundary.scope.user_name(Role.PRODUCER, "sloppy") not in admin.acl_users()
 
 
 def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: Path) -> None:
@@ -1364,7 +1441,7 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     kept = [path.name for path in (tmp_path / "state").rglob("*") if path.is_file()]
     assert not [name for name in kept if "root" in name and "pass" in name], kept
     acl_text = (tmp_path / "acl" / "users.acl").read_text()
-    assert acl_text.startswith("user default off\n")
+    assert re.match(r"user default on #[0-9a-f]{64} ~\* &\* \+@all\n", acl_text), acl_text
     for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
         assert f"\nuser {user} " in acl_text
     for env_file in (
@@ -1423,6 +1500,38 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_script_writes_outlive_a_kill_on_a_redis_loading_the_acl_file_casign_writes(
+    tmp_path: Path, authority: SigningAuthority
+) -> None:
+    """Redis replays its AOF as the default user and (redis/redis#14541, 7.0.15 here) checks
+    each MULTI/EXEC command against that user's rights: behind `user default off` every Lua
+    script's writes (a batch published, its serials) were gone after a restart. The file casign
+    writes keeps a default user no client can log in as, with the rights replay needs."""
+    server = OwnedRedis(tmp_path / "redis", admin_password=secrets.token_hex(16))
+    server.start()  # its ACL file begun by store.acl.write_user_line, as casign begins one
+    try:
+        assert server.acl_path.read_text().startswith("user default on #")
+        with server.client() as admin, pytest.raises(redis.exceptions.AuthenticationError):
+            admin.execute_command("AUTH", "default", "")
+        store = ResultsStore.from_url(server.url, "aof-acl")
+        jobs = [job(f"aof-{n}", make_csr(f"aof-{n}.example.com")) for n in range(3)]
+        issued = BatchSigner(authority, store).sign_batch(jobs)
+        assert all(result.ok for result in issued)
+        store.close()
+        server.restart(signal.SIGKILL, down_seconds=0.2)
+        store = ResultsStore.from_url(server.url, "aof-acl")
+        try:
+            assert store.count_issued() == store.count_serials() == len(jobs)
+            for result in issued:
+                assert result.serial is not None
+                assert store.certificate(result.serial) == result.certificate_pem
+        finally:
+            store.close()
+        assert server.acl_denials() == []
+    finally:
+        server.stop()
 
 
 def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
@@ -1698,6 +1807,78 @@ def test_a_certificate_for_another_key_is_reported_untrusted(
         assert _certificates(producer.chain_pem() or "") == _certificates(ca_folder.chain_pem())
 
 
+# Reply lists: a sealed message's answers go to a list of its own producer's (`NAME:...`, the
+# lists its Redis user pops), never to another producer's.
+
+FOREIGN_REPLY_LIST = RefusalCode.AUTH_FOREIGN_REPLY_LIST
+
+
+def test_a_batch_sealed_for_another_producers_reply_list_is_refused(
+    records: RecordsSigner,
+) -> None:
+    """web-frontend seals a batch whose answers would go to hr-portal's list: one audit line,
+    nothing under the job ids, no reply and no note on hr-portal's list."""
+    hr_list = reply_list_name("hr-portal")
+    job_ids = [records_id("misdirected") for _ in range(3)]
+    jobs = [job(job_id, make_csr(f"{job_id}.example.com")) for job_id in job_ids]
+    before = len(list(records.store.audit_entries()))
+
+    results = records.submit(jobs, "web-frontend", reply_to=hr_list)
+
+    assert {(r.status, r.code) for r in results.values()} == {("refused", FOREIGN_REPLY_LIST)}
+    assert "not its own" in results[job_ids[0]].message
+    assert all(records.store.job_state(job_id) == {} for job_id in job_ids)
+    assert records.store.wait_replies(hr_list, timeout=0.2) == []
+    assert EnvelopeLedger(records.store).refusal_note(hr_list) is None
+    lines = [json.loads(e.partition(" ")[2]) for e in list(records.store.audit_entries())[before:]]
+    assert [(line["reason"], line["claimed_by"]) for line in lines] == [
+        (FOREIGN_REPLY_LIST, "web-frontend")
+    ]
+    # The same jobs sealed for a list of web-frontend's own are issued.
+    own = reply_list_name("web-frontend")
+    assert {r.status for r in records.submit(jobs, "web-frontend", reply_to=own).values()} == {
+        "issued"
+    }
+    assert len(records.store.wait_replies(own, timeout=2)) == len(jobs)
+
+
+def test_a_revocation_sealed_for_another_producers_reply_list_is_refused(
+    records: RecordsSigner,
+) -> None:
+    """The same for a revocation: nothing revoked, one audit line, nothing on hr-portal's list."""
+    request = job(records_id("revocable"), make_csr("revocable.example.com"))
+    (issued,) = records.submit(
+        [request], "web-frontend", reply_to=reply_list_name("web-frontend")
+    ).values()
+    assert issued.ok and issued.serial is not None
+    hr_list = reply_list_name("hr-portal")
+    revocation = RevokeRequest(
+        request_id=uuid.uuid4().hex, serial=issued.serial, reason="superseded", reply_to=hr_list
+    )
+    envelope = seal(
+        records.secrets["web-frontend"],
+        MessageKind.REVOKE,
+        producer="web-frontend",
+        ca=ca_identity(records.authority.intermediate),
+        queue=SIGN_QUEUE,
+        reply_to=hr_list,
+        payload=revocation.sealed_payload(),
+    )
+    sealed = revocation.model_copy(update={"envelope": envelope}).model_dump()
+    revocations = RevocationStore(records.store)
+    before = len(list(records.store.audit_entries()))
+
+    assert handle_revoke(sealed, revocations, records.access()) is None
+
+    assert records.store.index_entry(issued.serial).status is Status.VALID  # type: ignore[union-attr]
+    assert records.store.wait_replies(hr_list, timeout=0.2) == []
+    assert EnvelopeLedger(records.store).refusal_note(hr_list) is None
+    lines = [json.loads(e.partition(" ")[2]) for e in list(records.store.audit_entries())[before:]]
+    assert [(line["reason"], line["claimed_by"]) for line in lines] == [
+        (FOREIGN_REPLY_LIST, "web-frontend")
+    ]
+
+
 # Revocation rights: a producer revokes what it obtained; the OCSP delegate only the operator.
 
 
@@ -1705,7 +1886,7 @@ def _seal_revocation(
     name: str, secret: bytes, ca: str, serial: str, reason: str
 ) -> dict[str, object]:
     request = RevokeRequest(
-        request_id=uuid.uuid4().hex, serial=serial, reason=reason, reply_to=f"{name}-replies"
+        request_id=uuid.uuid4().hex, serial=serial, reason=reason, reply_to=f"{name}:replies"
     )
     envelope = seal(
         secret,
@@ -1743,10 +1924,10 @@ def test_a_producer_revokes_only_what_it_obtained_and_never_the_ocsp_delegate(
         producer="web",
         ca=ca,
         queue=PRODUCER_QUEUE,
-        reply_to="web-replies",
+        reply_to="web:replies",
         payload=jobs,
     )
-    (issued,) = BatchSigner(authority, store, access).sign_batch(jobs, "web-replies", envelope)
+    (issued,) = BatchSigner(authority, store, access).sign_batch(jobs, "web:replies", envelope)
     assert issued.ok and issued.serial is not None
     serial = issued.serial
     revocations = RevocationStore(store)

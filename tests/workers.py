@@ -43,6 +43,7 @@ def launch_worker(
     pool: str = "prefork",
     allow_root_key: bool = True,
     flags: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> WorkerProcess:
     """Start `casign worker` on the test's queue and key prefix without waiting for it.
 
@@ -71,7 +72,7 @@ def launch_worker(
     command += flags
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd
         )
     return WorkerProcess(process, log_path)
 

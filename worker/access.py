@@ -40,6 +40,7 @@ from core.auth import (
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope, describe_validation_error
 from core.revocation import canonical_reason
+from store.acl import owns_reply_list
 from store.results import ResultsStore
 from worker.name_patterns import check_pattern, name_matches, value_matches
 from worker.profiles import SUBJECT_ATTRIBUTE_OIDS
@@ -79,7 +80,7 @@ class ProducerPolicy(BaseModel):
     # Allowed values (a `*` matches any run of characters) per subject attribute short name.
     subject: dict[str, list[str]] | None = None
     wildcards: bool = False
-    rate_per_second: float | None = Field(default=None, gt=0)
+    rate_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     burst: int | None = Field(default=None, gt=0)
     # The longest a message of this producer may be sealed for (issued-at to expires-at).
     envelope_seconds: int = Field(default=DEFAULT_ENVELOPE_SECONDS, gt=0, le=7 * 24 * 3600)
@@ -214,6 +215,13 @@ class AccessPolicy:
             ),
             now=now,
         )
+        # Checked once the MAC holds: the producer itself named a list that is not its own.
+        if reply_to is not None and not owns_reply_list(known.name, reply_to):
+            raise Rejected(
+                RefusalCode.AUTH_FOREIGN_REPLY_LIST,
+                f"producer {known.name!r} sealed a message whose answers go to a reply list "
+                f"that is not its own (its lists are named '{known.name}:...')",
+            )
         return known
 
     def take_tokens(self, store: ResultsStore, producer: AllowedProducer, wanted: int) -> int:

@@ -168,7 +168,8 @@ def _refuse_unauthenticated(
     log.warning("refused a revocation request from %s: %s", claimed, refusal)
     line = audit_line("refused", reason=refusal.code, serial=request.serial, claimed_by=claimed)
     revocations.store.publish([], [], [], None, [line])
-    if request.reply_to:
+    if request.reply_to and refusal.code != RefusalCode.AUTH_FOREIGN_REPLY_LIST:
+        # Not under a list its sender does not own: a note there would refuse its owner's wait.
         ledger.note_refusal(request.reply_to, refusal.code, refusal.message)
 
 

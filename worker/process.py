@@ -195,6 +195,13 @@ class SignerProcess:
                 "open mode: %s is absent, so this signer accepts batches from any producer",
                 self.folder.producers_path,
             )
+        else:
+            log.info(
+                "this signer accepts batches from the %d producer(s) listed in %s only: %s",
+                len(access.producers),
+                self.folder.producers_path,
+                ", ".join(sorted(access.producers)),
+            )
         store.set_chain(authority.chain_pem)
         self._live = LiveConfiguration(
             self.folder.producers_path,

@@ -262,7 +262,8 @@ class BatchSigner:
             None,
             [audit_line("refused", reason=refusal.code, jobs=len(jobs), claimed_by=claimed)],
         )
-        if reply_to:
+        if reply_to and refusal.code != RefusalCode.AUTH_FOREIGN_REPLY_LIST:
+            # Not under a list its sender does not own: a note there would refuse its owner's jobs.
             self.ledger.note_refusal(reply_to, refusal.code, refusal.message)
         return [
             _refused(raw["job_id"], refusal)
