@@ -31,7 +31,7 @@ from core.errors import Retryable
 from core.index import Status
 from core.keys import KeyType
 from core.messages import JobResult, SignRequest
-from core.queue import celery_settings
+from core.queue import celery_settings, producer_queue
 from producers import Producer
 from producers.revocation import send_revocation
 from store.acl import KeyScope, Role, reply_list_name
@@ -120,6 +120,12 @@ class FaultRig:
     @property
     def store_url(self) -> str:
         return (self.store_redis or self.redis).url
+
+    @property
+    def delivery_queue(self) -> str:
+        """Where the listed producer's messages wait: its own queue (`QUEUE:NAME`)."""
+        assert self.sealed is not None
+        return producer_queue(self.queue, self.sealed.producer)
 
     @property
     def scope(self) -> KeyScope:
@@ -355,7 +361,7 @@ def test_whole_worker_killed_then_replaced(
             pending_at_kill = pending_jobs(rig.store)
             tally = assert_none_half_recorded(rig.store, names)
             issued = {j for j in names if rig.store.job_state(j).get("state") == "issued"}
-            queued = queued_job_ids(broker, rig.queue)
+            queued = queued_job_ids(broker, rig.delivery_queue)
             held = unacked_job_ids(broker)
             nowhere = set(names) - issued - pending_at_kill - queued - held
             assert nowhere == set(), f"{len(nowhere)} job(s) lost by the crash"
@@ -478,7 +484,7 @@ def test_main_worker_killed_after_fetch(
                 wait_until(lambda: frozen_in_brpop(main, broker), 10, "the worker in BRPOP")
                 producer.submit_many(requests)
                 with contextlib.suppress(TimeoutError):
-                    wait_until(lambda: broker.llen(rig.queue) == 0, 0.5, "the batch popped")
+                    wait_until(lambda: broker.llen(rig.delivery_queue) == 0, 0.5, "the batch popped")
                     break
                 resume(main)  # the BRPOP timed out first: let this batch through, try again
             else:
@@ -488,7 +494,7 @@ def test_main_worker_killed_after_fetch(
             # Redis gave the batch to the killed consumer, which never marked it in flight: the
             # message is gone from the broker (celery/celery#7950). The producer notices that no
             # worker recorded its jobs and sends them again under the same job ids.
-            where = locate_jobs(rig.store, broker, rig.queue, names)
+            where = locate_jobs(rig.store, broker, rig.delivery_queue, names)
             replacement = rig.worker(ca_folder.root, "worker2.log")
             try:
                 results = list(producer.results(list(names), timeout=60))
@@ -540,7 +546,7 @@ def test_redis_restarted_mid_run(
                 producer,
                 names,
                 RESTART_SETTLE_SECONDS,
-                lambda ids: locate_jobs(rig.store, broker, rig.queue, ids),
+                lambda ids: locate_jobs(rig.store, broker, rig.delivery_queue, ids),
             )
             collector.start()
             for fraction, how in ((0.25, signal.SIGTERM), (0.6, signal.SIGKILL)):
@@ -563,7 +569,7 @@ def test_redis_restarted_mid_run(
         if collector is not None:
             numbers.update(
                 jobs_without_result=len(collector.remaining),
-                where_they_are=locate_jobs(rig.store, broker, rig.queue, collector.remaining),
+                where_they_are=locate_jobs(rig.store, broker, rig.delivery_queue, collector.remaining),
                 producer_errors=len(collector.errors),
             )
         numbers.update(
@@ -656,7 +662,7 @@ def test_out_of_memory_ends_the_worker_nonzero_and_it_is_started_again(
                 producer,
                 names,
                 90,
-                lambda ids: locate_jobs(rig.store, broker, rig.queue, ids),
+                lambda ids: locate_jobs(rig.store, broker, rig.delivery_queue, ids),
             )
             collector.start()
             results = collector.finish()
@@ -733,9 +739,9 @@ def test_sigterm_during_a_store_outage_ends_the_worker(
                 )
             took = time.monotonic() - asked
             assert code == 0, f"exit code {code}; log:\n{worker.log()[-3000:]}"
-            held = queued_job_ids(broker, rig.queue) | unacked_job_ids(broker)
+            held = queued_job_ids(broker, rig.delivery_queue) | unacked_job_ids(broker)
             where = {
-                "queued": len(queued_job_ids(broker, rig.queue) & set(names)),
+                "queued": len(queued_job_ids(broker, rig.delivery_queue) & set(names)),
                 "unacked": len(unacked_job_ids(broker) & set(names)),
             }
             assert set(names) <= held, f"the batch is in no queue: {where}"
