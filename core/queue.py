@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 SIGN_QUEUE = "casign.sign"
@@ -12,9 +14,26 @@ REVOKE_TASK = "casign.revoke"
 CRL_TASK = "casign.crl"
 DEFAULT_BATCH_SIZE = 250
 
+# The most a signing worker takes in one queue message: more jobs, or more bytes of jobs (as
+# `batch_bytes` counts them), and every job of the message is answered refused
+# (`batch.too_many`, `batch.too_large`) without being signed. The producer cuts its batches
+# under both, so an honest producer never meets them.
+MAX_BATCH_JOBS = 2_000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
 # Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT
 # overrides it); a batch signs in well under it.
 VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+def batch_bytes(jobs: Sequence[object]) -> int:
+    """The size of a batch's jobs as compact JSON: what the message ceiling counts."""
+    return len(json.dumps(list(jobs), separators=(",", ":")).encode())
+
+
+def job_bytes(job: object) -> int:
+    """One job's share of `batch_bytes` (its JSON and the comma after it)."""
+    return len(json.dumps(job, separators=(",", ":")).encode()) + 1
 
 
 def visibility_timeout() -> int:

@@ -5,6 +5,7 @@ Imports the message schema and the store only; never the keystore or the worker.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -16,7 +17,15 @@ from celery import Celery
 from core.auth import DEFAULT_ENVELOPE_SECONDS, MessageKind, read_secret, seal
 from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
-from core.queue import DEFAULT_BATCH_SIZE, SIGN_BATCH_TASK, SIGN_QUEUE, celery_settings
+from core.queue import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_JOBS,
+    SIGN_BATCH_TASK,
+    SIGN_QUEUE,
+    celery_settings,
+    job_bytes,
+)
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
 from store.acl import reply_list_name
@@ -28,6 +37,9 @@ from store.revocations import RevocationStore
 log = logging.getLogger("casign.producer")
 
 DEFAULT_RESEND_SECONDS = 60.0
+# The most requests a producer keeps to check answers against; past it the oldest are
+# forgotten (their answers stay in the store: `status(job_id)` reads them).
+DEFAULT_MAX_WAITING = 100_000
 _REPLY_WAIT_SECONDS = 1.0
 # After this long without a reply the store is asked directly; the spell doubles each time.
 _RECHECK_SECONDS = 2.0
@@ -52,6 +64,7 @@ class Producer:
         ca_identity: str | None = None,
         envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
         trust_anchor: AnchorSpec | TrustAnchor | None = None,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
 
@@ -67,8 +80,13 @@ class Producer:
 
         Jobs no worker has recorded after `resend_after` seconds without any answer are sent
         again (same job id, so never signed twice).
+
+        At most `max_waiting` requests are held to check their answers: past it the oldest are
+        forgotten, with a warning (`results` no longer waits for them; `status(job_id)` still
+        reads their answers from the store, checked against the trust anchor only).
         """
         self.resend_after = resend_after
+        self.max_waiting = max_waiting
         if (identity is None) != (secret_source is None):
             raise ValueError("a producer identity and its secret_source go together")
         self.identity = identity
@@ -146,8 +164,12 @@ class Producer:
     def submit_many(
         self, requests: Iterable[SignRequest], batch_size: int | None = None
     ) -> list[str]:
-        """Enqueue many jobs, `batch_size` to a queue message; returns their job ids in order."""
-        size = batch_size or self.batch_size
+        """Enqueue many jobs, `batch_size` to a queue message; returns their job ids in order.
+
+        A message is cut sooner when it would pass the signer's ceilings (core.queue
+        MAX_BATCH_JOBS and MAX_BATCH_BYTES), so a large `batch_size` is never refused.
+        """
+        size = min(batch_size or self.batch_size, MAX_BATCH_JOBS)
         job_ids: list[str] = []
         batch: list[SignRequest] = []
         for request in requests:
@@ -160,13 +182,39 @@ class Producer:
             self._send(batch)
         return job_ids
 
-    def _send(self, requests: list[SignRequest]) -> None:
-        if not self._unanswered:
+    def _remember(self, requests: Iterable[SignRequest], sent: bool = True) -> None:
+        """Hold `requests` until answered (sent: and resend them if lost), within max_waiting."""
+        if sent and not self._unanswered:
             self._last_reply = time.monotonic()  # the silence starts with the first job out
         for request in requests:
             self._requests[request.job_id] = request
-            self._unanswered[request.job_id] = request
+            if sent:
+                self._unanswered[request.job_id] = request
+        over = len(self._requests) - self.max_waiting
+        if over > 0:
+            # Dicts keep insertion order: the oldest requests go first.
+            for job_id in list(itertools.islice(self._requests, over)):
+                del self._requests[job_id]
+                self._unanswered.pop(job_id, None)
+            log.warning(
+                "forgot the %d oldest unanswered request(s): over max_waiting (%d); "
+                "`status(job_id)` still reads their answers",
+                over,
+                self.max_waiting,
+            )
+
+    def waiting_count(self) -> int:
+        """How many requests this producer holds to check their answers against."""
+        return len(self._requests)
+
+    def _send(self, requests: list[SignRequest]) -> None:
+        """Send `requests` in as many messages as the signer's ceilings need (usually one)."""
+        self._remember(requests)
         jobs = [request.model_dump(exclude_none=True) for request in requests]
+        for first, last in cut_batches(jobs, MAX_BATCH_JOBS, MAX_BATCH_BYTES):
+            self._send_message(jobs[first:last])
+
+    def _send_message(self, jobs: list[dict[str, object]]) -> None:
         envelope = None
         if self.identity is not None and self._secret is not None:
             envelope = seal(
@@ -206,8 +254,7 @@ class Producer:
     def expect(self, requests: Iterable[SignRequest]) -> None:
         """Wait for these requests too (sent before, by this or another producer): `results`
         then takes their answers, checked against them, without sending them again."""
-        for request in requests:
-            self._requests[request.job_id] = request
+        self._remember(requests, sent=False)
 
     def answers_in_store(self, requests: Iterable[SignRequest]) -> dict[str, JobResult]:
         """The finished answers the store holds for `requests`, each checked (by job id)."""
@@ -237,6 +284,7 @@ class Producer:
         deadline = time.monotonic() + timeout
         yield from self._collect_finished(waiting - self._unanswered.keys(), waiting)
         quiet, recheck_after = 0.0, _RECHECK_SECONDS
+        checked_at = time.monotonic()
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -252,6 +300,7 @@ class Producer:
                     yield from self._collect_finished(set(waiting), waiting)
                     yield from self._collect_refused_unheard(waiting)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
+                    checked_at = time.monotonic()
                 if waiting and time.monotonic() - self._last_reply >= self.resend_after:
                     self._resend_lost(waiting)
                     self._last_reply = time.monotonic()
@@ -261,6 +310,11 @@ class Producer:
                 if reply.job_id in waiting and self._answers_request(reply):
                     waiting.discard(reply.job_id)
                     yield self._checked(reply)
+            if waiting and time.monotonic() - checked_at >= _MAX_RECHECK_SECONDS:
+                # A full reply list drops its oldest answers (store.replies): while answers
+                # keep coming, the store is still asked now and then for the rest.
+                yield from self._collect_finished(set(waiting), waiting)
+                checked_at = time.monotonic()
 
     def _answers_request(self, result: JobResult) -> bool:
         """True when `result` carries the fingerprint of the request this producer waits on."""
@@ -354,6 +408,8 @@ class Producer:
     def status(self, request: SignRequest | str) -> JobResult | None:
         """The request's checked result if the store has one, else None (queued, or signing).
 
+        A request answered here is forgotten (`results` no longer waits for it).
+
         Given a job id whose request this producer still holds, the answer is checked against
         that request; for any other job id, its certificate is checked against the trust anchor
         only (pass the SignRequest to have its key checked too).
@@ -369,9 +425,28 @@ class Producer:
         found = result.get(request.job_id)
         if found is None or found.fingerprint != fingerprint:
             return None
-        return self._check.check(found, request)
+        checked = self._check.check(found, request)
+        # Answered: no longer held, so a producer that polls `status` stays small too.
+        if self._requests.get(request.job_id) == request:
+            del self._requests[request.job_id]
+            self._unanswered.pop(request.job_id, None)
+        return checked
 
     def chain_pem(self) -> str | None:
         """The CA chain (`ca-chain.cert.pem`) that goes with every certificate: with a trust
         anchor, the chain that last took a certificate to it (None before one did)."""
         return self._check.chain_pem()
+
+
+def cut_batches(jobs: Sequence[object], max_jobs: int, max_bytes: int) -> Iterator[tuple[int, int]]:
+    """(first, last) slices of `jobs`, each at most `max_jobs` long and `max_bytes` as
+    core.queue.batch_bytes counts them (a single job over `max_bytes` goes alone)."""
+    first, size = 0, 2  # the brackets of the JSON list
+    for n, job in enumerate(jobs):
+        grown = job_bytes(job)
+        if n > first and (n - first >= max_jobs or size + grown > max_bytes):
+            yield first, n
+            first, size = n, 2
+        size += grown
+    if first < len(jobs):
+        yield first, len(jobs)

@@ -9,10 +9,13 @@ Jobs and records (`store.jobs`):
   P:job:{id}          hash: state (reserved|issued|refused|failed), fingerprint, serial, record
                       (sealed by a signer, `worker/issuance/record.py`; until published, failed
                       or refused), code, message (of a refusal or failure), owner (of an issued
-                      job: the requester it was issued to, who may revoke it)
+                      job: the requester it was issued to, who may revoke it); once closed
+                      (issued, refused, failed) it expires after the CA's `job_retention_days`
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
-  P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
+  P:owners            hash: serial hex -> who obtained it (kept when its job record expires)
+  P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; at most
+                      REPLY_LIST_MAX long (oldest dropped), expires a fixed time after it is made
 Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:certs             hash: serial hex -> certificate PEM
   P:index             hash: serial hex -> index.txt line
@@ -63,6 +66,7 @@ class KeySpace:
         "index",
         "index_order",
         "job_stem",
+        "owners",
         "pending",
         "prefix",
         "revoked",
@@ -75,6 +79,7 @@ class KeySpace:
         self.job_stem = self.key("job", "")
         self.serials = self.key("serials")
         self.pending = self.key("pending")
+        self.owners = self.key("owners")
         self.certs = self.key("certs")
         self.index = self.key("index")
         self.index_order = self.key("index", "order")

@@ -28,12 +28,14 @@ class Lua(StrEnum):
     COUNTER_RAISE = "counter_raise"
     RATE_TAKE = "rate_take"
     LOCK_RELEASE = "lock_release"
+    REPLY_PUSH = "reply_push"
 
 
 # Routines a script calls, put in front of its own text when it is loaded. audit.lua holds the
 # one audit-append, so the hash chain is written the same way by every script that records.
 _PRELUDES: dict[Lua, tuple[str, ...]] = {
-    Lua.PUBLISH: ("audit",),
+    Lua.PUBLISH: ("audit", "reply_bound"),
+    Lua.REPLY_PUSH: ("reply_bound",),
     Lua.REVOKE: ("audit",),
 }
 
