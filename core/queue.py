@@ -6,9 +6,14 @@ import json
 import os
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+# The names a CA folder made before casign derived them keeps (no `queue`/`store_prefix` in
+# its casign.toml); `casign init` records names of the CA's own (`names_for_ca`).
 SIGN_QUEUE = "casign.sign"
+DEFAULT_STORE_PREFIX = "casign"
+CA_TAG_LENGTH = 12  # hex digits of the CA's identity in its default names
 SIGN_BATCH_TASK = "casign.sign_batch"
 REVOKE_TASK = "casign.revoke"
 CRL_TASK = "casign.crl"
@@ -24,6 +29,30 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 # Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT
 # overrides it); a batch signs in well under it.
 VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class QueueNames:
+    """The signing queue and the store's key prefix of one CA: never shared by two CAs."""
+
+    queue: str
+    store_prefix: str
+
+
+LEGACY_NAMES = QueueNames(SIGN_QUEUE, DEFAULT_STORE_PREFIX)
+
+
+def ca_tag(identity: str) -> str:
+    """The short tag of a CA (core.auth.ca_identity) in its default names and common name."""
+    return identity[:CA_TAG_LENGTH]
+
+
+def names_for_ca(identity: str) -> QueueNames:
+    """The default queue and key prefix of the CA whose identity is `identity`
+    (core.auth.ca_identity: SHA-256 of the intermediate's key), e.g. `casign-3f9a2c1b7d4e.sign`
+    and `casign-3f9a2c1b7d4e`. `casign init` records them in casign.toml."""
+    tag = ca_tag(identity)
+    return QueueNames(f"casign-{tag}.sign", f"casign-{tag}")
 
 
 def batch_bytes(jobs: Sequence[object]) -> int:

@@ -19,12 +19,13 @@ from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import (
     DEFAULT_BATCH_SIZE,
+    LEGACY_NAMES,
     MAX_BATCH_BYTES,
     MAX_BATCH_JOBS,
     SIGN_BATCH_TASK,
-    SIGN_QUEUE,
     celery_settings,
     job_bytes,
+    names_for_ca,
 )
 from producers.revocation import DEFAULT_TIMEOUT, send_revocation
 from producers.trust import AnchorSpec, ResultCheck, TrustAnchor
@@ -54,10 +55,10 @@ class Producer:
         broker_url: str,
         store_url: str,
         *,
-        store_prefix: str = "casign",
+        store_prefix: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         requester: str | None = None,
-        queue: str = SIGN_QUEUE,
+        queue: str | None = None,
         identity: str | None = None,
         secret_source: str | None = None,
         resend_after: float = DEFAULT_RESEND_SECONDS,
@@ -67,6 +68,11 @@ class Producer:
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
+
+        `queue` and `store_prefix` are the CA's (`casign inspect --ca DIR` prints them): unless
+        given, the names `casign init` derives from `ca_identity` (core.queue.names_for_ca),
+        and without that the names of a CA folder made before casign derived them
+        (`casign.sign`, `casign`).
 
         `trust_anchor` is the root certificate this producer trusts (PEM, the path of a PEM
         file, or its SHA-256 fingerprint): a certificate is reported issued only once it chains
@@ -94,9 +100,10 @@ class Producer:
         self._ca_identity = ca_identity
         self.envelope_seconds = envelope_seconds
         self.batch_size = batch_size
-        self.queue = queue
+        names = names_for_ca(ca_identity) if ca_identity is not None else LEGACY_NAMES
+        self.queue = queue or names.queue
         self.requester = requester
-        self.store = ResultsStore.from_url(store_url, store_prefix)
+        self.store = ResultsStore.from_url(store_url, store_prefix or names.store_prefix)
         self._ledger = EnvelopeLedger(self.store)
         if trust_anchor is not None and not isinstance(trust_anchor, TrustAnchor):
             trust_anchor = TrustAnchor.parse(trust_anchor)
@@ -111,7 +118,7 @@ class Producer:
         # `results` calls, so a caller that polls in short rounds still gets lost jobs resent.
         self._last_reply = time.monotonic()
         self._celery = Celery("casign-producer", set_as_current=False)
-        self._celery.conf.update(celery_settings(broker_url, queue))
+        self._celery.conf.update(celery_settings(broker_url, self.queue))
 
     def __enter__(self) -> Producer:
         return self

@@ -8,8 +8,12 @@ a job still reserved (not yet published) is kept until it is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from core.errors import ConfigurationError
-from worker.cafolder import CAFolder
+
+if TYPE_CHECKING:  # worker.cafolder writes this module's default into a new casign.toml
+    from worker.cafolder import CAFolder
 
 DEFAULT_JOB_RETENTION_DAYS = 30
 MAX_JOB_RETENTION_DAYS = 36_500
