@@ -69,7 +69,7 @@ class Producer:
     ) -> None:
         """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
 
-        `queue` and `store_prefix` are the CA's (`casign inspect --ca DIR` prints them): unless
+        `queue` and `store_prefix` are the CA's (`casign inspect DIR` prints them): unless
         given, the names `casign init` derives from `ca_identity` (core.queue.names_for_ca),
         and without that the names of a CA folder made before casign derived them
         (`casign.sign`, `casign`).

@@ -1,6 +1,7 @@
 """Every Redis key casign uses, and the one place that builds them.
 
-Each key sits under a prefix (`casign` unless CASIGN_STORE_PREFIX says other; written `P:` here).
+Each key sits under a prefix (written `P:` here): the CA folder's `store_prefix` in casign.toml
+(`casign-TAG`, `core.queue.names_for_ca`; `casign` for a folder made before), or CASIGN_STORE_PREFIX.
 The Lua scripts in `store/lua/` are handed their keys from this module: each key by name
 (KEYS[...]), and for the job keys of a batch the stem `P:job:` (`KeySpace.job_stem`) to which
 they append each job id, so a batch's ids travel once. This list is the whole schema.
