@@ -23,9 +23,10 @@ from casign.cli_base import (
     store_option,
     write_certificate,
 )
-from casign.config import ENVIRONMENT, Endpoints, ca_dir, resolve_endpoints
+from casign.config import ENVIRONMENT, Endpoints, ca_dir, ca_names, resolve_endpoints
 from core.errors import Rejected, Retryable, SigningError
 from core.files import PUBLIC_MODE, write_file_atomically
+from core.layout import ca_folder_problem, folder_names
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -87,7 +88,12 @@ def main() -> None:
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--root-cn", default="casign Root CA", show_default=True)
-@click.option("--intermediate-cn", default="casign Intermediate CA", show_default=True)
+@click.option(
+    "--intermediate-cn",
+    default=None,
+    help="The intermediate's commonName [default: 'casign Intermediate CA' and the CA's tag,"
+    " the first 12 hex digits of its key's SHA-256, also in its queue and key prefix].",
+)
 @click.option("--org", default=None, help="organizationName of both CA certificates.")
 @click.option("--country", default=None, help="Two-letter countryName of both CA certificates.")
 @click.option(
@@ -122,7 +128,7 @@ def main() -> None:
 def init(
     directory: Path,
     root_cn: str,
-    intermediate_cn: str,
+    intermediate_cn: str | None,
     org: str | None,
     country: str | None,
     key_type: str,
@@ -172,6 +178,9 @@ def init(
     click.echo(f"chain:           {folder.chain_path}")
     click.echo(f"profiles:        {folder.profiles_path}")
     click.echo(f"openssl config:  {folder.openssl_cnf_path}")
+    names = folder_names(folder.root)
+    click.echo(f"queue:           {names.queue}")
+    click.echo(f"key prefix:      {names.store_prefix}")
     click.echo(
         f"next, move the root key {folder.root_key_path} to offline media (casign worker "
         f"refuses to start beside it), then start a signer: casign worker --ca {directory}"
@@ -230,11 +239,18 @@ def sign(
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
 def inspect(path: Path) -> None:
-    """Show a certificate or CSR (PEM or DER) as `openssl x509 -text` / `req -text` would."""
-    from casign.inspect import describe_file
+    """Show a certificate or CSR (PEM or DER) as `openssl x509 -text` / `req -text` would;
+    given a CA folder, its intermediate, identity, queue and key prefix."""
+    from casign.inspect import describe_ca_folder, describe_file
 
+    if path.is_dir():
+        problem = ca_folder_problem(path)
+        if problem is not None:
+            fail(problem.sentence("give a certificate, a CSR or the folder `casign init` made"))
+        click.echo(describe_ca_folder(path, ca_names(path)))
+        return
     try:
         click.echo(describe_file(path.read_bytes()))
     except ValueError:

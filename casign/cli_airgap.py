@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from casign.cli_base import broker_option, ca_option, fail, open_store, store_option
-from casign.config import ca_dir, queue_name, resolve_endpoints
+from casign.config import ca_dir, ca_names, resolve_endpoints
 from core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def airgap_sign(
         )
     authority = load_authority(folder)
     access = AccessPolicy.load(
-        CAFolder(folder).producers_path, ca_identity(authority.intermediate), queue_name()
+        CAFolder(folder).producers_path, ca_identity(authority.intermediate), ca_names(folder).queue
     )
     if access is None and not open_mode:
         fail(open_mode_refusal(CAFolder(folder)), 2)

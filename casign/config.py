@@ -7,22 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigurationError
-from core.layout import ca_folder_problem
-from core.queue import SIGN_QUEUE
+from core.layout import ca_folder_problem, folder_names
+from core.queue import LEGACY_NAMES, QueueNames
 
 ENVIRONMENT = {
     "CASIGN_CA_DIR": "the CA folder made by `casign init` (default ./ca)",
     "CASIGN_BROKER_URL": "Celery broker: redis://, rediss:// or amqp:// (default: the CA's embedded Redis)",
     "CASIGN_STORE_URL": "results store: redis://, rediss:// or unix:// (default: the CA's embedded Redis)",
-    "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default casign)",
-    "CASIGN_QUEUE": "name of the signing queue, one per CA on a shared broker (default casign.sign)",
+    "CASIGN_STORE_PREFIX": "prefix of every key casign writes in the store (default: the CA folder's, casign.toml)",
+    "CASIGN_QUEUE": "name of the signing queue, one per CA on a shared broker (default: the CA folder's, casign.toml)",
     "CASIGN_VISIBILITY_TIMEOUT": "seconds before a Redis broker redelivers a dead worker's message (default 300)",
     "CASIGN_PKCS11_MODULE": "PKCS#11 library when a pkcs11: URI names no module-path",
     "CASIGN_PRODUCER_ID": "this producer's name in the CA's producers.toml (signs its batches)",
     "CASIGN_PRODUCER_SECRET": "where this producer's HMAC secret is: file:PATH or env:VARIABLE",
 }
 DEFAULT_CA_DIR = Path("ca")
-DEFAULT_STORE_PREFIX = "casign"
 # Given as the broker by commands that never send a task.
 UNUSED_BROKER = "unused://"
 
@@ -42,12 +41,16 @@ def ca_dir(flag: Path | None) -> Path:
     return flag or Path(os.environ.get("CASIGN_CA_DIR", DEFAULT_CA_DIR))
 
 
-def queue_name() -> str:
-    return os.environ.get("CASIGN_QUEUE", SIGN_QUEUE)
-
-
-def store_prefix() -> str:
-    return os.environ.get("CASIGN_STORE_PREFIX", DEFAULT_STORE_PREFIX)
+def ca_names(folder: Path | None) -> QueueNames:
+    """The queue and key prefix: CASIGN_QUEUE and CASIGN_STORE_PREFIX, else the ones the CA
+    folder records (core.layout.folder_names), else `casign.sign` and `casign`."""
+    recorded = LEGACY_NAMES
+    if folder is not None and ca_folder_problem(folder) is None:
+        recorded = folder_names(folder)
+    return QueueNames(
+        os.environ.get("CASIGN_QUEUE") or recorded.queue,
+        os.environ.get("CASIGN_STORE_PREFIX") or recorded.store_prefix,
+    )
 
 
 def resolve_endpoints(
@@ -61,11 +64,12 @@ def resolve_endpoints(
     broker_url = broker or os.environ.get("CASIGN_BROKER_URL")
     store_url = store or os.environ.get("CASIGN_STORE_URL")
     if store_url and (broker_url or not need_broker):
+        names = ca_names(ca_dir(ca_folder))
         return Endpoints(
             broker_url or UNUSED_BROKER,
             store_url,
-            store_prefix(),
-            queue_name(),
+            names.store_prefix,
+            names.queue,
             _embedded_folder_named(store_url, ca_folder),
         )
     folder = ca_dir(ca_folder)
@@ -80,11 +84,12 @@ def resolve_endpoints(
     from store.embedded import EmbeddedRedis
 
     embedded = EmbeddedRedis(folder.absolute())
+    names = ca_names(folder)
     return Endpoints(
         broker_url or embedded.broker_url,
         store_url or embedded.url,
-        store_prefix(),
-        queue_name(),
+        names.store_prefix,
+        names.queue,
         folder.absolute(),
     )
 

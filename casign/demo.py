@@ -180,6 +180,7 @@ def demo(count: int, directory: Path) -> None:
     The worker serves one listed producer (the demo's, made here), the root key is moved out
     of the CA folder first, and every certificate is checked against the root certificate.
     """
+    from core.layout import folder_names
     from worker.cafolder import CAFolder, CAOptions, init_ca
 
     directory = directory.absolute()
@@ -205,9 +206,12 @@ def demo(count: int, directory: Path) -> None:
         log_path = directory / "worker.log"
         worker = _start_worker(ca_dir, log_path)
         try:
+            ca_names = folder_names(ca_dir)  # the worker's, from casign.toml
             with Producer(
                 embedded.broker_url,
                 embedded.url,
+                queue=ca_names.queue,
+                store_prefix=ca_names.store_prefix,
                 batch_size=100,
                 identity=DEMO_PRODUCER,
                 secret_source=secret_source,

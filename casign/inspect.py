@@ -6,13 +6,17 @@ import datetime
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.name import _ASN1Type
 
+from core.auth import ca_identity
+from core.layout import folder_names, intermediate_cert_path
 from core.oids import NS_CERT_TYPE_OID, NS_COMMENT_OID
+from core.queue import QueueNames
 
 CHALLENGE_PASSWORD_OID = x509.ObjectIdentifier("1.2.840.113549.1.9.7")
 EXTENSION_REQUEST_OID = x509.ObjectIdentifier("1.2.840.113549.1.9.14")
@@ -198,6 +202,24 @@ def describe_csr(csr: x509.CertificateSigningRequest) -> str:
         lines.append(f"                cannot be parsed ({_visible(str(exc))})")
     lines += _signature_lines(csr.signature_algorithm_oid, csr.signature, _pss_parameter_lines(csr))
     return "\n".join(lines) + "\n"
+
+
+def describe_ca_folder(folder: Path, names: QueueNames) -> str:
+    """A CA folder's intermediate, its identity and the queue and key prefix its signer uses."""
+    intermediate = x509.load_pem_x509_certificate(intermediate_cert_path(folder).read_bytes())
+    recorded = folder_names(folder)
+    lines = [
+        f"CA folder: {folder.absolute()}",
+        f"Intermediate: {intermediate.subject.rfc4514_string()}",
+        f"CA identity: {ca_identity(intermediate)}",
+    ]
+    for label, used, kept, variable in (
+        ("Queue", names.queue, recorded.queue, "CASIGN_QUEUE"),
+        ("Key prefix", names.store_prefix, recorded.store_prefix, "CASIGN_STORE_PREFIX"),
+    ):
+        source = "casign.toml" if used == kept else f"{variable}; casign.toml says {kept}"
+        lines.append(f"{label}: {used} ({source})")
+    return "\n".join(lines)
 
 
 def describe_file(data: bytes) -> str:

@@ -24,8 +24,9 @@ from urllib.parse import unquote, urlsplit
 
 from redis.exceptions import NoPermissionError
 
-from casign.config import DEFAULT_STORE_PREFIX, Endpoints
-from core.queue import SIGN_QUEUE, celery_settings, producer_queue
+from casign.config import Endpoints
+from core.layout import folder_names
+from core.queue import LEGACY_NAMES, celery_settings, producer_queue
 
 _CHUNK = 200
 _CONNECT_SECONDS = 2.0
@@ -213,9 +214,11 @@ def worker_command(endpoints: Endpoints, ca_folder: Path | None) -> str:
         words += ["--broker", str(maybe_sanitize_url(endpoints.broker_url))]
         words += ["--store", str(maybe_sanitize_url(endpoints.store_url))]
     variables = []
-    if endpoints.queue != SIGN_QUEUE:
+    # A worker given --ca takes the folder's names (casign.toml); name only what differs.
+    recorded = folder_names(ca_folder) if ca_folder is not None else LEGACY_NAMES
+    if endpoints.queue != recorded.queue:
         variables.append(f"CASIGN_QUEUE={shlex.quote(endpoints.queue)}")
-    if endpoints.store_prefix != DEFAULT_STORE_PREFIX:
+    if endpoints.store_prefix != recorded.store_prefix:
         variables.append(f"CASIGN_STORE_PREFIX={shlex.quote(endpoints.store_prefix)}")
     return " ".join([*variables, shlex.join(words)])
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from core.errors import ConfigurationError, RefusalCode, Rejected
 from core.messages import Envelope
@@ -52,7 +53,12 @@ class MessageKind(StrEnum):
 
 def ca_identity(intermediate: x509.Certificate) -> str:
     """The CA a message is meant for: SHA-256 of the intermediate's SubjectPublicKeyInfo, hex."""
-    spki = intermediate.public_key().public_bytes(
+    return key_identity(intermediate.public_key())
+
+
+def key_identity(public_key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo, hex (a CA's, before its certificate)."""
+    spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).hexdigest()

@@ -46,6 +46,9 @@ class RefusalCode(StrEnum):
     VALIDITY_TOO_LONG = "request.validity_too_long"
     JOB_MALFORMED = "request.malformed"
     JOB_ID_REUSED = "request.job_id_reused"
+    # A queue message over the signer's ceilings (core.queue): each of its jobs is refused.
+    BATCH_TOO_MANY = "batch.too_many"
+    BATCH_TOO_LARGE = "batch.too_large"
     AUTH_UNSIGNED = "auth.unsigned"
     AUTH_UNKNOWN_PRODUCER = "auth.unknown_producer"
     AUTH_BAD_SIGNATURE = "auth.bad_signature"

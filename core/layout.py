@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.errors import ConfigurationError
+from core.queue import LEGACY_NAMES, QueueNames
 
 OCSP_CERT_NAME = "ocsp.cert.pem"
 OCSP_KEY_NAME = "ocsp.key.pem"
@@ -21,6 +25,28 @@ def ocsp_key_path(ca_root: Path) -> Path:
 
 def intermediate_cert_path(ca_root: Path) -> Path:
     return ca_root / "intermediate" / "certs" / "intermediate.cert.pem"
+
+
+def settings_path(ca_root: Path) -> Path:
+    return ca_root / "intermediate" / "casign.toml"
+
+
+def folder_names(ca_root: Path) -> QueueNames:
+    """The queue and key prefix a CA folder's casign.toml records (`queue`, `store_prefix`:
+    written by `casign init`, derived from the CA's key); a folder without them, or no folder,
+    has the names every CA had before (`casign.sign`, `casign`)."""
+    path = settings_path(ca_root)
+    try:
+        settings = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return LEGACY_NAMES
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+    queue = settings.get("queue", LEGACY_NAMES.queue)
+    prefix = settings.get("store_prefix", LEGACY_NAMES.store_prefix)
+    if not (isinstance(queue, str) and queue and isinstance(prefix, str) and prefix):
+        raise ConfigurationError(f"{path}: queue and store_prefix must be non-empty strings")
+    return QueueNames(queue, prefix)
 
 
 @dataclass(frozen=True)

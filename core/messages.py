@@ -21,6 +21,8 @@ SanText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 # A CSR above 64 KiB is refused with its own code by the CSR policy; the message itself may
 # carry a little more so that refusal, not a schema error, is what the requester sees.
 MAX_CSR_FIELD = 2 * 1024 * 1024
+# The most jobs a queue message may carry and still be read (and answered, job by job).
+MAX_MESSAGE_JOBS = 1_000_000
 
 
 class _Message(BaseModel):
@@ -74,8 +76,10 @@ class SignBatch(_Message):
     schema_version: Literal[2] = 2
     reply_to: Annotated[str, StringConstraints(max_length=128)] | None = None
     envelope: Envelope | None = None  # none: an unsealed batch, served only by an open signer
-    # Each job is validated on its own so one malformed job cannot sink its neighbours.
-    jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=10_000)]
+    # Each job is validated on its own so one malformed job cannot sink its neighbours. The
+    # signer's ceilings (core.queue.MAX_BATCH_JOBS, MAX_BATCH_BYTES) are far lower: a message
+    # over them is answered, each job refused, so the schema only bounds what is parsed at all.
+    jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_MESSAGE_JOBS)]
 
 
 class JobResult(_Message):

@@ -10,19 +10,32 @@ backlog does not hold another's jobs behind it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ConfigurationError
 
+# The names a CA folder made before casign derived them keeps (no `queue`/`store_prefix` in
+# its casign.toml); `casign init` records names of the CA's own (`names_for_ca`).
 SIGN_QUEUE = "casign.sign"
+DEFAULT_STORE_PREFIX = "casign"
+CA_TAG_LENGTH = 12  # hex digits of the CA's identity in its default names
 SIGN_BATCH_TASK = "casign.sign_batch"
 REVOKE_TASK = "casign.revoke"
 CRL_TASK = "casign.crl"
 DEFAULT_BATCH_SIZE = 250
+
+# The most a signing worker takes in one queue message: more jobs, or more bytes of jobs (as
+# `batch_bytes` counts them), and every job of the message is answered refused
+# (`batch.too_many`, `batch.too_large`) without being signed. The producer cuts its batches
+# under both, so an honest producer never meets them.
+MAX_BATCH_JOBS = 2_000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 # Redis redelivers a message a dead worker had taken after this long (CASIGN_VISIBILITY_TIMEOUT
 # overrides it); the signer works through a message in chunks that each take at most a tenth
@@ -61,6 +74,40 @@ def producer_queue(queue: str, producer: str | None) -> str:
 def consumed_queues(queue: str, producers: Iterable[str]) -> tuple[str, ...]:
     """What a worker of queue Q consumes: Q, then each listed producer's own queue."""
     return (queue, *(producer_queue(queue, name) for name in sorted(set(producers))))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueNames:
+    """The signing queue and the store's key prefix of one CA: never shared by two CAs."""
+
+    queue: str
+    store_prefix: str
+
+
+LEGACY_NAMES = QueueNames(SIGN_QUEUE, DEFAULT_STORE_PREFIX)
+
+
+def ca_tag(identity: str) -> str:
+    """The short tag of a CA (core.auth.ca_identity) in its default names and common name."""
+    return identity[:CA_TAG_LENGTH]
+
+
+def names_for_ca(identity: str) -> QueueNames:
+    """The default queue and key prefix of the CA whose identity is `identity`
+    (core.auth.ca_identity: SHA-256 of the intermediate's key), e.g. `casign-3f9a2c1b7d4e.sign`
+    and `casign-3f9a2c1b7d4e`. `casign init` records them in casign.toml."""
+    tag = ca_tag(identity)
+    return QueueNames(f"casign-{tag}.sign", f"casign-{tag}")
+
+
+def batch_bytes(jobs: Sequence[object]) -> int:
+    """The size of a batch's jobs as compact JSON: what the message ceiling counts."""
+    return len(json.dumps(list(jobs), separators=(",", ":")).encode())
+
+
+def job_bytes(job: object) -> int:
+    """One job's share of `batch_bytes` (its JSON and the comma after it)."""
+    return len(json.dumps(job, separators=(",", ":")).encode()) + 1
 
 
 def visibility_timeout() -> int:

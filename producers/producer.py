@@ -5,6 +5,7 @@ Imports the message schema and the store only; never the keystore or the worker.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -18,9 +19,13 @@ from core.errors import ConfigurationError
 from core.messages import JobResult, RevocationResult, SignBatch, SignRequest
 from core.queue import (
     DEFAULT_BATCH_SIZE,
+    LEGACY_NAMES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_JOBS,
     SIGN_BATCH_TASK,
-    SIGN_QUEUE,
     celery_settings,
+    job_bytes,
+    names_for_ca,
     producer_queue,
 )
 from producers.delivery import SentMessages, queue_depth
@@ -39,6 +44,9 @@ DEFAULT_RESEND_SECONDS = 60.0
 # Each resend check after a silence doubles the wait before the next, up to this; an answer
 # starts it over at `resend_after`.
 MAX_RESEND_SECONDS = 600.0
+# The most requests a producer keeps to check answers against; past it the oldest are
+# forgotten (their answers stay in the store: `status(job_id)` reads them).
+DEFAULT_MAX_WAITING = 100_000
 _REPLY_WAIT_SECONDS = 1.0
 # A job found nowhere is looked for once more after this long before it is sent again.
 _LOST_GRACE_SECONDS = 0.5
@@ -55,18 +63,24 @@ class Producer:
         broker_url: str,
         store_url: str,
         *,
-        store_prefix: str = "casign",
+        store_prefix: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         requester: str | None = None,
-        queue: str = SIGN_QUEUE,
+        queue: str | None = None,
         identity: str | None = None,
         secret_source: str | None = None,
         resend_after: float = DEFAULT_RESEND_SECONDS,
         ca_identity: str | None = None,
         envelope_seconds: int = DEFAULT_ENVELOPE_SECONDS,
         trust_anchor: AnchorSpec | TrustAnchor | None = None,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         """`identity` and `secret_source` (`file:PATH` or `env:VAR`) seal every message (HMAC).
+
+        `queue` and `store_prefix` are the CA's (`casign inspect DIR` prints them): unless
+        given, the names `casign init` derives from `ca_identity` (core.queue.names_for_ca),
+        and without that the names of a CA folder made before casign derived them
+        (`casign.sign`, `casign`).
 
         `trust_anchor` is the root certificate this producer trusts (PEM, the path of a PEM
         file, or its SHA-256 fingerprint): a certificate is reported issued only once it chains
@@ -84,8 +98,13 @@ class Producer:
         the jobs that no worker has recorded and whose message can no longer be in that queue
         are sent again (same job id, so never signed twice); each silent round doubles the wait
         for the next, up to MAX_RESEND_SECONDS, and an answer starts it over.
+
+        At most `max_waiting` requests are held to check their answers: past it the oldest are
+        forgotten, with a warning (`results` no longer waits for them; `status(job_id)` still
+        reads their answers from the store, checked against the trust anchor only).
         """
         self.resend_after = resend_after
+        self.max_waiting = max_waiting
         if (identity is None) != (secret_source is None):
             raise ValueError("a producer identity and its secret_source go together")
         self.identity = identity
@@ -93,10 +112,11 @@ class Producer:
         self._ca_identity = ca_identity
         self.envelope_seconds = envelope_seconds
         self.batch_size = batch_size
-        self.queue = queue
-        self.delivery_queue = producer_queue(queue, identity)
+        names = names_for_ca(ca_identity) if ca_identity is not None else LEGACY_NAMES
+        self.queue = queue or names.queue
+        self.delivery_queue = producer_queue(self.queue, identity)
         self.requester = requester
-        self.store = ResultsStore.from_url(store_url, store_prefix)
+        self.store = ResultsStore.from_url(store_url, store_prefix or names.store_prefix)
         self._ledger = EnvelopeLedger(self.store)
         if trust_anchor is not None and not isinstance(trust_anchor, TrustAnchor):
             trust_anchor = TrustAnchor.parse(trust_anchor)
@@ -166,8 +186,12 @@ class Producer:
     def submit_many(
         self, requests: Iterable[SignRequest], batch_size: int | None = None
     ) -> list[str]:
-        """Enqueue many jobs, `batch_size` to a queue message; returns their job ids in order."""
-        size = batch_size or self.batch_size
+        """Enqueue many jobs, `batch_size` to a queue message; returns their job ids in order.
+
+        A message is cut sooner when it would pass the signer's ceilings (core.queue
+        MAX_BATCH_JOBS and MAX_BATCH_BYTES), so a large `batch_size` is never refused.
+        """
+        size = min(batch_size or self.batch_size, MAX_BATCH_JOBS)
         job_ids: list[str] = []
         batch: list[SignRequest] = []
         for request in requests:
@@ -180,13 +204,39 @@ class Producer:
             self._send(batch)
         return job_ids
 
-    def _send(self, requests: list[SignRequest]) -> None:
-        if not self._unanswered:
+    def _remember(self, requests: Iterable[SignRequest], sent: bool = True) -> None:
+        """Hold `requests` until answered (sent: and resend them if lost), within max_waiting."""
+        if sent and not self._unanswered:
             self._last_reply = time.monotonic()  # the silence starts with the first job out
         for request in requests:
             self._requests[request.job_id] = request
-            self._unanswered[request.job_id] = request
+            if sent:
+                self._unanswered[request.job_id] = request
+        over = len(self._requests) - self.max_waiting
+        if over > 0:
+            # Dicts keep insertion order: the oldest requests go first.
+            for job_id in list(itertools.islice(self._requests, over)):
+                del self._requests[job_id]
+                self._unanswered.pop(job_id, None)
+            log.warning(
+                "forgot the %d oldest unanswered request(s): over max_waiting (%d); "
+                "`status(job_id)` still reads their answers",
+                over,
+                self.max_waiting,
+            )
+
+    def waiting_count(self) -> int:
+        """How many requests this producer holds to check their answers against."""
+        return len(self._requests)
+
+    def _send(self, requests: list[SignRequest]) -> None:
+        """Send `requests` in as many messages as the signer's ceilings need (usually one)."""
+        self._remember(requests)
         jobs = [request.model_dump(exclude_none=True) for request in requests]
+        for first, last in cut_batches(jobs, MAX_BATCH_JOBS, MAX_BATCH_BYTES):
+            self._send_message(jobs[first:last])
+
+    def _send_message(self, jobs: list[dict[str, object]]) -> None:
         envelope = None
         if self.identity is not None and self._secret is not None:
             envelope = seal(
@@ -200,7 +250,7 @@ class Producer:
                 lifetime_seconds=self.envelope_seconds,
             )
         batch = SignBatch(reply_to=self.reply_to, envelope=envelope, jobs=jobs)
-        self._sent.note(request.job_id for request in requests)
+        self._sent.note(str(job["job_id"]) for job in jobs)
         # declare=[]: publish only. The signer declares its queue; a broker user allowed to
         # declare it could read it too (store.acl). A batch sent before any signer ever started
         # waits in its list on Redis; RabbitMQ drops it unrouted, and then, its queue being
@@ -233,8 +283,7 @@ class Producer:
     def expect(self, requests: Iterable[SignRequest]) -> None:
         """Wait for these requests too (sent before, by this or another producer): `results`
         then takes their answers, checked against them, without sending them again."""
-        for request in requests:
-            self._requests[request.job_id] = request
+        self._remember(requests, sent=False)
 
     def answers_in_store(self, requests: Iterable[SignRequest]) -> dict[str, JobResult]:
         """The finished answers the store holds for `requests`, each checked (by job id)."""
@@ -264,6 +313,7 @@ class Producer:
         deadline = time.monotonic() + timeout
         yield from self._collect_finished(waiting - self._unanswered.keys(), waiting)
         quiet, recheck_after = 0.0, _RECHECK_SECONDS
+        checked_at = time.monotonic()
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -281,6 +331,7 @@ class Producer:
                     # Only what is provably nowhere (looked at twice): safe this soon.
                     self._resend_lost(waiting, _LOST_GRACE_SECONDS)
                     quiet, recheck_after = 0.0, min(recheck_after * 2, _MAX_RECHECK_SECONDS)
+                    checked_at = time.monotonic()
                 if waiting and time.monotonic() - self._last_reply >= self._resend_wait:
                     self._resend_lost(waiting)
                     self._last_reply = time.monotonic()
@@ -292,6 +343,11 @@ class Producer:
                 if reply.job_id in waiting and self._answers_request(reply):
                     waiting.discard(reply.job_id)
                     yield self._checked(reply)
+            if waiting and time.monotonic() - checked_at >= _MAX_RECHECK_SECONDS:
+                # A full reply list drops its oldest answers (store.replies): while answers
+                # keep coming, the store is still asked now and then for the rest.
+                yield from self._collect_finished(set(waiting), waiting)
+                checked_at = time.monotonic()
 
     def _answers_request(self, result: JobResult) -> bool:
         """True when `result` carries the fingerprint of the request this producer waits on."""
@@ -413,6 +469,8 @@ class Producer:
         """The request's checked result if the store has one, else None (queued, signing, or
         exported to an air-gapped signer: `waiting_offline` tells).
 
+        A request answered here is forgotten (`results` no longer waits for it).
+
         Given a job id whose request this producer still holds, the answer is checked against
         that request; for any other job id, its certificate is checked against the trust anchor
         only (pass the SignRequest to have its key checked too).
@@ -428,7 +486,12 @@ class Producer:
         found = result.get(request.job_id)
         if found is None or found.fingerprint != fingerprint:
             return None
-        return self._check.check(found, request)
+        checked = self._check.check(found, request)
+        # Answered: no longer held, so a producer that polls `status` stays small too.
+        if self._requests.get(request.job_id) == request:
+            del self._requests[request.job_id]
+            self._unanswered.pop(request.job_id, None)
+        return checked
 
     def waiting_offline(self, job_id: str) -> bool:
         """True when the job was exported to an air-gapped signer and is not answered yet
@@ -439,3 +502,17 @@ class Producer:
         """The CA chain (`ca-chain.cert.pem`) that goes with every certificate: with a trust
         anchor, the chain that last took a certificate to it (None before one did)."""
         return self._check.chain_pem()
+
+
+def cut_batches(jobs: Sequence[object], max_jobs: int, max_bytes: int) -> Iterator[tuple[int, int]]:
+    """(first, last) slices of `jobs`, each at most `max_jobs` long and `max_bytes` as
+    core.queue.batch_bytes counts them (a single job over `max_bytes` goes alone)."""
+    first, size = 0, 2  # the brackets of the JSON list
+    for n, job in enumerate(jobs):
+        grown = job_bytes(job)
+        if n > first and (n - first >= max_jobs or size + grown > max_bytes):
+            yield first, n
+            first, size = n, 2
+        size += grown
+    if first < len(jobs):
+        yield first, len(jobs)

@@ -1,7 +1,7 @@
 """Jobs and their records: reserved before signing, published with their certificate after.
 
-Every batch is reserved in one script call and published in another (`lua/reserve.lua`,
-`lua/publish.lua`), each atomic and one round trip; the keys are in `store.keys`. The scripts
+Every batch is reserved and then published by script calls (`lua/reserve.lua`,
+`lua/publish.lua`) of at most PUBLISH_CHUNK jobs each, each call atomic and one round trip; the keys are in `store.keys`. The scripts
 name keys from the prefix they are given, so they suit a standalone Redis (or a replicated
 one), not Redis Cluster.
 """
@@ -24,6 +24,9 @@ from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import Lua, LuaScripts
 
 _CHUNK = 1000  # members per ZADD/ZREM: each Redis call stays short
+# Jobs (or replies, refusals, audit lines) per script call when reserving or publishing: a call
+# of 100 keeps Redis busy under 10 ms (about 5 here), so a large batch never stalls other clients.
+PUBLISH_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class JobRecords:
         self._keys = keys
         self._scripts = scripts
         self._replies = replies
+        # How long a closed job's record (issued, refused, failed) is kept; 0: for ever. A
+        # reserved one is kept until it is closed. Set by the signer from casign.toml.
+        self.retention_seconds = 0
 
     @translated
     def reserve(self, intents: Iterable[Intent], lease: LeaseTerms = UNLEASED) -> list[Reservation]:
@@ -111,15 +117,20 @@ class JobRecords:
         holder (`lease.holder`, whose lease this call renews). A job reserved under another
         process's live lease comes back `leased`, untouched."""
         intents = list(intents)
-        if not intents:
-            return []
         keys = self._keys
-        args: list[str | int] = [keys.job_stem, keys.lease_stem, lease.holder, lease.milliseconds]
-        for intent in intents:
-            args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
-        replies = self._scripts[Lua.RESERVE](
-            keys=[keys.serials, keys.pending, keys.certs], args=args
-        )
+        replies: list[list[object]] = []
+        for first in range(0, len(intents), PUBLISH_CHUNK):  # short calls, as `publish`
+            args: list[str | int] = [
+                keys.job_stem,
+                keys.lease_stem,
+                lease.holder,
+                lease.milliseconds,
+            ]
+            for intent in intents[first : first + PUBLISH_CHUNK]:
+                args += (intent.job_id, intent.fingerprint, intent.serial, intent.record)
+            replies += self._scripts[Lua.RESERVE](
+                keys=[keys.serials, keys.pending, keys.certs], args=args
+            )
         reservations = []
         for intent, reply in zip(intents, replies, strict=True):
             state = text(reply[0])
@@ -152,16 +163,40 @@ class JobRecords:
         audit_lines: Iterable[str] = (),
         then: Callable[[Pipeline], object] | None = None,
     ) -> None:
-        """Publish a batch atomically in one round trip: certificates, index entries, refusals,
-        replies (`other_replies` first) and audit lines; with `then`, the commands it queues
-        on the transaction run in the same MULTI/EXEC (the air gap settles a batch so)."""
+        """Publish a batch: certificates, index entries, refusals, replies (`other_replies`
+        first) and audit lines, PUBLISH_CHUNK of each to a script call, so that no call holds
+        Redis long. Each job is published whole in one call; a batch cut short by an outage is
+        finished by its redelivery (a job published before is answered from its record). With
+        `then`, the batch goes in one call and the commands `then` queues run in the same
+        MULTI/EXEC (the air gap settles a batch with its answers so)."""
         issued, refusals, audit_lines = list(issued), list(refusals), list(audit_lines)
-        keys = self._keys
         payloads = (
             [reply.model_dump_json(exclude_none=True) for reply in other_replies]
             if reply_to
             else []
         )
+        if then is not None:
+            self._publish_part(issued, refusals, payloads, reply_to, audit_lines, then)
+            return
+        longest = max(len(issued), len(refusals), len(payloads), len(audit_lines))
+        for first in range(0, longest, PUBLISH_CHUNK):
+            part = slice(first, first + PUBLISH_CHUNK)
+            self._publish_part(
+                issued[part], refusals[part], payloads[part], reply_to, audit_lines[part]
+            )
+
+    def _publish_part(
+        self,
+        issued: list[Issued],
+        refusals: list[Refusal],
+        payloads: list[str],
+        reply_to: str | None,
+        audit_lines: list[str],
+        then: Callable[[Pipeline], object] | None = None,
+    ) -> None:
+        """One call of lua/publish.lua: atomic, and one round trip (with `then`'s commands in
+        the same MULTI/EXEC)."""
+        keys = self._keys
         if not (issued or refusals or audit_lines or payloads):
             if then is not None:
                 with self._client.pipeline(transaction=True) as pipe:
@@ -176,12 +211,15 @@ class JobRecords:
             keys.pending,
             keys.audit,
             keys.audit_head,
+            keys.owners,
         ]
         if reply_to:
             script_keys.append(keys.reply(reply_to))
         args: list[str | int] = [
             keys.job_stem,
             REPLY_TTL_SECONDS,
+            self._replies.max_length,
+            self.retention_seconds,
             len(issued),
             len(refusals),
             len(payloads),
@@ -217,7 +255,7 @@ class JobRecords:
         failures = list(failures)
         if not failures:
             return []
-        args = [self._keys.job_stem]
+        args = [self._keys.job_stem, str(self.retention_seconds)]
         for failure in failures:
             args += (failure.job_id, failure.fingerprint, failure.code, failure.message)
         closed = self._scripts[Lua.MARK_FAILED](keys=[self._keys.pending], args=args)
@@ -231,7 +269,7 @@ class JobRecords:
         closures = list(closures)
         if not closures:
             return []
-        args = [self._keys.job_stem]
+        args = [self._keys.job_stem, str(self.retention_seconds)]
         for closure in closures:
             args += (closure.job_id, closure.record, closure.code, closure.message)
         closed = self._scripts[Lua.CLOSE_RECORDS](keys=[self._keys.pending], args=args)
@@ -361,6 +399,10 @@ class JobRecords:
     @translated
     def owner_of(self, serial: str) -> str | None:
         """Who obtained the certificate `serial` (hex as stored), if its job recorded one."""
+        owner = self._client.hget(self._keys.owners, serial)
+        if owner is not None:
+            return text(owner)
+        # Published before `owners` was kept: the job record names it.
         job_id = self._client.hget(self._keys.serials, serial)
         if job_id is None:
             return None

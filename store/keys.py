@@ -1,6 +1,7 @@
 """Every Redis key casign uses, and the one place that builds them.
 
-Each key sits under a prefix (`casign` unless CASIGN_STORE_PREFIX says other; written `P:` here).
+Each key sits under a prefix (written `P:` here): the CA folder's `store_prefix` in casign.toml
+(`casign-TAG`, `core.queue.names_for_ca`; `casign` for a folder made before), or CASIGN_STORE_PREFIX.
 The Lua scripts in `store/lua/` are handed their keys from this module: each key by name
 (KEYS[...]), and for the job keys of a batch the stem `P:job:` (`KeySpace.job_stem`) to which
 they append each job id, so a batch's ids travel once. This list is the whole schema.
@@ -10,13 +11,17 @@ Jobs and records (`store.jobs`):
                       (sealed by a signer, `worker/issuance/record.py`; until published, failed
                       or refused), holder (of a reserved job: the id of the worker process whose
                       lease covers it, `store.leases`), code, message (of a refusal or failure),
-                      owner (of an issued job: the requester it was issued to, who may revoke it)
+                      owner (of an issued job: the requester it was issued to, who may revoke it);
+                      once closed (issued, refused, failed) it expires after the CA's
+                      `job_retention_days`
   P:serials           hash: serial hex -> job id, or `adopted` (HSETNX: a serial is never drawn twice)
   P:pending           set of job ids reserved but not yet published (what recovery signs)
+  P:owners            hash: serial hex -> who obtained it (kept when its job record expires)
   P:inhand            sorted set: job id -> unix time a signing process began the message that
                       carries it, until that task ends (a job in a worker's hands before its
                       record is written); entries older than twice the visibility timeout go
-  P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; expires
+  P:reply:{name}      list of result JSON (sign and revocation) a producer waits on; at most
+                      REPLY_LIST_MAX long (oldest dropped), expires a fixed time after it is made
 Certificates, index and revocations (`store.index`, `RevocationStore(store)`):
   P:certs             hash: serial hex -> certificate PEM
   P:index             hash: serial hex -> index.txt line
@@ -94,6 +99,7 @@ class KeySpace:
         "job_stem",
         "lease_stem",
         "metrics",
+        "owners",
         "pending",
         "prefix",
         "revoked",
@@ -107,6 +113,7 @@ class KeySpace:
         self.lease_stem = self.key("lease", "")
         self.serials = self.key("serials")
         self.pending = self.key("pending")
+        self.owners = self.key("owners")
         self.in_hand = self.key("inhand")
         self.certs = self.key("certs")
         self.index = self.key("index")

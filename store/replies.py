@@ -6,25 +6,38 @@ import redis
 
 from store.boundary import text, translated
 from store.keys import KeySpace
+from store.scripts import Lua, LuaScripts
 
+# Every push (here and in lua/publish.lua) keeps a reply list bounded (lua/reply_bound.lua):
+# at most REPLY_LIST_MAX results, the oldest dropped (a dropped answer is still in its job's
+# record, which `Producer.results` reads too), and a TTL set once, when the list is made, never
+# extended by a later push.
 REPLY_TTL_SECONDS = 24 * 3600
+REPLY_LIST_MAX = 10_000
 
 
 class ReplyLists:
     """`P:reply:{name}` lists of result JSON, one per producer (or request) that waits."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace,
+        scripts: LuaScripts | None = None,
+        max_length: int = REPLY_LIST_MAX,
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._scripts = scripts or LuaScripts(client)
+        self.max_length = max_length
 
     @translated
     def push(self, name: str, payload: str, ttl_seconds: int = REPLY_TTL_SECONDS) -> None:
-        """Append one result JSON and keep the list for `ttl_seconds` from now."""
-        key = self._keys.reply(name)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.rpush(key, payload)
-        pipe.expire(key, ttl_seconds)
-        pipe.execute()
+        """Append one result JSON; a new list expires `ttl_seconds` from now (never extended),
+        and a full one drops its oldest result."""
+        self._scripts[Lua.REPLY_PUSH](
+            keys=[self._keys.reply(name)], args=[payload, ttl_seconds, self.max_length]
+        )
 
     @translated
     def pop_all(self, name: str, timeout: float, limit: int = 1000) -> list[str]:

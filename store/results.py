@@ -54,7 +54,7 @@ class ResultsStore:
         self.keys = KeySpace(prefix)
         self.prefix = self.keys.prefix
         self.scripts = LuaScripts(client)
-        self.replies = ReplyLists(client, self.keys)
+        self.replies = ReplyLists(client, self.keys, self.scripts)
         self.jobs = JobRecords(client, self.keys, self.scripts, self.replies)
         self.index = CertificateIndex(client, self.keys)
         self.audit = AuditLog(client, self.keys)
@@ -113,7 +113,7 @@ class ResultsStore:
         audit_lines: Iterable[str] = (),
         then: Callable[[Pipeline], object] | None = None,
     ) -> None:
-        """Publish a batch atomically in one round trip: certificates, index entries, refusals.
+        """Publish a batch in short atomic calls (each job whole in one): certificates, index entries, refusals.
 
         `other_replies` (refusals, answers found in the store) go to the reply list too; what
         `then` queues on the transaction is done in the same MULTI/EXEC.

@@ -31,12 +31,14 @@ class Lua(StrEnum):
     CLAIM_EXPIRED = "claim_expired"
     LEASE_RELEASE = "lease_release"
     LEASE_END = "lease_end"
+    REPLY_PUSH = "reply_push"
 
 
 # Routines a script calls, put in front of its own text when it is loaded. audit.lua holds the
 # one audit-append, so the hash chain is written the same way by every script that records.
 _PRELUDES: dict[Lua, tuple[str, ...]] = {
-    Lua.PUBLISH: ("audit",),
+    Lua.PUBLISH: ("audit", "reply_bound"),
+    Lua.REPLY_PUSH: ("reply_bound",),
     Lua.REVOKE: ("audit",),
 }
 

@@ -484,7 +484,9 @@ def test_main_worker_killed_after_fetch(
                 wait_until(lambda: frozen_in_brpop(main, broker), 10, "the worker in BRPOP")
                 producer.submit_many(requests)
                 with contextlib.suppress(TimeoutError):
-                    wait_until(lambda: broker.llen(rig.delivery_queue) == 0, 0.5, "the batch popped")
+                    wait_until(
+                        lambda: broker.llen(rig.delivery_queue) == 0, 0.5, "the batch popped"
+                    )
                     break
                 resume(main)  # the BRPOP timed out first: let this batch through, try again
             else:
@@ -569,7 +571,9 @@ def test_redis_restarted_mid_run(
         if collector is not None:
             numbers.update(
                 jobs_without_result=len(collector.remaining),
-                where_they_are=locate_jobs(rig.store, broker, rig.delivery_queue, collector.remaining),
+                where_they_are=locate_jobs(
+                    rig.store, broker, rig.delivery_queue, collector.remaining
+                ),
                 producer_errors=len(collector.errors),
             )
         numbers.update(

@@ -152,6 +152,7 @@ def test_every_key_written_is_in_the_documented_layout(
     signer = BatchSigner(authority, store)
     issued = signer.sign_batch(
         [job(f"layout-{n}", make_csr(f"layout{n}.example.com")) for n in range(3)]
+        + [job("layout-owned", make_csr("owned.example.com"), requester="layout-producer")]
         + [job("layout-refused", make_csr("not a host name"))],
         reply_to="layout-producer",
     )
@@ -221,7 +222,8 @@ def test_the_lua_scripts_ship_in_the_wheel(tmp_path: Path) -> None:
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".lua")}
     in_tree = {path.relative_to(ROOT).as_posix() for path in (ROOT / "store" / "lua").glob("*")}
     assert shipped == in_tree
-    assert {f"store/lua/{script.value}.lua" for script in Lua} | {"store/lua/audit.lua"} == shipped
+    routines = {"store/lua/audit.lua", "store/lua/reply_bound.lua"}
+    assert {f"store/lua/{script.value}.lua" for script in Lua} | routines == shipped
 
 
 def test_publish_and_revoke_share_the_one_audit_routine() -> None:

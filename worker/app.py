@@ -27,6 +27,7 @@ from celery.platforms import EX_FAILURE
 from kombu.utils.objects import cached_property
 
 from core.errors import SigningError
+from core.layout import folder_names
 from core.queue import SIGN_QUEUE, celery_settings, consumed_queues
 from store.embedded import EmbeddedRedis
 from worker.access import listed_producer_names
@@ -36,7 +37,6 @@ from worker.folder_sync import FolderSyncThread, index_sync_enabled
 from worker.live_config import ReloadNotice
 from worker.ocsp_renewal import DelegateRenewal
 from worker.process import (
-    DEFAULT_STORE_PREFIX,
     SignerProcess,
     SignerSettings,
     StopNotice,
@@ -91,17 +91,19 @@ class WorkerConfig:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
         """From CASIGN_CA_DIR, CASIGN_BROKER_URL, CASIGN_STORE_URL, CASIGN_STORE_PREFIX and
-        CASIGN_QUEUE; broker and store default to the CA folder's embedded Redis."""
+        CASIGN_QUEUE; broker and store default to the CA folder's embedded Redis, queue and
+        prefix to the names its casign.toml records."""
         ca_dir = Path(environ.get("CASIGN_CA_DIR") or DEFAULT_CA_DIR).absolute()
         embedded = EmbeddedRedis(ca_dir)
+        recorded = folder_names(ca_dir)  # what casign.toml names, else the old defaults
         return cls(
             broker_url=environ.get("CASIGN_BROKER_URL") or embedded.broker_url,
             signer=SignerSettings(
                 ca_dir=ca_dir,
                 store_url=environ.get("CASIGN_STORE_URL") or embedded.url,
-                store_prefix=environ.get("CASIGN_STORE_PREFIX") or DEFAULT_STORE_PREFIX,
+                store_prefix=environ.get("CASIGN_STORE_PREFIX") or recorded.store_prefix,
             ),
-            queue=environ.get("CASIGN_QUEUE") or SIGN_QUEUE,
+            queue=environ.get("CASIGN_QUEUE") or recorded.queue,
             producers=listed_producer_names(CAFolder(ca_dir).producers_path),
         )
 

@@ -20,6 +20,7 @@ from worker.cafolder import CAFolder
 from worker.crlsettings import check_shard_urls, crl_days, crl_shards, shard_of
 from worker.profiles import Profile, ProfileSet
 from worker.record_key import RecordKey
+from worker.retention import DEFAULT_JOB_RETENTION_DAYS, job_retention_days
 
 log = logging.getLogger("casign.authority")
 
@@ -69,6 +70,7 @@ class SigningAuthority:
     profiles: ProfileSet
     record_key: RecordKey
     crl_shards: int | None = None
+    job_retention_days: int = DEFAULT_JOB_RETENTION_DAYS  # casign.toml; 0 keeps them for ever
     _extensions: dict[str, tuple[Profile, ProfileExtensions]] = field(
         default_factory=dict, compare=False
     )
@@ -100,6 +102,7 @@ class SigningAuthority:
             key=key,
             profiles=profiles,
             crl_shards=shards,
+            job_retention_days=job_retention_days(folder),
             record_key=folder.record_key(),
         )
         now = datetime.now(UTC)

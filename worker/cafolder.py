@@ -17,20 +17,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from core.auth import key_identity
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
 from core.keys import write_private_key
 from core.layout import ca_folder_problem
+from core.queue import QueueNames, ca_tag, names_for_ca
 from core.secret_source import read_secret_file
 from keystore import KeyType, SigningKey, generate_key, parse_key_uri
 from worker.opensslcnf import intermediate_openssl_cnf, root_openssl_cnf
 from worker.profiles import default_profiles_toml
 from worker.record_key import RECORD_KEY_NAME, RecordKey, load_record_key, make_record_key
+from worker.retention import DEFAULT_JOB_RETENTION_DAYS
 
 ROOT_DAYS = 7300
 INTERMEDIATE_DAYS = 3650
 CERT_MODE = 0o444
 SETTINGS_NAME = "casign.toml"
+DEFAULT_INTERMEDIATE_CN = "casign Intermediate CA"
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,9 @@ class CAOptions:
     """What `casign init` asks for; defaults are the guide's."""
 
     root_cn: str = "casign Root CA"
-    intermediate_cn: str = "casign Intermediate CA"
+    # None: "casign Intermediate CA" and the CA's tag (core.queue.ca_tag), so that two CAs made
+    # with the defaults never share a name.
+    intermediate_cn: str | None = None
     organization: str | None = None
     country: str | None = None
     key_type: KeyType = KeyType.RSA4096
@@ -262,8 +268,10 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
             key_uri = f"file:private/intermediate.key.pem{pin_query}"
             intermediate_key = options.key_type.generate()
             write_private_key(work.intermediate_key_path, intermediate_key, passphrase)
+        identity = key_identity(intermediate_key.public_key())
+        intermediate_cn = options.intermediate_cn or f"{DEFAULT_INTERMEDIATE_CN} {ca_tag(identity)}"
         intermediate_cert = _ca_certificate(
-            _name(options.intermediate_cn, options),
+            _name(intermediate_cn, options),
             intermediate_key,
             root_name,
             root_key,
@@ -273,7 +281,7 @@ def init_ca(directory: Path, options: CAOptions) -> CAFolder:
         _write_file(work.intermediate_cert_path, _pem(intermediate_cert), CERT_MODE)
         _write_file(work.chain_path, _pem(intermediate_cert) + _pem(root_cert), CERT_MODE)
         make_record_key(work.record_key_path)
-        _write_configuration(work, target, options, key_uri)
+        _write_configuration(work, target, options, key_uri, names_for_ca(identity))
         _move_into_place(staging, target.root)
     except Exception as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -373,7 +381,7 @@ def _make_folders(folder: CAFolder) -> None:
 
 
 def _write_configuration(
-    work: CAFolder, target: CAFolder, options: CAOptions, key_uri: str
+    work: CAFolder, target: CAFolder, options: CAOptions, key_uri: str, names: QueueNames
 ) -> None:
     """openssl.cnf, the CA databases, profiles and settings, written in `work` for `target`."""
     for base, cnf in (
@@ -393,7 +401,14 @@ def _write_configuration(
         f'intermediate_key = "{key_uri}"\n'
         "# nextUpdate of each CRL, in days: at most 10 (BR 4.9.7)\n"
         "crl_days = 7\n"
-        "# crl_shards = 4  # partitioned CRLs: see README (profiles then name {shard})\n",
+        "# crl_shards = 4  # partitioned CRLs: see README (profiles then name {shard})\n"
+        "# This CA's signing queue and key prefix, made from its key: no other CA shares them\n"
+        "# (CASIGN_QUEUE / CASIGN_STORE_PREFIX override them for one command).\n"
+        f'queue = "{names.queue}"\n'
+        f'store_prefix = "{names.store_prefix}"\n'
+        "# Days a job record (what answers a job id sent again) is kept once closed; 0: for\n"
+        "# ever. Certificates, the index and the audit log are always kept.\n"
+        f"job_retention_days = {DEFAULT_JOB_RETENTION_DAYS}\n",
         0o644,
     )
 

@@ -3,12 +3,13 @@
 -- the record goes and the job leaves `pending`, so neither recovery nor a later delivery signs
 -- it. A job whose record changed since it was read is left as it is.
 -- KEYS: pending.
--- ARGV: the job key stem (`P:job:`), then 4 per job: job id, the record as read ('' for none),
+-- ARGV: the job key stem (`P:job:`), job record retention seconds (0: kept for ever), then 4
+-- per job: job id, the record as read ('' for none),
 -- code, message.
 -- Returns per job 1 when this call closed it, else 0.
-local pending, job_stem = KEYS[1], ARGV[1]
+local pending, job_stem, retention = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local job_id = ARGV[i]
   local key = job_stem .. job_id
   if (redis.call('HGET', key, 'record') or '') == ARGV[i + 1] then
@@ -17,6 +18,9 @@ for i = 2, #ARGV, 4 do
     end
     redis.call('HDEL', key, 'record', 'holder')
     redis.call('SREM', pending, job_id)
+    if retention > 0 and redis.call('HGET', key, 'state') ~= 'reserved' then
+      redis.call('EXPIRE', key, retention)
+    end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

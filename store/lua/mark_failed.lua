@@ -3,11 +3,12 @@
 -- A job another delivery issued or refused, or one reserved for a different request, is left
 -- as it is.
 -- KEYS: pending.
--- ARGV: the job key stem (`P:job:`), then 4 per job: job id, fingerprint, code, message.
+-- ARGV: the job key stem (`P:job:`), job record retention seconds (0: kept for ever), then 4
+-- per job: job id, fingerprint, code, message.
 -- Returns per job 1 when this call closed it, else 0.
-local pending, job_stem = KEYS[1], ARGV[1]
+local pending, job_stem, retention = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local job_id, fingerprint = ARGV[i], ARGV[i + 1]
   local key = job_stem .. job_id
   local found = redis.call('HMGET', key, 'state', 'fingerprint')
@@ -16,6 +17,9 @@ for i = 2, #ARGV, 4 do
                'message', ARGV[i + 3])
     redis.call('HDEL', key, 'record', 'holder')
     redis.call('SREM', pending, job_id)
+    if retention > 0 and redis.call('HGET', key, 'state') ~= 'reserved' then
+      redis.call('EXPIRE', key, retention)
+    end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

@@ -15,7 +15,7 @@ from cryptography import x509
 from core.audit import audit_line
 from core.errors import RefusalCode, Rejected, Retryable
 from core.messages import Envelope, JobResult, parse_sign_request
-from core.queue import visibility_timeout
+from core.queue import MAX_BATCH_BYTES, MAX_BATCH_JOBS, batch_bytes, visibility_timeout
 from store.envelopes import EnvelopeLedger
 from store.results import UNLEASED, LeaseTerms, Refusal, ResultsStore
 from worker.access import AccessPolicy
@@ -59,6 +59,7 @@ from worker.issuance.steps import (
 from worker.lease import WorkerLease
 from worker.lint import prepare as prepare_linters
 from worker.profiles import Profile, ProfileSet
+from worker.retention import SECONDS_PER_DAY
 
 log = logging.getLogger("casign.issuance")
 
@@ -97,6 +98,8 @@ class BatchSigner:
     ) -> None:
         self.authority = authority
         self.store = store
+        # Job records this signer closes expire after the CA's job_retention_days (casign.toml).
+        store.jobs.retention_seconds = authority.job_retention_days * SECONDS_PER_DAY
         self.access = access
         self.lease = lease
         self.pace = pace or SigningPace(visibility_timeout())
@@ -139,6 +142,9 @@ class BatchSigner:
             )  # 1
         except Rejected as refusal:
             return self._refuse_whole_batch(jobs, reply_to, envelope, refusal)
+        over = over_ceiling(jobs)
+        if over is not None:
+            return self._answer_over_ceiling(batch, over)
         self.pace.warn_if_long(len(jobs))
         results: list[JobResult] = []
         done = 0
@@ -238,6 +244,29 @@ class BatchSigner:
     def lease_terms(self) -> LeaseTerms:
         return self.lease.terms if self.lease is not None else UNLEASED
 
+    def _answer_over_ceiling(self, batch: Authenticated, refusal: Rejected) -> list[JobResult]:
+        """Refuse every job of a message over the ceilings, signing none: each is answered on
+        the reply list, nothing is recorded under its id (the same job sent again in a batch
+        under the ceilings is signed), and the audit log gets one line."""
+        log.warning("refused a batch of %d job(s): %s", len(batch.jobs), refusal)
+        answers: dict[str, JobResult] = {}
+        for raw in batch.jobs:
+            job_id = raw.get("job_id") if isinstance(raw, dict) else None
+            if isinstance(job_id, str) and 0 < len(job_id) <= 128 and job_id not in answers:
+                answers[job_id] = _refused(job_id, refusal)
+        claimed = batch.producer.name if batch.producer is not None else None
+        line = audit_line(
+            "refused", reason=refusal.code, jobs=len(batch.jobs), requester=claimed, when=batch.now
+        )
+        self.store.publish([], [], list(answers.values()), batch.reply_to, [line])
+        self.figures.refused([refusal.code] * len(answers))
+        self.figures.keep_written()
+        if batch.producer is not None and batch.envelope is not None:
+            self.ledger.remember(
+                batch.producer.name, batch.envelope.nonce, batch.envelope.expires_at
+            )
+        return list(answers.values())
+
     def _refuse_whole_batch(
         self,
         jobs: list[object],
@@ -306,6 +335,24 @@ class BatchSigner:
         """Sign and publish every job that was reserved but never published (after a crash),
         once its record proves a signer's and its request passes admission again."""
         return recover_pending_records(self.authority, self.store, self.access, self.lease)
+
+
+def over_ceiling(jobs: Sequence[object]) -> Rejected | None:
+    """The refusal for a message over the signer's ceilings (core.queue), else None."""
+    if len(jobs) > MAX_BATCH_JOBS:
+        return Rejected(
+            RefusalCode.BATCH_TOO_MANY,
+            f"the message carries {len(jobs)} jobs; a signer takes at most {MAX_BATCH_JOBS} "
+            "in one message (send it again in smaller batches)",
+        )
+    size = batch_bytes(jobs)
+    if size > MAX_BATCH_BYTES:
+        return Rejected(
+            RefusalCode.BATCH_TOO_LARGE,
+            f"the message's jobs are {size} bytes; a signer takes at most {MAX_BATCH_BYTES} "
+            "in one message (send it again in smaller batches)",
+        )
+    return None
 
 
 def _refused(job_id: str, refusal: Rejected) -> JobResult:
