@@ -2236,3 +2236,26 @@ def test_an_empty_passphrase_file_is_refused_everywhere(
         parse_key_uri(f"file:{own_ca.intermediate_key_path}?pin-source=file:{empty}").read_pin()
     with pytest.raises(ValueError, match="unencrypted"):
         write_private_key(tmp_path / "k.pem", KeyType.P256.generate(), "")
+
+
+def test_a_batch_delivered_again_after_it_was_served_leaves_no_note(
+    records: RecordsSigner,
+) -> None:
+    """A worker that died after remembering a batch's seal, before the broker heard it was done,
+    gets the batch back as a replay: refused with one audit line, and no note on the producer's
+    reply list, which would report the producer's other waiting jobs refused."""
+    web_list = reply_list_name("web-frontend")
+    signer = records.signer()
+    job_id = records_id("served")
+    jobs = [job(job_id, make_csr("served.example.com"))]
+    envelope = records.sealed(signer, jobs, "web-frontend", web_list)
+    (served,) = signer.sign_batch(jobs, web_list, envelope)
+    assert served.status == "issued"
+    before = len(list(records.store.audit_entries()))
+
+    (again,) = signer.sign_batch(jobs, web_list, envelope)
+
+    assert (again.status, again.code) == ("refused", RefusalCode.AUTH_REPLAYED)
+    assert EnvelopeLedger(records.store).refusal_note(web_list) is None
+    assert len(list(records.store.audit_entries())) == before + 1
+    assert records.store.job_state(job_id)["state"] == "issued"

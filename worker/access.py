@@ -58,6 +58,19 @@ __all__ = [
 # Attributes that are names, checked against `names`, never against `subject`.
 _NAME_ATTRIBUTES = frozenset({NameOID.COMMON_NAME, NameOID.EMAIL_ADDRESS})
 
+
+def notes_refusal(code: str) -> bool:
+    """Whether an unauthenticated message's refusal leaves a note under its reply list (which
+    makes the list's owner report every job it waits on refused). Never under a list its sender
+    does not own, and never for a replay: the message replayed was served once, its answers are
+    published, and a note would refuse the owner's other jobs (a worker that died between
+    remembering the message and acknowledging it gets it back as a replay)."""
+    return code not in {
+        RefusalCode.AUTH_FOREIGN_REPLY_LIST,
+        RefusalCode.AUTH_REPLAYED,
+    }
+
+
 # The reasons a subscriber may give for revoking its own certificate (Baseline Requirements
 # 4.9.1.1 and 7.2.2): the CA's own reasons (CACompromise, certificateHold) are not among them.
 SUBSCRIBER_REVOKE_REASONS = (

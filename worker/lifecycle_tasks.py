@@ -20,7 +20,7 @@ from core.messages import RevocationResult, RevokeRequest, describe_validation_e
 from core.queue import REVOKE_TASK
 from store.envelopes import EnvelopeLedger
 from store.revocations import RevocationStore
-from worker.access import AccessPolicy, AllowedProducer
+from worker.access import AccessPolicy, AllowedProducer, notes_refusal
 from worker.app import app, signer_process
 from worker.revocation_rights import check_revocation_allowed
 
@@ -168,8 +168,7 @@ def _refuse_unauthenticated(
     log.warning("refused a revocation request from %s: %s", claimed, refusal)
     line = audit_line("refused", reason=refusal.code, serial=request.serial, claimed_by=claimed)
     revocations.store.publish([], [], [], None, [line])
-    if request.reply_to and refusal.code != RefusalCode.AUTH_FOREIGN_REPLY_LIST:
-        # Not under a list its sender does not own: a note there would refuse its owner's wait.
+    if request.reply_to and notes_refusal(refusal.code):
         ledger.note_refusal(request.reply_to, refusal.code, refusal.message)
 
 

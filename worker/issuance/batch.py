@@ -18,7 +18,7 @@ from core.messages import Envelope, JobResult, parse_sign_request
 from core.queue import MAX_BATCH_BYTES, MAX_BATCH_JOBS, batch_bytes, visibility_timeout
 from store.envelopes import EnvelopeLedger
 from store.results import UNLEASED, LeaseTerms, Refusal, ResultsStore
-from worker.access import AccessPolicy
+from worker.access import AccessPolicy, notes_refusal
 from worker.authority import SigningAuthority
 from worker.figures import (
     BATCH_BUCKETS,
@@ -291,8 +291,7 @@ class BatchSigner:
             None,
             [audit_line("refused", reason=refusal.code, jobs=len(jobs), claimed_by=claimed)],
         )
-        if reply_to and refusal.code != RefusalCode.AUTH_FOREIGN_REPLY_LIST:
-            # Not under a list its sender does not own: a note there would refuse its owner's jobs.
+        if reply_to and notes_refusal(refusal.code):
             self.ledger.note_refusal(reply_to, refusal.code, refusal.message)
         return [
             _refused(raw["job_id"], refusal)
