@@ -8,19 +8,27 @@ a job still reserved (not yet published) is kept until it is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from core.errors import ConfigurationError
 
-if TYPE_CHECKING:  # worker.cafolder writes this module's default into a new casign.toml
-    from worker.cafolder import CAFolder
+
+class SettingsFolder(Protocol):
+    """What this module reads of a CA folder (worker.cafolder.CAFolder, which imports this
+    module to write its default into a new casign.toml)."""
+
+    @property
+    def settings_path(self) -> Path: ...
+
+    def settings(self) -> dict[str, object]: ...
 
 DEFAULT_JOB_RETENTION_DAYS = 30
 MAX_JOB_RETENTION_DAYS = 36_500
 SECONDS_PER_DAY = 86_400
 
 
-def job_retention_days(folder: CAFolder) -> int:
+def job_retention_days(folder: SettingsFolder) -> int:
     """`job_retention_days` from casign.toml: 30 unless set; 0 keeps job records for ever."""
     value = folder.settings().get("job_retention_days")
     if value is None:
