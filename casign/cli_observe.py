@@ -12,7 +12,6 @@ import click
 from casign.cli_base import broker_option, ca_option, open_store, store_option
 from casign.config import Endpoints, known_ca_folder, resolve_endpoints
 from casign.figures import Reading, read_figures
-from casign.producers_file import read_producers
 from casign.queue_view import QueueView
 from core.errors import ConfigurationError
 from core.queue import consumed_queues
@@ -77,6 +76,8 @@ def top(
 def queue_views(endpoints: Endpoints, folder: Path | None) -> list[QueueView]:
     """The CA's queue and each producer's own that its producers.toml lists (the ones its
     workers consume); without a CA folder, the CA's queue only."""
+    from casign.producers_file import read_producers
+
     names: list[str] = []
     if folder is not None:
         with contextlib.suppress(ConfigurationError, OSError):

@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from core.errors import ConfigurationError
 from core.files import write_file_atomically
 from core.messages import describe_validation_error
-from worker.access import ProducerPolicy
 
 PRODUCERS_MODE = 0o600
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML's bare keys; any other name is quoted
@@ -85,6 +84,8 @@ def check_entry(entry: ProducerEntry) -> None:
 
 
 def _check_table(name: str, table: dict[str, Any]) -> None:
+    from worker.access import ProducerPolicy  # only `producer add` checks; readers need no worker
+
     try:
         ProducerPolicy.model_validate(table)
     except ValidationError as exc:
