@@ -48,8 +48,9 @@ from core.auth import MessageKind, ca_identity, seal
 from core.errors import ConfigurationError, RefusalCode
 from core.index import Status, format_serial
 from core.keys import KeyType, write_private_key
+from core.layout import folder_names
 from core.messages import JobResult, RevokeRequest, SignRequest, parse_sign_request
-from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings
+from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings, producer_queue
 from keystore import load_signing_key, parse_key_uri
 from producers import Producer
 from producers.trust import ResultCheck, TrustAnchor
@@ -1035,6 +1036,8 @@ def test_status_as_a_producer_user_tells_the_job_and_names_the_right_it_lacks(
         "CASIGN_STORE_URL": boundary.redis.store_url(user),
         "CASIGN_STORE_PREFIX": boundary.scope.prefix,
         "CASIGN_QUEUE": boundary.scope.queue,
+        "CASIGN_PRODUCER_ID": "web",  # whose own queue (QUEUE:web) its user may count
+        "CASIGN_PRODUCER_SECRET": f"file:{boundary.secrets_dir / 'web'}",
     }
     try:
         issued = run_casign("status", job_id, env=env)
@@ -1047,7 +1050,8 @@ def test_status_as_a_producer_user_tells_the_job_and_names_the_right_it_lacks(
         assert f"the broker's Redis user {user!r} may not read the queue's messages" in (
             unknown.stdout
         )
-        assert f"queue {boundary.scope.queue!r} holds 0 message(s)" in unknown.stdout
+        own_queue = producer_queue(boundary.scope.queue, "web")
+        assert f"queue {own_queue!r} holds 0 message(s)" in unknown.stdout
         assert boundary.redis.passwords[user] not in unknown.stdout + unknown.stderr
     finally:
         # The refused reads of the queue stay out of what the other tests read in ACL LOG.
@@ -1183,12 +1187,11 @@ def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: 
     assert added.returncode == 0, added.stderr
     password = (folder.intermediate / "private" / "producers" / "edge.redis-password").read_text()
     assert password.strip() not in added.stdout
-    assert "ACL SETUSER casign-producer-edge reset resetchannels on #" in added.stdout
-    assert 'rabbitmqctl add_user casign-producer-edge "$(cat ' in added.stdout
-    assert (
-        r"rabbitmqctl set_permissions -p pki casign-producer-edge '^$' '^amq\.default$' '^$'"
-        in added.stdout
-    )
+    user = KeyScope(folder_names(folder.root).store_prefix).user_name(Role.PRODUCER, "edge")
+    assert user.endswith("-producer-edge") and user != "casign-producer-edge"  # the CA's own
+    assert f"ACL SETUSER {user} reset resetchannels on #" in added.stdout
+    assert f'rabbitmqctl add_user {user} "$(cat ' in added.stdout
+    assert rf"rabbitmqctl set_permissions -p pki {user} '^$' '^amq\.default$' '^$'" in added.stdout
     shown = _casign(
         "acl",
         "add",
@@ -1200,14 +1203,18 @@ def test_producer_add_prints_the_acl_for_a_redis_it_cannot_administer(tmp_path: 
         "--show-password",
     )
     password = (folder.intermediate / "private" / "redis" / "signer.redis-password").read_text()
-    assert f"redis://casign-signer:{password.strip()}@r:6379/1" in shown.stdout
+    assert (
+        f"redis://{KeyScope(folder_names(folder.root).store_prefix).user_name(Role.SIGNER)}:{password.strip()}@r:6379/1"
+        in (shown.stdout)
+    )
 
 
 def test_producer_add_on_the_embedded_redis_keeps_the_user_across_restarts(tmp_path: Path) -> None:
     _redis_7()
     folder = init_ca(tmp_path / "ca", CAOptions(key_type=KeyType.P256))
     embedded = EmbeddedRedis(folder.root)
-    user = KeyScope().user_name(Role.PRODUCER, "web")
+    prefix = folder_names(folder.root).store_prefix  # the CA's own, `casign-TAG`
+    user = KeyScope(prefix).user_name(Role.PRODUCER, "web")
     try:
         added = _casign("producer", "add", "web", "--ca", folder.root)  # server not running yet
         assert added.returncode == 0, added.stderr
@@ -1222,7 +1229,7 @@ def test_producer_add_on_the_embedded_redis_keeps_the_user_across_restarts(tmp_p
             ) as web:
                 assert web.ping()
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    web.hset("casign:job:planted", "state", "reserved")
+                    web.hset(f"{prefix}:job:planted", "state", "reserved")
             removed = _casign("producer", "remove", "web", "--ca", folder.root)  # running now
             assert removed.returncode == 0, removed.stderr
             with redis.Redis.from_url(embedded.url) as admin:
@@ -1442,8 +1449,9 @@ def test_the_compose_entry_scripts_run_each_role_as_its_own_user(tmp_path: Path)
     assert not [name for name in kept if "root" in name and "pass" in name], kept
     acl_text = (tmp_path / "acl" / "users.acl").read_text()
     assert re.match(r"user default on #[0-9a-f]{64} ~\* &\* \+@all\n", acl_text), acl_text
-    for user in ("casign-signer", "casign-operator", "casign-producer-www", "casign-producer-hr"):
-        assert f"\nuser {user} " in acl_text
+    stem = KeyScope(folder_names(tmp_path / "state" / "ca").store_prefix).user_stem
+    for role in ("signer", "operator", "producer-www", "producer-hr"):
+        assert f"\nuser {stem}-{role} " in acl_text
     for env_file in (
         tmp_path / "state" / "ca" / "intermediate" / "private" / "redis" / "signer.env",
         tmp_path / "secrets" / "www" / "www.env",
