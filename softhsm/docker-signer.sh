@@ -22,7 +22,7 @@ refused() {
     local sleeper
     sleep infinity &
     sleeper=$!
-    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+    trap 'kill "$sleeper" 2>/dev/null || true; exit 0' TERM INT
     wait "$sleeper" || true
     exit 0
 }

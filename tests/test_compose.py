@@ -30,6 +30,8 @@ import redis
 import yaml
 
 from casign.supervise import stop_process_group
+from core.layout import folder_names
+from store.acl import KeyScope, Role
 from store.embedded import redis_server_binary, redis_server_version
 from tests.openssl_cli import openssl
 from tests.softhsm_token import SOFTHSM_AVAILABLE, SOFTHSM_SKIP_REASON
@@ -189,7 +191,7 @@ def wait_refused(container: Container, signer: subprocess.Popen[bytes], log: Pat
     time.sleep(1.0)
     assert signer.poll() is None, "the refused signer exited: Docker would start it again"
     stop_process_group(signer, timeout=10)
-    assert signer.returncode == 0
+    assert signer.returncode == 0, log.read_text(errors="replace")
     text = log.read_text(errors="replace")
     assert "waiting here instead of restarting" in text and "Traceback" not in text, text
     assert marker.read_text().startswith("casign signer: ")
@@ -218,14 +220,15 @@ def _redis_7() -> str:
 
 def _wait_for_the_ca_record(container: Container, signer_log: Path) -> None:
     """As the operator, wait until the signer has recorded its CA (a producer names it)."""
-    secrets = Path(container.host_path("/var/lib/casign/ca/intermediate/private/redis"))
-    password = (secrets / "operator.redis-password").read_text().strip()
+    ca = Path(container.host_path("/var/lib/casign/ca"))
+    password = (ca / "intermediate" / "private" / "redis" / "operator.redis-password").read_text()
+    scope = KeyScope(folder_names(ca).store_prefix)  # the CA's own names, `casign-TAG`
     deadline = time.monotonic() + 90
     with redis.Redis(
-        host="127.0.0.1", port=container.redis_port, db=1, username="casign-operator",
-        password=password,
+        host="127.0.0.1", port=container.redis_port, db=1,
+        username=scope.user_name(Role.OPERATOR), password=password.strip(),
     ) as operator:  # fmt: skip
-        while not operator.hget("casign:ca", "id"):
+        while not operator.hget(scope.keys.ca, "id"):
             assert time.monotonic() < deadline, signer_log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
 
