@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,10 @@ def print_role_settings(
     broker_password_file: Path | None,
     show_password: bool,
 ) -> None:
-    """The broker and store URLs the role connects with (passwords read from their files)."""
+    """The CA's key prefix and queue, and the broker and store URLs the role connects with
+    (passwords read from their files): all a role without the CA folder needs."""
+    click.echo(f"export CASIGN_STORE_PREFIX={shlex.quote(endpoints.store_prefix.rstrip(':'))}")
+    click.echo(f"export CASIGN_QUEUE={shlex.quote(endpoints.queue)}")
     store_password = _read(password_file) if show_password else None
     click.echo(
         f'export CASIGN_STORE_URL="{url_with_user(endpoints.store_url, user.name, password_file, store_password)}"'
@@ -357,9 +361,12 @@ def producer_add(
         for path in made:
             path.unlink(missing_ok=True)
         raise
-    click.echo(f"producer {name} listed in {folder.producers_path} (restart the signer to apply)")
+    click.echo(
+        f"producer {name} listed in {folder.producers_path} (a running signer applies it "
+        "within a second)"
+    )
     if first:
-        click.echo("  the file is new: once restarted, the signer serves listed producers only")
+        click.echo("  the file is new: a running signer serves listed producers only from now on")
     click.echo(f"  secret:         {secret_path} (0400)")
     _print_user(user, password_path, lines, where)
     if amqp_path is not None:

@@ -1544,13 +1544,18 @@ def test_script_writes_outlive_a_kill_on_a_redis_loading_the_acl_file_casign_wri
 
 def _wait_for_the_ca_record(state: Path, port: int, signer_log: Path) -> None:
     """Wait, as the operator, until the signer has recorded its CA (a producer names it)."""
-    password_file = state / "state" / "ca" / "intermediate" / "private" / "redis"
-    password = (password_file / "operator.redis-password").read_text().strip()
+    ca = state / "state" / "ca"
+    password = (ca / "intermediate" / "private" / "redis" / "operator.redis-password").read_text()
+    scope = KeyScope(folder_names(ca).store_prefix)  # the CA's own names, `casign-TAG`
     deadline = time.monotonic() + 60
     with redis.Redis(
-        host="127.0.0.1", port=port, db=1, username="casign-operator", password=password
+        host="127.0.0.1",
+        port=port,
+        db=1,
+        username=scope.user_name(Role.OPERATOR),
+        password=password.strip(),
     ) as operator:
-        while not operator.hget("casign:ca", "id"):
+        while not operator.hget(scope.keys.ca, "id"):
             assert time.monotonic() < deadline, signer_log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
 
