@@ -16,7 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from core.errors import RefusalCode
+from core.queue import producer_queue
 from tests.est_service import (
+    PRODUCER,
     SERVER_NAME,
     CurlAnswer,
     EstDeployment,
@@ -73,7 +75,8 @@ def until_issued(ask: Callable[[], CurlAnswer]) -> CurlAnswer:
 
 
 def queued_messages(est: EstDeployment) -> int:
-    return int(est.store.client.llen(est.queue))
+    """Messages waiting in the EST front-end's own queue (it publishes as producer PRODUCER)."""
+    return int(est.store.client.llen(producer_queue(est.queue, PRODUCER)))
 
 
 def test_a_job_not_signed_in_time_is_202_and_its_retry_is_answered_from_the_store(

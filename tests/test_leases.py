@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from core.auth import ca_identity
 from core.errors import Retryable
 from core.keys import KeyType
 from core.queue import celery_settings
+from store.identity import CAIdentityRecord
 from store.leases import LeaseTerms
 from store.results import Intent, ResultsStore
 from tests.cas import make_alice_ca
@@ -383,6 +385,11 @@ def test_a_message_lost_between_pop_and_record_is_sent_again_within_seconds(
     at its first quiet spell; nothing is signed twice."""
     broker = rig.redis.client()
     env = probed_env(rig, delay=0)
+    rig.seal(ecdsa_ca)  # the listed producer and the users, before any worker starts
+    intermediate = _intermediate(ecdsa_ca)  # the CA the producer seals for, as a signer records it
+    CAIdentityRecord(rig.store).claim(
+        ca_identity(intermediate), intermediate.subject.rfc4514_string()
+    )
     worker = None
     try:
         with rig.producer() as producer:
@@ -390,8 +397,9 @@ def test_a_message_lost_between_pop_and_record_is_sent_again_within_seconds(
             kept = make_jobs(producer, 20, "kept")
             producer.submit_many(lost.requests.values(), batch_size=20)
             producer.submit_many(kept.requests.values(), batch_size=20)
-            assert broker.llen(rig.queue) == 2
-            assert broker.rpop(rig.queue) is not None  # the oldest message, lost in transit
+            assert broker.llen(rig.delivery_queue) == 2
+            # the oldest message, lost in transit
+            assert broker.rpop(rig.delivery_queue) is not None
             worker = rig.worker(ecdsa_ca, "worker.log", extra_env=env)
             started = time.monotonic()
             results = list(producer.results([*lost, *kept], timeout=45))
