@@ -90,6 +90,7 @@ class Sampler:
         self.start = time.perf_counter()
         self._last = (0, self.start)
         self.samples: list[Sample] = []
+        self.breakdown = ""
 
     def _pool(self) -> tuple[int, ...]:
         return tuple(self.service.pool_rss_kib().values())
@@ -147,6 +148,30 @@ def retention_note(documented: bool, days: int | None) -> str:
     )
 
 
+# The store's keys that grow with every certificate (`store.keys`), besides one job hash each.
+GROWING_KEYS = ("certs", "index", "index:order", "serials", "audit")
+JOB_RECORDS_SAMPLED = 1000
+
+
+def memory_breakdown(service: CasignService, client: redis.Redis, count: int) -> str:
+    """Redis bytes per 1,000 certificates by key: the CA's records, and the job records."""
+    parts = []
+    for name in GROWING_KEYS:
+        used = client.memory_usage(service.store.key(name), samples=0) or 0
+        parts.append(f"`{name}` {used / count * 1000:,.0f}")
+    step = max(1, count // JOB_RECORDS_SAMPLED)
+    sampled = [
+        client.memory_usage(service.store.job_key(f"soak-{index:07d}"), samples=0) or 0
+        for index in range(0, count, step)
+    ]
+    job_bytes = sum(sampled) / len(sampled)
+    parts.append(f"job records (`job:{{id}}`, one hash each) {job_bytes * 1000:,.0f}")
+    return (
+        "Redis bytes per 1,000 certificates by key (MEMORY USAGE at the end, job records from "
+        f"{len(sampled):,} sampled): " + ", ".join(parts) + "."
+    )
+
+
 def _check(result: JobResult, issued: int, intermediate: x509.Certificate) -> None:
     """Every job issued; one certificate in VERIFY_EVERY verified against the intermediate."""
     if not result.ok or not result.certificate_pem:
@@ -201,6 +226,8 @@ def soak(
     recorded = service.store.count_issued() - before
     if recorded != args.count:
         raise BenchError(f"soak: {recorded:,} index entries for {args.count:,} jobs")
+    sampler.breakdown = memory_breakdown(service, client, args.count)
+    print(sampler.breakdown, flush=True)
     return sampler
 
 
@@ -293,6 +320,8 @@ def fragment(args: argparse.Namespace, command: str, sampler: Sampler, note: str
         *(sample_line(sample) for sample in sampler.samples),
         "",
         judgement(sampler.samples),
+        "",
+        sampler.breakdown,
         "",
         note,
         "",
