@@ -71,6 +71,16 @@ def _csrs(key_pem: bytes, names: Sequence[str]) -> list[str]:
     return pems
 
 
+def leaf_key_pem(leaf_key: str) -> bytes:
+    """A fresh unencrypted PKCS#8 PEM leaf key of type `leaf_key` (one of LEAF_KEY_TYPES)."""
+    return _leaf_key_pem(leaf_key)
+
+
+def csr_chunk(key_pem: bytes, first: int, count: int) -> list[str]:
+    """PEM CSRs for `host{first}` .. `host{first + count - 1}`, all signed by `key_pem`."""
+    return _csrs(key_pem, [common_name(index) for index in range(first, first + count)])
+
+
 def make_workload(count: int, leaf_key: str = "rsa2048") -> Workload:
     """`count` CSRs named `host0000000.bench.example.com` onwards, made on every CPU."""
     key_pem = _leaf_key_pem(leaf_key)
