@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -43,9 +44,8 @@ DEFAULT_CHUNK = 5_000
 DEFAULT_BATCH_SIZE = 250
 WARMUP_CSRS = 100
 VERIFY_EVERY = 1000  # one certificate in this many is verified against the intermediate
-# The worker setting that would let job records go (not in casign yet: issue 15's retention).
+# The CA setting (casign.toml) after which closed job records expire (worker/retention.py).
 RETENTION_SETTING = "job_retention_days"
-RETENTION_DOCS = ("README.md", "RELIABILITY.md")
 
 
 @dataclass(frozen=True)
@@ -118,33 +118,30 @@ class Sampler:
         return sample
 
 
-def retention_documented() -> bool:
-    """True when the worker documents a job-record retention setting (README / RELIABILITY)."""
-    for name in RETENTION_DOCS:
-        path = REPO / name
-        if path.exists() and RETENTION_SETTING in path.read_text(encoding="utf-8"):
-            return True
-    return False
+def set_retention(settings_path: Path, days: int) -> None:
+    """Write `job_retention_days = days` into the CA's casign.toml (replacing the one `init`
+    wrote)."""
+    text = settings_path.read_text(encoding="utf-8")
+    line = f"{RETENTION_SETTING} = {days}"
+    pattern = re.compile(rf"^{RETENTION_SETTING}\s*=.*$", re.MULTILINE)
+    text = pattern.sub(line, text) if pattern.search(text) else text.rstrip("\n") + f"\n{line}\n"
+    settings_path.write_text(text, encoding="utf-8")
 
 
-def retention_note(documented: bool, days: int | None) -> str:
-    """One sentence on whether job records are kept, and so how Redis memory should behave."""
-    if documented and days is not None:
+def retention_note(days: int | None) -> str:
+    """One sentence on whether job records expire within the run, and so how Redis memory
+    should behave."""
+    if days is not None and days > 0:
         return (
             f"Retention: `{RETENTION_SETTING} = {days}` in casign.toml; job records older than "
-            "that go, so Redis memory per 1,000 certificates is expected to level off once they "
-            "do (certificates, index and audit are kept: they are the CA's records)."
-        )
-    if documented:
-        return (
-            f"Retention: the worker has `{RETENTION_SETTING}` but this run did not set it "
-            "(--job-retention-days N): job records are kept, so Redis memory grows linearly "
-            "with the certificates (a flat figure per 1,000 certificates)."
+            "that expire, so Redis memory per 1,000 certificates levels off once they do (a run "
+            "shorter than that cannot show it; certificates, index and audit are the CA's "
+            "records and are kept)."
         )
     return (
-        "Retention: the worker has no job-record retention setting yet, so every job record is "
-        "kept with its certificate, index line and audit entry: Redis memory is expected to "
-        "grow linearly, i.e. to hold a flat figure per 1,000 certificates, not a flat total."
+        f"Retention: `{RETENTION_SETTING}` is {'0 (kept for ever)' if days == 0 else 'the default, 30 days'}: "
+        "no job record expires during the run, so Redis memory grows linearly with the "
+        "certificates (a flat figure per 1,000 certificates, not a flat total)."
     )
 
 
@@ -363,10 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.load_start = load_average()
     command = shlex.join(["python", "-m", "bench.soak", *(sys.argv[1:] if argv is None else argv)])
-    documented = retention_documented()
-    note = retention_note(documented, args.job_retention_days)
-    if args.job_retention_days is not None and not documented:
-        print(f"--job-retention-days ignored: the worker has no {RETENTION_SETTING} setting")
+    note = retention_note(args.job_retention_days)
     print(note, flush=True)
     run_id = f"soak{os.getpid()}"
     try:
@@ -376,9 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             client = redis.Redis.from_url(redis_url)
             stack.callback(client.close)
             authority = make_file_authority(work_dir / "ca", KEY_TYPES[args.key], args.key)
-            if documented and args.job_retention_days is not None:
-                with authority.folder.settings_path.open("a", encoding="utf-8") as settings:
-                    settings.write(f"{RETENTION_SETTING} = {args.job_retention_days}\n")
+            if args.job_retention_days is not None:
+                set_retention(authority.folder.settings_path, args.job_retention_days)
             print(f"starting a worker of 2 processes, {args.count:,} jobs to come ...", flush=True)
             service = stack.enter_context(
                 running_service(
