@@ -342,7 +342,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--job-retention-days",
         type=int,
         default=None,
-        help=f"written as {RETENTION_SETTING} to casign.toml, when the worker has it",
+        help=f"written as {RETENTION_SETTING} to the CA's casign.toml (default: init's 30)",
     )
     parser.add_argument("--out", type=Path, default=None, help="Markdown fragment to write")
     args = parser.parse_args(argv)
