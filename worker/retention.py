@@ -23,6 +23,7 @@ class SettingsFolder(Protocol):
 
     def settings(self) -> dict[str, object]: ...
 
+
 DEFAULT_JOB_RETENTION_DAYS = 30
 MAX_JOB_RETENTION_DAYS = 36_500
 SECONDS_PER_DAY = 86_400
