@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -71,6 +72,7 @@ def measure_limit(
     warmup = jobs_for(workload.head(WARMUP_JOBS), f"{tag}-warmup", profile)
     _check_issued(signer.sign_batch(warmup), len(warmup))
     jobs = jobs_for(workload, tag, profile)
+    gc.freeze()  # as a worker process does once its signer is open (worker/process.py)
     batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
     issued = 0
     cpu = CpuMeter()

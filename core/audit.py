@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 GENESIS = "0" * 40
+# json.dumps with separators builds a new encoder on every call; one serves every line.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def audit_line(
@@ -43,7 +45,7 @@ def audit_line(
         "jobs": jobs,  # how many jobs an unauthenticated batch carried (one line for all)
         "claimed_by": claimed_by,  # the producer an unauthenticated message claimed to be
     }
-    return json.dumps({k: v for k, v in entry.items() if v is not None}, separators=(",", ":"))
+    return _COMPACT_JSON.encode({k: v for k, v in entry.items() if v is not None})
 
 
 def chain_hash(previous: str, line: str) -> str:

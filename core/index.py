@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -86,6 +87,7 @@ def openssl_oneline(name: x509.Name) -> str:
     return "".join(parts)
 
 
+@lru_cache(maxsize=256)  # a batch's certificates mostly share one notAfter
 def format_asn1_time(moment: datetime) -> str:
     """UTCTime `YYMMDDHHMMSSZ` before 2050, GeneralizedTime `YYYYMMDDHHMMSSZ` after (RFC 5280 4.1.2.5)."""
     moment = moment.astimezone(UTC)

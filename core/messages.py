@@ -21,6 +21,8 @@ SanText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 # A CSR above 64 KiB is refused with its own code by the CSR policy; the message itself may
 # carry a little more so that refusal, not a schema error, is what the requester sees.
 MAX_CSR_FIELD = 2 * 1024 * 1024
+# json.dumps with separators builds a new encoder on every call; one serves every fingerprint.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 # The most jobs a queue message may carry and still be read (and answered, job by job).
 MAX_MESSAGE_JOBS = 1_000_000
 
@@ -42,9 +44,8 @@ class SignRequest(_Message):
 
     def fingerprint(self) -> str:
         """What identifies the request's content, to tell a redelivery from a reused job id."""
-        canonical = json.dumps(
-            [self.csr_pem.strip().replace("\r\n", "\n"), self.profile, self.days, self.san],
-            separators=(",", ":"),
+        canonical = _COMPACT_JSON.encode(
+            [self.csr_pem.strip().replace("\r\n", "\n"), self.profile, self.days, self.san]
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 

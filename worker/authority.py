@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -38,18 +39,26 @@ def digest_algorithm(name: str) -> SignatureHash:
     return _DIGESTS[name]
 
 
+Extensions = tuple[x509.Extension[x509.ExtensionType], ...]
+
+
+def extensions_of(pairs: Iterable[tuple[x509.ExtensionType, bool]]) -> Extensions:
+    """(value, critical) pairs as the `x509.Extension`s a certificate builder takes."""
+    return tuple(x509.Extension(value.oid, critical, value) for value, critical in pairs)
+
+
 @dataclass(frozen=True)
 class ProfileExtensions:
     """A profile's extensions that do not depend on the subject, built once per authority."""
 
-    before_key_ids: tuple[tuple[x509.ExtensionType, bool], ...]
-    authority_key_identifier: x509.AuthorityKeyIdentifier
-    usage_rsa: tuple[tuple[x509.ExtensionType, bool], ...]
-    usage_other: tuple[tuple[x509.ExtensionType, bool], ...]
+    before_key_ids: Extensions
+    authority_key_identifier: x509.Extension[x509.AuthorityKeyIdentifier]
+    usage_rsa: Extensions
+    usage_other: Extensions
     # One entry, or one per CRL shard (the CRL distribution point names the shard).
-    locations_by_shard: tuple[tuple[tuple[x509.ExtensionType, bool], ...], ...]
+    locations_by_shard: tuple[Extensions, ...]
 
-    def locations_for(self, serial: int) -> tuple[tuple[x509.ExtensionType, bool], ...]:
+    def locations_for(self, serial: int) -> Extensions:
         """The location extensions of the certificate with `serial`."""
         if len(self.locations_by_shard) == 1:
             return self.locations_by_shard[0]
@@ -190,12 +199,12 @@ class SigningAuthority:
             # `keyid,issuer` adds the issuer only when no key id can be had; ours always has one.
             aki = x509.AuthorityKeyIdentifier(self.key_identifier, None, None)
         built = ProfileExtensions(
-            before_key_ids=tuple(profile.fixed_extensions()),
-            authority_key_identifier=aki,
-            usage_rsa=tuple(profile.usage_extensions(rsa_subject=True)),
-            usage_other=tuple(profile.usage_extensions(rsa_subject=False)),
+            before_key_ids=extensions_of(profile.fixed_extensions()),
+            authority_key_identifier=x509.Extension(aki.oid, False, aki),
+            usage_rsa=extensions_of(profile.usage_extensions(rsa_subject=True)),
+            usage_other=extensions_of(profile.usage_extensions(rsa_subject=False)),
             locations_by_shard=tuple(
-                tuple(profile.location_extensions(shard))
+                extensions_of(profile.location_extensions(shard))
                 for shard in (range(self.crl_shards) if self.crl_shards else [None])
             ),
         )

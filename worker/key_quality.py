@@ -87,19 +87,21 @@ def fermat_factor(modulus: int, rounds: int) -> int | None:
     a = math.isqrt(modulus)
     if a * a < modulus:
         a += 1
-    excess = a * a - modulus  # b^2 when a is right; grows by 2a+1 as a grows by one
-    for _ in range(rounds):
-        # A square is a square modulo 64, 63 and 65 too: skip most isqrt calls cheaply.
-        if (
-            _SQUARES_MOD_64[excess & 63]
-            and _SQUARES_MOD_63[excess % 63]
-            and _SQUARES_MOD_65[excess % 65]
-        ):
+    # a^2 - modulus is b^2 when a is right; it grows by 2a+1 as a grows by one. Both are kept
+    # modulo _SIEVE_MODULUS as small numbers: a square is a square modulo 64, 63 and 65 too, so
+    # most rounds are skipped without touching the big numbers.
+    sieve = _squares_sieve()
+    residue = (a * a - modulus) % _SIEVE_MODULUS
+    growth = (2 * a + 1) % _SIEVE_MODULUS
+    for offset in range(rounds):
+        if sieve[residue]:
+            candidate = a + offset
+            excess = candidate * candidate - modulus
             b = math.isqrt(excess)
-            if b * b == excess and a - b > 1:
-                return a - b
-        excess += 2 * a + 1
-        a += 1
+            if b * b == excess and candidate - b > 1:
+                return candidate - b
+        residue = (residue + growth) % _SIEVE_MODULUS
+        growth = (growth + 2) % _SIEVE_MODULUS
     return None
 
 
@@ -139,9 +141,18 @@ def _squares_mod(modulus: int) -> tuple[bool, ...]:
     return tuple(value in squares for value in range(modulus))
 
 
-_SQUARES_MOD_64 = _squares_mod(64)
-_SQUARES_MOD_63 = _squares_mod(63)
-_SQUARES_MOD_65 = _squares_mod(65)
+_SIEVE_MODULUS = 64 * 63 * 65
+
+
+@cache
+def _squares_sieve() -> bytes:
+    """1 at each residue modulo 64*63*65 that is a square modulo 64, 63 and 65, else 0."""
+    sieve = bytearray([1]) * _SIEVE_MODULUS
+    for factor in (64, 63, 65):
+        for residue, square in enumerate(_squares_mod(factor)):
+            if not square:
+                sieve[residue::factor] = bytes(len(range(residue, _SIEVE_MODULUS, factor)))
+    return bytes(sieve)
 
 
 @cache

@@ -7,6 +7,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -460,7 +461,8 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
     ):
         raise Rejected(Code.SAN_MALFORMED, f"SAN IP:{name.value} is a network, not an address")
     value = str(name.value)
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    # Every Cc character is unprintable: the look at each character is only for a value with one.
+    if not value.isprintable() and any(unicodedata.category(char) == "Cc" for char in value):
         raise Rejected(Code.SAN_MALFORMED, f"SAN {kind} contains a control character")
     if not value.isascii():
         raise Rejected(Code.SAN_MALFORMED, f"SAN {kind}:{value!r} is not ASCII")
@@ -489,6 +491,7 @@ def check_general_name(name: x509.GeneralName, profile: Profile) -> None:
         raise Rejected(Code.SAN_MALFORMED, f"SAN URI:{value!r} is not an absolute URI")
 
 
+@lru_cache(maxsize=1024)
 def _comparable_name(text: str) -> str:
     """A CN as a reader sees it: NFKC, runs of white space as one space, case folded."""
     return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()

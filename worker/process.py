@@ -8,6 +8,7 @@ a task waiting out an outage hands its message back instead of holding the shutd
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import mmap
@@ -213,7 +214,11 @@ class SignerProcess:
         )
         lease = WorkerLease(store)
         lease.renew()
-        return BatchSigner(authority, store, access, lease)
+        signer = BatchSigner(authority, store, access, lease)
+        # What is loaded by now lives as long as the worker: the collector skips it from here
+        # on, so the full collections that a batch's garbage sets off stay short.
+        gc.freeze()
+        return signer
 
 
 def open_mode_refusal(folder: CAFolder) -> str:

@@ -10,7 +10,6 @@ moved to another job or another store, by anyone who can only write to the store
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -46,8 +45,8 @@ class RecordKey:
         """The MAC of a record stored under `store_prefix` for `job_id`, as stored text."""
         # JSON strings make the split between tag, prefix and job id unambiguous.
         header = json.dumps([RECORD_MAC_TAG, store_prefix, job_id], ensure_ascii=True)
-        digest = hmac.new(self._secret, header.encode() + b"\n" + canonical, hashlib.sha256)
-        return _MAC_PREFIX + digest.hexdigest()
+        digest = hmac.digest(self._secret, header.encode() + b"\n" + canonical, "sha256")
+        return _MAC_PREFIX + digest.hex()
 
     def verifies(self, store_prefix: str, job_id: str, canonical: bytes, mac: object) -> bool:
         """Whether `mac` is this key's MAC of the record (compared in constant time)."""

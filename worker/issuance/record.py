@@ -178,8 +178,12 @@ class StoredRecord:
         )
 
 
+# One encoder for every record: json.dumps with these options builds a new one each call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def _canonical(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _CANONICAL_JSON.encode(data)
 
 
 def _invalid(job_id: str, why: str) -> Rejected:

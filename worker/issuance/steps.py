@@ -283,16 +283,19 @@ def tbs_of(
 ) -> x509.CertificateBuilder:
     """The builder for `record`'s certificate, extensions in the guide's order."""
     public_key = applicant.public_key
+    # The profile's own extensions come built once per authority; only the subject's are new.
     extensions = authority.extensions_for(record.profile)
-    pairs: list[tuple[x509.ExtensionType, bool]] = list(extensions.before_key_ids)
+    built: list[x509.Extension[x509.ExtensionType]] = list(extensions.before_key_ids)
     if record.profile.subject_key_identifier:
-        pairs.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
-    pairs.append((extensions.authority_key_identifier, False))
+        key_id = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        built.append(x509.Extension(key_id.oid, False, key_id))
+    built.append(extensions.authority_key_identifier)
     rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
-    pairs.extend(extensions.usage_rsa if rsa_subject else extensions.usage_other)
-    pairs.extend(extensions.locations_for(record.serial))
+    built.extend(extensions.usage_rsa if rsa_subject else extensions.usage_other)
+    built.extend(extensions.locations_for(record.serial))
     if record.subject_alternative_names:
-        pairs.append((x509.SubjectAlternativeName(record.subject_alternative_names), False))
+        names = x509.SubjectAlternativeName(record.subject_alternative_names)
+        built.append(x509.Extension(names.oid, False, names))
     return x509.CertificateBuilder(
         issuer_name=authority.intermediate.subject,
         subject_name=applicant.subject,
@@ -300,7 +303,7 @@ def tbs_of(
         serial_number=record.serial,
         not_valid_before=record.not_before,
         not_valid_after=record.not_after,
-        extensions=[x509.Extension(value.oid, critical, value) for value, critical in pairs],
+        extensions=built,
     )
 
 
