@@ -12,6 +12,16 @@ KEY_MODE = 0o400
 PUBLIC_MODE = 0o644
 
 
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of `path`: what changes when the file is written again (an
+    atomic write replaces the inode); None when it is absent."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 def write_file_atomically(
     path: Path, data: bytes | str, mode: int, *, replace: bool = True
 ) -> None:

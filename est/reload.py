@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ConfigurationError
+from core.files import file_version
 from est.settings import EstSettings, load_settings
 
 log = logging.getLogger("casign.est")
@@ -22,12 +23,11 @@ POLL_SECONDS = 1.0
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is written again (atomic writes replace the inode)."""
+    """`file_version`, or None too when the file cannot be looked at (the watcher waits)."""
     try:
-        status = path.stat()
+        return file_version(path)
     except OSError:
         return None
-    return (status.st_ino, status.st_mtime_ns, status.st_size)
 
 
 class SettingsWatcher:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from core import files
 from core.errors import ConfigurationError
 from worker.access import AccessPolicy
 from worker.crlsettings import check_shard_urls
@@ -54,11 +54,7 @@ class ReloadNotice:
 
 def file_version(path: Path) -> tuple[int, int, int]:
     """(inode, size, mtime in ns) of `path`, or zeros when it is absent: what tells a change."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return _MISSING
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return files.file_version(path) or _MISSING
 
 
 @dataclass(frozen=True)

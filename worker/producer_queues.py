@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ConfigurationError
+from core.files import file_version
 from core.queue import producer_queue
 from worker.access import listed_producer_names
 
@@ -40,7 +41,7 @@ class ProducerQueueWatcher:
         self._consumed = consumed
         self._add_queue = add_queue
         self._stopped = stopped
-        self._stamp = self._file_stamp()
+        self._stamp = file_version(self._path)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="casign-producer-queues", daemon=True)
@@ -49,7 +50,7 @@ class ProducerQueueWatcher:
 
     def look(self) -> list[str]:
         """Add the queues of producers listed since the last look; the queues added."""
-        stamp = self._file_stamp()
+        stamp = file_version(self._path)
         if stamp == self._stamp:
             return []
         self._stamp = stamp
@@ -78,10 +79,3 @@ class ProducerQueueWatcher:
                 self.look()
             except Exception:  # never let a look end the thread; the next one tries again
                 log.exception("could not follow %s", self._path)
-
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            status = self._path.stat()
-        except OSError:
-            return None
-        return (status.st_ino, status.st_size, status.st_mtime_ns)
