@@ -14,6 +14,7 @@ from store.embedded import EmbeddedRedis
 from store.results import ResultsStore
 from tests.cas import make_alice_ca
 from tests.softhsm_token import SOFTHSM_SKIP_REASON, softhsm_token  # noqa: F401  (a fixture)
+from tests.workers import WorkerProcess, start_worker
 from worker.authority import SigningAuthority, load_authority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
@@ -82,6 +83,36 @@ def chain_path(ca_folder: CAFolder) -> Path:
 def queue() -> str:
     """A queue of this test's own, so no other test's worker takes its batches."""
     return f"casign-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def worker_processes() -> int:
+    """How many pool processes the `worker` fixture starts; a test module may override it."""
+    return 2
+
+
+@pytest.fixture
+def worker(
+    ca_folder: CAFolder,
+    broker_url: str,
+    redis_url: str,
+    store: ResultsStore,
+    queue: str,
+    tmp_path: Path,
+    worker_processes: int,
+) -> Iterator[WorkerProcess]:
+    """A real `casign worker` on the shared CA, the test's queue and key prefix."""
+    process = start_worker(
+        ca_folder.root,
+        broker_url,
+        redis_url,
+        store,
+        queue,
+        tmp_path / "worker.log",
+        worker_processes,
+    )
+    yield process
+    process.stop()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

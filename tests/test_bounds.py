@@ -23,7 +23,7 @@ from store.replies import REPLY_LIST_MAX, REPLY_TTL_SECONDS
 from store.results import Failure, Intent, Issued, ResultsStore
 from store.revocations import RevocationStore
 from tests.csrs import job, make_csr
-from tests.workers import WorkerProcess, start_worker
+from tests.workers import WorkerProcess
 from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
 from worker.issuance import BatchSigner
@@ -88,19 +88,9 @@ def test_the_producer_cuts_its_messages_under_both_ceilings() -> None:
 
 
 @pytest.fixture
-def worker(
-    ca_folder: CAFolder,
-    broker_url: str,
-    redis_url: str,
-    store: ResultsStore,
-    queue: str,
-    tmp_path: Path,
-) -> Iterator[WorkerProcess]:
-    process = start_worker(
-        ca_folder.root, broker_url, redis_url, store, queue, tmp_path / "worker.log", 1
-    )
-    yield process
-    process.stop()
+def worker_processes() -> int:
+    """The `worker` fixture (tests/conftest.py) here starts one pool process."""
+    return 1
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import fakeredis
@@ -25,7 +24,7 @@ from store.keys import KeySpace
 from store.metrics import MetricsLedger, Sample
 from store.results import ResultsStore
 from tests.csrs import make_csr
-from tests.workers import WorkerProcess, start_worker
+from tests.workers import WorkerProcess
 from worker.cafolder import CAFolder
 from worker.figures import STEP_BUCKETS, STEP_SECONDS, SignerFigures, StepClock
 
@@ -83,22 +82,6 @@ def test_step_clock_records_each_lap_in_order() -> None:
         clock.lap(step)
     assert [step for step, _ in clock.laps] == ["admit", "sign", "publish"]
     assert all(seconds >= 0 for _, seconds in clock.laps)
-
-
-@pytest.fixture
-def worker(
-    ca_folder: CAFolder,
-    broker_url: str,
-    redis_url: str,
-    store: ResultsStore,
-    queue: str,
-    tmp_path: Path,
-) -> Iterator[WorkerProcess]:
-    process = start_worker(
-        ca_folder.root, broker_url, redis_url, store, queue, tmp_path / "worker.log"
-    )
-    yield process
-    process.stop()
 
 
 def _free_port() -> int:

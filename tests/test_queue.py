@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,22 +24,6 @@ from worker.cafolder import CAFolder, CAOptions, init_ca
 pytestmark = pytest.mark.slow
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.fixture
-def worker(
-    ca_folder: CAFolder,
-    broker_url: str,
-    redis_url: str,
-    store: ResultsStore,
-    queue: str,
-    tmp_path: Path,
-) -> Iterator[WorkerProcess]:
-    process = start_worker(
-        ca_folder.root, broker_url, redis_url, store, queue, tmp_path / "worker.log"
-    )
-    yield process
-    process.stop()
 
 
 def producer_for(broker_url: str, store: ResultsStore, queue: str, redis_url: str) -> Producer:
