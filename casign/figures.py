@@ -75,8 +75,8 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
     ]
     oldest = max(now - min(sealed), 0.0) if sealed else None
     beats = _optional(store.workers_last_active) or {}
-    crl = _optional(store.crls.latest)
-    crl_age = now - crl.last_update_utc.timestamp() if crl is not None else None
+    made = _optional(store.crls.latest_this_update)  # the PEM of a large CRL is never parsed
+    crl_age = now - made.timestamp() if made is not None else None
     memory = _optional(store.memory)
     return Reading(
         at=now,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 from cryptography import x509
@@ -70,6 +71,12 @@ class CRLStore:
         """The newest CRL published (of `shard`), if any."""
         pem = self._client.hget(self._latest_key(shard), "pem")
         return x509.load_pem_x509_crl(text(pem).encode("ascii")) if pem else None
+
+    @translated
+    def latest_this_update(self, shard: int | None = None) -> datetime | None:
+        """When the newest CRL published (of `shard`) was made, read without its PEM."""
+        this_update = self._client.hget(self._latest_key(shard), "this_update")
+        return datetime.fromisoformat(text(this_update)) if this_update else None
 
     def _latest_key(self, shard: int | None) -> str:
         return self._keys.crl_latest if shard is None else self._keys.crl_shard_latest(shard)

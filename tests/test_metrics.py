@@ -23,9 +23,12 @@ from producers import Producer
 from store.keys import KeySpace
 from store.metrics import MetricsLedger, Sample
 from store.results import ResultsStore
+from store.revocations import RevocationStore
 from tests.csrs import make_csr
 from tests.workers import WorkerProcess
+from worker.authority import SigningAuthority
 from worker.cafolder import CAFolder
+from worker.crl import make_crl
 from worker.figures import STEP_BUCKETS, STEP_SECONDS, SignerFigures, StepClock
 
 
@@ -221,3 +224,15 @@ def test_top_renders_a_reading() -> None:
     assert _row(screen, "issued") == "7"
     assert _row(screen, "rate.limited") == "2"
     assert _row(screen, "usr_cert") == "7"
+
+
+def test_the_crl_age_is_read_from_the_newest_crl_published(
+    authority: SigningAuthority, store: ResultsStore
+) -> None:
+    assert read_figures(store).crl_age_seconds is None  # no CRL yet: the gauge is left out
+    revocations = RevocationStore(store)
+    published = make_crl(authority, revocations)
+    revocations.publish_crl(published.crl, published.number)
+    age = read_figures(store).crl_age_seconds
+    expected = time.time() - published.crl.last_update_utc.timestamp()
+    assert age is not None and abs(age - expected) < 5
