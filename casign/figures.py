@@ -66,13 +66,10 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
     queue and each listed producer's own (`core.queue.consumed_queues`)."""
     now = time.time()
     samples = store.metrics.totals()
-    depths = [depth for depth in (queue.depth() for queue in queues) if depth is not None]
+    heads = [queue.head() for queue in queues]
+    depths = [head.depth for head in heads if head.depth is not None]
     depth = sum(depths) if depths else None
-    sealed = [
-        sealed_at
-        for sealed_at in (queue.next_sealed_at() for queue in queues)
-        if sealed_at is not None
-    ]
+    sealed = [head.next_sealed_at for head in heads if head.next_sealed_at is not None]
     oldest = max(now - min(sealed), 0.0) if sealed else None
     beats = _optional(store.workers_last_active) or {}
     made = _optional(store.crls.latest_this_update)  # the PEM of a large CRL is never parsed

@@ -43,6 +43,14 @@ class QueuePlace:
     taken: bool = False  # a worker took its message and will sign it after its current batch
 
 
+@dataclass(frozen=True)
+class QueueHead:
+    """What waits in a queue: how many messages, and when the next to be taken was sealed."""
+
+    depth: int | None
+    next_sealed_at: int | None
+
+
 class QueueView:
     """A read-only look at the queue a producer (`producer`, None for an anonymous one) of the
     CA's queue `queue` publishes to."""
@@ -79,27 +87,31 @@ class QueueView:
             return None
         try:
             with self._channel() as channel:
-                if self.searchable:
-                    return int(channel.client.llen(self.queue))
-                return int(channel.queue_declare(self.queue, passive=True).message_count)
+                return self._depth(channel)
         except Exception:  # no broker, no such queue: not knowing is the answer
             return None
 
-    def next_sealed_at(self) -> int | None:
-        """When the batch next to be taken was sealed (unix time); None when the queue is empty,
-        cannot be read, or that batch is unsealed (an open signer's)."""
-        if not self.searchable:
-            return None
+    def head(self) -> QueueHead:
+        """How many messages wait, and when the one next to be taken was sealed, in one visit
+        to the broker; each None when it cannot be told (a producer's Redis user may count its
+        queue but not read its messages)."""
+        if self.broker_url.startswith("unused"):
+            return QueueHead(None, None)
         try:
             with self._channel() as channel:
-                raw = channel.client.lindex(self.queue, -1)
-                if raw is None:
-                    return None
-                envelope = _batch_of(json.loads(raw)).get("envelope") or {}
-                issued_at = envelope.get("issued_at")
-                return int(issued_at) if isinstance(issued_at, int) else None
-        except Exception:  # an unreadable message or broker: not knowing is the answer
-            return None
+                depth = self._depth(channel)
+                sealed_at = None
+                if self.searchable and depth:
+                    with contextlib.suppress(Exception):
+                        sealed_at = _sealed_at(channel.client.lindex(self.queue, -1))
+                return QueueHead(depth, sealed_at)
+        except Exception:  # no broker, no such queue: not knowing is the answer
+            return QueueHead(None, None)
+
+    def _depth(self, channel: Any) -> int:
+        if self.searchable:
+            return int(channel.client.llen(self.queue))
+        return int(channel.queue_declare(self.queue, passive=True).message_count)
 
     def locate(self, job_ids: Collection[str]) -> dict[str, QueuePlace] | None:
         """Where each of `job_ids` waits on a Redis broker; None when it cannot be searched, and
@@ -151,6 +163,19 @@ def _from_the_front(client: Any, queue: str) -> Iterator[dict[str, Any]]:
             with contextlib.suppress(ValueError, TypeError):
                 yield json.loads(raw)
         end = start - 1
+
+
+def _sealed_at(raw: str | bytes | None) -> int | None:
+    """When a raw queue message's batch was sealed (unix time); None for an unsealed (an open
+    signer's) or unreadable one, or no message."""
+    if raw is None:
+        return None
+    try:
+        envelope = _batch_of(json.loads(raw)).get("envelope") or {}
+    except (TypeError, ValueError):
+        return None
+    issued_at = envelope.get("issued_at") if isinstance(envelope, dict) else None
+    return issued_at if isinstance(issued_at, int) else None
 
 
 def _batch_of(message: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from casign.figures import read_figures
 from casign.metrics_server import exposition
+from casign.queue_view import QueueHead, QueueView
 from casign.top import render
 from producers import Producer
 from store.keys import KeySpace
@@ -236,3 +237,31 @@ def test_the_crl_age_is_read_from_the_newest_crl_published(
     age = read_figures(store).crl_age_seconds
     expected = time.time() - published.crl.last_update_utc.timestamp()
     assert age is not None and abs(age - expected) < 5
+
+
+def test_the_queue_head_tells_the_depth_and_when_the_next_batch_was_sealed(
+    broker_url: str, redis_url: str, store: ResultsStore, queue: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "web.secret"
+    secret.write_text("s" * 64)
+    secret.chmod(0o400)
+    producer = Producer(
+        broker_url,
+        redis_url,
+        store_prefix=store.prefix,
+        queue=queue,
+        identity="web",
+        secret_source=f"file:{secret}",
+        ca_identity="c" * 64,
+    )
+    view = QueueView(broker_url, queue, "web")
+    assert view.head() == QueueHead(0, None)
+    before = int(time.time())
+    producer.submit_many([producer.request(make_csr("head.example.com"))])  # no worker: it waits
+    producer.close()
+    head = view.head()
+    assert head.depth == 1 and head.next_sealed_at is not None
+    assert before <= head.next_sealed_at <= time.time()
+    reading = read_figures(store, [view])
+    assert reading.queue_depth == 1 and reading.oldest_waiting_seconds is not None
+    store.client.delete(view.queue)
