@@ -40,6 +40,8 @@ _PRELUDES: dict[Lua, tuple[str, ...]] = {
     Lua.PUBLISH: ("audit", "reply_bound"),
     Lua.REPLY_PUSH: ("reply_bound",),
     Lua.REVOKE: ("audit",),
+    Lua.CLOSE_RECORDS: ("job_close",),
+    Lua.MARK_FAILED: ("job_close",),
 }
 
 

@@ -222,7 +222,7 @@ def test_the_lua_scripts_ship_in_the_wheel(tmp_path: Path) -> None:
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".lua")}
     in_tree = {path.relative_to(ROOT).as_posix() for path in (ROOT / "store" / "lua").glob("*")}
     assert shipped == in_tree
-    routines = {"store/lua/audit.lua", "store/lua/reply_bound.lua"}
+    routines = {"store/lua/audit.lua", "store/lua/reply_bound.lua", "store/lua/job_close.lua"}
     assert {f"store/lua/{script.value}.lua" for script in Lua} | routines == shipped
 
 

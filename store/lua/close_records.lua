@@ -16,11 +16,7 @@ for i = 3, #ARGV, 4 do
     if redis.call('HGET', key, 'state') == 'reserved' then
       redis.call('HSET', key, 'state', 'refused', 'code', ARGV[i + 2], 'message', ARGV[i + 3])
     end
-    redis.call('HDEL', key, 'record', 'holder')
-    redis.call('SREM', pending, job_id)
-    if retention > 0 and redis.call('HGET', key, 'state') ~= 'reserved' then
-      redis.call('EXPIRE', key, retention)
-    end
+    close_job(key, pending, job_id, retention)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

@@ -15,11 +15,7 @@ for i = 3, #ARGV, 4 do
   if not found[1] or (found[1] == 'reserved' and found[2] == fingerprint) then
     redis.call('HSET', key, 'state', 'failed', 'fingerprint', fingerprint, 'code', ARGV[i + 2],
                'message', ARGV[i + 3])
-    redis.call('HDEL', key, 'record', 'holder')
-    redis.call('SREM', pending, job_id)
-    if retention > 0 and redis.call('HGET', key, 'state') ~= 'reserved' then
-      redis.call('EXPIRE', key, retention)
-    end
+    close_job(key, pending, job_id, retention)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
