@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from core.errors import ConfigurationError
+from core.signatures import IssuerKey
 from keystore import SigningKey, load_signing_key
 from worker.cafolder import CAFolder
 from worker.crlsettings import check_shard_urls, crl_days, crl_shards, shard_of
@@ -165,6 +166,11 @@ class SigningAuthority:
         return self.intermediate.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+
+    @cached_property
+    def issuer_key(self) -> IssuerKey:
+        """The intermediate's public key, parsed once, to check every certificate it signs."""
+        return IssuerKey(self.intermediate)
 
     @cached_property
     def common_names(self) -> frozenset[str]:

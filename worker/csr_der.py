@@ -14,7 +14,7 @@ _RSA_ENCRYPTION = bytes.fromhex("2a864886f70d010101")
 _EC_PUBLIC_KEY = bytes.fromhex("2a8648ce3d0201")
 
 
-def _element(data: bytes, offset: int) -> tuple[int, int, int]:
+def der_element(data: bytes, offset: int) -> tuple[int, int, int]:
     """(tag, start of contents, end of contents) of the element at `offset`."""
     tag = data[offset]
     length = data[offset + 1]
@@ -31,10 +31,10 @@ def _element(data: bytes, offset: int) -> tuple[int, int, int]:
     return tag, start, end
 
 
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+def der_children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
     elements = []
     while start < end:
-        element = _element(data, start)
+        element = der_element(data, start)
         elements.append(element)
         start = element[2]
     return elements
@@ -43,11 +43,11 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
 def _key_algorithm(csr_der: bytes) -> tuple[bytes, tuple[int, int, int]] | None:
     """(algorithm OID contents, the key's BIT STRING element) of a CSR's subjectPublicKeyInfo."""
     try:
-        _, request_start, request_end = _element(csr_der, 0)
-        info_tag, info_start, info_end = _children(csr_der, request_start, request_end)[0]
-        spki_tag, spki_start, spki_end = _children(csr_der, info_start, info_end)[2]
-        algorithm, key_bits = _children(csr_der, spki_start, spki_end)[:2]
-        oid_tag, oid_start, oid_end = _children(csr_der, algorithm[1], algorithm[2])[0]
+        _, request_start, request_end = der_element(csr_der, 0)
+        info_tag, info_start, info_end = der_children(csr_der, request_start, request_end)[0]
+        spki_tag, spki_start, spki_end = der_children(csr_der, info_start, info_end)[2]
+        algorithm, key_bits = der_children(csr_der, spki_start, spki_end)[:2]
+        oid_tag, oid_start, oid_end = der_children(csr_der, algorithm[1], algorithm[2])[0]
     except (IndexError, ValueError):
         return None
     if (info_tag, spki_tag, oid_tag, key_bits[0]) != (_SEQUENCE, _SEQUENCE, _OID, _BIT_STRING):
@@ -69,8 +69,8 @@ def rsa_public_exponent(csr_der: bytes) -> int | None:
     key_bits = found[1]
     try:
         key = csr_der[key_bits[1] + 1 : key_bits[2]]  # past the unused-bits octet
-        _, key_start, key_end = _element(key, 0)
-        exponent = _children(key, key_start, key_end)[1]
+        _, key_start, key_end = der_element(key, 0)
+        exponent = der_children(key, key_start, key_end)[1]
         if exponent[0] != _INTEGER:
             return None
         return int.from_bytes(key[exponent[1] : exponent[2]], "big", signed=True)

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from core.errors import RefusalCode as Code
 from core.errors import Rejected
 from core.messages import SignRequest
+from core.signatures import csr_signature_valid
 from worker.csr_der import is_ec_public_key, rsa_public_exponent
 from worker.key_quality import check_key_quality
 from worker.profiles import KeyType, Profile, ProfileSet
@@ -125,7 +126,7 @@ def check_request(
     check_public_key(public_key)
     check_key_type_allowed(public_key, profile)
     check_key_quality(public_key)
-    if not signature_verifies(csr):
+    if not csr_signature_valid(csr, public_key):
         raise Rejected(Code.CSR_BAD_SIGNATURE, "the CSR's signature does not verify with its key")
     requested_subject = read_subject(csr)
     common_name = check_subject(requested_subject, profile, ca_common_names)
@@ -195,13 +196,6 @@ def read_public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKey
         raise Rejected(
             Code.CSR_MALFORMED, "the CSR's subjectPublicKeyInfo does not parse"
         ) from None
-
-
-def signature_verifies(csr: x509.CertificateSigningRequest) -> bool:
-    try:
-        return csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm):
-        return False
 
 
 def read_subject(csr: x509.CertificateSigningRequest) -> x509.Name:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,17 +42,18 @@ class Applicant:
 
     subject: x509.Name
     public_key: CertificatePublicKeyTypes
+    public_key_der: bytes = field(init=False)  # its subjectPublicKeyInfo, serialized once
+
+    def __post_init__(self) -> None:
+        der = self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        object.__setattr__(self, "public_key_der", der)
 
     @classmethod
     def from_csr_pem(cls, csr_pem: str) -> Applicant:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         return cls(csr.subject, csr.public_key())
-
-    @property
-    def public_key_der(self) -> bytes:
-        return self.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from store.results import (
 from worker.access import AccessPolicy, AllowedProducer, check_allowed
 from worker.authority import SigningAuthority, digest_algorithm
 from worker.issuance.record import Applicant, IssuanceRecord, StoredRecord, draw_serial
+from worker.key_identifier import subject_key_identifier
 from worker.lint import lint_tbs
 from worker.policy import CheckedRequest, check_request
 from worker.profiles import Profile, ProfileSet
@@ -287,7 +288,7 @@ def tbs_of(
     extensions = authority.extensions_for(record.profile)
     built: list[x509.Extension[x509.ExtensionType]] = list(extensions.before_key_ids)
     if record.profile.subject_key_identifier:
-        key_id = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        key_id = subject_key_identifier(applicant.public_key_der)
         built.append(x509.Extension(key_id.oid, False, key_id))
     built.append(extensions.authority_key_identifier)
     rsa_subject = isinstance(public_key, rsa.RSAPublicKey)
@@ -517,14 +518,14 @@ def verify(job: Signed, authority: SigningAuthority, now: datetime) -> Verified:
     """Step 8: check the signature, the record's fields, a notBefore not in the future (a clock
     gone wrong) and CA:FALSE; raise IssuanceFault."""
     certificate, record = job.certificate, job.record
+    tbs = certificate.tbs_certificate_bytes
     try:
-        certificate.verify_directly_issued_by(authority.intermediate)
+        authority.issuer_key.check(certificate, tbs)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise IssuanceFault(
             f"job {record.job_id}: the issued certificate does not verify against the "
             f"intermediate ({type(exc).__name__})"
         ) from exc
-    tbs = certificate.tbs_certificate_bytes
     if (
         certificate.serial_number != record.serial
         or certificate.not_valid_before_utc != record.not_before
