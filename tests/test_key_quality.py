@@ -5,9 +5,12 @@ before a serial is drawn; and what pkilint's linter alone would make of them."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.errors import RefusalCode as Code
 from core.errors import Rejected
@@ -144,3 +147,42 @@ def test_the_linter_alone_catches_ed25519_under_tls_server(
     assert (result.status, result.code) == ("refused", Code.LINT_FAILED)
     assert "prohibited_subject_public_key_algorithm_encoding" in (result.message or "")
     assert store.count_serials() == 0
+
+
+def _fermat_one_round_at_a_time(modulus: int, rounds: int) -> int | None:
+    """Fermat's method as the textbook states it, with no sieve."""
+    a = math.isqrt(modulus)
+    if a * a < modulus:
+        a += 1
+    for candidate in range(a, a + rounds):
+        excess = candidate * candidate - modulus
+        b = math.isqrt(excess)
+        if b * b == excess and candidate - b > 1:
+            return candidate - b
+    return None
+
+
+@given(
+    st.integers(min_value=3, max_value=2**40),
+    st.integers(min_value=0, max_value=2**24),
+    st.integers(min_value=1, max_value=150),
+)
+def test_the_sieved_fermat_search_finds_what_the_textbook_one_finds(
+    p: int, gap: int, rounds: int
+) -> None:
+    """The sieve only skips offsets that cannot give a square: same factor, same rounds."""
+    modulus = p * (p + gap)
+    assert key_quality.fermat_factor(modulus, rounds) == _fermat_one_round_at_a_time(
+        modulus, rounds
+    )
+
+
+def test_primes_found_at_the_last_round_and_missed_one_round_sooner() -> None:
+    p = 2**1023 + 1155  # odd; Fermat's method splits any product of two close odd numbers
+    for gap in (2**515, 2**516 + 2):
+        modulus = p * (p + gap)
+        start = math.isqrt(modulus) + 1
+        rounds = (2 * p + gap) // 2 - start + 1  # a = (p+q)/2 is the last value tried
+        assert 1 < rounds < 200
+        assert key_quality.fermat_factor(modulus, rounds) == p
+        assert key_quality.fermat_factor(modulus, rounds - 1) is None

@@ -87,21 +87,20 @@ def fermat_factor(modulus: int, rounds: int) -> int | None:
     a = math.isqrt(modulus)
     if a * a < modulus:
         a += 1
-    # a^2 - modulus is b^2 when a is right; it grows by 2a+1 as a grows by one. Both are kept
-    # modulo _SIEVE_MODULUS as small numbers: a square is a square modulo 64, 63 and 65 too, so
-    # most rounds are skipped without touching the big numbers.
-    sieve = _squares_sieve()
-    residue = (a * a - modulus) % _SIEVE_MODULUS
-    growth = (2 * a + 1) % _SIEVE_MODULUS
-    for offset in range(rounds):
-        if sieve[residue]:
-            candidate = a + offset
-            excess = candidate * candidate - modulus
-            b = math.isqrt(excess)
-            if b * b == excess and candidate - b > 1:
-                return candidate - b
-        residue = (residue + growth) % _SIEVE_MODULUS
-        growth = (growth + 2) % _SIEVE_MODULUS
+    # (a+k)^2 - modulus can only be a square b^2 if it is a square modulo each sieve modulus m,
+    # which depends on (a+k) mod m and modulus mod m alone: one mask per m, shifted by a mod m,
+    # leaves the few k worth the big-number test.
+    candidates = (1 << rounds) - 1
+    for sieve_modulus, masks in _square_masks(rounds):
+        candidates &= masks[modulus % sieve_modulus] >> (a % sieve_modulus)
+    while candidates:
+        offset = (candidates & -candidates).bit_length() - 1
+        candidates &= candidates - 1
+        candidate = a + offset
+        excess = candidate * candidate - modulus
+        b = math.isqrt(excess)
+        if b * b == excess and candidate - b > 1:
+            return candidate - b
     return None
 
 
@@ -136,23 +135,28 @@ def check_ec_point(key: ec.EllipticCurvePublicKey) -> None:
     # The NIST prime curves have cofactor 1, so any affine point on them has the full order n.
 
 
-def _squares_mod(modulus: int) -> tuple[bool, ...]:
-    squares = {value * value % modulus for value in range(modulus)}
-    return tuple(value in squares for value in range(modulus))
-
-
-_SIEVE_MODULUS = 64 * 63 * 65
+# Moduli of the Fermat sieve: a random residue is a square modulo all of them about once in
+# 2,000 tries, so a check of 100 rounds makes the big-number test about once in 20 moduli.
+_SIEVE_MODULI = (64, 63, 65, 11, 17, 19, 23)
 
 
 @cache
-def _squares_sieve() -> bytes:
-    """1 at each residue modulo 64*63*65 that is a square modulo 64, 63 and 65, else 0."""
-    sieve = bytearray([1]) * _SIEVE_MODULUS
-    for factor in (64, 63, 65):
-        for residue, square in enumerate(_squares_mod(factor)):
-            if not square:
-                sieve[residue::factor] = bytes(len(range(residue, _SIEVE_MODULUS, factor)))
-    return bytes(sieve)
+def _square_masks(rounds: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """For each sieve modulus m and each r < m: bit j set where (j mod m)^2 - r is a square
+    modulo m, for j below rounds + m (so any shift by a mod m still covers `rounds` bits)."""
+    sieves = []
+    for sieve_modulus in _SIEVE_MODULI:
+        squares = {value * value % sieve_modulus for value in range(sieve_modulus)}
+        masks = tuple(
+            sum(
+                1 << j
+                for j in range(rounds + sieve_modulus)
+                if ((j % sieve_modulus) ** 2 - residue) % sieve_modulus in squares
+            )
+            for residue in range(sieve_modulus)
+        )
+        sieves.append((sieve_modulus, masks))
+    return tuple(sieves)
 
 
 @cache
