@@ -17,7 +17,7 @@ import click
 
 from casign.cli_base import broker_option, ca_option, fail, open_store, progress_bar, store_option
 from casign.config import ca_dir, resolve_endpoints
-from core.errors import Rejected
+from core.errors import ConfigurationError, Rejected
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.index import IndexEntry, format_serial
 from core.revocation import REVOKE_REASONS
@@ -242,6 +242,13 @@ def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
     show_default=True,
     help="Open connections at once; more are closed.",
 )
+@click.option(
+    "--figures-ttl",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds the figures written each second (for `casign metrics`) outlive a stop.",
+)
 def ocsp(
     ca: Path | None,
     store: str | None,
@@ -250,11 +257,13 @@ def ocsp(
     validity: str,
     cache_mb: int,
     max_connections: int,
+    figures_ttl: float,
 ) -> None:
     """Serve OCSP (RFC 6960, GET and POST) for the intermediate, from the store."""
     import asyncio
     import signal
 
+    from ocsp.figures import check_ttl
     from ocsp.lifetime import ResponseLifetime
     from ocsp.responder import OCSPResponder
     from ocsp.server import ServerLimits, serve
@@ -263,6 +272,10 @@ def ocsp(
         lifetime = ResponseLifetime(parse_duration(validity))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--validity") from None
+    try:
+        check_ttl(figures_ttl)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--figures-ttl") from None
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints("unused://", store, folder)
 
@@ -276,7 +289,8 @@ def ocsp(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         responder = OCSPResponder(folder, results_store, lifetime, cache_bytes=cache_mb << 20)
-        await serve(responder, host, port, stop, ready, ServerLimits(max_connections))
+        limits = ServerLimits(max_connections)
+        await serve(responder, host, port, stop, ready, limits, figures_ttl)
 
     with open_store(endpoints) as results_store:
         asyncio.run(run(results_store))

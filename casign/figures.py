@@ -1,7 +1,8 @@
 """One reading of a CA's figures: what the signers added up in the store, and what is measured
 at the moment of reading (queue depth, the oldest waiting batch, CRL age, days left to the
-intermediate, workers seen, Redis memory). `casign metrics` serves it to Prometheus and
-`casign top` shows it; neither needs more than a producer's read rights.
+intermediate, workers seen, Redis memory), and each running OCSP responder's latest figures.
+`casign metrics` serves it to Prometheus and `casign top` shows it; neither needs more than a
+producer's read rights (the OCSP responders' figures are then left out).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cryptography import x509
 
 from casign.queue_view import QueueView
 from core.errors import SigningError
+from ocsp.figures import ResponderFigures, figures_by_responder
 from store.metrics import Sample
 from store.results import ResultsStore
 
@@ -36,6 +38,7 @@ class Reading:
     intermediate_days_left: float | None = None
     memory_used_bytes: int | None = None
     memory_max_bytes: int | None = None
+    ocsp_responders: dict[str, ResponderFigures] = field(default_factory=dict)  # by host:port
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels`."""
@@ -75,6 +78,7 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
     made = _optional(store.crls.latest_this_update)  # the PEM of a large CRL is never parsed
     crl_age = now - made.timestamp() if made is not None else None
     memory = _optional(store.memory)
+    responders = _optional(store.ocsp_figures.read) or {}
     return Reading(
         at=now,
         samples=samples,
@@ -85,6 +89,7 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
         intermediate_days_left=_days_left(_optional(store.chain), now),
         memory_used_bytes=memory.used_bytes if memory is not None else None,
         memory_max_bytes=memory.max_bytes if memory is not None else None,
+        ocsp_responders=figures_by_responder(responders),
     )
 
 

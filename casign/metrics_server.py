@@ -2,7 +2,8 @@
 
 The signer opens no port: it adds its counts to the store (`worker/figures.py`), and this
 process, which needs only read rights, turns one reading of the store into the exposition
-format on each scrape.
+format on each scrape. Each OCSP responder writes its own figures the same way
+(`ocsp/figures.py`); they are served here labelled with its name (`responder`, host:port).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class StoreCollector(Collector):
         for name, observed in sorted(histograms.items()):
             yield _histogram(name, observed, buckets[name])
         yield from _gauges(reading)
+        yield from _ocsp_families(reading)
 
 
 def _counter(name: str, series: dict[Labels, float]) -> CounterMetricFamily:
@@ -137,6 +139,48 @@ def _gauges(reading: Reading) -> Iterator[GaugeMetricFamily]:
     for name, documentation, value in gauges:
         if value is not None:
             yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def _ocsp_families(reading: Reading) -> Iterator[Metric]:
+    """Each OCSP responder's cache and counts, labelled `responder`; nothing without one."""
+    responders = sorted(reading.ocsp_responders.items())
+    if not responders:
+        return
+    by_responder = ["responder"]
+    age = GaugeMetricFamily(
+        "casign_ocsp_cache_age_seconds",
+        "Seconds since the oldest answer an OCSP responder holds was produced (its thisUpdate).",
+        labels=by_responder,
+    )
+    held = GaugeMetricFamily(
+        "casign_ocsp_cache_answers", "Signed answers an OCSP responder holds.", labels=by_responder
+    )
+    size = GaugeMetricFamily(
+        "casign_ocsp_cache_bytes",
+        "Bytes an OCSP responder's held answers count against its --cache-mb.",
+        labels=by_responder,
+    )
+    answers = CounterMetricFamily(
+        "casign_ocsp_answers",
+        "OCSP answers sent, by source: cache (a pre-signed answer) or signed (for the request).",
+        labels=["responder", "source"],
+    )
+    renewals = CounterMetricFamily(
+        "casign_ocsp_renewals",
+        "Held OCSP answers signed again, by cause: due (renewal time) or changed (index line).",
+        labels=["responder", "cause"],
+    )
+    for name, figures in responders:
+        oldest = figures.cache_age(reading.at)
+        if oldest is not None:
+            age.add_metric([name], oldest)
+        held.add_metric([name], figures.cache_answers)
+        size.add_metric([name], figures.cache_bytes)
+        answers.add_metric([name, "cache"], figures.from_cache)
+        answers.add_metric([name, "signed"], figures.signed)
+        renewals.add_metric([name, "due"], figures.renewed_due)
+        renewals.add_metric([name, "changed"], figures.renewed_changed)
+    yield from (age, held, size, answers, renewals)
 
 
 def exposition(read: Callable[[], Reading]) -> bytes:

@@ -45,6 +45,7 @@ def render(reading: Reading, previous: Reading | None, title: str) -> Group:
             "-" if reading.crl_age_seconds is None else describe_age(reading.crl_age_seconds),
         ),
         ("intermediate", _maybe(reading.intermediate_days_left, "expires in {:,.0f} days")),
+        ("OCSP", describe_responders(reading)),
     )
     for name, value in rows:
         headline.add_row(name, value)
@@ -70,6 +71,22 @@ def render(reading: Reading, previous: Reading | None, title: str) -> Group:
     for profile, count in sorted(reading.by_label("casign_issued_total", "profile").items()):
         issued.add_row(profile, f"{count:,.0f}")
     return Group(f"[bold]{title}[/bold]", headline, issued, refusals, steps)
+
+
+def describe_responders(reading: Reading) -> str:
+    """The OCSP responders in one line: answers held, the oldest, and where answers came from."""
+    responders = list(reading.ocsp_responders.values())
+    if not responders:
+        return "-"
+    held = sum(figures.cache_answers for figures in responders)
+    ages = [age for figures in responders if (age := figures.cache_age(reading.at)) is not None]
+    oldest = f", oldest {describe_age(max(ages))}" if ages else ""
+    from_cache = sum(figures.from_cache for figures in responders)
+    signed = sum(figures.signed for figures in responders)
+    return (
+        f"{len(responders)} responder(s), {held:,} answers held{oldest}; "
+        f"{from_cache:,} answered from cache, {signed:,} signed"
+    )
 
 
 def _step_position(step: str) -> int:

@@ -2,7 +2,8 @@
 
 An answer is keyed by what it answers (each CertID's hash algorithm and serial, in request
 order), remembers the index lines its statuses were read from (so a changed line can be
-noticed), and is due for renewal at a time fixed when it was signed.
+noticed), and is due for renewal at a time fixed when it was signed. The cache knows its oldest
+answer (the earliest thisUpdate) for the responder's figures.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 AnswerKey = tuple[tuple[str, int], ...]  # (hash algorithm, serial) of each CertID, in order
 
 # What an entry costs beyond its bytes: the dict slot, the key tuples, the object, its fields
-# and its renewal heap item (tracemalloc, CPython 3.11: about 560 bytes for one CertID).
-ENTRY_OVERHEAD_BYTES = 600
+# and its two heap items (tracemalloc, CPython 3.11: about 690 bytes for one CertID).
+ENTRY_OVERHEAD_BYTES = 700
 
 
 @dataclass(slots=True)
@@ -26,6 +27,7 @@ class CachedAnswer:
 
     der: bytes
     lines: tuple[str | None, ...]  # per CertID: the index line, None where never issued
+    this_update: float
     next_update: float
     renew_at: float
     identity: object  # the ResponderIdentity that signed it
@@ -49,6 +51,7 @@ class AnswerCache:
         self.bytes = 0
         self._entries: OrderedDict[AnswerKey, CachedAnswer] = OrderedDict()
         self._renewals: list[tuple[float, int, AnswerKey]] = []  # a heap; stale items skipped
+        self._signings: list[tuple[float, int, AnswerKey]] = []  # by thisUpdate; the same
         self._order = itertools.count()
 
     def __len__(self) -> int:
@@ -78,11 +81,12 @@ class AnswerCache:
         self._entries[key] = entry
         self.bytes += entry.size
         heapq.heappush(self._renewals, (entry.renew_at, next(self._order), key))
+        heapq.heappush(self._signings, (entry.this_update, next(self._order), key))
         while self.bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.size
-        if len(self._renewals) > 2 * len(self._entries) + 1024:
-            self._rebuild_renewals()
+        if max(len(self._renewals), len(self._signings)) > 2 * len(self._entries) + 1024:
+            self._rebuild_heaps()
 
     def discard(self, key: AnswerKey) -> None:
         entry = self._entries.pop(key, None)
@@ -92,7 +96,19 @@ class AnswerCache:
     def clear(self) -> None:
         self._entries.clear()
         self._renewals.clear()
+        self._signings.clear()
         self.bytes = 0
+
+    def oldest_this_update(self) -> float | None:
+        """The earliest thisUpdate (epoch s) of the answers held; None when none is."""
+        signings = self._signings
+        while signings:
+            this_update, _, key = signings[0]
+            entry = self._entries.get(key)
+            if entry is not None and entry.this_update == this_update:
+                return this_update
+            heapq.heappop(signings)  # evicted, dropped or signed again since
+        return None
 
     def keys(self) -> list[AnswerKey]:
         return list(self._entries)
@@ -116,8 +132,12 @@ class AnswerCache:
         if entry is not None:
             heapq.heappush(self._renewals, (entry.renew_at, next(self._order), key))
 
-    def _rebuild_renewals(self) -> None:
+    def _rebuild_heaps(self) -> None:
         self._renewals = [
             (entry.renew_at, next(self._order), key) for key, entry in self._entries.items()
         ]
         heapq.heapify(self._renewals)
+        self._signings = [
+            (entry.this_update, next(self._order), key) for key, entry in self._entries.items()
+        ]
+        heapq.heapify(self._signings)

@@ -10,7 +10,8 @@ reloads the delegate when a worker has renewed it (and warns, hourly, of one nea
 no worker renewed: the responder holds no CA key to renew it itself). A request with a nonce is signed for
 itself (the nonce is inside the signed data, RFC 8954 2.1), from the store's current line.
 
-Store reads and signatures run in threads; the cache is touched only by the event loop.
+Store reads and signatures run in threads; the cache is touched only by the event loop. What it
+answers from the cache and signs, and what it renews, is counted for its figures (`ocsp.figures`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from core.errors import ConfigurationError, Retryable
 from core.index import IndexEntry, format_serial
 from core.revocation import revocation_info
 from ocsp.cache import AnswerCache, AnswerKey, CachedAnswer
+from ocsp.figures import AnswerCounts, ResponderFigures
 from ocsp.identity import DelegateFiles, ResponderIdentity
 from ocsp.lifetime import ResponseLifetime, renew_at
 from ocsp.request import CertID, MalformedRequest, StatusRequest, parse_request
@@ -112,6 +114,7 @@ class OCSPResponder:
         self.poll_interval = poll_interval
         self.cache = AnswerCache(cache_bytes)
         self.signatures = 0  # every signature this responder made, for the logs and tests
+        self.counts = AnswerCounts()
         self.identity = ResponderIdentity.load(self.ca_root)
         self._files = DelegateFiles(self.ca_root)
         self._generation = Generation(-1, -1)
@@ -176,8 +179,14 @@ class OCSPResponder:
             return Answer(UNAUTHORIZED)
         try:
             if request.nonce is not None:
-                return Answer(await self._signed_for_nonce(request, identity))
-            entry = await self._cached(request)
+                der = await self._signed_for_nonce(request, identity)
+                self.counts.signed += 1
+                return Answer(der)
+            entry, signed_for_it = await self._cached(request)
+            if signed_for_it:
+                self.counts.signed += 1
+            else:
+                self.counts.from_cache += 1
             return Answer(entry.der, max(0, int(entry.renew_at - time.time())))
         except Retryable as exc:
             log.warning("store unavailable, answered tryLater: %s", exc)
@@ -186,17 +195,24 @@ class OCSPResponder:
             log.exception("OCSP request failed")
             return Answer(INTERNAL_ERROR)
 
-    async def _cached(self, request: StatusRequest) -> CachedAnswer:
+    def figures(self) -> ResponderFigures:
+        """The cache and the counts of this moment (on the event loop, which owns the cache)."""
+        cache = self.cache
+        return ResponderFigures.of(len(cache), cache.bytes, cache.oldest_this_update(), self.counts)
+
+    async def _cached(self, request: StatusRequest) -> tuple[CachedAnswer, bool]:
+        """The answer, and whether it was signed for this request (not held or being signed)."""
         key = answer_key(request)
         entry = self.cache.get(key, time.time())
         if entry is not None:
-            return entry
+            return entry, False
         filling = self._filling.get(key)
+        signs_it = filling is None
         if filling is None:  # one signature for every request that waits on the same answer
             filling = asyncio.ensure_future(self._fill(key, request.cert_ids))
             self._filling[key] = filling
             filling.add_done_callback(lambda _: self._filling.pop(key, None))
-        return await asyncio.shield(filling)
+        return await asyncio.shield(filling), signs_it
 
     async def _fill(self, key: AnswerKey, cert_ids: tuple[CertID, ...]) -> CachedAnswer:
         seen, identity = self._generation, self.identity  # taken before the lines are read
@@ -257,6 +273,7 @@ class OCSPResponder:
         return CachedAnswer(
             der,
             lines,
+            this_update.timestamp(),
             next_update.timestamp(),
             renew_at(this_update, next_update).timestamp(),
             identity,
@@ -324,6 +341,7 @@ class OCSPResponder:
             changed = await self._in(self._poll_pool, self._resign_changed, identity, chunk)
             for key, entry in changed:
                 self.signatures += 1
+                self.counts.renewed_changed += 1
                 self._keep(key, entry, seen)
 
     def _resign_changed(
@@ -357,6 +375,7 @@ class OCSPResponder:
             raise
         for key, entry in renewed:
             self.signatures += 1
+            self.counts.renewed_due += 1
             self._keep(key, entry, seen)
 
     def _renew(

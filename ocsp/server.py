@@ -6,6 +6,8 @@ Bounded: at most `max_connections` connections are open (one more is closed at o
 must arrive whole within `request_timeout` seconds of the connection opening or of the previous
 answer (aiohttp closes a connection still without a complete request at its keep-alive timeout,
 and the body is read under the same limit); bodies over MAX_REQUEST_BYTES are refused.
+While it listens, its figures are written to the store every second under `host:port`
+(`ocsp.figures`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from core.errors import ConfigurationError
+from ocsp.figures import DEFAULT_TTL_SECONDS, FiguresPublisher, responder_name
 from ocsp.responder import Answer, OCSPResponder
 from ocsp.response import MALFORMED_REQUEST
 
@@ -168,8 +171,10 @@ async def serve(
     stop: asyncio.Event,
     ready: Callable[[str, int], None],
     limits: ServerLimits | None = None,
+    figures_ttl: float = DEFAULT_TTL_SECONDS,
 ) -> None:
-    """Answer on host:port until `stop` is set; `ready(host, port)` once listening.
+    """Answer on host:port until `stop` is set; `ready(host, port)` once listening. The
+    figures written meanwhile lapse `figures_ttl` seconds after the last write.
 
     A port that cannot be had is a ConfigurationError naming it.
     """
@@ -200,8 +205,15 @@ async def serve(
             ) from None
         try:
             bound = listener.sockets[0].getsockname()
-            ready(str(bound[0]), int(bound[1]))
-            await stop.wait()
+            publisher = FiguresPublisher(
+                responder.store.ocsp_figures,
+                responder_name(int(bound[1])),
+                responder.figures,
+                figures_ttl,
+            )
+            async with publisher.running():
+                ready(str(bound[0]), int(bound[1]))
+                await stop.wait()
         finally:
             listener.close()
             await http.shutdown(timeout=2.0)

@@ -17,7 +17,9 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              (the jobs in a worker's hands), P:metrics (what `casign top` shows) and
              P:airgap:jobs (a job exported to an air-gapped signer, `casign airgap`). No other
              key, no pub/sub, no scripts.
-  ocsp       read P:index and P:revoked (the lines it answers from and its two counters)
+  ocsp       read P:index and P:revoked (the lines it answers from and its two counters);
+             write its figures P:ocsp:figures:* (SET) and P:ocsp:responders (ZADD, and
+             ZREMRANGEBYSCORE of the lapsed), read neither
   operator   everything (`casign adopt`, `crl`, `producer add`, ...): the admin
 
 Until job ids are per producer, every producer may read every job's state (never its reply).
@@ -266,14 +268,17 @@ def signer_user(scope: KeyScope) -> AclUser:
 
 
 def ocsp_user(scope: KeyScope) -> AclUser:
-    """Read the index lines and the two counters the responder answers from."""
+    """Read the index lines and the two counters the responder answers from; write (never
+    read) its own figures (`store.ocsp_figures`)."""
     keys = scope.keys
+    figures = (f"{glob_escape(keys.ocsp_figures_stem)}*", glob_escape(keys.ocsp_responders))
     rules = [
         *(f"%R~{glob_escape(key)}" for key in (keys.index, keys.revoked)),
         *_CONNECTION_COMMANDS,
         "+hget",
         "+hmget",
         "+hlen",
+        f"({' '.join(f'%W~{pattern}' for pattern in figures)} +set +zadd +zremrangebyscore)",
     ]
     return AclUser(scope.user_name(Role.OCSP), Role.OCSP, tuple(rules))
 

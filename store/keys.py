@@ -60,6 +60,10 @@ Workers (`store.workers`) and their leases (`store.leases`):
 Figures (`store.metrics`):
   P:metrics           hash: JSON [sample name, labels] -> value the signers added up (counters and
                       histogram buckets, for `casign metrics` and `casign top`)
+OCSP responders' figures (`store.ocsp_figures`):
+  P:ocsp:responders   sorted set: responder name (host:port) -> unix time its figures lapse
+  P:ocsp:figures:{responder}  string: JSON of one responder's figures (its answer cache, answers
+                      served and signed, renewals), set with an expiry (PX) it renews each second
 The air gap (`store.airgap`): on the online side, what the relay exported and imported
   P:airgap:exported   hash: batch id -> JSON of a batch taken off the queue, until answered
   P:airgap:jobs       hash: job id -> batch id of an exported, unanswered sign job
@@ -99,6 +103,8 @@ class KeySpace:
         "job_stem",
         "lease_stem",
         "metrics",
+        "ocsp_figures_stem",
+        "ocsp_responders",
         "owners",
         "pending",
         "prefix",
@@ -129,6 +135,8 @@ class KeySpace:
         self.ca = self.key("ca")
         self.workers = self.key("workers")
         self.metrics = self.key("metrics")
+        self.ocsp_responders = self.key("ocsp", "responders")
+        self.ocsp_figures_stem = self.key("ocsp", "figures", "")
         self.airgap_exported = self.key("airgap", "exported")
         self.airgap_jobs = self.key("airgap", "jobs")
         self.airgap_sequence = self.key("airgap", "sequence")
@@ -166,6 +174,9 @@ class KeySpace:
 
     def auth_note(self, reply_to: str) -> str:
         return self.key("authfail", reply_to)
+
+    def ocsp_figures(self, responder: str) -> str:
+        return self.ocsp_figures_stem + responder
 
     def airgap_bundle(self, sequence: int) -> str:
         return self.key("airgap", "bundle", str(sequence))

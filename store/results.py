@@ -3,7 +3,7 @@
 It holds one part per concern, each owning its keys (all named in `store.keys`):
 `jobs` (records, reservation, publishing), `index` (certificates, index lines, adoption),
 `replies`, `audit`, `ca_chain`, `crls`, `rate_limits`, `locks`, `leases` (who holds a reserved
-job), `workers`, and `health` (eviction policy, persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
+job), `workers`, `metrics`, `ocsp_figures` (each OCSP responder's), and `health` (eviction policy, persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
 below are the entry points callers have always used; each hands over to its part.
 """
 
@@ -27,6 +27,7 @@ from store.keys import KeySpace
 from store.leases import UNLEASED, Leases, LeaseTerms
 from store.locks import Locks
 from store.metrics import MetricsLedger
+from store.ocsp_figures import ResponderFiguresBoard
 from store.rate_limits import RateLimits
 from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import LuaScripts
@@ -65,6 +66,7 @@ class ResultsStore:
         self.health = StoreHealth(client)
         self.workers = WorkerBeats(client, self.keys)
         self.metrics = MetricsLedger(client, self.keys)
+        self.ocsp_figures = ResponderFiguresBoard(client, self.keys)
         self.leases = Leases(client, self.keys, self.scripts)
 
     @classmethod

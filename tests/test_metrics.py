@@ -20,6 +20,7 @@ from casign.figures import read_figures
 from casign.metrics_server import exposition
 from casign.queue_view import QueueHead, QueueView
 from casign.top import render
+from ocsp.figures import AnswerCounts, ResponderFigures
 from producers import Producer
 from store.keys import KeySpace
 from store.metrics import MetricsLedger, Sample
@@ -225,6 +226,48 @@ def test_top_renders_a_reading() -> None:
     assert _row(screen, "issued") == "7"
     assert _row(screen, "rate.limited") == "2"
     assert _row(screen, "usr_cert") == "7"
+
+
+def test_each_ocsp_responders_figures_are_served_and_shown_until_they_lapse() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = ResultsStore(client, "t")
+    held = ResponderFigures.of(3, 4200, time.time() - 600, AnswerCounts(5, 3, 1, 0))
+    empty = ResponderFigures.of(0, 0, None, AnswerCounts(signed=2))
+    store.ocsp_figures.publish("a:2560", held.to_json(), 30)
+    store.ocsp_figures.publish("b:2560", empty.to_json(), 30)
+    store.ocsp_figures.publish("c:2560", "not figures", 30)  # left out, never an error
+    scraped = _samples(exposition(lambda: read_figures(store)))
+    ocsp = {key: value for key, value in scraped.items() if key[0].startswith("casign_ocsp_")}
+    a, b = (("responder", "a:2560"),), (("responder", "b:2560"),)
+    assert 600 <= ocsp.pop(("casign_ocsp_cache_age_seconds", a)) < 610  # b holds none: absent
+    assert ocsp.pop(("casign_ocsp_cache_answers", a)) == 3
+    assert ocsp.pop(("casign_ocsp_cache_answers", b)) == 0
+    assert ocsp.pop(("casign_ocsp_cache_bytes", a)) == 4200
+    assert ocsp.pop(("casign_ocsp_cache_bytes", b)) == 0
+    assert ocsp.pop(("casign_ocsp_answers_total", (*a, ("source", "cache")))) == 5
+    assert ocsp.pop(("casign_ocsp_answers_total", (*a, ("source", "signed")))) == 3
+    assert ocsp.pop(("casign_ocsp_answers_total", (*b, ("source", "cache")))) == 0
+    assert ocsp.pop(("casign_ocsp_answers_total", (*b, ("source", "signed")))) == 2
+    assert ocsp.pop(("casign_ocsp_renewals_total", (("cause", "due"), *a))) == 1
+    assert ocsp.pop(("casign_ocsp_renewals_total", (("cause", "changed"), *a))) == 0
+    assert ocsp.pop(("casign_ocsp_renewals_total", (("cause", "due"), *b))) == 0
+    assert ocsp.pop(("casign_ocsp_renewals_total", (("cause", "changed"), *b))) == 0
+    assert ocsp == {}
+
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(render(read_figures(store), None, "casign top"))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("OCSP"))
+    assert "2 responder(s), 3 answers held, oldest 10 min" in row
+    assert "5 answered from cache, 5 signed" in row
+
+    client.delete(store.keys.ocsp_figures("a:2560"), store.keys.ocsp_figures("b:2560"))
+    assert read_figures(store).ocsp_responders == {}  # lapsed: no figures, no OCSP families
+    assert not any(
+        name.startswith("casign_ocsp_")
+        for name, _ in _samples(exposition(lambda: read_figures(store)))
+    )
 
 
 def test_the_crl_age_is_read_from_the_newest_crl_published(

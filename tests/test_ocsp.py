@@ -576,8 +576,8 @@ def test_an_answer_from_the_cache_costs_no_signature(
         several_request_der(certificates, issuer),
     )
     counter = responder.responder
-
-    before = counter.signatures
+    counts = counter.counts
+    before, from_cache, signed = counter.signatures, counts.from_cache, counts.signed
     first = post(responder, single)
     assert counter.signatures == before + 1
     again = [post(responder, single) for _ in range(5)]
@@ -593,6 +593,8 @@ def test_an_answer_from_the_cache_costs_no_signature(
     for _ in range(3):
         post(responder, request_der(certificates[0], issuer, os.urandom(16)))
     assert counter.signatures == before + 5
+    # Its figures: 5 + 1 + 1 answers from the cache; 1 + 1 first asks and 3 nonces signed.
+    assert (counts.from_cache - from_cache, counts.signed - signed) == (7, 5)
 
 
 def test_simultaneous_first_asks_share_one_signature(
@@ -600,11 +602,14 @@ def test_simultaneous_first_asks_share_one_signature(
 ) -> None:
     _, pem = issue_pem(ocsp_authority, store, "crowd.example.com")
     body = request_der(x509.load_pem_x509_certificate(pem.encode()), ocsp_authority.intermediate)
-    before = responder.responder.signatures
+    counts = responder.responder.counts
+    before, from_cache, signed = responder.responder.signatures, counts.from_cache, counts.signed
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: post(responder, body), range(32)))
     assert len(set(answers)) == 1
     assert responder.responder.signatures == before + 1
+    # One answer counts as signed; the 31 that waited on its signature, as from the cache.
+    assert (counts.from_cache - from_cache, counts.signed - signed) == (31, 1)
 
 
 def test_a_revocation_is_signed_before_the_next_answer(
@@ -614,9 +619,11 @@ def test_a_revocation_is_signed_before_the_next_answer(
     body = request_der(x509.load_pem_x509_certificate(pem.encode()), ocsp_authority.intermediate)
     assert read_response(post(responder, body)).certificate_status is ocsp.OCSPCertStatus.GOOD
     signed = responder.responder.signatures
+    changed = responder.responder.counts.renewed_changed
 
     RevocationStore(store).revoke(serial, "keyCompromise")
     wait_for(lambda: responder.responder.signatures > signed, "the poller to sign again")
+    assert responder.responder.counts.renewed_changed == changed + 1
 
     answer = read_response(post(responder, body))
     assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
@@ -683,10 +690,12 @@ def test_answers_due_are_renewed_if_asked_for_and_dropped_if_not(
     post(responder, request_der(idle, issuer))
     post(responder, request_der(asked, issuer))  # asked again since it was signed
     signed = responder.responder.signatures
+    due = responder.responder.counts.renewed_due
     cached = len(responder.responder.cache)
     wait_for(lambda: responder.responder.signatures > signed, "a renewal", seconds=15)
 
     assert len(responder.responder.cache) == cached - 1  # the idle answer was dropped
+    assert responder.responder.counts.renewed_due >= due + 1
     renewed = read_response(post(responder, request_der(asked, issuer)))
     assert renewed.this_update_utc > first.this_update_utc
 

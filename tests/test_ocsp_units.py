@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import shutil
 import time
 import urllib.parse
@@ -27,6 +28,7 @@ from core.errors import ConfigurationError
 from core.layout import ocsp_cert_path, ocsp_key_path
 from ocsp.cache import AnswerCache, CachedAnswer
 from ocsp.der import integer as der_integer
+from ocsp.figures import AnswerCounts, ResponderFigures, check_ttl, figures_by_responder
 from ocsp.identity import ResponderIdentity
 from ocsp.lifetime import (
     LATEST_RENEWAL,
@@ -176,8 +178,8 @@ def test_renewal_times_meet_the_br(validity: timedelta) -> None:
         assert when <= this_update + LATEST_RENEWAL - RENEWAL_LEAD
 
 
-def entry(size: int, renew: float = 1e12) -> CachedAnswer:
-    return CachedAnswer(bytes(size), ("V\tline",), 2e12, renew, object())
+def entry(size: int, renew: float = 1e12, this_update: float = 1e9) -> CachedAnswer:
+    return CachedAnswer(bytes(size), ("V\tline",), this_update, 2e12, renew, object())
 
 
 def test_the_cache_keeps_within_its_bytes_and_evicts_the_least_recently_asked() -> None:
@@ -194,12 +196,13 @@ def test_the_cache_keeps_within_its_bytes_and_evicts_the_least_recently_asked() 
     for serial in range(100_000):  # and it stays bounded, renewal heap included
         cache.put((("sha1", serial),), entry(1000))
     assert len(cache) == 10 and len(cache._renewals) <= 2 * 10 + 1024
+    assert len(cache._signings) <= 2 * 10 + 1024
 
 
 def test_an_expired_answer_is_not_served_and_due_ones_come_out_in_order() -> None:
     cache = AnswerCache(max_bytes=1 << 20)
     now = time.time()
-    cache.put((("sha1", 1),), CachedAnswer(b"x", (None,), now - 1, now - 2, object()))
+    cache.put((("sha1", 1),), CachedAnswer(b"x", (None,), now - 9, now - 1, now - 2, object()))
     assert cache.get((("sha1", 1),), now) is None
     cache.put((("sha1", 2),), entry(10, renew=now - 5))
     cache.put((("sha1", 3),), entry(10, renew=now - 10))
@@ -212,6 +215,52 @@ def test_an_expired_answer_is_not_served_and_due_ones_come_out_in_order() -> Non
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_the_cache_knows_its_oldest_answer_through_replacements_and_evictions() -> None:
+    one = entry(100).size
+    cache = AnswerCache(max_bytes=3 * one)
+    assert cache.oldest_this_update() is None
+    for serial, signed in ((1, 500.0), (2, 300.0), (3, 400.0)):
+        cache.put((("sha1", serial),), entry(100, this_update=signed))
+    assert cache.oldest_this_update() == 300.0
+    cache.put((("sha1", 2),), entry(100, this_update=900.0))  # signed again
+    assert cache.oldest_this_update() == 400.0
+    cache.get((("sha1", 1),), 0.0)  # asked: 3 is now the least recently asked
+    cache.put((("sha1", 4),), entry(100, this_update=800.0))  # evicts 3
+    assert (("sha1", 3),) not in cache and cache.oldest_this_update() == 500.0
+    cache.discard((("sha1", 1),))
+    assert cache.oldest_this_update() == 800.0
+    cache.clear()
+    assert cache.oldest_this_update() is None
+
+
+def test_responder_figures_read_back_and_anything_else_is_left_out() -> None:
+    counts = AnswerCounts(from_cache=7, signed=3, renewed_due=2, renewed_changed=1)
+    figures = ResponderFigures.of(4, 5000, 1_700_000_000.5, counts)
+    assert ResponderFigures.from_json(figures.to_json()) == figures
+    assert figures.cache_age(1_700_000_010.5) == 10.0
+    assert figures.cache_age(1_699_999_999.0) == 0.0  # a reader's clock behind the writer's
+    empty = ResponderFigures.of(0, 0, None, AnswerCounts())
+    assert ResponderFigures.from_json(empty.to_json()) == empty and empty.cache_age(1.0) is None
+    document = json.loads(figures.to_json())
+    for damaged in (
+        "not json",
+        "[]",
+        json.dumps({**document, "signed": -1}),
+        json.dumps({**document, "signed": True}),
+        json.dumps({**document, "cache_bytes": "5000"}),
+        json.dumps({**document, "oldest_this_update": "yesterday"}),
+        json.dumps({key: value for key, value in document.items() if key != "from_cache"}),
+    ):
+        assert ResponderFigures.from_json(damaged) is None, damaged
+    assert figures_by_responder({"a:1": figures.to_json(), "b:2": "[]"}) == {"a:1": figures}
+
+
+@pytest.mark.parametrize("ttl", [0.0, 1.5, -3.0])
+def test_a_figures_ttl_under_two_writes_is_refused(ttl: float) -> None:
+    with pytest.raises(ConfigurationError, match="shorter than two writes"):
+        check_ttl(ttl)
+
+
 def test_an_rsa_delegate_signs_answers_openssl_accepts(tmp_path: Path) -> None:
     ca = make_alice_ca(tmp_path / "ca")
     authority = load_authority(ca.root)

@@ -45,13 +45,14 @@ from casign.cli import main as casign_main
 from casign.supervise import stop_process_group
 from core.audit import verify_chain
 from core.auth import MessageKind, ca_identity, seal
-from core.errors import ConfigurationError, RefusalCode
+from core.errors import ConfigurationError, RefusalCode, StoreUnavailable
 from core.index import Status, format_serial
 from core.keys import KeyType, write_private_key
 from core.layout import folder_names
 from core.messages import JobResult, RevokeRequest, SignRequest, parse_sign_request
 from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings, producer_queue
 from keystore import load_signing_key, parse_key_uri
+from ocsp.figures import responder_name
 from producers import Producer
 from producers.trust import ResultCheck, TrustAnchor
 from store.acl import (
@@ -893,11 +894,28 @@ def test_the_ocsp_responder_user_answers_good_and_revoked(
                 "-url", server.url, "-CAfile", boundary.folder.chain_path, timeout=30,
             )  # fmt: skip
             assert f"{leaf}: {status}\n" in answer.stdout, answer.stdout + answer.stderr
+        # Its figures, written every second as the ocsp user, are there for `casign metrics`.
+        name = responder_name(server.port)
+        admin_store = boundary.admin_store()
+        deadline = time.monotonic() + 10
+        while name not in admin_store.ocsp_figures.read():
+            assert time.monotonic() < deadline, "the responder's figures were not written"
+            time.sleep(0.1)
+        admin_store.client.close()
     assert boundary.redis.denials(boundary.users["ocsp"]) == []
     with pytest.raises(redis.exceptions.NoPermissionError):
         ocsp_store.client.hset(boundary.key("index"), "00", "planted")
     with pytest.raises(redis.exceptions.NoPermissionError):
         ocsp_store.client.get(boundary.key("chain"))
+    # Its figures are written, never read, and by SET and ZADD only.
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ocsp_store.client.get(boundary.key(f"ocsp:figures:{name}"))
+    with pytest.raises(StoreUnavailable, match="NoPermissionError"):
+        ocsp_store.ocsp_figures.read()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ocsp_store.client.delete(boundary.key("ocsp:responders"))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ocsp_store.client.set(boundary.key("metrics"), "planted")
     ocsp_store.client.close()
 
 
