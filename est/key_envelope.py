@@ -12,6 +12,8 @@ The recipient's key decides how the content key travels: an RSA key by key trans
 RSAES-OAEP, SHA-256 and MGF1-SHA-256 (RFC 8017, RFC 4055); an EC key (P-256, P-384, P-521) by
 one-pass ECDH with the X9.63 KDF and AES-256 key wrap (RFC 5753, RFC 3394). The recipient is
 named by issuer and serial, which every CMS reader matches. `openssl cms -decrypt` opens both.
+The client's side opens these, and what `openssl cms -sign | openssl cms -encrypt` makes of a
+key package (RSA PKCS#1 v1.5, ECDH with the SHA-1 KDF, the signed ContentInfo as id-data).
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ from core.errors import ConfigurationError
 
 ASYMMETRIC_KEY_PACKAGE = "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage, RFC 5958 3
 _SIGNED_DATA = "1.2.840.113549.1.7.2"
+_DATA = "1.2.840.113549.1.7.1"
 # RFC 5753 7.1.4: dhSinglePass-stdDH-sha{256,384,512}kdf-scheme; the KDF's hash by curve size.
 _ECDH_SCHEMES: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
     "secp256r1": ("1.3.132.1.11.1", hashes.SHA256),
     "secp384r1": ("1.3.132.1.11.2", hashes.SHA384),
     "secp521r1": ("1.3.132.1.11.3", hashes.SHA512),
 }
-_HASH_OF_SCHEME = {oid: hash_type for oid, hash_type in _ECDH_SCHEMES.values()}
+# Read, never made: dhSinglePass-stdDH-sha1kdf-scheme (RFC 3278), `openssl cms -encrypt`'s own.
+_HASH_OF_SCHEME: dict[str, type[hashes.HashAlgorithm]] = {
+    **{oid: hash_type for oid, hash_type in _ECDH_SCHEMES.values()},
+    "1.3.133.16.840.63.0.2": hashes.SHA1,
+}
 _CONTENT_KEY_BYTES = 32  # AES-256, for the content and for the ECDH key-encryption key
 _AES_BLOCK = 16
 _OID_TAG = b"\x06"
@@ -304,7 +311,8 @@ def open_sealed_key(
         enveloped = info["content"]
         content_key = _content_key(enveloped["recipient_infos"], recipient, recipient_key)
         encrypted = enveloped["encrypted_content_info"]
-        if encrypted["content_type"].dotted != _SIGNED_DATA:
+        # id-data too: `openssl cms -encrypt` of a signed ContentInfo says data, not signedData.
+        if encrypted["content_type"].dotted not in (_SIGNED_DATA, _DATA):
             raise SealedKeyError("the EnvelopedData does not hold a SignedData (RFC 7030 4.4.2)")
         signed_der = _aes_cbc_decrypt(
             content_key, encrypted["content_encryption_algorithm"], encrypted["encrypted_content"]

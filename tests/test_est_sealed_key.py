@@ -210,6 +210,36 @@ def test_the_client_opens_only_what_the_server_signed_for_its_key() -> None:
         open_sealed_key(bytes(tampered), recipient, recipient_key, signer.certificate)
 
 
+@pytest.mark.parametrize("recipient_kind", ["rsa-2048", "p256"])
+def test_the_client_opens_a_key_openssl_signed_and_sealed(
+    tmp_path: Path, recipient_kind: str
+) -> None:
+    """Another implementation's answer: `openssl cms -sign` (a ContentInfo) then `openssl cms
+    -encrypt` with its defaults (RSA PKCS#1 v1.5; ECDH with the SHA-1 KDF, content type data)."""
+    recipient_key = RECIPIENTS[recipient_kind]()
+    recipient = issued("device-0001", recipient_key)
+    (tmp_path / "device.pem").write_bytes(pem(recipient))
+    signer = server_signer("ec")
+    (tmp_path / "server.pem").write_bytes(pem(signer.certificate))
+    write_key(tmp_path / "server.key", signer.key)
+    made = private_key_pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    (tmp_path / "package.der").write_bytes(b"\x30\x81" + bytes([len(made)]) + made)  # < 256
+    openssl(
+        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-econtent_type",
+        "2.16.840.1.101.2.1.2.78.5", "-signer", tmp_path / "server.pem", "-inkey",
+        tmp_path / "server.key", "-outform", "DER", "-in", tmp_path / "package.der",
+        "-out", tmp_path / "signed.p7",
+    )  # fmt: skip
+    openssl(
+        "cms", "-encrypt", "-binary", "-aes256", "-outform", "DER", "-in", tmp_path / "signed.p7",
+        "-out", tmp_path / "sealed.der", tmp_path / "device.pem",
+    )  # fmt: skip
+    sealed = (tmp_path / "sealed.der").read_bytes()
+    assert open_sealed_key(sealed, recipient, recipient_key, signer.certificate) == made
+    with pytest.raises(SealedKeyError, match="not signed by the EST server"):
+        open_sealed_key(sealed, recipient, recipient_key, server_signer("ec").certificate)
+
+
 def test_a_sealed_answer_is_told_apart_from_a_pkcs8_one() -> None:
     recipient_key = ec.generate_private_key(ec.SECP256R1())
     recipient = issued("device-0001", recipient_key)
