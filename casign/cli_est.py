@@ -231,6 +231,14 @@ def est_client() -> None:
     default=None,
     help="On simplereenroll, revoke the old certificate as superseded (default: [server]'s).",
 )
+@click.option(
+    "--key-recipient",
+    "key_recipients",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="serverkeygen: a PEM file of certificates its CSRs may name to have their key sealed "
+    "to (RFC 7030 4.4.1.2), besides its TLS client certificate; repeatable.",
+)
 @click.option("--replace", is_flag=True, help="Replace a client of the same name.")
 def est_client_add(
     ca: Path | None,
@@ -245,6 +253,7 @@ def est_client_add(
     key_passphrase: str | None,
     channel_binding: bool,
     revoke_superseded: bool | None,
+    key_recipients: tuple[Path, ...],
     replace: bool,
 ) -> None:
     """Let NAME enroll, with a password (HTTP Basic) or certificates from --issuer."""
@@ -273,6 +282,7 @@ def est_client_add(
             key_passphrase=key_passphrase,
             channel_binding=channel_binding,
             revoke_superseded=revoke_superseded,
+            key_recipients=[str(path.absolute()) for path in key_recipients],
         )
         updated = EstSettings.model_validate(settings.with_client(name, entry).model_dump())
     except ValidationError as exc:
@@ -399,6 +409,20 @@ def _passphrase(passphrase_file: Path | None) -> str | None:
 @click.option("--san", multiple=True, help="DNS:..,IP:..,email:..,URI:..; repeatable.")
 @click.option("--key-type", type=_KEY_TYPES, default="p256", show_default=True)
 @click.option("--serverkeygen", is_flag=True, help="Have the server make the key.")
+@click.option(
+    "--seal-key",
+    is_flag=True,
+    help="serverkeygen: have the key sealed (CMS) to --recipient, else to --cert, and open it "
+    "here with that certificate's key (RFC 7030 4.4.1.2).",
+)
+@click.option(
+    "--recipient", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+    help="The certificate to seal the key to (one the server lists for this client) ...",
+)  # fmt: skip
+@click.option(
+    "--recipient-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None, help="... and its key.",
+)  # fmt: skip
 @click.option("--user", default=None, help="HTTP Basic user name.")
 @click.option(
     "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None
@@ -426,6 +450,9 @@ def est_enroll(
     san: tuple[str, ...],
     key_type: str,
     serverkeygen: bool,
+    seal_key: bool,
+    recipient: Path | None,
+    recipient_key: Path | None,
     user: str | None,
     password_file: Path | None,
     cert: Path | None,
@@ -444,10 +471,16 @@ def est_enroll(
     session = _session(
         server, cacert, label, timeout, username=user, password=password, certificate=cert, key=key
     )
+    sealed_to = _key_recipient(serverkeygen, seal_key, recipient, recipient_key, cert, key)
     own_key = KeyType(key_type).generate()
-    csr = build_csr(own_key, common_name, split_sans(san))
+    csr = build_csr(
+        own_key,
+        common_name,
+        split_sans(san),
+        sealed_to.certificate if sealed_to is not None else None,
+    )
     if serverkeygen:
-        key_der, certificate = _run(lambda: session.serverkeygen(csr))
+        key_der, certificate = _run(lambda: session.serverkeygen(csr, sealed_to))
         new_key: Any = load_pkcs8(key_der)
     else:
         certificate, new_key = _run(lambda: session.simpleenroll(csr)), own_key
@@ -455,9 +488,40 @@ def est_enroll(
     write_private_key(key_path, new_key, _passphrase(passphrase_file))
     write_file_atomically(cert_path, _pem(certificate), CERT_MODE)
     chain_path = _write_chain(out, session)
-    click.echo(f"key:         {key_path}" + (" (made by the server)" if serverkeygen else ""))
+    made = " (made by the server" + (", sealed to its recipient)" if sealed_to else ")")
+    click.echo(f"key:         {key_path}" + (made if serverkeygen else ""))
     click.echo(f"certificate: {cert_path} (serial {certificate.serial_number:X})")
     click.echo(f"chain:       {chain_path}")
+
+
+def _key_recipient(
+    serverkeygen: bool,
+    seal_key: bool,
+    recipient: Path | None,
+    recipient_key: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> Any:
+    """The KeyRecipient --seal-key asks for: --recipient and its key, else --cert and --key."""
+    from est.client import load_recipient
+
+    if (recipient is None) != (recipient_key is None):
+        fail("--recipient and --recipient-key go together")
+    if recipient is not None and not seal_key:
+        fail("--recipient is for --seal-key")
+    if not seal_key:
+        return None
+    if not serverkeygen:
+        fail("--seal-key is for --serverkeygen: only a key the server makes can be sealed")
+    if recipient is None:
+        recipient, recipient_key = cert, key
+    if recipient is None or recipient_key is None:
+        fail("--seal-key needs --recipient and --recipient-key, or --cert and --key")
+        return None
+    try:
+        return load_recipient(recipient, recipient_key)
+    except (OSError, ValueError, IndexError) as exc:
+        fail(f"cannot use {recipient} to seal the key to: {exc}")
 
 
 def _password(user: str | None, password_file: Path | None) -> bytes | None:

@@ -102,6 +102,10 @@ class RefusalCode(StrEnum):
     # session (TLS 1.3) has none this server can read.
     EST_CHANNEL_BINDING = "est.channel_binding"
     EST_CHANNEL_BINDING_UNAVAILABLE = "est.channel_binding_unavailable"
+    # RFC 7030 4.4.1.2: the CSR's AsymmetricDecryptKeyIdentifier names no certificate the
+    # server may seal this client's key to, or one whose key cannot receive it.
+    EST_KEY_RECIPIENT_UNKNOWN = "est.key_recipient_unknown"
+    EST_KEY_RECIPIENT_UNUSABLE = "est.key_recipient_unusable"
 
 
 class SigningError(Exception):

@@ -1,5 +1,9 @@
 """An EST client (RFC 7030) for scripts: cacerts, csrattrs, simpleenroll, simplereenroll and
-serverkeygen over HTTPS, waiting out `202 Accepted` as `Retry-After` asks."""
+serverkeygen over HTTPS, waiting out `202 Accepted` as `Retry-After` asks.
+
+serverkeygen may ask for the key sealed to a certificate whose key the client holds (RFC 7030
+4.4.1.2); the client then opens it, and takes it only when the server's TLS certificate signed it.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from est.key_envelope import SealedKeyError, open_sealed_key
+from est.key_recipients import ASYMMETRIC_DECRYPT_KEY_ID, key_identifier
 from est.wire import PKCS10_TYPE, load_certs_only, split_serverkeygen, wrap_base64
 
 BASE_PATH = "/.well-known/est"
@@ -39,6 +46,15 @@ class Answer:
     content_type: str
     retry_after: str | None
     body: bytes
+    server_certificate: bytes | None = None  # DER, as TLS showed it
+
+
+@dataclass(frozen=True)
+class KeyRecipient:
+    """A certificate and its key, to have serverkeygen's key sealed to (RFC 7030 4.4.1.2)."""
+
+    certificate: x509.Certificate
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def _refusal(answer: Answer) -> EstError:
@@ -92,6 +108,9 @@ class EstSession:
         )
         try:
             connection.request(method, f"{self.prefix}/{operation}", body=body, headers=headers)
+            # Read now: the connection lets its socket go with the answer when it closes.
+            tls = connection.sock
+            server_certificate = tls.getpeercert(binary_form=True) if tls is not None else None
             response = connection.getresponse()
             data = response.read(_MAX_ANSWER_BYTES)
             return Answer(
@@ -99,6 +118,7 @@ class EstSession:
                 response.getheader("Content-Type", ""),
                 response.getheader("Retry-After"),
                 data,
+                server_certificate,
             )
         except (OSError, http.client.HTTPException) as exc:
             raise EstError(0, "", f"cannot talk to {self.host}:{self.port}: {exc}") from None
@@ -143,12 +163,34 @@ class EstSession:
     def simplereenroll(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
         return self._enroll("simplereenroll", csr)
 
-    def serverkeygen(self, csr: x509.CertificateSigningRequest) -> tuple[bytes, x509.Certificate]:
-        """(PKCS#8 DER key, certificate) made by the server for the CSR's names (RFC 7030 4.4)."""
+    def serverkeygen(
+        self, csr: x509.CertificateSigningRequest, recipient: KeyRecipient | None = None
+    ) -> tuple[bytes, x509.Certificate]:
+        """(PKCS#8 DER key, certificate) made by the server for the CSR's names (RFC 7030 4.4).
+
+        With `recipient` (whose identifier the CSR must carry, see `build_csr`) the key must
+        come sealed to it and signed by the server's TLS certificate; it is opened here.
+        """
         body = wrap_base64(csr.public_bytes(serialization.Encoding.DER))
         answer = self._ask("POST", "serverkeygen", body)
-        key_der, certificates = split_serverkeygen(answer.body, answer.content_type)
-        return key_der, certificates[0]
+        parts = split_serverkeygen(answer.body, answer.content_type)
+        certificate = parts.certificates[0]
+        if recipient is None:
+            if parts.sealed:
+                raise EstError(200, "", "the server sealed the key, and no recipient was named")
+            return parts.key_der, certificate
+        if not parts.sealed:
+            raise EstError(
+                200, "", "the server answered with a key not sealed to the recipient asked for"
+            )
+        if answer.server_certificate is None:
+            raise EstError(200, "", "the server's TLS certificate is unknown: cannot check the key")
+        server = x509.load_der_x509_certificate(answer.server_certificate)
+        try:
+            key_der = open_sealed_key(parts.key_der, recipient.certificate, recipient.key, server)
+        except SealedKeyError as exc:
+            raise EstError(200, "", f"the sealed key does not open: {exc}") from None
+        return key_der, certificate
 
 
 def general_name(text: str) -> x509.GeneralName:
@@ -176,12 +218,20 @@ def _signed(
 
 
 def build_csr(
-    key: CertificateIssuerPrivateKeyTypes, common_name: str, sans: list[str]
+    key: CertificateIssuerPrivateKeyTypes,
+    common_name: str,
+    sans: list[str],
+    key_recipient: x509.Certificate | None = None,
 ) -> x509.CertificateSigningRequest:
-    """A CSR for `common_name` with the subjectAltNames `sans` (KIND:VALUE), signed by `key`."""
+    """A CSR for `common_name` with the subjectAltNames `sans` (KIND:VALUE), signed by `key`;
+    with `key_recipient`, asking serverkeygen to seal the key to it (RFC 7030 4.4.1.2)."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     )
+    if key_recipient is not None:
+        builder = builder.add_attribute(
+            ASYMMETRIC_DECRYPT_KEY_ID, key_identifier(key_recipient), _tag=_ASN1Type.OctetString
+        )
     if sans:
         names = [general_name(text) for text in sans]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -202,7 +252,7 @@ def renewal_csr(
 
 
 def _issuing_key(key: object) -> CertificateIssuerPrivateKeyTypes:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
+    from cryptography.hazmat.primitives.asymmetric import ed448
 
     if not isinstance(
         key,
@@ -218,6 +268,17 @@ def _issuing_key(key: object) -> CertificateIssuerPrivateKeyTypes:
 def load_pkcs8(der: bytes) -> CertificateIssuerPrivateKeyTypes:
     """The key of a serverkeygen answer (unencrypted PKCS#8 DER)."""
     return _issuing_key(serialization.load_der_private_key(der, password=None))
+
+
+def load_recipient(cert_path: Path, key_path: Path) -> KeyRecipient:
+    """The certificate (the first in the file) and unencrypted PEM key to seal a key to."""
+    certificate = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"a {type(key).__name__} cannot open a sealed key (RSA or EC only)")
+    if key.public_key() != certificate.public_key():
+        raise ValueError(f"{key_path} is not the key of {cert_path}")
+    return KeyRecipient(certificate, key)
 
 
 def load_pem_key(pem: bytes, passphrase: str | None) -> CertificateIssuerPrivateKeyTypes:

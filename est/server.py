@@ -6,7 +6,11 @@
 | csrattrs       | GET    | anyone (4.5.1)                       | the label's CSR attributes    |
 | simpleenroll   | POST   | a listed client (Basic or TLS cert)  | the certificate, certs-only   |
 | simplereenroll | POST   | the holder of a casign certificate   | the successor, certs-only     |
-| serverkeygen   | POST   | a listed client                      | multipart: PKCS#8 key, cert   |
+| serverkeygen   | POST   | a listed client                      | multipart: key, cert          |
+
+serverkeygen's key is PKCS#8 (encrypted under the client's passphrase, if it has one), or, when
+the CSR carries an AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2), sealed to the certificate
+it names and signed by this server (`est.key_recipients`, `est.key_envelope`).
 
 A refusal is `text/plain` `CODE: sentence` with its status (see `est.refusals`); a job still
 signing after `wait_seconds` is `202 Accepted` with `Retry-After`.
@@ -41,6 +45,8 @@ from est.batching import Batcher, Identity
 from est.binding import check_channel_binding
 from est.csrattrs import csr_attributes
 from est.enrollment import Enrollments, StillPending, identity_of
+from est.key_envelope import KeySigner, seal_key
+from est.key_recipients import KeyRecipients, requested_key_identifier
 from est.labels import LabelCatalog
 from est.reenroll import check_same_names, current_certificate, enrolling_client
 from est.refusals import EstRefusal
@@ -52,6 +58,7 @@ from est.wire import (
     CSRATTRS_TYPE,
     MAX_BODY_BYTES,
     MIN_KEY_PASSPHRASE,
+    SERVER_GENERATED_KEY_TYPE,
     certs_only,
     certs_only_der,
     check_content_type,
@@ -194,6 +201,8 @@ class EstService:
         self.endpoints = endpoints
         self.ca_root = ca_root
         self.tls: ServerTls | None = None
+        self.key_signer: KeySigner | None = None  # loaded with the TLS key (run_server)
+        self.key_recipients = KeyRecipients(settings)
         self.enrollments = Enrollments(batcher, settings.server)
         self._cacerts = certs_only(chain)
         self._csrattrs = _csrattrs_of(catalog)
@@ -215,7 +224,9 @@ class EstService:
         if self.ca_root is not None:
             catalog = LabelCatalog.load(self.ca_root, settings.server)
         csrattrs = _csrattrs_of(catalog)
+        key_recipients, key_signer = KeyRecipients(settings), self.key_signer
         if self.tls is not None:
+            key_signer = KeySigner.load(self.tls.cert_path, self.tls.key_path)
             self.tls.replace([self.intermediate, *admission.issuer_certificates])
         at_start = [
             name
@@ -225,6 +236,7 @@ class EstService:
         if at_start:
             log.warning("est.toml: %s change(s) at the next restart", ", ".join(at_start))
         self.settings, self.admission, self.catalog = settings, admission, catalog
+        self.key_recipients, self.key_signer = key_recipients, key_signer
         self._csrattrs = csrattrs
         self.enrollments.settings = settings.server
 
@@ -261,19 +273,39 @@ class EstService:
         self.admission.admit(client, label)
         csr, der = await self._read_csr(request, client, tls)
         if operation == "serverkeygen":
-            return await self._serverkeygen(client, label, csr)
+            return await self._serverkeygen(client, label, csr, peer)
         certificate = await self.enrollments.enroll(client, label, csr, "simpleenroll", der=der)
         return _base64_response(certs_only_der([certificate]), CERTS_ONLY_TYPE)
 
     async def _serverkeygen(
-        self, client: EstClient, label: str, csr: x509.CertificateSigningRequest
+        self,
+        client: EstClient,
+        label: str,
+        csr: x509.CertificateSigningRequest,
+        peer: x509.Certificate | None,
     ) -> web.StreamResponse:
+        """RFC 7030 4.4: the key made here, sealed when the CSR asks and its recipient may
+        have it (checked before anything is signed), then the certificate."""
+        identifier = requested_key_identifier(csr)
+        recipient = None
+        if identifier is not None:
+            recipient = self.key_recipients.choose(client, identifier, peer)
         key, certificate = await self.enrollments.serverkeygen(client, label, csr)
-        passphrase = None
-        if client.entry.key_passphrase is not None:
-            passphrase = await asyncio.to_thread(read_key_passphrase, client)
-        key_der = private_key_pkcs8(key, passphrase)
-        body, content_type = serverkeygen_body(key_der, certificate)
+        if recipient is not None:
+            signer = self.key_signer
+            if signer is None:
+                raise EstRefusal(
+                    Code.EST_UNAVAILABLE, "this server has no key to sign sealed keys with yet"
+                )
+            # A sealed key needs no passphrase: only the recipient's key opens it.
+            sealed = await asyncio.to_thread(seal_key, private_key_pkcs8(key), recipient, signer)
+            body, content_type = serverkeygen_body(sealed, certificate, SERVER_GENERATED_KEY_TYPE)
+        else:
+            passphrase = None
+            if client.entry.key_passphrase is not None:
+                passphrase = await asyncio.to_thread(read_key_passphrase, client)
+            key_der = private_key_pkcs8(key, passphrase)
+            body, content_type = serverkeygen_body(key_der, certificate)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
@@ -452,6 +484,7 @@ async def run_server(
     service.tls = ServerTls(
         server_cert_path(ca_root), server_key_path(ca_root), service.client_issuers
     )
+    service.key_signer = KeySigner.load(server_cert_path(ca_root), server_key_path(ca_root))
     runner = web.AppRunner(
         service.application(),
         access_log=None,

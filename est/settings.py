@@ -22,6 +22,7 @@
     rate_per_second = 5                 # enrollments, token bucket in this server
     burst = 20
     key_passphrase = "file:/run/secrets/router-fleet-key"  # serverkeygen keys encrypted under it
+    key_recipients = ["/etc/casign/fleet-keys.pem"]  # certificates its keys may be sealed to
     channel_binding = false             # the CSR's challengePassword must bind the TLS session
     revoke_superseded = true            # overrides [server] for this client's re-enrollments
 
@@ -100,6 +101,9 @@ class ClientEntry(_Table):
     burst: Annotated[int, Field(gt=0)] | None = None
     # RFC 7030 4.4.2: where the passphrase that encrypts this client's serverkeygen keys is.
     key_passphrase: Annotated[str, StringConstraints(pattern=r"^(file|env):.+$")] | None = None
+    # RFC 7030 4.4.1.2: PEM files of certificates a CSR may name to have its key sealed to
+    # (besides the connection's own TLS client certificate); see est.key_recipients.
+    key_recipients: list[str] = []
     channel_binding: bool = False  # RFC 7030 3.5
     revoke_superseded: bool | None = None  # default: the [server] table's
 

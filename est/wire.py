@@ -1,7 +1,8 @@
 """EST's bodies (RFC 7030 4, as clarified by RFC 8951): base64 DER in, base64 DER out.
 
 Requests carry a base64 PKCS#10 CSR; certificates go back as a base64 certs-only CMS
-SignedData (PKCS#7); serverkeygen answers multipart/mixed with the PKCS#8 key first.
+SignedData (PKCS#7); serverkeygen answers multipart/mixed with the key first: PKCS#8, or the
+key sealed to a client's certificate (`est.key_envelope`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import binascii
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +25,7 @@ PKCS10_TYPE = "application/pkcs10"
 CERTS_ONLY_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 CSRATTRS_TYPE = "application/csrattrs"
 PKCS8_TYPE = "application/pkcs8"
+SERVER_GENERATED_KEY_TYPE = "application/pkcs7-mime; smime-type=server-generated-key"
 # The policy's own limit on a CSR (64 KiB DER) as base64, with line breaks and some slack.
 MAX_CSR_DER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 96 * 1024
@@ -151,11 +154,14 @@ def private_key_pkcs8(key: PrivateKeyTypes, passphrase: bytes | None = None) -> 
     )
 
 
-def serverkeygen_body(key_der: bytes, certificate_der: bytes) -> tuple[bytes, str]:
-    """(body, Content-Type) of a serverkeygen answer: multipart/mixed, the key part first."""
+def serverkeygen_body(
+    key_der: bytes, certificate_der: bytes, key_type: str = PKCS8_TYPE
+) -> tuple[bytes, str]:
+    """(body, Content-Type) of a serverkeygen answer: multipart/mixed, the key part first, of
+    `key_type` (PKCS#8, or a sealed key: `SERVER_GENERATED_KEY_TYPE`, RFC 7030 4.4.2)."""
     boundary = f"est-{secrets.token_hex(12)}"
     parts = [
-        (PKCS8_TYPE, wrap_base64(key_der)),
+        (key_type, wrap_base64(key_der)),
         (CERTS_ONLY_TYPE, certs_only_der([certificate_der])),
     ]
     # RFC 2046 5.1.1: each delimiter is CRLF "--" boundary, the CRLF belonging to it.
@@ -173,23 +179,34 @@ def serverkeygen_body(key_der: bytes, certificate_der: bytes) -> tuple[bytes, st
     return body, f"multipart/mixed; boundary={boundary}"
 
 
-def split_serverkeygen(body: bytes, content_type: str) -> tuple[bytes, list[x509.Certificate]]:
-    """(PKCS#8 DER, certificates) from a serverkeygen answer; ValueError when it is not one."""
+@dataclass(frozen=True)
+class ServerKeygenAnswer:
+    """The parts of a serverkeygen answer: the key's DER (PKCS#8, or the sealed key's CMS when
+    `sealed`) and the certificates."""
+
+    key_der: bytes
+    sealed: bool
+    certificates: list[x509.Certificate]
+
+
+def split_serverkeygen(body: bytes, content_type: str) -> ServerKeygenAnswer:
+    """The key and certificates of a serverkeygen answer; ValueError when it is not one."""
     marker = "boundary="
     if marker not in content_type:
         raise ValueError("the serverkeygen answer names no multipart boundary")
     boundary = content_type.split(marker, 1)[1].split(";", 1)[0].strip().strip('"').encode()
     key_der: bytes | None = None
+    sealed = False
     certificates: list[x509.Certificate] = []
     for part in body.split(b"--" + boundary)[1:]:
         if part.startswith(b"--"):
             break
         head, _, payload = part.partition(b"\r\n\r\n")
         kind = head.lower()
-        if PKCS8_TYPE.encode() in kind:
-            key_der = decode_base64(payload)
+        if PKCS8_TYPE.encode() in kind or b"smime-type=server-generated-key" in kind:
+            key_der, sealed = decode_base64(payload), PKCS8_TYPE.encode() not in kind
         elif b"application/pkcs7-mime" in kind:
             certificates = load_certs_only(payload)
     if key_der is None or not certificates:
         raise ValueError("the serverkeygen answer lacks its key or its certificate")
-    return key_der, certificates
+    return ServerKeygenAnswer(key_der, sealed, certificates)

@@ -32,6 +32,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from core.errors import RefusalCode
 from core.index import format_serial
 from core.revocation import revocation_info
+from est.client import build_csr
 from tests.est_service import (
     PRODUCER,
     SERVER_NAME,
@@ -74,6 +75,12 @@ def _configured(deployment: EstDeployment) -> EstDeployment:
         deployment, "sealed", "--key-passphrase", f"file:{deployment.directory}/sealed.passphrase"
     )
     add_password_client(deployment, "bound", "--channel-binding")
+    recipient = deployment.directory / "sealing-recipient"
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{recipient}.key",
+        "-out", f"{recipient}.pem", "-subj", "/CN=sealing-fleet-keys", "-days", "2",
+    )  # fmt: skip
+    add_password_client(deployment, "sealing", "--key-recipient", f"{recipient}.pem")
     add_password_client(deployment, "rotating", "--revoke-superseded")
     factory = Bootstrap.make(deployment.directory / "factory", "factory")
     deployment.casign(
@@ -418,6 +425,122 @@ def test_serverkeygen_encrypts_the_key_under_the_clients_passphrase(
     assert wrong.returncode != 0 and b"PRIVATE KEY" not in wrong.stdout
 
 
+# --- serverkeygen's key sealed to a certificate (RFC 7030 4.4.1.2, 4.4.2) ------------------
+
+
+def sealing_csr(directory: Path, name: str, recipient_path: Path) -> Path:
+    """A base64 CSR whose AsymmetricDecryptKeyIdentifier names the certificate at
+    `recipient_path` (openssl req cannot add an OCTET STRING attribute, so Python makes it)."""
+    recipient = x509.load_pem_x509_certificates(recipient_path.read_bytes())[0]
+    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), name, [], recipient)
+    der_path = directory / f"{name}.csr.der"
+    der_path.write_bytes(csr.public_bytes(serialization.Encoding.DER))
+    return base64_file(der_path)
+
+
+def open_with_openssl(
+    est: EstDeployment, answer: CurlAnswer, recipient: Path, recipient_key: Path, directory: Path
+) -> tuple[bytes, x509.Certificate]:
+    """`openssl cms -decrypt` the sealed key part with the recipient's key, `openssl cms -verify`
+    the SignedData inside against the CA chain; (the key's public PEM, the issued certificate).
+    Also checks that the signer is the EST server's own TLS certificate."""
+    assert answer.status == 200, answer.body
+    message = email.message_from_bytes(
+        b"Content-Type: " + answer.headers["content-type"].encode() + b"\r\n\r\n" + answer.body
+    )
+    parts = message.get_payload()
+    assert isinstance(parts, list) and len(parts) == 2
+    assert parts[0]["Content-Type"] == "application/pkcs7-mime; smime-type=server-generated-key"
+    sealed = directory / "sealed.der"
+    sealed.write_bytes(parts[0].get_payload(decode=True))
+    signed = directory / "signed.der"
+    openssl(
+        "cms", "-decrypt", "-inform", "DER", "-in", str(sealed), "-recip", str(recipient),
+        "-inkey", str(recipient_key), "-out", str(signed),
+    )  # fmt: skip
+    size = signed.stat().st_size  # a ContentInfo around the bare SignedData, for openssl
+    wrapped = directory / "signed.p7"
+    wrapped.write_bytes(
+        bytes.fromhex(f"3082{size + 15:04x}06092a864886f70d010702a082{size:04x}")
+        + signed.read_bytes()
+    )
+    package, signer = directory / "package.der", directory / "signer.pem"
+    openssl(
+        "cms", "-verify", "-inform", "DER", "-in", str(wrapped), "-CAfile", str(est.trust_path),
+        "-purpose", "any", "-signer", str(signer), "-out", str(package),
+    )  # fmt: skip
+    server = x509.load_pem_x509_certificates(
+        (est.ca / "intermediate" / "certs" / "est.cert.pem").read_bytes()
+    )[0]
+    assert x509.load_pem_x509_certificate(signer.read_bytes()) == server
+    parsed = openssl("asn1parse", "-inform", "DER", "-in", str(package)).decode()
+    (offset,) = [line.split(":")[0].strip() for line in parsed.splitlines() if "d=1" in line]
+    key_der = openssl(
+        "asn1parse", "-inform", "DER", "-in", str(package), "-offset", offset, "-noout",
+        "-out", "/dev/stdout",
+    )  # fmt: skip
+    public = openssl("pkey", "-inform", "DER", "-pubout", data=key_der)
+    pem = openssl("pkcs7", "-inform", "DER", "-print_certs", data=parts[1].get_payload(decode=True))
+    return public, verify(est, pem, directory, "sealed")
+
+
+def public_pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_serverkeygen_seals_the_key_to_the_devices_tls_certificate(
+    est: EstDeployment, factory: Bootstrap, tmp_path: Path
+) -> None:
+    """A device asks, with curl, for its key sealed to the certificate it does TLS with (EC,
+    so ECDH); openssl opens it with the device's key and checks the server signed it."""
+    body = sealing_csr(tmp_path, "factory-device-0001", factory.cert_path)
+    answer = enroll_with_curl(
+        est, body, "--cert", str(factory.cert_path), "--key", str(factory.key_path),
+        operation="serverkeygen",
+    )  # fmt: skip
+    public, certificate = open_with_openssl(
+        est, answer, factory.cert_path, factory.key_path, tmp_path
+    )
+    assert public == public_pem(certificate)
+    assert certificate.subject.rfc4514_string() == "CN=factory-device-0001"
+
+
+def test_serverkeygen_seals_to_a_listed_certificate_and_refuses_any_other(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    recipient = est.directory / "sealing-recipient"
+    body = sealing_csr(tmp_path, "sealed-rsa@example.com", Path(f"{recipient}.pem"))
+    answer = enroll_with_curl(est, body, "--user", basic(est, "sealing"), operation="serverkeygen")
+    public, certificate = open_with_openssl(
+        est, answer, Path(f"{recipient}.pem"), Path(f"{recipient}.key"), tmp_path
+    )
+    assert public == public_pem(certificate)
+    # Not another client's recipient, nor a certificate nobody listed.
+    taken = enroll_with_curl(est, body, "--user", basic(est, "fleet"), operation="serverkeygen")
+    assert (taken.status, taken.code) == (403, RefusalCode.EST_KEY_RECIPIENT_UNKNOWN)
+    stranger_key, _ = openssl_key_and_csr(tmp_path, "stranger", "/CN=stranger@example.com")
+    stranger = tmp_path / "stranger.pem"
+    openssl(
+        "req", "-x509", "-key", str(stranger_key), "-subj", "/CN=stranger", "-days", "1",
+        "-out", str(stranger),
+    )  # fmt: skip
+    unknown = enroll_with_curl(
+        est, sealing_csr(tmp_path, "stranger@example.com", stranger), "--user",
+        basic(est, "sealing"), operation="serverkeygen",
+    )  # fmt: skip
+    assert (unknown.status, unknown.code) == (403, RefusalCode.EST_KEY_RECIPIENT_UNKNOWN)
+    # A casign EC usr_cert may sign but not agree keys: TLS with it, and it is named, but unusable.
+    key_path, cert_path = enroll_key(est, tmp_path, "signer@example.com")
+    unusable = enroll_with_curl(
+        est, sealing_csr(tmp_path, "signer@example.com", cert_path), "--user", basic(est, "fleet"),
+        "--cert", str(cert_path), "--key", str(key_path), operation="serverkeygen",
+    )  # fmt: skip
+    assert (unusable.status, unusable.code) == (400, RefusalCode.EST_KEY_RECIPIENT_UNUSABLE)
+    assert "keyAgreement" in unusable.body.decode()
+
+
 # --- channel binding (RFC 7030 3.5) ----------------------------------------------------------
 
 
@@ -675,6 +798,39 @@ def test_a_factory_device_enrolls_with_the_casign_client(
         (tmp_path / "factory-device-0001.cert.pem").read_bytes()
     )
     assert issued.issuer.rfc4514_string() == "CN=Alice Ltd Intermediate CA,O=Alice Ltd,C=GB"
+
+
+def test_the_casign_est_client_has_its_key_sealed_and_opens_it(
+    est: EstDeployment, factory: Bootstrap, tmp_path: Path
+) -> None:
+    server = ("--server", est.url, "--cacert", str(est.trust_path))
+    done = est.casign(
+        "est", "enroll", *server, "--cert", str(factory.cert_path), "--key", str(factory.key_path),
+        "--cn", "factory-device-0001", "--serverkeygen", "--seal-key", "--out", str(tmp_path / "tls"),
+    )  # fmt: skip
+    assert "sealed to its recipient" in done.stdout
+    recipient = est.directory / "sealing-recipient"
+    sealing = ("--user", "sealing", "--password-file", str(est.passwords["sealing"]))
+    est.casign(
+        "est", "enroll", *server, *sealing, "--cn", "erin@example.com", "--serverkeygen",
+        "--seal-key", "--recipient", f"{recipient}.pem", "--recipient-key", f"{recipient}.key",
+        "--out", str(tmp_path / "basic"),
+    )  # fmt: skip
+    for out, name in (("tls", "factory-device-0001"), ("basic", "erin@example.com")):
+        key_path = tmp_path / out / f"{name}.key.pem"
+        assert key_path.stat().st_mode & 0o777 == 0o400
+        made = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        issued = x509.load_pem_x509_certificate((tmp_path / out / f"{name}.cert.pem").read_bytes())
+        assert made.public_key() == issued.public_key()
+    fleet = ("--user", "fleet", "--password-file", str(est.passwords["fleet"]))
+    refused = est.casign(
+        "est", "enroll", *server, *fleet, "--cn", "frank@example.com", "--serverkeygen",
+        "--seal-key", "--recipient", f"{recipient}.pem", "--recipient-key", f"{recipient}.key",
+        "--out", str(tmp_path / "refused"), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 3
+    assert f"refused [{RefusalCode.EST_KEY_RECIPIENT_UNKNOWN}]" in refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_many_concurrent_enrollments_are_all_answered(est: EstDeployment) -> None:

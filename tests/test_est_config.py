@@ -148,3 +148,30 @@ def test_the_server_names_what_is_missing_before_serving(
     )
     assert anchorless.returncode == 2 and "--trust-anchor" in anchorless.stderr
     assert "Traceback" not in anchorless.stderr
+
+
+def test_a_key_recipient_is_listed_and_one_that_cannot_receive_a_key_stops_the_server(
+    folder: CAFolder, tmp_path: Path, redis_url: str, broker_url: str
+) -> None:
+    ca = str(folder.root)
+    signing_only = tmp_path / "signing-only.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(tmp_path / "signing-only.key"), "-out", str(signing_only),
+         "-subj", "/CN=signing-only", "-days", "1", "-addext", "keyUsage=critical,digitalSignature"],
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    added = casign(
+        "est", "client", "add", "sealing", "--ca", ca, "--password-file",
+        str(password_file(tmp_path)), "--key-recipient", str(signing_only),
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    entry = load_settings(settings_path(folder.root)).clients["sealing"]
+    assert entry.key_recipients == [str(signing_only.absolute())]
+    env = {**os.environ, "CASIGN_STORE_PREFIX": "casign-test:est-config-recipient"}
+    served = casign(
+        "est", "--ca", ca, "--port", "0", "--broker", broker_url, "--store", redis_url, env=env
+    )
+    assert served.returncode == 2, served.stderr
+    assert "'sealing'" in served.stderr and "lacks keyAgreement" in served.stderr
+    assert "Traceback" not in served.stderr

@@ -37,6 +37,7 @@ from est.settings import (
     render_settings,
 )
 from est.wire import (
+    ServerKeygenAnswer,
     certs_only,
     certs_only_der,
     check_content_type,
@@ -153,7 +154,9 @@ def test_a_serverkeygen_answer_is_multipart_a_mime_parser_reads(tmp_path: Path) 
         "application/pkcs7-mime",
     ]
     assert parts[0].get_payload(decode=True) == key_der
-    assert split_serverkeygen(body, content_type) == (key_der, [certificate])
+    assert split_serverkeygen(body, content_type) == ServerKeygenAnswer(
+        key_der, False, [certificate]
+    )
 
 
 # --- csrattrs --------------------------------------------------------------------------------
