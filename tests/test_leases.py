@@ -197,6 +197,7 @@ def test_kombu_looks_for_stranded_messages_every_tenth_of_the_timeout(
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
         "queue_order_strategy": "round_robin",
+        "body_encoding": "utf-8",
     }
     monkeypatch.setenv("CASIGN_VISIBILITY_TIMEOUT", "6")
     assert celery_settings("redis://x")["broker_transport_options"]["unacked_restore_interval"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import redis
 from cryptography import x509
 
 from core.index import format_serial
@@ -89,6 +91,34 @@ def test_thousand_csrs_through_a_real_worker(
     with producer_for(broker_url, store, queue, redis_url) as producer:
         results = issue_many(producer, 1000)
     check_issued(results, store, chain_path, tmp_path)
+
+
+def test_a_message_body_travels_as_json_text_not_base64(
+    broker_url: str, redis_url: str, store: ResultsStore, queue: str
+) -> None:
+    """No worker here: the message stays in the broker's list to be read as kombu wrote it."""
+    with producer_for(broker_url, store, queue, redis_url) as producer:
+        producer.submit(make_csr("plain.example.com"), job_id="plain-body")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        (raw,) = client.lrange(queue, 0, -1)
+    finally:
+        client.delete(queue)
+        client.close()
+    message = json.loads(raw)
+    assert message["properties"]["body_encoding"] == "utf-8"
+    args, _, _ = json.loads(message["body"])
+    assert [job["job_id"] for job in args[0]["jobs"]] == ["plain-body"]
+
+
+def test_a_base64_message_of_an_older_producer_is_still_signed(
+    worker: WorkerProcess, broker_url: str, redis_url: str, store: ResultsStore, queue: str
+) -> None:
+    with producer_for(broker_url, store, queue, redis_url) as producer:
+        producer._celery.conf.broker_transport_options["body_encoding"] = "base64"
+        job_id = producer.submit(make_csr("older.example.com"))
+        (result,) = producer.results([job_id], timeout=60)
+    assert result.ok, result.message
 
 
 def test_same_job_id_twice_gives_one_certificate(
