@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -155,12 +157,17 @@ def server_cert_builder(
     )
 
 
-def measure_minimal(authority: SigningAuthority, workload: Workload) -> Rate:
+MINIMAL_HOW = (
+    "parse CSR, check its signature, server_cert extensions, sign, verify, PEM; "
+    "nothing else, 1 process"
+)
+
+
+def minimal_issuer(authority: SigningAuthority) -> Callable[[bytes], bytes]:
     """The least a signing service must do per CSR, written without casign: parse the CSR,
     check its signature, build the guide's server_cert extensions, sign, verify the
     certificate against the CA certificate, PEM-encode it. No policy, store or audit."""
     now = datetime.now(UTC).replace(microsecond=0)
-    pems = [pem.encode("ascii") for pem in workload.csr_pems]
     key, digest, intermediate = authority.key, hashes.SHA256(), authority.intermediate
 
     def issue(pem: bytes) -> bytes:
@@ -171,19 +178,75 @@ def measure_minimal(authority: SigningAuthority, workload: Workload) -> Rate:
         certificate.verify_directly_issued_by(intermediate)
         return certificate.public_bytes(serialization.Encoding.PEM)
 
+    return issue
+
+
+@dataclasses.dataclass
+class _Clock:
+    """Wall and CPU seconds summed over the slices one side of a pair ran."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def run(self, work: Callable[[], object]) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        work()
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+
+
+def measure_minimal_and_limit(
+    authority: SigningAuthority,
+    store: ResultsStore,
+    workload: Workload,
+    batch_size: int,
+    tag: str,
+) -> tuple[Rate, Rate]:
+    """The minimal pipeline and casign's (`BatchSigner.sign_batch`) on the same slices of
+    `batch_size` CSRs, one slice each in turn (which goes first alternates), so that both meet
+    the same load from the machine's other tenants and their ratio is the pipelines', not the
+    moment's."""
+    issue, signer = minimal_issuer(authority), BatchSigner(authority, store)
+    pems = [pem.encode("ascii") for pem in workload.csr_pems]
     for pem in pems[:WARMUP_JOBS]:
         issue(pem)
-    cpu = CpuMeter()
-    start = time.perf_counter()
-    for pem in pems:
-        issue(pem)
-    elapsed = time.perf_counter() - start
-    return Rate(
-        len(pems),
-        elapsed,
-        "parse CSR, check its signature, server_cert extensions, sign, verify, PEM; "
-        "nothing else, 1 process",
-        cpu.seconds(),
+    warmup = jobs_for(workload.head(WARMUP_JOBS), f"{tag}-warmup")
+    _check_issued(signer.sign_batch(warmup), len(warmup))
+    jobs = jobs_for(workload, tag)
+    gc.freeze()  # as a worker process does once its signer is open (worker/process.py)
+    minimal, limit, issued = _Clock(), _Clock(), 0
+
+    def issue_slice(slice_pems: list[bytes]) -> None:
+        for pem in slice_pems:
+            issue(pem)
+
+    def sign_slice(batch: list[dict[str, object]]) -> None:
+        nonlocal issued
+        issued += sum(result.status == "issued" for result in signer.sign_batch(batch))
+
+    for number, first in enumerate(range(0, len(jobs), batch_size)):
+        sides = [
+            (minimal, functools.partial(issue_slice, pems[first : first + batch_size])),
+            (limit, functools.partial(sign_slice, jobs[first : first + batch_size])),
+        ]
+        for clock, work in sides if number % 2 == 0 else reversed(sides):
+            clock.run(work)
+    if issued != len(jobs):
+        raise BenchError(f"the pipeline issued {issued} of {len(jobs)} certificates")
+    linter = authority.profiles.get(PROFILE)
+    how = (
+        f"BatchSigner.sign_batch in a loop, {PROFILE} (lint "
+        f"{linter.lint if linter else 'unknown'}), batches of {batch_size}, 1 process, no "
+        "queue; slice by slice in turn with the minimal pipeline"
+    )
+    return (
+        Rate(
+            len(pems),
+            minimal.wall,
+            MINIMAL_HOW + "; slice by slice in turn with limit",
+            minimal.cpu,
+        ),
+        Rate(len(jobs), limit.wall, how, limit.cpu),
     )
 
 
