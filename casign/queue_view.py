@@ -11,7 +11,6 @@ workers mark their activity under the CA's queue Q.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import shlex
@@ -26,7 +25,7 @@ from redis.exceptions import NoPermissionError
 
 from casign.config import Endpoints
 from core.layout import folder_names
-from core.queue import LEGACY_NAMES, celery_settings, producer_queue
+from core.queue import LEGACY_NAMES, celery_settings, message_arguments, producer_queue
 
 _CHUNK = 200
 _CONNECT_SECONDS = 2.0
@@ -181,10 +180,7 @@ def _sealed_at(raw: str | bytes | None) -> int | None:
 def _batch_of(message: dict[str, Any]) -> dict[str, Any]:
     """The SignBatch a Celery message carries (as JSON); empty for anything else."""
     try:
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        batch = json.loads(body)[0][0]
+        batch = message_arguments(message)[0][0]
     except (KeyError, IndexError, TypeError, ValueError):
         return {}
     return batch if isinstance(batch, dict) else {}

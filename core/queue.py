@@ -10,6 +10,7 @@ backlog does not hold another's jobs behind it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -108,6 +109,16 @@ def batch_bytes(jobs: Sequence[object]) -> int:
 def job_bytes(job: object) -> int:
     """One job's share of `batch_bytes` (its JSON and the comma after it)."""
     return len(json.dumps(job, separators=(",", ":")).encode()) + 1
+
+
+def message_arguments(message: dict[str, Any]) -> Any:
+    """The decoded body of a task message as kombu's Redis transport stores it (JSON, base64 or
+    not, as its `body_encoding` says): Celery protocol 2's `[args, kwargs, embed]`. Raise
+    ValueError, KeyError or TypeError for what is not such a message."""
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)
 
 
 def visibility_timeout() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from casign.cli import main as casign_main
 from core.index import IndexEntry, format_serial, openssl_oneline
 from core.messages import JobResult
+from core.queue import message_arguments
 from producers import Producer
 from store.acl import AclAdmin, KeyScope, Role, role_user, write_user_line
 from store.embedded import redis_server_binary
@@ -400,10 +400,7 @@ def locate_jobs(
 
 def _job_ids_in(message: dict[str, Any]) -> set[str]:
     """The job ids of one Celery (protocol 2) sign_batch message as kombu stores it."""
-    body = message["body"]
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body).decode()
-    args = json.loads(body)[0]
+    args = message_arguments(message)[0]
     return {job["job_id"] for batch in args for job in batch["jobs"]}
 
 

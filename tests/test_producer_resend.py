@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
@@ -10,6 +9,7 @@ import time
 
 import redis
 
+from core.queue import message_arguments
 from producers import Producer
 from store.results import ResultsStore
 from tests.csrs import make_csr
@@ -33,7 +33,8 @@ def test_a_lost_job_is_sent_again_when_results_are_awaited_in_short_rounds(
         resent = broker.lindex(queue, 0)
     broker.delete(queue)
     assert resent is not None
-    assert job_id in base64.b64decode(json.loads(resent)["body"]).decode()
+    (batch,) = message_arguments(json.loads(resent))[0]
+    assert job_id in {job["job_id"] for job in batch["jobs"]}
 
 
 def _poll(producer: Producer, job_ids: list[str], seconds: float, rounds: float = 0.1) -> None:
@@ -45,8 +46,8 @@ def _poll(producer: Producer, job_ids: list[str], seconds: float, rounds: float 
 
 
 def _job_ids_of(raw: bytes) -> set[str]:
-    body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-    return {job["job_id"] for job in body[0][0]["jobs"]}
+    (batch,) = message_arguments(json.loads(raw))[0]
+    return {job["job_id"] for job in batch["jobs"]}
 
 
 def test_a_job_still_queued_is_never_sent_again_and_one_taken_out_is(
