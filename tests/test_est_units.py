@@ -26,7 +26,7 @@ from est.batching import Batcher, Identity, StillSigning
 from est.csrattrs import csr_attributes, encode_oid
 from est.enrollment import csr_for_key, job_digest, key_like
 from est.labels import LabelProfile
-from est.passwords import ProvenPasswords, hash_password, verify_password
+from est.passwords import ProvenHeaders, ProvenPasswords, hash_password, verify_password
 from est.reenroll import check_same_names, client_of_job, job_id_for
 from est.refusals import EstRefusal, status_for
 from est.settings import (
@@ -333,6 +333,52 @@ def test_concurrent_requests_with_one_password_cost_one_scrypt(
     assert all(isinstance(outcome, EstClient) for outcome in outcomes[:20])
     assert all(isinstance(outcome, EstRefusal) for outcome in outcomes[20:])
     assert sorted(calls) == [b"fleet password", b"guessed wrong"]
+
+
+def test_a_proved_header_is_remembered_exactly_and_for_its_time_only() -> None:
+    header = basic("fleet", "fleet password")
+    proven = ProvenHeaders()
+    assert proven.client(header) is None
+    proven.remember(header, "fleet")
+    assert proven.client(header) == "fleet"
+    assert proven.client(basic("fleet", "fleet passwore")) is None
+    assert proven.client(header + " ") is None
+    assert proven.client("Basic \u00e9t\u00e9") is None  # never proved: not base64
+    brief = ProvenHeaders(seconds=0)
+    brief.remember(header, "fleet")
+    assert brief.client(header) is None
+
+
+def test_a_header_that_proved_a_client_is_not_checked_again_until_the_settings_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same header again costs no password check; another password for the same client
+    is checked (and refused); new settings (a changed password) forget every header."""
+    checked: list[bytes] = []  # each password looked at, remembered or hashed
+    real = ProvenPasswords.tag
+
+    def counted(self: ProvenPasswords, stored: str, password: bytes) -> bytes:
+        checked.append(password)
+        return real(self, stored, password)
+
+    monkeypatch.setattr(ProvenPasswords, "tag", counted)
+    header = basic("fleet", "fleet password")
+    settings = EstSettings(
+        clients={"fleet": ClientEntry(password=hash_password(b"fleet password"))}
+    )
+    policy = Admission(settings)
+    assert authenticate(policy, header).name == "fleet"
+    first = len(checked)
+    for _ in range(3):
+        assert authenticate(policy, header).name == "fleet"
+    assert len(checked) == first
+    with pytest.raises(EstRefusal) as caught:
+        authenticate(policy, basic("fleet", "guessed wrong"))
+    assert caught.value.code == RefusalCode.EST_BAD_CREDENTIALS
+    changed = settings.with_client("fleet", ClientEntry(password=hash_password(b"a new one!!!")))
+    with pytest.raises(EstRefusal) as caught:
+        authenticate(Admission(changed), header)
+    assert caught.value.code == RefusalCode.EST_BAD_CREDENTIALS
 
 
 def test_a_certificate_from_a_listed_issuer_names_its_client(
