@@ -585,6 +585,45 @@ def test_concurrent_enrollments_travel_in_one_queue_message() -> None:
     assert messages == [ids]
 
 
+def run_arriving(settings: ServerSettings, count: int, every: float) -> list[list[str]]:
+    """The queue messages for `count` enrollments arriving one every `every` seconds."""
+    producers: list[RecordingProducer] = []
+
+    def connect(identity: Identity) -> RecordingProducer:
+        producers.append(RecordingProducer(FinishedJobs({})))
+        return producers[-1]
+
+    batcher = Batcher(connect, settings)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        waiting = []
+        for index in range(count):
+            enrollment = batcher.submit(Identity(), request(f"job-{index}"), time.monotonic() + 30)
+            waiting.append(asyncio.ensure_future(enrollment))
+            await asyncio.sleep(every)
+        await asyncio.gather(*waiting)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    return [batch for producer in producers for batch in producer.sent]
+
+
+def test_enrollments_that_keep_arriving_are_gathered_window_after_window() -> None:
+    """Arrivals closer together than the window make one message (the whole wave), not one
+    per window; past `batch_window_max_ms`, the group goes anyway."""
+    wave = ServerSettings(batch_window_ms=150, batch_window_max_ms=5000, lanes=1)
+    assert run_arriving(wave, 12, 0.02) == [[f"job-{index}" for index in range(12)]]
+    bounded = ServerSettings(batch_window_ms=150, batch_window_max_ms=300, lanes=1)
+    messages = run_arriving(bounded, 60, 0.02)
+    assert len(messages) >= 3
+    assert all(len(message) <= 30 for message in messages)  # 300 ms of arrivals and a few
+    assert sorted(job for message in messages for job in message) == sorted(
+        f"job-{index}" for index in range(60)
+    )
+
+
 def test_a_group_never_exceeds_batch_max() -> None:
     settings = ServerSettings(batch_window_ms=200, batch_max=8, lanes=1)
     ids = [f"job-{index}" for index in range(20)]
