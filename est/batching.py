@@ -108,6 +108,7 @@ class _Pool:
     gathering: threading.Lock = field(default_factory=threading.Lock)
     lanes: list[threading.Thread] = field(default_factory=list)
     serving: int = 0  # lanes answering a group now
+    carried: int = 0  # enrollments in the groups they answer
     crowded: bool = True  # the last group had company, or went while another lane served
     counting: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,9 +181,12 @@ class Batcher:
         The lane sleeps through the window and then takes what came, rather than waking for
         each arrival: one thread switch per window, not one per enrollment. While enrollments
         keep coming (clients answered by the last group asking again, say), it waits another
-        window, up to `batch_window_max_ms` in all: one message for the whole wave, where a
-        single window would cut it into several small ones, each costing the worker more per
-        certificate. On an idle service (the last group was one enrollment, and no other lane
+        window, up to `batch_window_max_ms` in all: one message for the wave, where a single
+        window would cut it into several small ones, each costing the worker more per
+        certificate. A group stops growing at its lane's share of the enrollments in hand
+        (those the serving lanes carry and its own), so that the lanes' groups stay about
+        equal and every lane, and so every worker process, keeps signing, rather than one
+        wave gathering everyone while the other lanes idle. On an idle service (the last group was one enrollment, and no other lane
         is answering one) there is no one to wait for: the enrollment goes at once.
         """
         with pool.gathering:
@@ -197,7 +201,15 @@ class Batcher:
                 while True:
                     time.sleep(max(0.0, min(self._window, until - time.monotonic())))
                     arrived = self._take_waiting(pool, group)
-                    if not arrived or len(group) >= self._batch_max or time.monotonic() >= until:
+                    if (
+                        not arrived
+                        or len(group) >= self._batch_max
+                        or (
+                            self._lanes > 1
+                            and len(group) * self._lanes >= pool.carried + len(group)
+                        )
+                        or time.monotonic() >= until
+                    ):
                         break
             pool.crowded = len(group) > 1 or pool.serving > 0
             return group
@@ -226,11 +238,13 @@ class Batcher:
                         producer = self._connect(pool.identity)
                     with pool.counting:
                         pool.serving += 1
+                        pool.carried += len(group)
                     try:
                         served = self._serve(producer, group)
                     finally:
                         with pool.counting:
                             pool.serving -= 1
+                            pool.carried -= len(group)
                     if not served:
                         _close(producer)  # forget the jobs it still waits for
                         producer = None

@@ -624,6 +624,17 @@ def test_enrollments_that_keep_arriving_are_gathered_window_after_window() -> No
     )
 
 
+def test_a_group_stops_at_its_lane_s_share_of_the_enrollments_in_hand() -> None:
+    """With a second lane carrying nothing, the wave is not gathered by one lane alone: the
+    group goes after a window, and the next lane takes what follows."""
+    settings = ServerSettings(batch_window_ms=150, batch_window_max_ms=5000, lanes=2)
+    messages = run_arriving(settings, 12, 0.02)
+    assert len(messages) >= 2
+    assert sorted(job for message in messages for job in message) == sorted(
+        f"job-{index}" for index in range(12)
+    )
+
+
 def test_a_group_never_exceeds_batch_max() -> None:
     settings = ServerSettings(batch_window_ms=200, batch_max=8, lanes=1)
     ids = [f"job-{index}" for index in range(20)]
