@@ -335,6 +335,8 @@ class _ValidatedIssuer:
     def of(cls, path: list[x509.Certificate], chain_pem: str) -> _ValidatedIssuer | None:
         """From a validated path (the certificate first, the root last)."""
         certificate, links = path[0], path[1:]
+        if not links:  # the certificate is the anchor itself: nothing above it to keep
+            return None
         for link in links:
             try:
                 link.extensions.get_extension_for_class(x509.NameConstraints)

@@ -1753,6 +1753,25 @@ def test_later_certificates_of_a_validated_issuer_skip_the_path_until_it_expires
     assert _certificates(check.chain_pem() or "") == _certificates(ca_folder.chain_pem())
 
 
+def test_an_answer_that_is_the_anchor_itself_is_checked_without_failing(
+    ca_folder: CAFolder, store: ResultsStore
+) -> None:
+    """Path validation takes the anchor itself as a path of one: there is no issuer above it
+    to keep, and the check answers (here: the job was not this producer's request, so its
+    certificate is checked against the anchor only) instead of failing."""
+    store.set_chain(ca_folder.chain_pem())
+    check = ResultCheck(TrustAnchor.parse(ca_folder.root_cert_path), store.chain)
+    root = ca_folder.root_certificate()
+    answer = JobResult(
+        job_id="the-root",
+        status="issued",
+        serial=format_serial(root.serial_number),
+        certificate_pem=root.public_bytes(serialization.Encoding.PEM).decode(),
+    )
+    assert check.check_unrequested(answer) == answer
+    assert check._issuer is None
+
+
 def test_after_a_validated_certificate_another_ca_s_is_still_untrusted(
     ca_folder: CAFolder, authority: SigningAuthority, other_ca: CAFolder, store: ResultsStore
 ) -> None:
