@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from core.errors import ConfigurationError
 from core.errors import RefusalCode as Code
-from est.passwords import ProvenPasswords, check_stored_form
+from est.passwords import ProvenHeaders, ProvenPasswords, check_stored_form
 from est.refusals import EstRefusal
 from est.settings import ClientEntry, EstSettings
 
@@ -112,6 +112,7 @@ class Admission:
     def __init__(self, settings: EstSettings) -> None:
         self.clients = dict(settings.clients)
         self._passwords = PasswordChecks()
+        self._headers = ProvenHeaders()
         self._buckets: dict[str, TokenBucket] = {}
         self._issuers: list[tuple[x509.Certificate, str]] = []
         owner: dict[bytes, str] = {}
@@ -154,6 +155,9 @@ class Admission:
         )
 
     async def _by_password(self, authorization: str) -> EstClient:
+        known = self._headers.client(authorization)
+        if known is not None:
+            return EstClient(known, self.clients[known], "password")
         scheme, _, encoded = authorization.partition(" ")
         if scheme.lower() != "basic" or len(encoded) > _MAX_AUTHORIZATION:
             raise _bad_credentials()
@@ -168,6 +172,7 @@ class Admission:
             raise _bad_credentials()
         if not await self._passwords.check(name, password, entry.password):
             raise _bad_credentials()
+        self._headers.remember(authorization, name)
         return EstClient(name, entry, "password")
 
     def _by_certificate(self, peer: x509.Certificate) -> str | None:

@@ -108,6 +108,7 @@ class _Pool:
     gathering: threading.Lock = field(default_factory=threading.Lock)
     lanes: list[threading.Thread] = field(default_factory=list)
     serving: int = 0  # lanes answering a group now
+    carried: int = 0  # enrollments in the groups they answer
     crowded: bool = True  # the last group had company, or went while another lane served
     counting: threading.Lock = field(default_factory=threading.Lock)
 
@@ -118,6 +119,7 @@ class Batcher:
     def __init__(self, connect: ProducerFactory, settings: ServerSettings) -> None:
         self._connect = connect
         self._window = settings.batch_window_ms / 1000
+        self._window_max = settings.batch_window_max_ms / 1000
         self._batch_max = settings.batch_max
         self._lanes = settings.lanes
         self._pools: dict[Identity, _Pool] = {}
@@ -177,28 +179,55 @@ class Batcher:
         """The next group: the first enrollment waiting, and what arrived within the window.
 
         The lane sleeps through the window and then takes what came, rather than waking for
-        each arrival: one thread switch per group, not one per enrollment. On an idle service
-        (the last group was one enrollment, and no other lane is answering one) there is no
-        one to wait for: the enrollment goes at once, without the window's delay.
+        each arrival: one thread switch per window, not one per enrollment. While enrollments
+        keep coming (clients answered by the last group asking again, say), it waits another
+        window, up to `batch_window_max_ms` in all: one message for the wave, where a single
+        window would cut it into several small ones, each costing the worker more per
+        certificate. A group stops growing at its lane's share of the enrollments in hand
+        (those the serving lanes carry and its own), so that the lanes' groups stay about
+        equal and every lane, and so every worker process, keeps signing, rather than one
+        wave gathering everyone while the other lanes idle. On an idle service (the last group was one enrollment, and no other lane
+        is answering one) there is no one to wait for: the enrollment goes at once.
         """
         with pool.gathering:
             first = pool.inbox.get()
             if first is None:
                 return None
             group = [first]
-            if self._window > 0 and (pool.crowded or pool.serving):
-                time.sleep(self._window)
-            while len(group) < self._batch_max:
-                try:
-                    item = pool.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    pool.inbox.put(None)  # a stop meant for a lane: leave it for one
-                    break
-                group.append(item)
+            if self._window <= 0 or not (pool.crowded or pool.serving):
+                self._take_waiting(pool, group)
+            else:
+                until = time.monotonic() + max(self._window, self._window_max)
+                while True:
+                    time.sleep(max(0.0, min(self._window, until - time.monotonic())))
+                    arrived = self._take_waiting(pool, group)
+                    if (
+                        not arrived
+                        or len(group) >= self._batch_max
+                        or (
+                            self._lanes > 1
+                            and len(group) * self._lanes >= pool.carried + len(group)
+                        )
+                        or time.monotonic() >= until
+                    ):
+                        break
             pool.crowded = len(group) > 1 or pool.serving > 0
             return group
+
+    def _take_waiting(self, pool: _Pool, group: list[_Waiting]) -> int:
+        """Move what waits in the inbox into `group` (never past `batch_max`); how many."""
+        taken = 0
+        while len(group) < self._batch_max:
+            try:
+                item = pool.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                pool.inbox.put(None)  # a stop meant for a lane: leave it for one
+                break
+            group.append(item)
+            taken += 1
+        return taken
 
     def _run_lane(self, pool: _Pool) -> None:
         producer: Producer | None = None
@@ -209,11 +238,13 @@ class Batcher:
                         producer = self._connect(pool.identity)
                     with pool.counting:
                         pool.serving += 1
+                        pool.carried += len(group)
                     try:
                         served = self._serve(producer, group)
                     finally:
                         with pool.counting:
                             pool.serving -= 1
+                            pool.carried -= len(group)
                     if not served:
                         _close(producer)  # forget the jobs it still waits for
                         producer = None

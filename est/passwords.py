@@ -4,6 +4,8 @@ The stored form is `scrypt$LOG2N$R$P$SALT$HASH` (salt and hash in unpadded base6
 slow on purpose (about 50 ms and 32 MiB at the defaults), so a password a client has proved is
 remembered for a few minutes as an HMAC under a key that lives only in this process: a
 keep-alive client sending the same header with every request costs one scrypt, not one each.
+For a minute, the whole header that proved it is remembered the same way (`ProvenHeaders`), so
+such a request costs one keyed hash, not the header's decoding and the HMAC.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ MIN_PASSWORD_BYTES = 12
 _MAX_LOG2_N = 20
 _REMEMBER_SECONDS = 300.0
 _REMEMBERED_MAX = 10_000
+_HEADER_SECONDS = 60.0
 
 
 def _b64(data: bytes) -> str:
@@ -120,3 +123,41 @@ class ProvenPasswords:
                     self._proved.clear()
             self._proved[tag] = now + self._seconds
         return True
+
+
+class ProvenHeaders:
+    """Authorization headers that proved a client lately, by that client's name.
+
+    Each is kept only as a keyed BLAKE2b under a per-process key, for `seconds`: the exact
+    header again is answered with its client, any other header is checked in full. Used from
+    the event loop only; an `Admission` made for new settings starts with none.
+    """
+
+    def __init__(self, seconds: float = _HEADER_SECONDS, limit: int = _REMEMBERED_MAX) -> None:
+        self._key = secrets.token_bytes(32)
+        self._seconds = seconds
+        self._limit = limit
+        self._proved: dict[bytes, tuple[str, float]] = {}
+
+    def _tag(self, header: str) -> bytes:
+        return hashlib.blake2b(header.encode("ascii"), key=self._key, digest_size=32).digest()
+
+    def client(self, header: str) -> str | None:
+        """The client `header` proved lately, else None."""
+        if not header.isascii():  # a Basic header is base64: this one was never proved
+            return None
+        proved = self._proved.get(self._tag(header))
+        if proved is None or proved[1] <= time.monotonic():
+            return None
+        return proved[0]
+
+    def remember(self, header: str, client: str) -> None:
+        """Remember that `header` (whose password was just checked) proved `client`."""
+        if not header.isascii():
+            return
+        now = time.monotonic()
+        if len(self._proved) >= self._limit:
+            self._proved = {tag: held for tag, held in self._proved.items() if held[1] > now}
+            if len(self._proved) >= self._limit:
+                self._proved.clear()
+        self._proved[self._tag(header)] = (client, now + self._seconds)

@@ -366,6 +366,7 @@ class EstService:
 
 _READ_AT_START = (
     "batch_window_ms",
+    "batch_window_max_ms",
     "batch_max",
     "lanes",
     "max_connections",

@@ -6,6 +6,7 @@
     wait_seconds = 10                   # then 202 Accepted with Retry-After
     retry_after_seconds = 5
     batch_window_ms = 5                 # concurrent enrollments gathered into one queue message
+    batch_window_max_ms = 25            # ... window after window while they keep arriving
     batch_max = 250
     lanes = 4                           # queue messages in flight at once, per producer identity
     max_connections = 256
@@ -81,6 +82,7 @@ class ServerSettings(_Table):
     wait_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
     retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
     batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
+    batch_window_max_ms: Annotated[float, Field(ge=0, le=5000)] = 25.0
     batch_max: Annotated[int, Field(ge=1, le=10_000)] = 250
     lanes: Annotated[int, Field(ge=1, le=64)] = 4
     max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256

@@ -7,6 +7,8 @@ certificate, for the key of the CSR the producer sent, under the serial the answ
 valid now, is no CA, and has the extended key usage its profile is for. Path building and signature
 checks are `cryptography`'s (`x509.verification`, with the Web PKI rules for CA certificates).
 The chain a producer hands out (`ca-chain.cert.pem`) is the one a certificate was validated by.
+Once a path is validated, the next certificates its issuer signed are checked by that signature
+and their validity alone (the path above them is the same), while every link is still valid.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
@@ -164,6 +168,7 @@ class ResultCheck:
         self._store_chain = store_chain
         self._offered: _OfferedChain | None = None
         self._validated: str | None = None
+        self._issuer: _ValidatedIssuer | None = None
 
     def check(self, result: JobResult, request: SignRequest) -> JobResult:
         """`result` itself when it is trusted (or not an issued one), else `untrusted(...)`."""
@@ -243,6 +248,9 @@ class ResultCheck:
 
     def _validate_to_anchor(self, certificate: x509.Certificate, anchor: TrustAnchor) -> str:
         """The chain PEM (intermediates, then the root) that takes `certificate` to `anchor`."""
+        issuer = self._issuer
+        if issuer is not None and issuer.signed(certificate):
+            return issuer.chain_pem
         problem = ""
         for fresh in (False, True):
             offered = self._offered_chain(anchor, fresh)
@@ -258,7 +266,9 @@ class ResultCheck:
             except verification.VerificationError as exc:
                 problem = f"it does not chain to the trust anchor {anchor.hex[:16]}... ({exc})"
                 continue
-            return "".join(offered.pem_of(link) for link in verified.chain[1:])
+            chain_pem = "".join(offered.pem_of(link) for link in verified.chain[1:])
+            self._issuer = _ValidatedIssuer.of(verified.chain, chain_pem)
+            return chain_pem
         raise Untrusted(problem)
 
     def _offered_chain(self, anchor: TrustAnchor, fresh: bool) -> _OfferedChain:
@@ -303,6 +313,58 @@ class _OfferedChain:
     def pem_of(self, certificate: x509.Certificate) -> str:
         """The PEM of a certificate of this chain (the verifier hands back these very objects)."""
         return self.pems.get(id(certificate)) or _pem(certificate)
+
+
+@dataclass(frozen=True)
+class _ValidatedIssuer:
+    """The issuer of a certificate that path validation took to the anchor, and that path.
+
+    Another certificate this issuer signed, with the same signature algorithm, has the same path
+    above it: checking its signature and its validity is what validating the path again would
+    add (the issuer's own links were checked and are checked again for validity here). A path
+    with name constraints is not kept: those apply to each certificate's own names.
+    """
+
+    certificate: x509.Certificate
+    chain_pem: str
+    signature_algorithm: ObjectIdentifier
+    valid_from: datetime  # every link of the path is valid from then ...
+    valid_until: datetime  # ... until then
+
+    @classmethod
+    def of(cls, path: list[x509.Certificate], chain_pem: str) -> _ValidatedIssuer | None:
+        """From a validated path (the certificate first, the root last)."""
+        certificate, links = path[0], path[1:]
+        if not links:  # the certificate is the anchor itself: nothing above it to keep
+            return None
+        for link in links:
+            try:
+                link.extensions.get_extension_for_class(x509.NameConstraints)
+            except x509.ExtensionNotFound:
+                continue
+            return None
+        return cls(
+            links[0],
+            chain_pem,
+            certificate.signature_algorithm_oid,
+            max(link.not_valid_before_utc for link in links),
+            min(link.not_valid_after_utc for link in links),
+        )
+
+    def signed(self, certificate: x509.Certificate) -> bool:
+        """Whether this issuer signed `certificate` and both are valid now."""
+        now = datetime.now(UTC)
+        if not self.valid_from <= now <= self.valid_until:
+            return False
+        if certificate.signature_algorithm_oid != self.signature_algorithm:
+            return False
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            return False
+        try:
+            certificate.verify_directly_issued_by(self.certificate)
+        except (InvalidSignature, ValueError, TypeError):
+            return False  # path validation says what is wrong with it
+        return True
 
 
 def _extended_key_usages(certificate: x509.Certificate) -> list[ObjectIdentifier]:

@@ -26,7 +26,7 @@ from est.batching import Batcher, Identity, StillSigning
 from est.csrattrs import csr_attributes, encode_oid
 from est.enrollment import csr_for_key, job_digest, key_like
 from est.labels import LabelProfile
-from est.passwords import ProvenPasswords, hash_password, verify_password
+from est.passwords import ProvenHeaders, ProvenPasswords, hash_password, verify_password
 from est.reenroll import check_same_names, client_of_job, job_id_for
 from est.refusals import EstRefusal, status_for
 from est.settings import (
@@ -338,6 +338,52 @@ def test_concurrent_requests_with_one_password_cost_one_scrypt(
     assert sorted(calls) == [b"fleet password", b"guessed wrong"]
 
 
+def test_a_proved_header_is_remembered_exactly_and_for_its_time_only() -> None:
+    header = basic("fleet", "fleet password")
+    proven = ProvenHeaders()
+    assert proven.client(header) is None
+    proven.remember(header, "fleet")
+    assert proven.client(header) == "fleet"
+    assert proven.client(basic("fleet", "fleet passwore")) is None
+    assert proven.client(header + " ") is None
+    assert proven.client("Basic \u00e9t\u00e9") is None  # never proved: not base64
+    brief = ProvenHeaders(seconds=0)
+    brief.remember(header, "fleet")
+    assert brief.client(header) is None
+
+
+def test_a_header_that_proved_a_client_is_not_checked_again_until_the_settings_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same header again costs no password check; another password for the same client
+    is checked (and refused); new settings (a changed password) forget every header."""
+    checked: list[bytes] = []  # each password looked at, remembered or hashed
+    real = ProvenPasswords.tag
+
+    def counted(self: ProvenPasswords, stored: str, password: bytes) -> bytes:
+        checked.append(password)
+        return real(self, stored, password)
+
+    monkeypatch.setattr(ProvenPasswords, "tag", counted)
+    header = basic("fleet", "fleet password")
+    settings = EstSettings(
+        clients={"fleet": ClientEntry(password=hash_password(b"fleet password"))}
+    )
+    policy = Admission(settings)
+    assert authenticate(policy, header).name == "fleet"
+    first = len(checked)
+    for _ in range(3):
+        assert authenticate(policy, header).name == "fleet"
+    assert len(checked) == first
+    with pytest.raises(EstRefusal) as caught:
+        authenticate(policy, basic("fleet", "guessed wrong"))
+    assert caught.value.code == RefusalCode.EST_BAD_CREDENTIALS
+    changed = settings.with_client("fleet", ClientEntry(password=hash_password(b"a new one!!!")))
+    with pytest.raises(EstRefusal) as caught:
+        authenticate(Admission(changed), header)
+    assert caught.value.code == RefusalCode.EST_BAD_CREDENTIALS
+
+
 def test_a_certificate_from_a_listed_issuer_names_its_client(
     admission: tuple[Admission, Bootstrap],
 ) -> None:
@@ -540,6 +586,56 @@ def test_concurrent_enrollments_travel_in_one_queue_message() -> None:
     assert [outcome.job_id for outcome in outcomes] == ids  # type: ignore[attr-defined]
     messages = [batch for producer in producers for batch in producer.sent]
     assert messages == [ids]
+
+
+def run_arriving(settings: ServerSettings, count: int, every: float) -> list[list[str]]:
+    """The queue messages for `count` enrollments arriving one every `every` seconds."""
+    producers: list[RecordingProducer] = []
+
+    def connect(identity: Identity) -> RecordingProducer:
+        producers.append(RecordingProducer(FinishedJobs({})))
+        return producers[-1]
+
+    batcher = Batcher(connect, settings)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        waiting = []
+        for index in range(count):
+            enrollment = batcher.submit(Identity(), request(f"job-{index}"), time.monotonic() + 30)
+            waiting.append(asyncio.ensure_future(enrollment))
+            await asyncio.sleep(every)
+        await asyncio.gather(*waiting)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    return [batch for producer in producers for batch in producer.sent]
+
+
+def test_enrollments_that_keep_arriving_are_gathered_window_after_window() -> None:
+    """Arrivals closer together than the window make one message (the whole wave), not one
+    per window; past `batch_window_max_ms`, the group goes anyway."""
+    wave = ServerSettings(batch_window_ms=150, batch_window_max_ms=5000, lanes=1)
+    assert run_arriving(wave, 12, 0.02) == [[f"job-{index}" for index in range(12)]]
+    bounded = ServerSettings(batch_window_ms=150, batch_window_max_ms=300, lanes=1)
+    messages = run_arriving(bounded, 60, 0.02)
+    assert len(messages) >= 3
+    assert all(len(message) <= 30 for message in messages)  # 300 ms of arrivals and a few
+    assert sorted(job for message in messages for job in message) == sorted(
+        f"job-{index}" for index in range(60)
+    )
+
+
+def test_a_group_stops_at_its_lane_s_share_of_the_enrollments_in_hand() -> None:
+    """With a second lane carrying nothing, the wave is not gathered by one lane alone: the
+    group goes after a window, and the next lane takes what follows."""
+    settings = ServerSettings(batch_window_ms=150, batch_window_max_ms=5000, lanes=2)
+    messages = run_arriving(settings, 12, 0.02)
+    assert len(messages) >= 2
+    assert sorted(job for message in messages for job in message) == sorted(
+        f"job-{index}" for index in range(12)
+    )
 
 
 def test_a_group_never_exceeds_batch_max() -> None:

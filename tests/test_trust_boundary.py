@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -1730,6 +1730,79 @@ def test_a_fingerprint_anchor_takes_the_root_only_from_a_chain_that_holds_it(
     assert swapped.code == RefusalCode.RESULT_UNTRUSTED and swapped.certificate_pem is None
     check = ResultCheck(anchor, lambda: chains["real"])
     assert check.check(result, wanted) == result
+    assert _certificates(check.chain_pem() or "") == _certificates(ca_folder.chain_pem())
+
+
+def test_later_certificates_of_a_validated_issuer_skip_the_path_until_it_expires(
+    ca_folder: CAFolder,
+    authority: SigningAuthority,
+    store: ResultsStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a path is validated, the next certificate its issuer signed is checked by that
+    signature; once the clock is past the path's end, the path is validated again."""
+    check = ResultCheck(TrustAnchor.parse(ca_folder.root_cert_path), store.chain)
+    answers = []
+    for name in ("first", "second", "third"):
+        pem = make_csr(f"{name}.example.com")
+        answers.append((_signed_in_store(authority, store, name, pem), job(name, pem)))
+    (first, first_job), (second, second_job), (third, third_job) = answers
+    assert check.check(first, SignRequest.model_validate(first_job)) == first
+    validated: list[bool] = []
+    offered_chain = check._offered_chain
+
+    def counted(anchor: TrustAnchor, fresh: bool) -> object:
+        validated.append(fresh)
+        return offered_chain(anchor, fresh)
+
+    monkeypatch.setattr(check, "_offered_chain", counted)
+    assert check.check(second, SignRequest.model_validate(second_job)) == second
+    assert validated == []
+    later = authority.intermediate.not_valid_after_utc + timedelta(days=1)
+
+    class AfterTheIntermediate(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> AfterTheIntermediate:
+            return cls.fromtimestamp(later.timestamp(), tz)
+
+    monkeypatch.setattr(producers.trust, "datetime", AfterTheIntermediate)
+    assert check.check(third, SignRequest.model_validate(third_job)) == third  # the path's clock
+    assert validated == [False]
+    assert _certificates(check.chain_pem() or "") == _certificates(ca_folder.chain_pem())
+
+
+def test_an_answer_that_is_the_anchor_itself_is_checked_without_failing(
+    ca_folder: CAFolder, store: ResultsStore
+) -> None:
+    """Path validation takes the anchor itself as a path of one: there is no issuer above it
+    to keep, and the check answers (here: the job was not this producer's request, so its
+    certificate is checked against the anchor only) instead of failing."""
+    store.set_chain(ca_folder.chain_pem())
+    check = ResultCheck(TrustAnchor.parse(ca_folder.root_cert_path), store.chain)
+    root = ca_folder.root_certificate()
+    answer = JobResult(
+        job_id="the-root",
+        status="issued",
+        serial=format_serial(root.serial_number),
+        certificate_pem=root.public_bytes(serialization.Encoding.PEM).decode(),
+    )
+    assert check.check_unrequested(answer) == answer
+    assert check._issuer is None
+
+
+def test_after_a_validated_certificate_another_ca_s_is_still_untrusted(
+    ca_folder: CAFolder, authority: SigningAuthority, other_ca: CAFolder, store: ResultsStore
+) -> None:
+    """The issuer of a validated path vouches for what it signed only, not for what the store
+    offers next (here another CA's certificate and chain)."""
+    check = ResultCheck(TrustAnchor.parse(ca_folder.root_cert_path), store.chain)
+    ours_pem = make_csr("ours.example.com")
+    ours = _signed_in_store(authority, store, "ours", ours_pem)
+    assert check.check(ours, SignRequest.model_validate(job("ours", ours_pem))) == ours
+    theirs_pem = make_csr("theirs.example.com")
+    theirs = _signed_in_store(load_authority(other_ca.root), store, "theirs", theirs_pem)
+    answer = check.check(theirs, SignRequest.model_validate(job("theirs", theirs_pem)))
+    assert answer.code == RefusalCode.RESULT_UNTRUSTED and answer.certificate_pem is None
     assert _certificates(check.chain_pem() or "") == _certificates(ca_folder.chain_pem())
 
 
