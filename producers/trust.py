@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from core.errors import ConfigurationError, RefusalCode
 from core.index import format_serial
 from core.messages import JobResult, SignRequest
+from core.signatures import IssuerKey
 
 # The extended key usage a certificate of each built-in profile must carry to be accepted
 # (worker/profiles.py and the OCSP delegate's `ocsp`); other profiles are checked for key,
@@ -325,7 +326,7 @@ class _ValidatedIssuer:
     with name constraints is not kept: those apply to each certificate's own names.
     """
 
-    certificate: x509.Certificate
+    issuer_key: IssuerKey  # the issuer's public key, parsed once
     chain_pem: str
     signature_algorithm: ObjectIdentifier
     valid_from: datetime  # every link of the path is valid from then ...
@@ -344,7 +345,7 @@ class _ValidatedIssuer:
                 continue
             return None
         return cls(
-            links[0],
+            IssuerKey(links[0]),
             chain_pem,
             certificate.signature_algorithm_oid,
             max(link.not_valid_before_utc for link in links),
@@ -361,7 +362,7 @@ class _ValidatedIssuer:
         if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
             return False
         try:
-            certificate.verify_directly_issued_by(self.certificate)
+            self.issuer_key.check(certificate, certificate.tbs_certificate_bytes)
         except (InvalidSignature, ValueError, TypeError):
             return False  # path validation says what is wrong with it
         return True
