@@ -155,7 +155,7 @@ class Admission:
         )
 
     async def _by_password(self, authorization: str) -> EstClient:
-        known = self._headers.client(authorization)
+        known = self._headers.proven_client(authorization)
         if known is not None:
             return EstClient(known, self.clients[known], "password")
         scheme, _, encoded = authorization.partition(" ")

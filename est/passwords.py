@@ -142,7 +142,7 @@ class ProvenHeaders:
     def _tag(self, header: str) -> bytes:
         return hashlib.blake2b(header.encode("ascii"), key=self._key, digest_size=32).digest()
 
-    def client(self, header: str) -> str | None:
+    def proven_client(self, header: str) -> str | None:
         """The client `header` proved lately, else None."""
         if not header.isascii():  # a Basic header is base64: this one was never proved
             return None

@@ -341,15 +341,15 @@ def test_concurrent_requests_with_one_password_cost_one_scrypt(
 def test_a_proved_header_is_remembered_exactly_and_for_its_time_only() -> None:
     header = basic("fleet", "fleet password")
     proven = ProvenHeaders()
-    assert proven.client(header) is None
+    assert proven.proven_client(header) is None
     proven.remember(header, "fleet")
-    assert proven.client(header) == "fleet"
-    assert proven.client(basic("fleet", "fleet passwore")) is None
-    assert proven.client(header + " ") is None
-    assert proven.client("Basic \u00e9t\u00e9") is None  # never proved: not base64
+    assert proven.proven_client(header) == "fleet"
+    assert proven.proven_client(basic("fleet", "fleet passwore")) is None
+    assert proven.proven_client(header + " ") is None
+    assert proven.proven_client("Basic \u00e9t\u00e9") is None  # never proved: not base64
     brief = ProvenHeaders(seconds=0)
     brief.remember(header, "fleet")
-    assert brief.client(header) is None
+    assert brief.proven_client(header) is None
 
 
 def test_a_header_that_proved_a_client_is_not_checked_again_until_the_settings_change(
