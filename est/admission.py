@@ -41,14 +41,15 @@ class EstClient:
     proof: str  # "password" | "certificate"
 
 
-def _load_issuers(path: str, client: str) -> list[x509.Certificate]:
+def load_client_certificates(path: str, client: str, what: str) -> list[x509.Certificate]:
+    """The PEM certificates of `path`, which est.toml lists for `client` as `what` (issuer, key
+    recipient); ConfigurationError naming both when the file cannot be read."""
     try:
-        certificates = x509.load_pem_x509_certificates(Path(path).read_bytes())
+        return x509.load_pem_x509_certificates(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
-            f"EST client {client!r}: cannot read issuer certificates from {path} ({exc})"
+            f"EST client {client!r}: cannot read {what} certificates from {path} ({exc})"
         ) from None
-    return certificates
 
 
 def _bad_credentials() -> EstRefusal:
@@ -120,7 +121,7 @@ class Admission:
             if entry.password is not None:
                 check_stored_form(entry.password)
             for path in entry.issuers:
-                for issuer in _load_issuers(path, name):
+                for issuer in load_client_certificates(path, name, "issuer"):
                     key = issuer.public_bytes(serialization.Encoding.DER)
                     if owner.setdefault(key, name) != name:
                         raise ConfigurationError(

@@ -19,14 +19,13 @@ keyEncipherment or keyAgreement, out of its validity) is refused `est.key_recipi
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 
 from core.errors import ConfigurationError
 from core.errors import RefusalCode as Code
-from est.admission import EstClient
+from est.admission import EstClient, load_client_certificates
 from est.key_envelope import can_seal_to
 from est.refusals import EstRefusal
 from est.settings import EstSettings
@@ -67,12 +66,7 @@ def requested_key_identifier(csr: x509.CertificateSigningRequest) -> bytes | Non
 
 
 def _load_recipients(path: str, client: str) -> list[x509.Certificate]:
-    try:
-        certificates = x509.load_pem_x509_certificates(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"EST client {client!r}: cannot read key recipient certificates from {path} ({exc})"
-        ) from None
+    certificates = load_client_certificates(path, client, "key recipient")
     for certificate in certificates:
         reason = can_seal_to(certificate)
         if reason is not None:
