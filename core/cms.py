@@ -32,13 +32,32 @@ class CMSError(ValueError):
 
 def sign_detached(content: bytes, certificate: x509.Certificate, key: Any) -> bytes:
     """A DER CMS SignedData over `content`, detached, by `key` (the private key of `certificate`)."""
-    digest = hashlib.sha256(content).digest()
+    cert = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
+    signer = signer_info(content, "data", cert, key)
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": "sha256"})],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": [cert],
+            "signer_infos": [signer],
+        }
+    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+
+
+def signer_info(
+    content: bytes, content_type: str, certificate: asn1_x509.Certificate, key: Any
+) -> cms.SignerInfo:
+    """`key`'s SignerInfo (the private key of `certificate`, named by issuer and serial) over
+    `content` of `content_type`: the signed attributes (content type, signing time, message
+    digest; RFC 5652 5.4) and the key's SHA-256 signature of their DER (PKCS#1 v1.5 or ECDSA)."""
     attributes = [
-        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "content_type", "values": [content_type]}),
         cms.CMSAttribute(
             {"type": "signing_time", "values": [cms.Time({"utc_time": datetime.now(UTC)})]}
         ),
-        cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
     ]
     # DER sorts a SET OF by its members' encodings (X.690 11.6), and openssl re-encodes it so.
     attributes.sort(key=lambda attribute: attribute.dump())
@@ -52,14 +71,13 @@ def sign_detached(content: bytes, certificate: x509.Certificate, key: Any) -> by
         algorithm = "sha256_ecdsa"
     else:
         raise TypeError(f"a {type(key).__name__} cannot sign a CMS signature here")
-    cert = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
-    signer = cms.SignerInfo(
+    return cms.SignerInfo(
         {
             "version": "v1",
             "sid": cms.SignerIdentifier(
                 {
                     "issuer_and_serial_number": cms.IssuerAndSerialNumber(
-                        {"issuer": cert.issuer, "serial_number": cert.serial_number}
+                        {"issuer": certificate.issuer, "serial_number": certificate.serial_number}
                     )
                 }
             ),
@@ -69,16 +87,20 @@ def sign_detached(content: bytes, certificate: x509.Certificate, key: Any) -> by
             "signature": signature,
         }
     )
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": "sha256"})],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": [cert],
-            "signer_infos": [signer],
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+
+
+def check_signed_attributes(info: cms.SignerInfo, public_key: object) -> None:
+    """Raise InvalidSignature unless `public_key` made `info`'s SHA-256 signature (PKCS#1 v1.5
+    or ECDSA) of its signed attributes, or TypeError for another kind of key."""
+    # The signed attributes as signed: their DER with the SET tag, not the [0] of SignerInfo.
+    signed_bytes = b"\x31" + info["signed_attrs"].dump()[1:]
+    signature = info["signature"].native
+    if isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, signed_bytes, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        public_key.verify(signature, signed_bytes, ec.ECDSA(hashes.SHA256()))
+    else:
+        raise TypeError(f"a {type(public_key).__name__} key is not supported")
 
 
 def verify_detached(content: bytes, signature_der: bytes, signer: x509.Certificate) -> None:
@@ -102,7 +124,6 @@ def verify_detached(content: bytes, signature_der: bytes, signer: x509.Certifica
             for attribute in signed_attrs
             if attribute["type"].native == "message_digest"
         ]
-        signature = signer_info["signature"].native
         # Strict about the rest too: one certificate, the signer's own, named as the signer.
         signer_der = signer.public_bytes(serialization.Encoding.DER)
         carried = [choice.chosen.dump() for choice in info["content"]["certificates"] or []]
@@ -116,21 +137,18 @@ def verify_detached(content: bytes, signature_der: bytes, signer: x509.Certifica
             or sid["issuer"].dump() != expected.issuer.dump()
         ):
             raise CMSError("it names another signer than the CA")
-        # The signed attributes as signed: their DER with the SET tag, not the [0] of SignerInfo.
-        signed_bytes = b"\x31" + signed_attrs.dump()[1:]
     except CMSError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise CMSError(f"it is not a CMS signature ({type(exc).__name__})") from None
     public_key = signer.public_key()
     try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, signed_bytes, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, signed_bytes, ec.ECDSA(hashes.SHA256()))
-        else:
-            raise CMSError(f"a {type(public_key).__name__} signer is not supported")
+        check_signed_attributes(signer_info, public_key)
     except InvalidSignature:
         raise CMSError("its signature does not verify with the CA's key") from None
+    except TypeError:
+        raise CMSError(f"a {type(public_key).__name__} signer is not supported") from None
+    except (ValueError, KeyError, IndexError) as exc:
+        raise CMSError(f"it is not a CMS signature ({type(exc).__name__})") from None
     if len(digests) != 1 or not hmac.compare_digest(digests[0], hashlib.sha256(content).digest()):
         raise CMSError("the content is not what was signed", content_altered=True)

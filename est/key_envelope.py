@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +36,8 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.padding import PKCS7
 
+from core.cms import check_signed_attributes
+from core.cms import signer_info as cms_signer_info
 from core.errors import ConfigurationError
 
 ASYMMETRIC_KEY_PACKAGE = "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage, RFC 5958 3
@@ -147,33 +148,8 @@ def seal_key(private_key_der: bytes, recipient: x509.Certificate, signer: KeySig
 
 def _signed_data(content: bytes, signer: KeySigner) -> bytes:
     """The DER SignedData (no ContentInfo around it, RFC 5652 5.2) of `content`, a key package."""
-    attributes = [
-        cms.CMSAttribute({"type": "content_type", "values": [ASYMMETRIC_KEY_PACKAGE]}),
-        cms.CMSAttribute(
-            {"type": "signing_time", "values": [cms.Time({"utc_time": datetime.now(UTC)})]}
-        ),
-        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha256(content).digest()]}),
-    ]
-    attributes.sort(key=lambda attribute: attribute.dump())  # DER orders a SET OF (X.690 11.6)
-    signed_attrs = cms.CMSAttributes(attributes)
-    to_sign = signed_attrs.dump()
-    if isinstance(signer.key, rsa.RSAPrivateKey):
-        signature = signer.key.sign(to_sign, padding.PKCS1v15(), hashes.SHA256())
-        algorithm = "sha256_rsa"
-    else:
-        signature = signer.key.sign(to_sign, ec.ECDSA(hashes.SHA256()))
-        algorithm = "sha256_ecdsa"
     certificate = _asn1_certificate(signer.certificate)
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": {"issuer_and_serial_number": _issuer_and_serial(certificate)},
-            "digest_algorithm": {"algorithm": "sha256"},
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": {"algorithm": algorithm},
-            "signature": signature,
-        }
-    )
+    signer_info = cms_signer_info(content, ASYMMETRIC_KEY_PACKAGE, certificate, signer.key)
     signed = cms.SignedData(
         {
             "version": "v3",  # RFC 5652 5.1: eContentType is not id-data
@@ -436,15 +412,10 @@ def _verified_content(signed_der: bytes, server: x509.Certificate) -> bytes:
     if kinds is None or kinds[0].dotted != ASYMMETRIC_KEY_PACKAGE:
         raise SealedKeyError("the signed content type is not that of the key package")
     public_key = server.public_key()
-    signature = signer_info["signature"].native
-    to_verify = b"\x31" + signed_attrs.dump()[1:]  # the SET OF, not the [0] it travels as
     try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, to_verify, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, to_verify, ec.ECDSA(hashes.SHA256()))
-        else:
-            raise SealedKeyError(f"a {type(public_key).__name__} server key is not supported")
+        check_signed_attributes(signer_info, public_key)
+    except TypeError:
+        raise SealedKeyError(f"a {type(public_key).__name__} server key is not supported") from None
     except InvalidSignature:
         raise SealedKeyError("the server's signature on the key package does not verify") from None
     return bytes(content)
