@@ -75,6 +75,10 @@ def start_worker(
     return process
 
 
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
 def signed_by_a_worker(ca_dir: Path, tmp_path: Path, name: str) -> None:
     """`casign submit` of one CSR comes back with a certificate that openssl verifies."""
     csr = openssl_csr(tmp_path, name, f"/CN={name}.example.com")
@@ -93,13 +97,13 @@ def test_the_second_worker_keeps_serving_when_the_first_stops(
     assert _servers_on(embedded.socket_path) == [server]
 
     stop_process_group(first, timeout=30)  # SIGTERM: the worker that started the server
-    assert first.returncode == 0
+    assert first.returncode == 0, _tail(tmp_path / "first.log")
     assert _servers_on(embedded.socket_path) == [server], "the first worker took Redis with it"
     signed_by_a_worker(ca_dir, tmp_path, "after-first")
     assert "Cannot connect" not in (tmp_path / "second.log").read_text(errors="replace")
 
     stop_process_group(second, timeout=30)  # the last user: the server goes with it
-    assert second.returncode == 0
+    assert second.returncode == 0, _tail(tmp_path / "second.log")
     _wait_gone(server)
     assert _servers_on(embedded.socket_path) == []
 

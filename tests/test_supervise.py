@@ -262,3 +262,36 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(word) for word in (task / "children").read_text().split()]
     return found
+
+
+def test_a_second_stop_signal_during_the_first_never_enters_celerys_handler_again(
+    monkeypatch: pytest.MonkeyPatch, stop_notice: StopNotice
+) -> None:
+    """`kill` of the group reaches the worker twice (directly and through the supervisor);
+    the second, delivered inside Celery's dispatch of worker_shutting_down, waited forever on
+    that dispatch's lock."""
+    from celery import signals
+    from celery.apps.worker import install_worker_term_handler
+    from celery.worker import state
+
+    monkeypatch.setattr(state, "should_stop", None)
+    entered: list[int] = []
+
+    def signalled_again(**_: object) -> None:
+        entered.append(1)
+        if len(entered) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before kill returns to Python code
+
+    worker = type("Worker", (), {"hostname": "celery@test"})()
+    previous = signal.getsignal(signal.SIGTERM)
+    signals.worker_shutting_down.connect(signalled_again, weak=False)
+    try:
+        install_worker_term_handler(worker)
+        handler = worker_app.StopSignalHandler(signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, handler)
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signals.worker_shutting_down.disconnect(signalled_again)
+        signal.signal(signal.SIGTERM, previous)
+    assert entered == [1]
+    assert stop_notice.raised and state.should_stop == 0

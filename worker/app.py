@@ -18,12 +18,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from celery import Celery, platforms, signals
 from celery.apps.worker import Worker as CeleryWorker
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.platforms import EX_FAILURE
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.platforms import EX_FAILURE, EX_OK
 from kombu.utils.objects import cached_property
 
 from core.errors import SigningError
@@ -144,8 +146,9 @@ class ExitingWorker(CeleryWorker):
         super().on_start()
         watch_shutdown(STOP)
         self._follow_producers()
-        if not issubclass(getattr(self, "pool_cls", PreforkPool), PreforkPool):
-            # Nothing forks (--pool solo, threads): this process signs, so it opens the key.
+        if not issubclass(getattr(self, "pool_cls", PreforkPool), (PreforkPool, SoloPool)):
+            # A pool that sends no worker_process_init (threads): this process signs, so it
+            # opens the key. Prefork's children and the solo pool's constructor send it.
             _open_and_recover(signer_process())
 
     def _follow_producers(self) -> None:
@@ -169,6 +172,8 @@ class ExitingWorker(CeleryWorker):
         # Celery's own handler would exec the whole worker afresh.
         super().install_platform_tweaks(worker)
         platforms.signals["SIGHUP"] = _reload_on_hangup
+        for name in STOP_SIGNAL_NAMES:
+            platforms.signals[name] = StopSignalHandler(platforms.signals[name])
 
     def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
         STOP.raise_(failed=exitcode == EX_FAILURE)
@@ -177,6 +182,44 @@ class ExitingWorker(CeleryWorker):
     def terminate(self, in_sighandler: bool = False) -> None:
         STOP.raise_()
         super().terminate(in_sighandler=in_sighandler)
+
+
+STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGQUIT")
+
+
+class StopSignalHandler:
+    """Celery's handler for a stop signal, raising STOP first and never entered twice at once.
+
+    Celery's handler sends worker_shutting_down, whose dispatch holds a lock; a second stop
+    signal arriving while the first is dispatched (`kill` of the whole process group reaches
+    the worker directly and again through `casign worker`'s supervisor) entered it again on
+    the same thread and waited on that lock forever. The repeat only sets Celery's flag.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self._handling = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        STOP.raise_()  # a page write: the watchdog's deadline runs whatever Celery does next
+        if self._handling:
+            _set_shutdown_flag(signum)
+            return
+        self._handling = True
+        try:
+            if callable(self.handler):
+                self.handler(signum, frame)
+        finally:
+            self._handling = False
+
+
+def _set_shutdown_flag(signum: int) -> None:
+    from celery.worker import state
+
+    if signum == signal.SIGQUIT:
+        setattr(state, "should_terminate", EX_FAILURE)  # noqa: B010 (typed None in the stubs)
+    elif state.should_stop is None:
+        setattr(state, "should_stop", EX_OK)  # noqa: B010
 
 
 class CasignCelery(Celery):
