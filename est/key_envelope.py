@@ -12,6 +12,9 @@ The recipient's key decides how the content key travels: an RSA key by key trans
 RSAES-OAEP, SHA-256 and MGF1-SHA-256 (RFC 8017, RFC 4055); an EC key (P-256, P-384, P-521) by
 one-pass ECDH with the X9.63 KDF and AES-256 key wrap (RFC 5753, RFC 3394). The recipient is
 named by issuer and serial, which every CMS reader matches. `openssl cms -decrypt` opens both.
+A secret the client and server share (RFC 7030 4.4.1.1) wraps the content key itself, in a
+KEKRecipientInfo named by the secret's identifier, with AES key wrap of the secret's size
+(RFC 5652 6.2.3, RFC 3565 2.3.2); `openssl cms -decrypt -secretkey -secretkeyid` opens that.
 The client's side opens these, and what `openssl cms -sign | openssl cms -encrypt` makes of a
 key package (RSA PKCS#1 v1.5, ECDH with the SHA-1 KDF, the signed ContentInfo as id-data).
 """
@@ -21,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,6 +62,8 @@ _CONTENT_KEY_BYTES = 32  # AES-256, for the content and for the ECDH key-encrypt
 _AES_BLOCK = 16
 _OID_TAG = b"\x06"
 _WRAP_KEY_BYTES = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
+_WRAP_OF_SIZE = {size: name for name, size in _WRAP_KEY_BYTES.items()}
+MAX_SECRET_IDENTIFIER_BYTES = 64  # kekid.keyIdentifier: no bound in RFC 5652; room enough
 _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha256": hashes.SHA256,
@@ -69,6 +75,25 @@ _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 class SealedKeyError(ValueError):
     """A sealed key that cannot be opened: not for this key, not signed by the server, or
     not of the form RFC 7030 4.4.2 gives."""
+
+
+@dataclass(frozen=True)
+class KeyEncryptionKey:
+    """A symmetric secret shared with a client (RFC 7030 4.4.1.1), named by `identifier`:
+    16, 24 or 32 octets, for AES-128, -192 or -256 key wrap (RFC 3394)."""
+
+    identifier: bytes
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) not in _WRAP_OF_SIZE:
+            raise ValueError(
+                f"a key-encryption secret is 16, 24 or 32 octets, not {len(self.secret)}"
+            )
+        if not 0 < len(self.identifier) <= MAX_SECRET_IDENTIFIER_BYTES:
+            raise ValueError(
+                f"a key-encryption secret's identifier is 1 to {MAX_SECRET_IDENTIFIER_BYTES} octets"
+            )
 
 
 @dataclass(frozen=True)
@@ -122,9 +147,12 @@ def can_seal_to(certificate: x509.Certificate) -> str | None:
 # --- sealing (the server) ----------------------------------------------------------------------
 
 
-def seal_key(private_key_der: bytes, recipient: x509.Certificate, signer: KeySigner) -> bytes:
-    """The DER ContentInfo of an EnvelopedData to `recipient` holding the SignedData (by
-    `signer`) of the AsymmetricKeyPackage of `private_key_der` (PKCS#8, a OneAsymmetricKey v1)."""
+def seal_key(
+    private_key_der: bytes, recipient: x509.Certificate | KeyEncryptionKey, signer: KeySigner
+) -> bytes:
+    """The DER ContentInfo of an EnvelopedData to `recipient` (a certificate, or a shared
+    secret) holding the SignedData (by `signer`) of the AsymmetricKeyPackage of
+    `private_key_der` (PKCS#8, a OneAsymmetricKey v1)."""
     package = core.SequenceOf(spec=core.Any)
     package.append(core.Any.load(private_key_der))
     signed_data = _signed_data(package.dump(), signer)
@@ -132,7 +160,7 @@ def seal_key(private_key_der: bytes, recipient: x509.Certificate, signer: KeySig
     recipient_info = _recipient_info(content_key, recipient)
     enveloped = cms.EnvelopedData(
         {
-            # RFC 5652 6.1: v0 with key transport alone, v2 once key agreement is among them.
+            # RFC 5652 6.1: v0 with key transport alone, v2 with key agreement or a KEK (v4).
             "version": "v0" if recipient_info.name == "ktri" else "v2",
             "recipient_infos": [recipient_info],
             "encrypted_content_info": {
@@ -165,7 +193,11 @@ def _signed_data(content: bytes, signer: KeySigner) -> bytes:
     return bytes(signed.dump())
 
 
-def _recipient_info(content_key: bytes, recipient: x509.Certificate) -> cms.RecipientInfo:
+def _recipient_info(
+    content_key: bytes, recipient: x509.Certificate | KeyEncryptionKey
+) -> cms.RecipientInfo:
+    if isinstance(recipient, KeyEncryptionKey):
+        return cms.RecipientInfo(name="kekri", value=_kek_recipient_info(content_key, recipient))
     public_key = recipient.public_key()
     rid = _issuer_and_serial(_asn1_certificate(recipient))
     if isinstance(public_key, rsa.RSAPublicKey):
@@ -229,6 +261,19 @@ def _key_agreement(
     )
 
 
+def _kek_recipient_info(content_key: bytes, kek: KeyEncryptionKey) -> cms.KEKRecipientInfo:
+    """RFC 5652 6.2.3: the content key wrapped under the shared secret, named by its identifier;
+    the wrap's parameters absent (RFC 3565 2.3.2)."""
+    return cms.KEKRecipientInfo(
+        {
+            "version": "v4",
+            "kekid": {"key_identifier": kek.identifier},
+            "key_encryption_algorithm": {"algorithm": _WRAP_OF_SIZE[len(kek.secret)]},
+            "encrypted_key": aes_key_wrap(kek.secret, content_key),
+        }
+    )
+
+
 class _SharedInfo(core.Sequence):  # type: ignore[misc]  # asn1crypto has no type hints
     """ECC-CMS-SharedInfo (RFC 5753 7.2): what the KDF binds the derived key to."""
 
@@ -280,12 +325,28 @@ def open_sealed_key(
 ) -> bytes:
     """The PKCS#8 DER of the key in `sealed_der`, decrypted with `recipient_key` and signed
     by `server` (the certificate the EST server showed in TLS); SealedKeyError if not."""
+    return _opened(sealed_der, lambda infos: _content_key(infos, recipient, recipient_key), server)
+
+
+def open_key_sealed_with_secret(
+    sealed_der: bytes, kek: KeyEncryptionKey, server: x509.Certificate
+) -> bytes:
+    """The PKCS#8 DER of the key in `sealed_der`, unwrapped with the shared secret `kek`
+    (RFC 7030 4.4.1.1) and signed by `server`; SealedKeyError if not."""
+    return _opened(sealed_der, lambda infos: _unwrapped_content_key(infos, kek), server)
+
+
+def _opened(
+    sealed_der: bytes, content_key_of: Callable[[Any], bytes], server: x509.Certificate
+) -> bytes:
+    """The key in `sealed_der`, whose content key `content_key_of` finds among its
+    RecipientInfos, in a key package `server` signed."""
     try:
         info = cms.ContentInfo.load(sealed_der, strict=True)
         if info["content_type"].native != "enveloped_data":
             raise SealedKeyError("the sealed key is not a CMS EnvelopedData")
         enveloped = info["content"]
-        content_key = _content_key(enveloped["recipient_infos"], recipient, recipient_key)
+        content_key = content_key_of(enveloped["recipient_infos"])
         encrypted = enveloped["encrypted_content_info"]
         # id-data too: `openssl cms -encrypt` of a signed ContentInfo says data, not signedData.
         if encrypted["content_type"].dotted not in (_SIGNED_DATA, _DATA):
@@ -337,6 +398,26 @@ def _content_key(
                         raise SealedKeyError("the key was sent by ECDH to a key that is not EC")
                     return _agreed_content_key(info, encrypted, recipient_key)
     raise SealedKeyError("the sealed key is not for this certificate")
+
+
+def _unwrapped_content_key(recipient_infos: Any, kek: KeyEncryptionKey) -> bytes:
+    for choice in recipient_infos:
+        if choice.name != "kekri":
+            continue
+        info = choice.chosen
+        if info["kekid"]["key_identifier"].native != kek.identifier:
+            continue
+        wrap = info["key_encryption_algorithm"]["algorithm"]
+        if _WRAP_KEY_BYTES.get(wrap.native) != len(kek.secret):
+            raise SealedKeyError(
+                f"the key is wrapped by {wrap.dotted}, which does not fit a secret of "
+                f"{len(kek.secret)} octets"
+            )
+        try:
+            return aes_key_unwrap(kek.secret, info["encrypted_key"].native)
+        except InvalidUnwrap:
+            raise SealedKeyError("the secret does not unwrap the content key") from None
+    raise SealedKeyError(f"the sealed key is not for the secret {kek.identifier.hex()}")
 
 
 def _rsa_padding(algorithm: cms.KeyEncryptionAlgorithm) -> padding.AsymmetricPadding:
