@@ -106,6 +106,9 @@ class RefusalCode(StrEnum):
     # server may seal this client's key to, or one whose key cannot receive it.
     EST_KEY_RECIPIENT_UNKNOWN = "est.key_recipient_unknown"
     EST_KEY_RECIPIENT_UNUSABLE = "est.key_recipient_unusable"
+    # RFC 7030 4.4.1.1 and 4.4.1.2: the CSR names both a shared secret (DecryptKeyIdentifier) and
+    # a certificate (AsymmetricDecryptKeyIdentifier) to seal its key to; one key, one way.
+    EST_KEY_RECIPIENT_AMBIGUOUS = "est.key_recipient_ambiguous"
 
 
 class SigningError(Exception):

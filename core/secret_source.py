@@ -1,7 +1,8 @@
 """Reading a secret from where configuration says it is: `file:PATH` or `env:VARIABLE`.
 
 A secret file must be private to its owner, as ssh demands of a private key: one that its
-group or others may read (or write) is refused, naming the path. An empty secret is refused
+group or others may read (or write) is refused, naming the path; where the caller asks, one that
+another user owns is refused too (that user could open it to anyone). An empty secret is refused
 too: an empty passphrase would otherwise leave a key unencrypted, an empty PIN log nobody in.
 """
 
@@ -17,18 +18,24 @@ from core.errors import ConfigurationError
 _SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
-def read_secret_file(path: Path, what: str) -> str:
+def read_secret_file(path: Path, what: str, *, owned: bool = False) -> str:
     """The text of a secret file private to its owner; its trailing line break removed.
 
     Refused, naming the path: a file its group or others may access, an unreadable one, an
-    empty one.
+    empty one; with `owned`, one this process's user does not own.
     """
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the {what} file {str(path)!r} ({exc.strerror})"
         ) from None
+    mode = status.st_mode
+    if owned and status.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"the {what} file {str(path)!r} is owned by uid {status.st_uid}, not by this "
+            f"process's user (uid {os.geteuid()}); chown it to the user that runs casign"
+        )
     if mode & _SHARED_BITS:
         raise ConfigurationError(
             f"the {what} file {str(path)!r} is mode {stat.S_IMODE(mode):04o}, open to its group "

@@ -21,7 +21,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.x509.name import _ASN1Type
 
 from core.errors import ConfigurationError
 from core.errors import RefusalCode as Code
@@ -29,6 +28,7 @@ from est.admission import EstClient, load_client_certificates
 from est.key_envelope import can_seal_to
 from est.refusals import EstRefusal
 from est.settings import EstSettings
+from est.wire import octet_string_attribute
 
 ASYMMETRIC_DECRYPT_KEY_ID = x509.ObjectIdentifier("1.2.840.113549.1.9.16.2.54")
 _MAX_IDENTIFIER_BYTES = 64  # RFC 5280 4.2.1.2 identifiers are 20 bytes; room for others
@@ -46,23 +46,12 @@ def key_identifier(certificate: x509.Certificate) -> bytes:
 
 def requested_key_identifier(csr: x509.CertificateSigningRequest) -> bytes | None:
     """The key identifier the CSR's AsymmetricDecryptKeyIdentifier names, or None without one."""
-    try:
-        attribute = csr.attributes.get_attribute_for_oid(ASYMMETRIC_DECRYPT_KEY_ID)
-    except x509.AttributeNotFound:
-        return None
-    except ValueError:  # an attribute with several values, which cryptography does not read
-        attribute = None
-    if (
-        attribute is None
-        or attribute._type != _ASN1Type.OctetString.value
-        or not 0 < len(attribute.value) <= _MAX_IDENTIFIER_BYTES
-    ):
-        raise EstRefusal(
-            Code.CSR_MALFORMED,
-            "the CSR's AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2) is not one OCTET STRING "
-            f"of 1 to {_MAX_IDENTIFIER_BYTES} bytes",
-        )
-    return attribute.value
+    return octet_string_attribute(
+        csr,
+        ASYMMETRIC_DECRYPT_KEY_ID,
+        "AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2)",
+        _MAX_IDENTIFIER_BYTES,
+    )
 
 
 def _load_recipients(path: str, client: str) -> list[x509.Certificate]:

@@ -32,6 +32,7 @@ _STATUS: dict[str, int] = {
     Code.EST_CHANNEL_BINDING_UNAVAILABLE: 403,
     Code.EST_KEY_RECIPIENT_UNKNOWN: 403,
     Code.EST_KEY_RECIPIENT_UNUSABLE: 400,
+    Code.EST_KEY_RECIPIENT_AMBIGUOUS: 400,
     # The store answered with a certificate that fails the trust-anchor check: never served.
     Code.RESULT_UNTRUSTED: 502,
     # The signer refused this server's own producer identity: the operator's to fix.

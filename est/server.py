@@ -10,7 +10,9 @@
 
 serverkeygen's key is PKCS#8 (encrypted under the client's passphrase, if it has one), or, when
 the CSR carries an AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2), sealed to the certificate
-it names and signed by this server (`est.key_recipients`, `est.key_envelope`).
+it names and signed by this server (`est.key_recipients`, `est.key_envelope`); when it carries a
+DecryptKeyIdentifier (4.4.1.1), the same but wrapped under the shared secret it names
+(`est.key_secrets`).
 
 A refusal is `text/plain` `CODE: sentence` with its status (see `est.refusals`); a job still
 signing after `wait_seconds` is `202 Accepted` with `Retry-After`.
@@ -45,8 +47,9 @@ from est.batching import Batcher, Identity
 from est.binding import check_channel_binding
 from est.csrattrs import csr_attributes
 from est.enrollment import Enrollments, StillPending, identity_of
-from est.key_envelope import KeySigner, seal_key
+from est.key_envelope import KeyEncryptionKey, KeySigner, seal_key
 from est.key_recipients import KeyRecipients, requested_key_identifier
+from est.key_secrets import KeySecrets, requested_secret_identifier
 from est.labels import LabelCatalog
 from est.reenroll import check_same_names, current_certificate, enrolling_client
 from est.refusals import EstRefusal
@@ -203,6 +206,7 @@ class EstService:
         self.tls: ServerTls | None = None
         self.key_signer: KeySigner | None = None  # loaded with the TLS key (run_server)
         self.key_recipients = KeyRecipients(settings)
+        self.key_secrets = KeySecrets(settings)
         self.enrollments = Enrollments(batcher, settings.server)
         self._cacerts = certs_only(chain)
         self._csrattrs = _csrattrs_of(catalog)
@@ -225,6 +229,7 @@ class EstService:
             catalog = LabelCatalog.load(self.ca_root, settings.server)
         csrattrs = _csrattrs_of(catalog)
         key_recipients, key_signer = KeyRecipients(settings), self.key_signer
+        key_secrets = KeySecrets(settings)
         if self.tls is not None:
             key_signer = KeySigner.load(self.tls.cert_path, self.tls.key_path)
             self.tls.replace([self.intermediate, *admission.issuer_certificates])
@@ -237,6 +242,7 @@ class EstService:
             log.warning("est.toml: %s change(s) at the next restart", ", ".join(at_start))
         self.settings, self.admission, self.catalog = settings, admission, catalog
         self.key_recipients, self.key_signer = key_recipients, key_signer
+        self.key_secrets = key_secrets
         self._csrattrs = csrattrs
         self.enrollments.settings = settings.server
 
@@ -286,10 +292,7 @@ class EstService:
     ) -> web.StreamResponse:
         """RFC 7030 4.4: the key made here, sealed when the CSR asks and its recipient may
         have it (checked before anything is signed), then the certificate."""
-        identifier = requested_key_identifier(csr)
-        recipient = None
-        if identifier is not None:
-            recipient = self.key_recipients.choose(client, identifier, peer)
+        recipient = self._key_recipient(client, csr, peer)
         key, certificate = await self.enrollments.serverkeygen(client, label, csr)
         if recipient is not None:
             signer = self.key_signer
@@ -297,7 +300,7 @@ class EstService:
                 raise EstRefusal(
                     Code.EST_UNAVAILABLE, "this server has no key to sign sealed keys with yet"
                 )
-            # A sealed key needs no passphrase: only the recipient's key opens it.
+            # A sealed key needs no passphrase: only the recipient's key, or the secret, opens it.
             sealed = await asyncio.to_thread(seal_key, private_key_pkcs8(key), recipient, signer)
             body, content_type = serverkeygen_body(sealed, certificate, SERVER_GENERATED_KEY_TYPE)
         else:
@@ -309,6 +312,28 @@ class EstService:
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
+
+    def _key_recipient(
+        self,
+        client: EstClient,
+        csr: x509.CertificateSigningRequest,
+        peer: x509.Certificate | None,
+    ) -> x509.Certificate | KeyEncryptionKey | None:
+        """What the CSR asks its key sealed to, a certificate (RFC 7030 4.4.1.2) or a shared
+        secret (4.4.1.1), if `client` may have it so; None when it asks for neither."""
+        key_identifier = requested_key_identifier(csr)
+        secret_identifier = requested_secret_identifier(csr)
+        if key_identifier is not None and secret_identifier is not None:
+            raise EstRefusal(
+                Code.EST_KEY_RECIPIENT_AMBIGUOUS,
+                "the CSR names both a certificate (AsymmetricDecryptKeyIdentifier) and a shared "
+                "secret (DecryptKeyIdentifier) to seal its key to; name one",
+            )
+        if secret_identifier is not None:
+            return self.key_secrets.choose(client, secret_identifier)
+        if key_identifier is not None:
+            return self.key_recipients.choose(client, key_identifier, peer)
+        return None
 
     async def _reenroll(
         self,

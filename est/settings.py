@@ -24,6 +24,7 @@
     burst = 20
     key_passphrase = "file:/run/secrets/router-fleet-key"  # serverkeygen keys encrypted under it
     key_recipients = ["/etc/casign/fleet-keys.pem"]  # certificates its keys may be sealed to
+    key_secrets = [{ id = "0a1b2c3d", file = "/etc/casign/fleet-kek.hex" }]  # shared AES secrets
     channel_binding = false             # the CSR's challengePassword must bind the TLS session
     revoke_superseded = true            # overrides [server] for this client's re-enrollments
 
@@ -91,6 +92,14 @@ class ServerSettings(_Table):
     revoke_superseded: bool = False
 
 
+class KeySecretFile(_Table):
+    """One shared key-encryption secret: its identifier (hex, as the CSR's DecryptKeyIdentifier
+    carries it) and the file that holds it."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){1,64}$")]
+    file: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 class ClientEntry(_Table):
     """One EST client: how it proves who it is, whose producer identity it uses, its limits."""
 
@@ -106,6 +115,9 @@ class ClientEntry(_Table):
     # RFC 7030 4.4.1.2: PEM files of certificates a CSR may name to have its key sealed to
     # (besides the connection's own TLS client certificate); see est.key_recipients.
     key_recipients: list[str] = []
+    # RFC 7030 4.4.1.1: symmetric secrets a CSR may name (by id) to have its key wrapped under;
+    # each file holds the secret in hex, never this file (see est.key_secrets).
+    key_secrets: list[KeySecretFile] = []
     channel_binding: bool = False  # RFC 7030 3.5
     revoke_superseded: bool | None = None  # default: the [server] table's
 
@@ -117,6 +129,9 @@ class ClientEntry(_Table):
             raise ValueError("producer and secret go together")
         if self.burst is not None and self.rate_per_second is None:
             raise ValueError("burst needs rate_per_second")
+        identifiers = [bytes.fromhex(secret.id) for secret in self.key_secrets]
+        if len(set(identifiers)) != len(identifiers):
+            raise ValueError("two key_secrets have the same id")
         return self
 
 
@@ -167,6 +182,10 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)  # a JSON string is a TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table; its keys are the models' bare field names
+        return (
+            "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+        )
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 

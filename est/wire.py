@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.name import _ASN1Type
 
 from core.errors import RefusalCode as Code
 from est.refusals import EstRefusal
@@ -71,6 +72,29 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     except Exception:  # ValueError, or an unsupported key or attribute the parser names
         raise EstRefusal(Code.CSR_MALFORMED, "the body's DER is not a PKCS#10 CSR") from None
     return csr
+
+
+def octet_string_attribute(
+    csr: x509.CertificateSigningRequest, oid: x509.ObjectIdentifier, name: str, max_bytes: int
+) -> bytes | None:
+    """The value of the CSR's attribute `oid`, which must be one OCTET STRING of 1 to
+    `max_bytes` bytes (`csr.malformed` naming `name` if not), or None without that attribute."""
+    try:
+        attribute = csr.attributes.get_attribute_for_oid(oid)
+    except x509.AttributeNotFound:
+        return None
+    except ValueError:  # an attribute with several values, which cryptography does not read
+        attribute = None
+    if (
+        attribute is None
+        or attribute._type != _ASN1Type.OctetString.value
+        or not 0 < len(attribute.value) <= max_bytes
+    ):
+        raise EstRefusal(
+            Code.CSR_MALFORMED,
+            f"the CSR's {name} is not one OCTET STRING of 1 to {max_bytes} bytes",
+        )
+    return attribute.value
 
 
 def csr_to_pem(der: bytes) -> str:
