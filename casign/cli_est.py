@@ -239,6 +239,15 @@ def est_client() -> None:
     help="serverkeygen: a PEM file of certificates its CSRs may name to have their key sealed "
     "to (RFC 7030 4.4.1.2), besides its TLS client certificate; repeatable.",
 )
+@click.option(
+    "--key-secret",
+    "key_secrets",
+    multiple=True,
+    metavar="ID=FILE",
+    help="serverkeygen: a shared AES secret (hex in FILE, owned by the server's user, mode "
+    "0600 or 0400) its CSRs may name by the hex identifier ID to have their key wrapped under "
+    "(RFC 7030 4.4.1.1); repeatable.",
+)
 @click.option("--replace", is_flag=True, help="Replace a client of the same name.")
 def est_client_add(
     ca: Path | None,
@@ -254,6 +263,7 @@ def est_client_add(
     channel_binding: bool,
     revoke_superseded: bool | None,
     key_recipients: tuple[Path, ...],
+    key_secrets: tuple[str, ...],
     replace: bool,
 ) -> None:
     """Let NAME enroll, with a password (HTTP Basic) or certificates from --issuer."""
@@ -283,6 +293,7 @@ def est_client_add(
             channel_binding=channel_binding,
             revoke_superseded=revoke_superseded,
             key_recipients=[str(path.absolute()) for path in key_recipients],
+            key_secrets=[_key_secret_listing(name, given) for given in key_secrets],
         )
         updated = EstSettings.model_validate(settings.with_client(name, entry).model_dump())
     except ValidationError as exc:
@@ -294,6 +305,27 @@ def est_client_add(
         what for what, given in (("a password", password), ("certificates", issuers)) if given
     )
     click.echo(f"EST client {name!r} added ({how}) to {path}")
+
+
+def _key_secret_listing(client: str, given: str) -> Any:
+    """The est.toml entry of `--key-secret ID=FILE`, once FILE holds a secret the server can
+    use (read here as the server will read it; the secret itself goes nowhere)."""
+    from core.errors import ConfigurationError
+    from est.key_secrets import load_key_encryption_key
+    from est.settings import KeySecretFile
+
+    identifier, equals, file = given.partition("=")
+    try:
+        if not equals or not file:
+            raise ValueError("it is not ID=FILE")
+        secret_id = bytes.fromhex(identifier)
+        path = Path(file).absolute()
+        load_key_encryption_key(path, secret_id, f"key secret {identifier} of {client!r}")
+    except ValueError as exc:
+        fail(f"--key-secret {given}: {exc} (the identifier is hex)")
+    except ConfigurationError as exc:
+        fail(f"--key-secret: {exc}")
+    return KeySecretFile(id=identifier.lower(), file=str(path))
 
 
 @est_client.command("remove")
@@ -423,6 +455,12 @@ def _passphrase(passphrase_file: Path | None) -> str | None:
     "--recipient-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
     default=None, help="... and its key.",
 )  # fmt: skip
+@click.option(
+    "--secret-key-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None, help="Or have the key wrapped under the AES secret (hex) in this file, one "
+    "the server lists for this client (RFC 7030 4.4.1.1) ...",
+)  # fmt: skip
+@click.option("--secret-key-id", default=None, metavar="HEX", help="... named by this identifier.")
 @click.option("--user", default=None, help="HTTP Basic user name.")
 @click.option(
     "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None
@@ -453,6 +491,8 @@ def est_enroll(
     seal_key: bool,
     recipient: Path | None,
     recipient_key: Path | None,
+    secret_key_file: Path | None,
+    secret_key_id: str | None,
     user: str | None,
     password_file: Path | None,
     cert: Path | None,
@@ -462,6 +502,7 @@ def est_enroll(
 ) -> None:
     """Enroll over EST: write NAME.key.pem, NAME.cert.pem and ca-chain.cert.pem to --out."""
     from est.client import build_csr, load_pkcs8
+    from est.key_envelope import KeyEncryptionKey
 
     name = _file_name(common_name)
     key_path, cert_path = out / f"{name}.key.pem", out / f"{name}.cert.pem"
@@ -471,13 +512,21 @@ def est_enroll(
     session = _session(
         server, cacert, label, timeout, username=user, password=password, certificate=cert, key=key
     )
-    sealed_to = _key_recipient(serverkeygen, seal_key, recipient, recipient_key, cert, key)
+    sealed_to: Any
+    if secret_key_file is not None or secret_key_id is not None:
+        if recipient is not None:
+            fail("--recipient and --secret-key-file are two ways to seal the key: give one")
+        sealed_to = _key_secret(serverkeygen, seal_key, secret_key_file, secret_key_id)
+    else:
+        sealed_to = _key_recipient(serverkeygen, seal_key, recipient, recipient_key, cert, key)
     own_key = KeyType(key_type).generate()
+    by_secret = isinstance(sealed_to, KeyEncryptionKey)
     csr = build_csr(
         own_key,
         common_name,
         split_sans(san),
-        sealed_to.certificate if sealed_to is not None else None,
+        sealed_to.certificate if sealed_to is not None and not by_secret else None,
+        sealed_to.identifier if by_secret else None,
     )
     if serverkeygen:
         key_der, certificate = _run(lambda: session.serverkeygen(csr, sealed_to))
@@ -488,7 +537,8 @@ def est_enroll(
     write_private_key(key_path, new_key, _passphrase(passphrase_file))
     write_file_atomically(cert_path, _pem(certificate), CERT_MODE)
     chain_path = _write_chain(out, session)
-    made = " (made by the server" + (", sealed to its recipient)" if sealed_to else ")")
+    sealed_how = ", sealed under its secret" if by_secret else ", sealed to its recipient"
+    made = " (made by the server" + (sealed_how if sealed_to else "") + ")"
     click.echo(f"key:         {key_path}" + (made if serverkeygen else ""))
     click.echo(f"certificate: {cert_path} (serial {certificate.serial_number:X})")
     click.echo(f"chain:       {chain_path}")
@@ -522,6 +572,27 @@ def _key_recipient(
         return load_recipient(recipient, recipient_key)
     except (OSError, ValueError, IndexError) as exc:
         fail(f"cannot use {recipient} to seal the key to: {exc}")
+
+
+def _key_secret(
+    serverkeygen: bool, seal_key: bool, secret_key_file: Path | None, secret_key_id: str | None
+) -> Any:
+    """The KeyEncryptionKey --seal-key --secret-key-file F --secret-key-id HEX asks for."""
+    from core.errors import ConfigurationError
+    from est.key_secrets import load_key_encryption_key
+
+    if not (seal_key and serverkeygen):
+        fail("--secret-key-file is for --serverkeygen --seal-key")
+    if secret_key_file is None or secret_key_id is None:
+        fail("--secret-key-file and --secret-key-id go together")
+        return None
+    try:
+        identifier = bytes.fromhex(secret_key_id)
+        return load_key_encryption_key(secret_key_file, identifier, "secret key")
+    except ValueError as exc:
+        fail(f"--secret-key-id {secret_key_id}: {exc} (a hex identifier, 1 to 64 octets)")
+    except ConfigurationError as exc:
+        fail(str(exc))
 
 
 def _password(user: str | None, password_file: Path | None) -> bytes | None:

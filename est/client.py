@@ -2,7 +2,8 @@
 serverkeygen over HTTPS, waiting out `202 Accepted` as `Retry-After` asks.
 
 serverkeygen may ask for the key sealed to a certificate whose key the client holds (RFC 7030
-4.4.1.2); the client then opens it, and takes it only when the server's TLS certificate signed it.
+4.4.1.2), or under a secret it shares with the server (4.4.1.1); the client then opens it, and
+takes it only when the server's TLS certificate signed it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
-from est.key_envelope import SealedKeyError, open_sealed_key
+from est.key_envelope import (
+    KeyEncryptionKey,
+    SealedKeyError,
+    open_key_sealed_with_secret,
+    open_sealed_key,
+)
 from est.key_recipients import ASYMMETRIC_DECRYPT_KEY_ID, key_identifier
+from est.key_secrets import DECRYPT_KEY_ID
 from est.wire import PKCS10_TYPE, load_certs_only, split_serverkeygen, wrap_base64
 
 BASE_PATH = "/.well-known/est"
@@ -164,12 +171,15 @@ class EstSession:
         return self._enroll("simplereenroll", csr)
 
     def serverkeygen(
-        self, csr: x509.CertificateSigningRequest, recipient: KeyRecipient | None = None
+        self,
+        csr: x509.CertificateSigningRequest,
+        recipient: KeyRecipient | KeyEncryptionKey | None = None,
     ) -> tuple[bytes, x509.Certificate]:
         """(PKCS#8 DER key, certificate) made by the server for the CSR's names (RFC 7030 4.4).
 
-        With `recipient` (whose identifier the CSR must carry, see `build_csr`) the key must
-        come sealed to it and signed by the server's TLS certificate; it is opened here.
+        With `recipient`, a certificate and its key or a shared secret (whose identifier the CSR
+        must carry, see `build_csr`), the key must come sealed to it and signed by the server's
+        TLS certificate; it is opened here.
         """
         body = wrap_base64(csr.public_bytes(serialization.Encoding.DER))
         answer = self._ask("POST", "serverkeygen", body)
@@ -187,7 +197,12 @@ class EstSession:
             raise EstError(200, "", "the server's TLS certificate is unknown: cannot check the key")
         server = x509.load_der_x509_certificate(answer.server_certificate)
         try:
-            key_der = open_sealed_key(parts.key_der, recipient.certificate, recipient.key, server)
+            if isinstance(recipient, KeyEncryptionKey):
+                key_der = open_key_sealed_with_secret(parts.key_der, recipient, server)
+            else:
+                key_der = open_sealed_key(
+                    parts.key_der, recipient.certificate, recipient.key, server
+                )
         except SealedKeyError as exc:
             raise EstError(200, "", f"the sealed key does not open: {exc}") from None
         return key_der, certificate
@@ -222,15 +237,21 @@ def build_csr(
     common_name: str,
     sans: list[str],
     key_recipient: x509.Certificate | None = None,
+    secret_identifier: bytes | None = None,
 ) -> x509.CertificateSigningRequest:
     """A CSR for `common_name` with the subjectAltNames `sans` (KIND:VALUE), signed by `key`;
-    with `key_recipient`, asking serverkeygen to seal the key to it (RFC 7030 4.4.1.2)."""
+    with `key_recipient`, asking serverkeygen to seal the key to it (RFC 7030 4.4.1.2), with
+    `secret_identifier`, to wrap it under the shared secret of that identifier (4.4.1.1)."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     )
     if key_recipient is not None:
         builder = builder.add_attribute(
             ASYMMETRIC_DECRYPT_KEY_ID, key_identifier(key_recipient), _tag=_ASN1Type.OctetString
+        )
+    if secret_identifier is not None:
+        builder = builder.add_attribute(
+            DECRYPT_KEY_ID, secret_identifier, _tag=_ASN1Type.OctetString
         )
     if sans:
         names = [general_name(text) for text in sans]
