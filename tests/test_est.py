@@ -439,11 +439,12 @@ def sealing_csr(directory: Path, name: str, recipient_path: Path) -> Path:
 
 
 def open_with_openssl(
-    est: EstDeployment, answer: CurlAnswer, recipient: Path, recipient_key: Path, directory: Path
+    est: EstDeployment, answer: CurlAnswer, directory: Path, *decrypt_with: str
 ) -> tuple[bytes, x509.Certificate]:
-    """`openssl cms -decrypt` the sealed key part with the recipient's key, `openssl cms -verify`
-    the SignedData inside against the CA chain; (the key's public PEM, the issued certificate).
-    Also checks that the signer is the EST server's own TLS certificate."""
+    """`openssl cms -decrypt` the sealed key part with `decrypt_with` (`-recip CERT -inkey KEY`,
+    or `-secretkey HEX -secretkeyid HEX`), `openssl cms -verify` the SignedData inside against
+    the CA chain; (the key's public PEM, the issued certificate). Also checks that the signer is
+    the EST server's own TLS certificate."""
     assert answer.status == 200, answer.body
     message = email.message_from_bytes(
         b"Content-Type: " + answer.headers["content-type"].encode() + b"\r\n\r\n" + answer.body
@@ -455,8 +456,8 @@ def open_with_openssl(
     sealed.write_bytes(parts[0].get_payload(decode=True))
     signed = directory / "signed.der"
     openssl(
-        "cms", "-decrypt", "-inform", "DER", "-in", str(sealed), "-recip", str(recipient),
-        "-inkey", str(recipient_key), "-out", str(signed),
+        "cms", "-decrypt", "-inform", "DER", "-in", str(sealed), *decrypt_with,
+        "-out", str(signed),
     )  # fmt: skip
     size = signed.stat().st_size  # a ContentInfo around the bare SignedData, for openssl
     wrapped = directory / "signed.p7"
@@ -501,7 +502,7 @@ def test_serverkeygen_seals_the_key_to_the_devices_tls_certificate(
         operation="serverkeygen",
     )  # fmt: skip
     public, certificate = open_with_openssl(
-        est, answer, factory.cert_path, factory.key_path, tmp_path
+        est, answer, tmp_path, "-recip", str(factory.cert_path), "-inkey", str(factory.key_path)
     )
     assert public == public_pem(certificate)
     assert certificate.subject.rfc4514_string() == "CN=factory-device-0001"
@@ -514,7 +515,7 @@ def test_serverkeygen_seals_to_a_listed_certificate_and_refuses_any_other(
     body = sealing_csr(tmp_path, "sealed-rsa@example.com", Path(f"{recipient}.pem"))
     answer = enroll_with_curl(est, body, "--user", basic(est, "sealing"), operation="serverkeygen")
     public, certificate = open_with_openssl(
-        est, answer, Path(f"{recipient}.pem"), Path(f"{recipient}.key"), tmp_path
+        est, answer, tmp_path, "-recip", f"{recipient}.pem", "-inkey", f"{recipient}.key"
     )
     assert public == public_pem(certificate)
     # Not another client's recipient, nor a certificate nobody listed.
