@@ -131,6 +131,7 @@ def _serve(
 @click.option("--key-type", type=_KEY_TYPES, default="p256", show_default=True)
 @click.option("--force", is_flag=True, help="Issue a new one even if the current one is fine.")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@trust_anchor_option
 def est_cert(
     ca: Path | None,
     broker: str | None,
@@ -141,8 +142,10 @@ def est_cert(
     key_type: str,
     force: bool,
     timeout: float,
+    trust_anchor: str | None,
 ) -> None:
-    """Issue or renew the EST server's TLS certificate through the queue, like any producer."""
+    """Issue or renew the EST server's TLS certificate through the queue, like any producer;
+    the certificate and its chain are written only once they chain to the trust anchor."""
     from casign.cli_producer import open_producer
     from est.settings import server_cert_path, server_key_path
 
@@ -160,7 +163,10 @@ def est_cert(
     )
     csr = builder.sign(key, hashes.SHA256())
     sans = [f"DNS:{common_name}", *split_sans(san)]
-    with open_producer(folder, broker, store, requester="casign est cert") as producer:
+    anchor = resolve_trust_anchor(trust_anchor, folder)
+    with open_producer(
+        folder, broker, store, requester="casign est cert", trust_anchor=anchor
+    ) as producer:
         job_id = producer.submit(
             csr.public_bytes(serialization.Encoding.PEM).decode(),
             profile=profile,

@@ -33,6 +33,7 @@ from core.errors import RefusalCode
 from core.index import format_serial
 from core.revocation import revocation_info
 from est.client import build_csr
+from est.settings import server_cert_path, server_key_path
 from tests.est_service import (
     PRODUCER,
     SERVER_NAME,
@@ -180,6 +181,29 @@ def test_cacerts_is_the_chain_as_certs_only_pkcs7(est: EstDeployment) -> None:
     ]
     assert set(served) == set(x509.load_pem_x509_certificates(est.trust_path.read_bytes()))
     assert print_certs(est.curl(est.endpoint("cacerts", "server_cert"))) == printed
+
+
+def test_the_server_certificate_is_written_only_once_it_chains_to_the_trust_anchor(
+    est: EstDeployment, tmp_path: Path
+) -> None:
+    """`casign est cert` checks what the store answers as `casign request` does: against a
+    root it was not issued under, nothing is written and the refusal names the check."""
+    other_root = tmp_path / "other-root"
+    openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f"{other_root}.key", "-out", f"{other_root}.pem", "-subj", "/CN=Other Root",
+        "-days", "30",
+    )  # fmt: skip
+    cert_path, key_path = server_cert_path(est.ca), server_key_path(est.ca)
+    before = cert_path.read_bytes(), key_path.read_bytes()
+    done = est.casign(
+        "est", "cert", "--ca", str(est.ca), "--cn", SERVER_NAME, "--san", "IP:127.0.0.1",
+        "--force", "--trust-anchor", f"{other_root}.pem", check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "result.untrusted" in output
+    assert (cert_path.read_bytes(), key_path.read_bytes()) == before
 
 
 def test_simpleenroll_with_curl_and_basic_then_openssl_verify(
