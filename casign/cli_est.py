@@ -278,10 +278,12 @@ def est_client_add(
     from est.passwords import hash_password
     from est.settings import ClientEntry, EstSettings, load_settings, save_settings, settings_path
 
-    path = settings_path(ca_dir(ca))
+    folder = ca_dir(ca)
+    path = settings_path(folder)
     settings = load_settings(path)
     if name in settings.clients and not replace:
         fail(f"client {name!r} is already listed in {path}; give --replace to change it")
+    _check_producer_listed(folder, name, producer)
     password = None
     if password_file is not None:
         text = read_secret_source(f"file:{password_file}", "EST client password")
@@ -311,6 +313,25 @@ def est_client_add(
         what for what, given in (("a password", password), ("certificates", issuers)) if given
     )
     click.echo(f"EST client {name!r} added ({how}) to {path}")
+
+
+def _check_producer_listed(folder: Path, client: str, producer: str | None) -> None:
+    """Refuse a client whose enrollments the signer would refuse, every one: with a
+    producers.toml, the signer serves only the producers it lists."""
+    from casign.producers_file import read_producers
+
+    producers_path = folder / "intermediate" / "producers.toml"
+    listed = read_producers(producers_path)
+    if not producers_path.exists() or (producer is not None and producer in listed):
+        return
+    names = ", ".join(sorted(listed)) or "none yet"
+    if producer is None:
+        fail(
+            f"{producers_path} lists the producers this CA serves (the signer refuses any other "
+            f"batch, auth.unsigned): map client {client!r} to one with --producer NAME --secret "
+            f"file:PATH (listed: {names}; `casign producer add` lists another)"
+        )
+    fail(f"producer {producer!r} is not listed in {producers_path} (listed: {names})")
 
 
 def _key_secret_listing(client: str, given: str) -> Any:

@@ -106,6 +106,35 @@ def test_a_bad_client_is_refused_with_a_reason(
     assert not settings_path(folder.root).exists()
 
 
+def test_with_a_producers_toml_a_client_must_map_to_a_listed_producer(
+    folder: CAFolder, tmp_path: Path
+) -> None:
+    """The signer refuses every batch of a producer producers.toml does not list: such a
+    client is refused when it is added, not at each enrollment (502 auth.unsigned)."""
+    ca = str(folder.root)
+    assert casign("producer", "add", "est-front", "--ca", ca).returncode == 0
+    secret = f"file:{folder.root}/intermediate/private/producers/est-front.secret"
+    password = str(password_file(tmp_path))
+
+    unmapped = casign("est", "client", "add", "fleet", "--ca", ca, "--password-file", password)
+    assert unmapped.returncode == 1, unmapped.stderr
+    assert "--producer NAME" in unmapped.stderr and "listed: est-front" in unmapped.stderr
+    unlisted = casign(
+        "est", "client", "add", "fleet", "--ca", ca, "--password-file", password,
+        "--producer", "someone-else", "--secret", secret,
+    )  # fmt: skip
+    assert unlisted.returncode == 1
+    assert "producer 'someone-else' is not listed" in unlisted.stderr
+    assert not settings_path(folder.root).exists()
+
+    mapped = casign(
+        "est", "client", "add", "fleet", "--ca", ca, "--password-file", password,
+        "--producer", "est-front", "--secret", secret,
+    )  # fmt: skip
+    assert mapped.returncode == 0, mapped.stderr
+    assert load_settings(settings_path(folder.root)).clients["fleet"].producer == "est-front"
+
+
 def test_a_listed_client_is_not_replaced_unless_asked(folder: CAFolder, tmp_path: Path) -> None:
     ca = str(folder.root)
     first = password_file(tmp_path)
