@@ -118,6 +118,47 @@ def server_signer(kind: str) -> KeySigner:
     return KeySigner(certificate, key)
 
 
+def openssl_signed_key_package(directory: Path) -> tuple[KeySigner, bytes]:
+    """A server-made P-256 key in an AsymmetricKeyPackage that `openssl cms -sign` signed, as
+    another EST server would (DIRECTORY/signed.p7), with its signer and the key's PKCS#8."""
+    signer = server_signer("ec")
+    (directory / "server.pem").write_bytes(pem(signer.certificate))
+    write_key(directory / "server.key", signer.key)
+    made = private_key_pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    (directory / "package.der").write_bytes(b"\x30\x81" + bytes([len(made)]) + made)  # < 256
+    openssl(
+        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-econtent_type",
+        "2.16.840.1.101.2.1.2.78.5", "-signer", directory / "server.pem", "-inkey",
+        directory / "server.key", "-outform", "DER", "-in", directory / "package.der",
+        "-out", directory / "signed.p7",
+    )  # fmt: skip
+    return signer, made
+
+
+def openssl_verified_key(directory: Path) -> bytes:
+    """The public key (PEM) of the key in DIRECTORY/signed.der, a decrypted SignedData, once
+    `openssl cms -verify` has checked its signature against the test root."""
+    signed = directory / "signed.p7"
+    signed.write_bytes(wrap_signed_data((directory / "signed.der").read_bytes()))
+    (directory / "root.pem").write_bytes(pem(root_certificate()))
+    verified = openssl(
+        "cms", "-verify", "-inform", "DER", "-in", signed, "-CAfile", directory / "root.pem",
+        "-purpose", "any", "-out", directory / "package.der",
+    )  # fmt: skip
+    assert "Verification successful" in verified.stderr
+    # The AsymmetricKeyPackage holds one OneAsymmetricKey (at depth 1): the key the server made.
+    parsed = openssl("asn1parse", "-inform", "DER", "-in", directory / "package.der").stdout
+    inner = [line for line in parsed.splitlines() if "d=1" in line]
+    assert len(inner) == 1
+    openssl(
+        "asn1parse", "-inform", "DER", "-in", directory / "package.der",
+        "-offset", inner[0].split(":")[0].strip(), "-noout", "-out", directory / "key.der",
+    )  # fmt: skip
+    return openssl(
+        "pkey", "-inform", "DER", "-in", directory / "key.der", "-pubout"
+    ).stdout.encode()
+
+
 RECIPIENTS = {
     "rsa-2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
@@ -160,26 +201,10 @@ def test_openssl_opens_a_sealed_key_and_verifies_the_servers_signature(
         "cms", "-decrypt", "-inform", "DER", "-in", sealed, "-recip", tmp_path / "device.pem",
         "-inkey", tmp_path / "device.key", "-out", tmp_path / "signed.der",
     )  # fmt: skip
-    signed = tmp_path / "signed.p7"
-    signed.write_bytes(wrap_signed_data((tmp_path / "signed.der").read_bytes()))
-    (tmp_path / "root.pem").write_bytes(pem(root_certificate()))
-    verified = openssl(
-        "cms", "-verify", "-inform", "DER", "-in", signed, "-CAfile", tmp_path / "root.pem",
-        "-purpose", "any", "-out", tmp_path / "package.der",
-    )  # fmt: skip
-    assert "Verification successful" in verified.stderr
-    # The AsymmetricKeyPackage holds one OneAsymmetricKey (at depth 1): the key the server made.
-    parsed = openssl("asn1parse", "-inform", "DER", "-in", tmp_path / "package.der").stdout
-    inner = [line for line in parsed.splitlines() if "d=1" in line]
-    assert len(inner) == 1
-    openssl(
-        "asn1parse", "-inform", "DER", "-in", tmp_path / "package.der",
-        "-offset", inner[0].split(":")[0].strip(), "-noout", "-out", tmp_path / "key.der",
-    )  # fmt: skip
-    public = openssl("pkey", "-inform", "DER", "-in", tmp_path / "key.der", "-pubout").stdout
-    assert public.encode() == made.public_key().public_bytes(
+    assert openssl_verified_key(tmp_path) == made.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    signed = tmp_path / "signed.p7"
     # Another root does not vouch for the signature.
     other = tmp_path / "other.pem"
     other.write_bytes(pem(issued("stranger", ec.generate_private_key(ec.SECP256R1()))))
@@ -219,17 +244,7 @@ def test_the_client_opens_a_key_openssl_signed_and_sealed(
     recipient_key = RECIPIENTS[recipient_kind]()
     recipient = issued("device-0001", recipient_key)
     (tmp_path / "device.pem").write_bytes(pem(recipient))
-    signer = server_signer("ec")
-    (tmp_path / "server.pem").write_bytes(pem(signer.certificate))
-    write_key(tmp_path / "server.key", signer.key)
-    made = private_key_pkcs8(ec.generate_private_key(ec.SECP256R1()))
-    (tmp_path / "package.der").write_bytes(b"\x30\x81" + bytes([len(made)]) + made)  # < 256
-    openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-econtent_type",
-        "2.16.840.1.101.2.1.2.78.5", "-signer", tmp_path / "server.pem", "-inkey",
-        tmp_path / "server.key", "-outform", "DER", "-in", tmp_path / "package.der",
-        "-out", tmp_path / "signed.p7",
-    )  # fmt: skip
+    signer, made = openssl_signed_key_package(tmp_path)
     openssl(
         "cms", "-encrypt", "-binary", "-aes256", "-outform", "DER", "-in", tmp_path / "signed.p7",
         "-out", tmp_path / "sealed.der", tmp_path / "device.pem",

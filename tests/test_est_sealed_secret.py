@@ -50,11 +50,9 @@ from tests.openssl_cli import openssl
 from tests.test_est import base64_file, enroll_with_curl, open_with_openssl, public_pem
 from tests.test_est_sealed_key import (
     issued,
-    pem,
-    root_certificate,
+    openssl_signed_key_package,
+    openssl_verified_key,
     server_signer,
-    wrap_signed_data,
-    write_key,
 )
 
 pytestmark = pytest.mark.slow
@@ -132,22 +130,7 @@ def test_openssl_opens_a_key_sealed_under_a_secret_and_verifies_the_server(
         "cms", "-decrypt", "-inform", "DER", "-in", sealed, *secret_args,
         "-out", tmp_path / "signed.der",
     )  # fmt: skip
-    signed = tmp_path / "signed.p7"
-    signed.write_bytes(wrap_signed_data((tmp_path / "signed.der").read_bytes()))
-    (tmp_path / "root.pem").write_bytes(pem(root_certificate()))
-    verified = openssl(
-        "cms", "-verify", "-inform", "DER", "-in", signed, "-CAfile", tmp_path / "root.pem",
-        "-purpose", "any", "-out", tmp_path / "package.der",
-    )  # fmt: skip
-    assert "Verification successful" in verified.stderr
-    parsed = openssl("asn1parse", "-inform", "DER", "-in", tmp_path / "package.der").stdout
-    (offset,) = [line.split(":")[0].strip() for line in parsed.splitlines() if "d=1" in line]
-    openssl(
-        "asn1parse", "-inform", "DER", "-in", tmp_path / "package.der", "-offset", offset,
-        "-noout", "-out", tmp_path / "key.der",
-    )  # fmt: skip
-    public = openssl("pkey", "-inform", "DER", "-in", tmp_path / "key.der", "-pubout").stdout
-    assert public.encode() == made.public_key().public_bytes(
+    assert openssl_verified_key(tmp_path) == made.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     # Another secret of the same identifier does not open it.
@@ -161,17 +144,7 @@ def test_the_client_opens_what_openssl_sealed_under_the_secret_and_nothing_else(
 ) -> None:
     """Another implementation's answer: `openssl cms -sign`, then `openssl cms -encrypt
     -secretkey -secretkeyid` (a KEKRecipientInfo, content type data)."""
-    signer = server_signer("ec")
-    (tmp_path / "server.pem").write_bytes(pem(signer.certificate))
-    write_key(tmp_path / "server.key", signer.key)
-    made = private_key_pkcs8(ec.generate_private_key(ec.SECP256R1()))
-    (tmp_path / "package.der").write_bytes(b"\x30\x81" + bytes([len(made)]) + made)  # < 256
-    openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-econtent_type",
-        "2.16.840.1.101.2.1.2.78.5", "-signer", tmp_path / "server.pem", "-inkey",
-        tmp_path / "server.key", "-outform", "DER", "-in", tmp_path / "package.der",
-        "-out", tmp_path / "signed.p7",
-    )  # fmt: skip
+    signer, made = openssl_signed_key_package(tmp_path)
     kek = KeyEncryptionKey(bytes.fromhex("c0ffee"), secrets.token_bytes(32))
     openssl(
         "cms", "-encrypt", "-binary", "-aes256", "-outform", "DER", "-in", tmp_path / "signed.p7",
