@@ -181,10 +181,16 @@ def init(
     names = folder_names(folder.root)
     click.echo(f"queue:           {names.queue}")
     click.echo(f"key prefix:      {names.store_prefix}")
+    click.echo("next:")
     click.echo(
-        f"next, move the root key {folder.root_key_path} to offline media (casign worker "
-        f"refuses to start beside it), then start a signer: casign worker --ca {directory}"
+        f"  move the root key {folder.root_key_path} to offline media (casign worker refuses "
+        "to start beside it)"
     )
+    click.echo(
+        f"  list who may ask for certificates: casign producer add NAME --ca {directory} (a "
+        "signer without producers.toml starts only with --open, serving anyone)"
+    )
+    click.echo(f"  start a signer: casign worker --ca {directory}")
 
 
 @main.command()
