@@ -264,34 +264,38 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_stop_signal_during_the_first_never_enters_celerys_handler_again(
-    monkeypatch: pytest.MonkeyPatch, stop_notice: StopNotice
+    monkeypatch: pytest.MonkeyPatch, stop_notice: StopNotice, first: signal.Signals
 ) -> None:
-    """`kill` of the group reaches the worker twice (directly and through the supervisor);
-    the second, delivered inside Celery's dispatch of worker_shutting_down, waited forever on
-    that dispatch's lock."""
+    """`kill` of the group reaches the worker twice (directly and through the supervisor), as
+    a Ctrl-C does (SIGINT, and SIGTERM from the supervisor); the second, delivered inside
+    Celery's dispatch of worker_shutting_down, waited for ever on that dispatch's lock."""
     from celery import signals
-    from celery.apps.worker import install_worker_term_handler
+    from celery.apps.worker import install_worker_int_handler, install_worker_term_handler
     from celery.worker import state
 
     monkeypatch.setattr(state, "should_stop", None)
-    entered: list[int] = []
+    entered: list[str] = []
 
-    def signalled_again(**_: object) -> None:
-        entered.append(1)
+    def signalled_again(sig: str, **_: object) -> None:
+        entered.append(sig)
         if len(entered) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # handled before kill returns to Python code
 
     worker = type("Worker", (), {"hostname": "celery@test"})()
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    }
     signals.worker_shutting_down.connect(signalled_again, weak=False)
     try:
         install_worker_term_handler(worker)
-        handler = worker_app.StopSignalHandler(signal.getsignal(signal.SIGTERM))
-        signal.signal(signal.SIGTERM, handler)
-        os.kill(os.getpid(), signal.SIGTERM)
+        install_worker_int_handler(worker)
+        worker_app.install_stop_handlers()
+        os.kill(os.getpid(), first)
     finally:
         signals.worker_shutting_down.disconnect(signalled_again)
-        signal.signal(signal.SIGTERM, previous)
-    assert entered == [1]
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert entered == ["SIGTERM"]  # Ctrl-C too: Celery's warm shutdown of SIGTERM, status 0
     assert stop_notice.raised and state.should_stop == 0

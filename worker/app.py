@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, platforms, signals
 from celery.apps.worker import Worker as CeleryWorker
@@ -172,8 +172,7 @@ class ExitingWorker(CeleryWorker):
         # Celery's own handler would exec the whole worker afresh.
         super().install_platform_tweaks(worker)
         platforms.signals["SIGHUP"] = _reload_on_hangup
-        for name in STOP_SIGNAL_NAMES:
-            platforms.signals[name] = StopSignalHandler(platforms.signals[name])
+        install_stop_handlers()
 
     def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
         STOP.raise_(failed=exitcode == EX_FAILURE)
@@ -184,33 +183,43 @@ class ExitingWorker(CeleryWorker):
         super().terminate(in_sighandler=in_sighandler)
 
 
-STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGQUIT")
-
-
 class StopSignalHandler:
-    """Celery's handler for a stop signal, raising STOP first and never entered twice at once.
+    """Celery's handler for a stop signal, raising STOP first; while any stop signal's handler
+    runs, another stop signal only sets Celery's flag.
 
     Celery's handler sends worker_shutting_down, whose dispatch holds a lock; a second stop
     signal arriving while the first is dispatched (`kill` of the whole process group reaches
-    the worker directly and again through `casign worker`'s supervisor) entered it again on
-    the same thread and waited on that lock forever. The repeat only sets Celery's flag.
+    the worker directly and again through `casign worker`'s supervisor; a Ctrl-C sends SIGINT
+    to both, and the supervisor passes it on as SIGTERM) entered a handler again on the same
+    thread and waited on that lock for ever.
     """
+
+    handling: ClassVar[bool] = False  # one flag for every stop signal: any may follow any
 
     def __init__(self, handler: Any) -> None:
         self.handler = handler
-        self._handling = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         STOP.raise_()  # a page write: the watchdog's deadline runs whatever Celery does next
-        if self._handling:
+        if StopSignalHandler.handling:
             _set_shutdown_flag(signum)
             return
-        self._handling = True
+        StopSignalHandler.handling = True
         try:
             if callable(self.handler):
                 self.handler(signum, frame)
         finally:
-            self._handling = False
+            StopSignalHandler.handling = False
+
+
+def install_stop_handlers() -> None:
+    """Wrap the stop signals' handlers Celery installed: SIGTERM and SIGINT (Ctrl-C) a warm
+    shutdown with status 0, as `casign worker` promises (Celery's SIGINT handler exits 1, and
+    makes a second Ctrl-C a cold shutdown), SIGQUIT the cold one."""
+    warm = StopSignalHandler(platforms.signals["SIGTERM"])
+    platforms.signals["SIGTERM"] = warm
+    platforms.signals["SIGINT"] = warm
+    platforms.signals["SIGQUIT"] = StopSignalHandler(platforms.signals["SIGQUIT"])
 
 
 def _set_shutdown_flag(signum: int) -> None:
