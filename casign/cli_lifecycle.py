@@ -263,10 +263,10 @@ def ocsp(
     import asyncio
     import signal
 
-    from ocsp.figures import check_ttl
     from ocsp.lifetime import ResponseLifetime
     from ocsp.responder import OCSPResponder
     from ocsp.server import ServerLimits, serve
+    from store.figures_board import check_ttl
 
     try:
         lifetime = ResponseLifetime(parse_duration(validity))

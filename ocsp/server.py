@@ -26,9 +26,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from core.errors import ConfigurationError
-from ocsp.figures import DEFAULT_TTL_SECONDS, FiguresPublisher, responder_name
+from ocsp.figures import responder_name
 from ocsp.responder import Answer, OCSPResponder
 from ocsp.response import MALFORMED_REQUEST
+from store.figures_board import DEFAULT_TTL_SECONDS, FiguresPublisher
 
 log = logging.getLogger("casign.ocsp")
 
@@ -208,8 +209,9 @@ async def serve(
             publisher = FiguresPublisher(
                 responder.store.ocsp_figures,
                 responder_name(int(bound[1])),
-                responder.figures,
+                lambda: responder.figures().to_json(),
                 figures_ttl,
+                whose="the OCSP responder's",
             )
             async with publisher.running():
                 ready(str(bound[0]), int(bound[1]))

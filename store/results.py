@@ -20,6 +20,7 @@ from store.audit import AuditLog
 from store.boundary import translated
 from store.chain import ChainRecord
 from store.crls import CRLStore
+from store.figures_board import FiguresBoard
 from store.health import Fitness, MemoryUse, StoreHealth
 from store.index import CertificateIndex
 from store.jobs import Closure, Failure, Intent, Issued, JobRecords, Refusal, Reservation
@@ -27,7 +28,6 @@ from store.keys import KeySpace
 from store.leases import UNLEASED, Leases, LeaseTerms
 from store.locks import Locks
 from store.metrics import MetricsLedger
-from store.ocsp_figures import ResponderFiguresBoard
 from store.rate_limits import RateLimits
 from store.replies import REPLY_TTL_SECONDS, ReplyLists
 from store.scripts import LuaScripts
@@ -66,7 +66,7 @@ class ResultsStore:
         self.health = StoreHealth(client)
         self.workers = WorkerBeats(client, self.keys)
         self.metrics = MetricsLedger(client, self.keys)
-        self.ocsp_figures = ResponderFiguresBoard(client, self.keys)
+        self.ocsp_figures = FiguresBoard(client, self.keys.ocsp_responders, self.keys.ocsp_figures)
         self.leases = Leases(client, self.keys, self.scripts)
 
     @classmethod

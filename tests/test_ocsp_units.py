@@ -28,7 +28,7 @@ from core.errors import ConfigurationError
 from core.layout import ocsp_cert_path, ocsp_key_path
 from ocsp.cache import AnswerCache, CachedAnswer
 from ocsp.der import integer as der_integer
-from ocsp.figures import AnswerCounts, ResponderFigures, check_ttl, figures_by_responder
+from ocsp.figures import AnswerCounts, ResponderFigures, figures_by_responder
 from ocsp.identity import ResponderIdentity
 from ocsp.lifetime import (
     LATEST_RENEWAL,
@@ -41,6 +41,7 @@ from ocsp.lifetime import (
 from ocsp.request import CertID, MalformedRequest, StatusRequest, parse_request
 from ocsp.response import CertStatus, Status, response_data, signed_response
 from ocsp.server import request_from_path
+from store.figures_board import check_ttl
 from tests.cas import make_alice_ca
 from tests.openssl_cli import openssl
 from worker.authority import load_authority
