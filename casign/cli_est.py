@@ -42,6 +42,13 @@ def _pem(certificate: x509.Certificate) -> str:
 @click.option("--port", type=int, default=None, help="TCP port to serve on (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @trust_anchor_option
+@click.option(
+    "--figures-ttl",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds the figures written each second (for `casign metrics`) outlive a stop.",
+)
 @click.pass_context
 def est(
     ctx: click.Context,
@@ -51,6 +58,7 @@ def est(
     port: int | None,
     host: str,
     trust_anchor: str | None,
+    figures_ttl: float,
 ) -> None:
     """Serve EST (RFC 7030) over HTTPS: `casign est --ca DIR --port N`; or a subcommand."""
     if ctx.invoked_subcommand is not None:
@@ -58,7 +66,7 @@ def est(
     if port is None:
         fail("give --port N to serve, or a subcommand (see casign est --help)")
         return
-    _serve(ca, broker, store, host, port, trust_anchor)
+    _serve(ca, broker, store, host, port, trust_anchor, figures_ttl)
 
 
 def _serve(
@@ -68,12 +76,19 @@ def _serve(
     host: str,
     port: int,
     trust_anchor: str | None,
+    figures_ttl: float,
 ) -> None:
+    from core.errors import ConfigurationError
     from est.server import SignerEndpoints, build_service, run_server
     from est.settings import load_settings, settings_path
     from store.embedded import EmbeddedRedis
+    from store.figures_board import check_ttl
     from store.results import ResultsStore
 
+    try:
+        check_ttl(figures_ttl)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--figures-ttl") from None
     folder = ca_dir(ca).absolute()
     anchor = resolve_trust_anchor(trust_anchor, folder)
     if anchor is None:
@@ -116,7 +131,7 @@ def _serve(
         sys.stderr.flush()
 
     try:
-        asyncio.run(run_server(service, folder, host, port, ready))
+        asyncio.run(run_server(service, folder, host, port, ready, figures_ttl=figures_ttl))
     finally:
         results_store.close()
 

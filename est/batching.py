@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from core.errors import RefusalCode
 from core.messages import JobResult, SignRequest
+from est.figures import EstCounts
 from est.settings import ServerSettings
 from producers import Producer
 
@@ -116,8 +117,11 @@ class _Pool:
 class Batcher:
     """Hands enrollments to lanes and gives each its outcome back in the event loop."""
 
-    def __init__(self, connect: ProducerFactory, settings: ServerSettings) -> None:
+    def __init__(
+        self, connect: ProducerFactory, settings: ServerSettings, counts: EstCounts | None = None
+    ) -> None:
         self._connect = connect
+        self.counts = counts or EstCounts()  # what was sent, for the server's figures
         self._window = settings.batch_window_ms / 1000
         self._window_max = settings.batch_window_max_ms / 1000
         self._batch_max = settings.batch_max
@@ -277,7 +281,9 @@ class Batcher:
             if job_id not in known and self._recent.claim(job_id)
         ]
         if fresh:
+            messages_before = producer.messages_sent
             producer.submit_many(fresh, batch_size=len(fresh))
+            self.counts.sent(len(fresh), producer.messages_sent - messages_before)
         producer.expect(requests[job_id] for job_id in waiting)  # sent by another lane, say
         deadline = min(item.deadline for items in waiting.values() for item in items)
         timeout = max(_SHORTEST_WAIT, deadline - time.monotonic())

@@ -15,7 +15,8 @@ DecryptKeyIdentifier (4.4.1.1), the same but wrapped under the shared secret it 
 (`est.key_secrets`).
 
 A refusal is `text/plain` `CODE: sentence` with its status (see `est.refusals`); a job still
-signing after `wait_seconds` is `202 Accepted` with `Retry-After`.
+signing after `wait_seconds` is `202 Accepted` with `Retry-After`. Every answer is counted in
+memory, and the counts are written to the store once a second (`est.figures`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import redis
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -47,6 +49,7 @@ from est.batching import Batcher, Identity
 from est.binding import check_channel_binding
 from est.csrattrs import csr_attributes
 from est.enrollment import Enrollments, StillPending, identity_of
+from est.figures import EstCounts, server_name
 from est.key_envelope import KeyEncryptionKey, KeySigner, seal_key
 from est.key_recipients import KeyRecipients, requested_key_identifier
 from est.key_secrets import KeySecrets, requested_secret_identifier
@@ -73,6 +76,7 @@ from est.wire import (
 )
 from producers import Producer
 from producers.trust import TrustAnchor
+from store.figures_board import DEFAULT_TTL_SECONDS, FiguresPublisher
 from store.results import ResultsStore
 
 log = logging.getLogger("casign.est")
@@ -116,6 +120,15 @@ class SignerEndpoints:
         )
 
 
+# The code of the refusal a request was answered with, for its count (`_counting`).
+_REFUSAL_CODE = web.RequestKey("refusal_code", str)
+
+
+def _refused(request: web.Request, refusal: EstRefusal) -> web.Response:
+    request[_REFUSAL_CODE] = refusal.code
+    return _refusal_response(refusal)
+
+
 def _refusal_response(refusal: EstRefusal) -> web.Response:
     return web.Response(
         status=refusal.status,
@@ -139,7 +152,7 @@ async def _answer_refusals(
     try:
         return await handler(request)
     except EstRefusal as refusal:
-        return _refusal_response(refusal)
+        return _refused(request, refusal)
     except StillPending as pending:
         return web.Response(
             status=202,
@@ -150,21 +163,42 @@ async def _answer_refusals(
         if exc.status not in _HTTP_ERROR_CODES:
             raise
         code, sentence = _HTTP_ERROR_CODES[exc.status]
-        return _refusal_response(EstRefusal(code, sentence, status=exc.status))
+        return _refused(request, EstRefusal(code, sentence, status=exc.status))
     except (Retryable, redis.RedisError) as exc:
         log.warning("EST request failed on the store: %s", exc)
-        return _refusal_response(
+        return _refused(
+            request,
             EstRefusal(
                 Code.EST_UNAVAILABLE,
                 "the certificate store is unavailable; retry later",
                 headers={"Retry-After": "5"},
-            )
+            ),
         )
     except Exception:
         log.exception("EST request %s %s failed", request.method, request.path)
-        return _refusal_response(
-            EstRefusal(Code.EST_INTERNAL_ERROR, "the server failed on this request")
+        return _refused(
+            request, EstRefusal(Code.EST_INTERNAL_ERROR, "the server failed on this request")
         )
+
+
+def _counting(counts: EstCounts) -> Middleware:
+    """Count each answer by operation and status, and a refusal by its code (outermost, so it
+    sees what `_answer_refusals` made of the request)."""
+
+    @web.middleware
+    async def count_answers(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        operation = request.match_info.get("operation")
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own answer, passed on as it is
+            counts.answered(operation, exc.status, None)
+            raise
+        counts.answered(operation, response.status, request.get(_REFUSAL_CODE))
+        return response
+
+    return count_answers
 
 
 def tls_object(request: web.Request) -> ssl.SSLObject | None:
@@ -208,6 +242,7 @@ class EstService:
         self.key_recipients = KeyRecipients(settings)
         self.key_secrets = KeySecrets(settings)
         self.enrollments = Enrollments(batcher, settings.server)
+        self.counts = batcher.counts
         self._cacerts = certs_only(chain)
         self._csrattrs = _csrattrs_of(catalog)
 
@@ -247,7 +282,10 @@ class EstService:
         self.enrollments.settings = settings.server
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_answer_refusals])
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            middlewares=[_counting(self.counts), _answer_refusals],
+        )
         app.router.add_route("*", BASE_PATH + "/{operation}", self.handle)
         app.router.add_route("*", BASE_PATH + "/{label}/{operation}", self.handle)
         return app
@@ -483,6 +521,13 @@ def load_chain(
     return links
 
 
+def _figures_name(endpoints: SignerEndpoints | None, store: ResultsStore, port: int) -> str:
+    """The name of this server's figures: by the Redis user of its store URL (`est.figures`)."""
+    if endpoints is None:
+        return server_name("", store.prefix, port)
+    return server_name(endpoints.store_url, endpoints.store_prefix, port)
+
+
 def build_service(
     ca_root: Path, settings: EstSettings, endpoints: SignerEndpoints, store: ResultsStore
 ) -> EstService:
@@ -501,10 +546,12 @@ async def run_server(
     port: int,
     on_ready: Callable[[str, int], None],
     stop: asyncio.Event | None = None,
+    figures_ttl: float = DEFAULT_TTL_SECONDS,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then finish open requests and stop.
 
-    `est.toml` is read again when it changes, or on SIGHUP (see `est.reload`).
+    `est.toml` is read again when it changes, or on SIGHUP (see `est.reload`). The server's
+    figures are written every second while it listens, to lapse `figures_ttl` s after the last.
     """
     server = service.settings.server
     service.tls = ServerTls(
@@ -532,8 +579,16 @@ async def run_server(
     watching = asyncio.create_task(watcher.run())
     try:
         await site.start()
-        on_ready(host, site.port)
-        await stop.wait()
+        publisher = FiguresPublisher(
+            service.store.est_figures,
+            _figures_name(service.endpoints, service.store, site.port),
+            lambda: service.counts.figures().to_json(),
+            figures_ttl,
+            whose="the EST server's",
+        )
+        async with publisher.running():
+            on_ready(host, site.port)
+            await stop.wait()
     finally:
         watching.cancel()
         await runner.cleanup()

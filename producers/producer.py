@@ -132,6 +132,7 @@ class Producer:
         self._last_reply = time.monotonic()
         self._resend_wait = resend_after
         self._sent = SentMessages()
+        self.messages_sent = 0  # queue messages this producer published, resends included
         self._celery = Celery("casign-producer", set_as_current=False)
         self._celery.conf.update(celery_settings(broker_url, self.delivery_queue))
 
@@ -262,6 +263,7 @@ class Producer:
             ignore_result=True,
             declare=[],
         )
+        self.messages_sent += 1
 
     def queued_messages(self) -> int | None:
         """How many messages wait in this producer's queue (`delivery_queue`); None when the

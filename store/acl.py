@@ -15,8 +15,10 @@ signing queue, `casign.sign` unless configured; every key name is `store.keys.Ke
              replies P:reply:N:* and read its own refusal notes P:authfail:N:*; read (never
              write) P:job:*, P:certs, P:index, P:serials, P:chain, P:ca, P:workers, P:inhand
              (the jobs in a worker's hands), P:metrics (what `casign top` shows) and
-             P:airgap:jobs (a job exported to an air-gapped signer, `casign airgap`). No other
-             key, no pub/sub, no scripts.
+             P:airgap:jobs (a job exported to an air-gapped signer, `casign airgap`); write
+             the figures of the EST servers running as it, P:est:figures:N@* (SET), and their
+             members of P:est:servers (ZADD, and ZREMRANGEBYSCORE of the lapsed), read
+             neither (`est_server_name`). No other key, no pub/sub, no scripts.
   ocsp       read P:index and P:revoked (the lines it answers from and its two counters);
              write its figures P:ocsp:figures:* (SET) and P:ocsp:responders (ZADD, and
              ZREMRANGEBYSCORE of the lapsed), read neither
@@ -26,7 +28,16 @@ Until job ids are per producer, every producer may read every job's state (never
 
 A producer's reply lists are named `N:RANDOM` (`reply_list_name`), so that P:reply:N:* holds
 them and no pattern of another producer does: a producer name is letters, digits, `.`, `_` and
-`-` only (no `:`, no glob character).
+`-` only (no `:`, no glob character). Its EST servers are named `N@HOST:PORT` (`est_server_name`)
+for the same reason, with `@`, which neither a producer name nor a host name holds, so that no
+producer's pattern holds the name `HOST:PORT` of an EST server that runs as no producer either.
+
+The EST servers' index P:est:servers is one sorted set for every producer, not one per producer:
+`casign metrics` must find every live server without knowing the producers (it may run without
+the CA folder, and no reader may SCAN). A producer may therefore add names to it or drop them;
+what that can do is bounded: a reader reads only P:est:figures:NAME for a name, parses what it
+finds as hostile, and drops a name not of the form above; a dropped server adds itself again at
+its next write, a second later. Only the figures keys, where the numbers are, are per producer.
 """
 
 from __future__ import annotations
@@ -108,6 +119,25 @@ def owns_reply_list(producer: str, reply_to: str) -> bool:
     its Redis user may pop, `P:reply:PRODUCER:*`, and no other producer's."""
     owner, colon, rest = reply_to.partition(":")
     return bool(colon) and bool(rest) and owner == producer
+
+
+def est_server_name(producer: str | None, host_port: str) -> str:
+    """The name an EST server's figures go under: `PRODUCER@HOST:PORT` for one whose store user
+    is `producer`'s (its user may write P:est:figures:PRODUCER@* only), else `HOST:PORT`."""
+    return f"{producer}@{host_port}" if producer else host_port
+
+
+def producer_of_user(scope: KeyScope, user: str | None) -> str | None:
+    """The producer whose Redis user `user` is (`KeyScope.user_name`), or None for any other
+    user (none, the default one, another role's, one not made by casign)."""
+    stem = f"{scope.user_stem}-{Role.PRODUCER.value}-"
+    if not user or not user.startswith(stem):
+        return None
+    name = user.removeprefix(stem)
+    try:
+        return check_producer_name(name)
+    except ConfigurationError:
+        return None
 
 
 def glob_escape(text: str) -> str:
@@ -243,6 +273,10 @@ def producer_user(scope: KeyScope, producer: str) -> AclUser:
         # EXISTS and LLEN of each priority list in MULTI/EXEC); never a message read or taken.
         f"(%W~{own_queue[0]} +lpush)",
         f"({' '.join(f'%R~{pattern}' for pattern in own_queue)} +llen +exists +multi +exec)",
+        # The figures of its EST servers: written, never read; SET on its own keys only, and
+        # ZADD and ZREMRANGEBYSCORE on the shared index only (a SET there would wreck it).
+        f"(%W~{glob_escape(keys.est_figures(est_server_name(producer, '')))}* +set)",
+        f"(%W~{glob_escape(keys.est_servers)} +zadd +zremrangebyscore)",
     ]
     return AclUser(scope.user_name(Role.PRODUCER, producer), Role.PRODUCER, tuple(rules))
 

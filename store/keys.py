@@ -60,10 +60,14 @@ Workers (`store.workers`) and their leases (`store.leases`):
 Figures (`store.metrics`):
   P:metrics           hash: JSON [sample name, labels] -> value the signers added up (counters and
                       histogram buckets, for `casign metrics` and `casign top`)
-OCSP responders' figures (`store.ocsp_figures`):
+OCSP responders' and EST servers' figures (`store.figures_board`):
   P:ocsp:responders   sorted set: responder name (host:port) -> unix time its figures lapse
   P:ocsp:figures:{responder}  string: JSON of one responder's figures (its answer cache, answers
                       served and signed, renewals), set with an expiry (PX) it renews each second
+  P:est:servers       sorted set: EST server name (PRODUCER@host:port, or host:port for one not
+                      running as a producer, `est.figures`) -> unix time its figures lapse
+  P:est:figures:{server}  string: JSON of one EST server's figures (answers by operation and
+                      status, refusals by code, enrollments queued), set with an expiry (PX)
 The air gap (`store.airgap`): on the online side, what the relay exported and imported
   P:airgap:exported   hash: batch id -> JSON of a batch taken off the queue, until answered
   P:airgap:jobs       hash: job id -> batch id of an exported, unanswered sign job
@@ -96,6 +100,8 @@ class KeySpace:
         "chain",
         "crl_latest",
         "crl_number",
+        "est_figures_stem",
+        "est_servers",
         "in_hand",
         "index",
         "index_order",
@@ -137,6 +143,8 @@ class KeySpace:
         self.metrics = self.key("metrics")
         self.ocsp_responders = self.key("ocsp", "responders")
         self.ocsp_figures_stem = self.key("ocsp", "figures", "")
+        self.est_servers = self.key("est", "servers")
+        self.est_figures_stem = self.key("est", "figures", "")
         self.airgap_exported = self.key("airgap", "exported")
         self.airgap_jobs = self.key("airgap", "jobs")
         self.airgap_sequence = self.key("airgap", "sequence")
@@ -177,6 +185,9 @@ class KeySpace:
 
     def ocsp_figures(self, responder: str) -> str:
         return self.ocsp_figures_stem + responder
+
+    def est_figures(self, server: str) -> str:
+        return self.est_figures_stem + server
 
     def airgap_bundle(self, sequence: int) -> str:
         return self.key("airgap", "bundle", str(sequence))

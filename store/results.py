@@ -3,7 +3,7 @@
 It holds one part per concern, each owning its keys (all named in `store.keys`):
 `jobs` (records, reservation, publishing), `index` (certificates, index lines, adoption),
 `replies`, `audit`, `ca_chain`, `crls`, `rate_limits`, `locks`, `leases` (who holds a reserved
-job), `workers`, `metrics`, `ocsp_figures` (each OCSP responder's), and `health` (eviction policy, persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
+job), `workers`, `metrics`, `ocsp_figures` and `est_figures` (each OCSP responder's and EST server's), and `health` (eviction policy, persistence, memory). Revocation is `store.revocations.RevocationStore(store)`. The methods
 below are the entry points callers have always used; each hands over to its part.
 """
 
@@ -67,6 +67,7 @@ class ResultsStore:
         self.workers = WorkerBeats(client, self.keys)
         self.metrics = MetricsLedger(client, self.keys)
         self.ocsp_figures = FiguresBoard(client, self.keys.ocsp_responders, self.keys.ocsp_figures)
+        self.est_figures = FiguresBoard(client, self.keys.est_servers, self.keys.est_figures)
         self.leases = Leases(client, self.keys, self.scripts)
 
     @classmethod

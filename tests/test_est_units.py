@@ -25,6 +25,7 @@ from est.admission import Admission, EstClient
 from est.batching import Batcher, Identity, StillSigning
 from est.csrattrs import csr_attributes, encode_oid
 from est.enrollment import csr_for_key, job_digest, key_like
+from est.figures import EstCounts
 from est.labels import LabelProfile
 from est.passwords import ProvenHeaders, ProvenPasswords, hash_password, verify_password
 from est.reenroll import check_same_names, client_of_job, job_id_for
@@ -528,6 +529,10 @@ class RecordingProducer:
                 raise TimeoutError("slow")
             yield JobResult(job_id=job_id, status="issued", serial="01", certificate_pem="x")
 
+    @property
+    def messages_sent(self) -> int:
+        return len(self.sent)
+
     def close(self) -> None:
         self.closed = True
 
@@ -552,7 +557,11 @@ def request(job_id: str) -> SignRequest:
 
 
 def run_batcher(
-    settings: ServerSettings, finished: dict[str, JobResult], job_ids: list[str], wait: float = 5
+    settings: ServerSettings,
+    finished: dict[str, JobResult],
+    job_ids: list[str],
+    wait: float = 5,
+    counts: EstCounts | None = None,
 ) -> tuple[list[object], list[RecordingProducer]]:
     producers: list[RecordingProducer] = []
     lock = threading.Lock()
@@ -563,7 +572,7 @@ def run_batcher(
             producers.append(producer)
         return producer
 
-    batcher = Batcher(connect, settings)  # type: ignore[arg-type]
+    batcher = Batcher(connect, settings, counts)  # type: ignore[arg-type]
 
     async def main() -> list[object]:
         deadline = time.monotonic() + wait
@@ -652,6 +661,18 @@ def test_a_finished_job_is_answered_from_the_store_and_not_sent() -> None:
     outcomes, producers = run_batcher(settings, {"job-done": done}, ["job-done", "job-new"])
     assert outcomes[0] == done
     assert [batch for producer in producers for batch in producer.sent] == [["job-new"]]
+
+
+def test_the_lanes_count_the_enrollments_they_send_and_the_messages_they_go_in() -> None:
+    done = JobResult(job_id="job-done", status="issued", serial="0A", certificate_pem="pem")
+    counts = EstCounts()
+    ids = ["job-done", *(f"job-{index}" for index in range(24))]
+    settings = ServerSettings(batch_window_ms=50, batch_max=10, lanes=2)
+    _, producers = run_batcher(settings, {"job-done": done}, ids, counts=counts)
+    messages = [batch for producer in producers for batch in producer.sent]
+    figures = counts.figures()
+    assert figures.enrollments_queued == 24  # the finished one was answered, never sent
+    assert figures.messages_sent == len(messages) >= 3  # batch_max 10: three messages or more
 
 
 def test_a_job_past_its_deadline_is_still_signing_and_its_lane_reconnects() -> None:

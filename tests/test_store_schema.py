@@ -182,6 +182,7 @@ def test_every_key_written_is_in_the_documented_layout(
     store.note_worker_active("casign.sign")
     signer.figures.write_now()
     store.ocsp_figures.publish("layout-host:2560", "{}", 60)
+    store.est_figures.publish("layout-producer@layout-host:8443", "{}", 60)
     airgap = AirgapRecords(store)
     exported = ExportedBatch("sign:layout", "sign", {}, ("layout-exported",))
     assert airgap.record_export([[exported]], ["b" * 32], 0)

@@ -51,6 +51,7 @@ from core.keys import KeyType, write_private_key
 from core.layout import folder_names
 from core.messages import JobResult, RevokeRequest, SignRequest, parse_sign_request
 from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings, producer_queue
+from est.figures import EstFigures, server_name
 from keystore import load_signing_key, parse_key_uri
 from ocsp.figures import responder_name
 from producers import Producer
@@ -917,6 +918,43 @@ def test_the_ocsp_responder_user_answers_good_and_revoked(
     with pytest.raises(redis.exceptions.NoPermissionError):
         ocsp_store.client.set(boundary.key("metrics"), "planted")
     ocsp_store.client.close()
+
+
+def test_a_producers_user_writes_its_own_est_servers_figures_and_no_other_producers(
+    acl_redis: AclRedis,
+) -> None:
+    """An EST server runs as its producer's Redis user: it names its figures after that
+    producer (from the user of its store URL), may write them, and may write no other's."""
+    scope = KeyScope(f"casign-test:{uuid.uuid4().hex[:12]}")
+    users = {name: acl_redis.add(scope, Role.PRODUCER, name) for name in ("web", "hr")}
+    web = ResultsStore.from_url(acl_redis.store_url(users["web"]), scope.prefix)
+    admin = ResultsStore(acl_redis.admin(), scope.prefix)
+    try:
+        name = server_name(acl_redis.store_url(users["web"]), scope.prefix, 8443)
+        assert name.startswith("web@") and name.endswith(":8443")
+        figures = EstFigures({("simpleenroll", 200): 2}, {"est.bad_credentials": 1}, 0, 2, 1)
+        web.est_figures.publish(name, figures.to_json(), 30)
+        assert admin.est_figures.read() == {name: figures.to_json()}
+        host_port = name.removeprefix("web@")
+        for other in (f"hr@{host_port}", host_port, f"webx@{host_port}"):
+            with pytest.raises(StoreUnavailable, match="NoPermissionError"):
+                web.est_figures.publish(other, figures.to_json(), 30)
+            assert admin.client.get(admin.keys.est_figures(other)) is None
+        # Written, never read; the shared index only added to and trimmed, never replaced.
+        with pytest.raises(StoreUnavailable, match="NoPermissionError"):
+            web.est_figures.read()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            web.client.get(web.keys.est_figures(name))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            web.client.set(web.keys.est_servers, "planted")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            web.client.delete(web.keys.est_servers)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            web.client.zadd(web.keys.est_figures(name), {"planted": 1})
+        assert acl_redis.denials(users["hr"]) == []
+    finally:
+        web.client.close()
+        admin.client.close()
 
 
 PLANTED_RECORD = '{"csr_pem": "...", "profile": {"eku": ["OCSPSigning"]}, "not_after": "2036"}'
