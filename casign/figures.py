@@ -1,8 +1,9 @@
 """One reading of a CA's figures: what the signers added up in the store, and what is measured
 at the moment of reading (queue depth, the oldest waiting batch, CRL age, days left to the
-intermediate, workers seen, Redis memory), and each running OCSP responder's latest figures.
-`casign metrics` serves it to Prometheus and `casign top` shows it; neither needs more than a
-producer's read rights (the OCSP responders' figures are then left out).
+intermediate, workers seen, Redis memory), and each running OCSP responder's and EST server's
+latest figures. `casign metrics` serves it to Prometheus and `casign top` shows it; neither
+needs more than a producer's read rights (the OCSP responders' and EST servers' figures are
+then left out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cryptography import x509
 
 from casign.queue_view import QueueView
 from core.errors import SigningError
+from est.figures import EstFigures, figures_by_server
 from ocsp.figures import ResponderFigures, figures_by_responder
 from store.metrics import Sample
 from store.results import ResultsStore
@@ -39,6 +41,7 @@ class Reading:
     memory_used_bytes: int | None = None
     memory_max_bytes: int | None = None
     ocsp_responders: dict[str, ResponderFigures] = field(default_factory=dict)  # by host:port
+    est_servers: dict[str, EstFigures] = field(default_factory=dict)  # by [PRODUCER@]host:port
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels`."""
@@ -79,6 +82,7 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
     crl_age = now - made.timestamp() if made is not None else None
     memory = _optional(store.memory)
     responders = _optional(store.ocsp_figures.read) or {}
+    est_servers = _optional(store.est_figures.read) or {}
     return Reading(
         at=now,
         samples=samples,
@@ -90,6 +94,7 @@ def read_figures(store: ResultsStore, queues: Sequence[QueueView] = ()) -> Readi
         memory_used_bytes=memory.used_bytes if memory is not None else None,
         memory_max_bytes=memory.max_bytes if memory is not None else None,
         ocsp_responders=figures_by_responder(responders),
+        est_servers=figures_by_server(est_servers),
     )
 
 

@@ -3,7 +3,8 @@
 The signer opens no port: it adds its counts to the store (`worker/figures.py`), and this
 process, which needs only read rights, turns one reading of the store into the exposition
 format on each scrape. Each OCSP responder writes its own figures the same way
-(`ocsp/figures.py`); they are served here labelled with its name (`responder`, host:port).
+(`ocsp/figures.py`), and so does each EST server (`est/figures.py`); they are served here
+labelled with its name (`responder`, host:port; `server`, [PRODUCER@]host:port).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class StoreCollector(Collector):
             yield _histogram(name, observed, buckets[name])
         yield from _gauges(reading)
         yield from _ocsp_families(reading)
+        yield from _est_families(reading)
 
 
 def _counter(name: str, series: dict[Labels, float]) -> CounterMetricFamily:
@@ -181,6 +183,48 @@ def _ocsp_families(reading: Reading) -> Iterator[Metric]:
         renewals.add_metric([name, "due"], figures.renewed_due)
         renewals.add_metric([name, "changed"], figures.renewed_changed)
     yield from (age, held, size, answers, renewals)
+
+
+def _est_families(reading: Reading) -> Iterator[Metric]:
+    """Each EST server's answers, refusals and queue messages, labelled `server`; nothing
+    without one."""
+    servers = sorted(reading.est_servers.items())
+    if not servers:
+        return
+    requests = CounterMetricFamily(
+        "casign_est_requests",
+        "EST requests answered, by operation and HTTP status.",
+        labels=["server", "operation", "status"],
+    )
+    refused = CounterMetricFamily(
+        "casign_est_refused",
+        "EST requests refused, by refusal code (the EST server's own and the signer's).",
+        labels=["server", "code"],
+    )
+    pending = CounterMetricFamily(
+        "casign_est_pending",
+        "EST enrollments answered 202 Accepted (still signing; the client asks again).",
+        labels=["server"],
+    )
+    queued = CounterMetricFamily(
+        "casign_est_enrollments_queued",
+        "Enrollments an EST server sent to the signing queue.",
+        labels=["server"],
+    )
+    messages = CounterMetricFamily(
+        "casign_est_messages_sent",
+        "Queue messages an EST server sent (enrollments queued / messages: the batch size).",
+        labels=["server"],
+    )
+    for name, figures in servers:
+        for (operation, status), count in sorted(figures.requests.items()):
+            requests.add_metric([name, operation, str(status)], count)
+        for code, count in sorted(figures.refused.items()):
+            refused.add_metric([name, code], count)
+        pending.add_metric([name], figures.pending)
+        queued.add_metric([name], figures.enrollments_queued)
+        messages.add_metric([name], figures.messages_sent)
+    yield from (requests, refused, pending, queued, messages)
 
 
 def exposition(read: Callable[[], Reading]) -> bytes:

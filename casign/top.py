@@ -7,9 +7,11 @@ from rich.table import Table
 
 from casign.figures import Reading
 from casign.queue_view import describe_age
+from est.figures import EstFigures
 
 # The issuance steps in the order a job goes through them (worker/issuance/batch.py's laps).
 STEP_ORDER = ("admit", "build", "lint", "reserve", "sign", "verify", "publish")
+TOP_EST_CODES = 3  # refusal codes shown per EST server, the most frequent first
 
 
 def issued_rate(reading: Reading, previous: Reading | None) -> float | None:
@@ -49,6 +51,8 @@ def render(reading: Reading, previous: Reading | None, title: str) -> Group:
     )
     for name, value in rows:
         headline.add_row(name, value)
+    for server, figures in sorted(reading.est_servers.items()):
+        headline.add_row("EST", describe_est_server(server, figures))
 
     refusals = Table(title="refusals by code", title_justify="left", expand=False)
     refusals.add_column("code")
@@ -86,6 +90,17 @@ def describe_responders(reading: Reading) -> str:
     return (
         f"{len(responders)} responder(s), {held:,} answers held{oldest}; "
         f"{from_cache:,} answered from cache, {signed:,} signed"
+    )
+
+
+def describe_est_server(name: str, figures: EstFigures) -> str:
+    """One EST server in one line: its answers, enrollments and messages, the top refusals."""
+    codes = sorted(figures.refused.items(), key=lambda item: (-item[1], item[0]))
+    top = ", ".join(f"{code} {count:,}" for code, count in codes[:TOP_EST_CODES])
+    return (
+        f"{name}: {figures.answered():,} answered, {figures.pending:,} pending; "
+        f"{figures.enrollments_queued:,} enrollments queued in {figures.messages_sent:,} "
+        f"message(s); refused {sum(figures.refused.values()):,}" + (f" ({top})" if top else "")
     )
 
 
