@@ -240,7 +240,8 @@ def _quoted(word: str) -> str:
 
 
 def producer_user(scope: KeyScope, producer: str) -> AclUser:
-    """Publish to the queue, pop its own replies, read what `Producer.results`/`status` read."""
+    """Publish to the queue, pop its own replies, read what `Producer.results`/`status` read;
+    write the figures of the EST servers that run as it (`est_server_name`)."""
     keys = scope.keys
     own = check_producer_name(producer) + ":"
     own_queue = scope.producer_queue_lists(producer)
@@ -303,7 +304,7 @@ def signer_user(scope: KeyScope) -> AclUser:
 
 def ocsp_user(scope: KeyScope) -> AclUser:
     """Read the index lines and the two counters the responder answers from; write (never
-    read) its own figures (`store.ocsp_figures`)."""
+    read) its own figures (`store.figures_board`)."""
     keys = scope.keys
     figures = (f"{glob_escape(keys.ocsp_figures_stem)}*", glob_escape(keys.ocsp_responders))
     rules = [
