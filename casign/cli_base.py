@@ -73,6 +73,28 @@ def store_option(function: F) -> F:
     )(function)
 
 
+def figures_ttl_option(function: F) -> F:
+    """--figures-ttl of a process that writes its figures each second (`casign ocsp`, `est`)."""
+
+    def checked(_context: click.Context, _parameter: click.Parameter, value: float) -> float:
+        from core.errors import ConfigurationError
+        from store.figures_board import check_ttl
+
+        try:
+            return check_ttl(value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option(
+        "--figures-ttl",
+        type=float,
+        default=10.0,
+        show_default=True,
+        callback=checked,
+        help="Seconds the figures written each second (for `casign metrics`) outlive a stop.",
+    )(function)
+
+
 def broker_option(function: F) -> F:
     return click.option(
         "--broker", default=None, help="Broker URL (default $CASIGN_BROKER_URL, else embedded)."

@@ -20,7 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from casign.cli_base import broker_option, ca_option, fail, split_sans, store_option
+from casign.cli_base import (
+    broker_option,
+    ca_option,
+    fail,
+    figures_ttl_option,
+    split_sans,
+    store_option,
+)
 from casign.cli_producer import resolve_trust_anchor, trust_anchor_option
 from casign.config import ca_dir, resolve_endpoints
 from core.files import CERT_MODE, KEY_MODE, write_file_atomically
@@ -42,13 +49,7 @@ def _pem(certificate: x509.Certificate) -> str:
 @click.option("--port", type=int, default=None, help="TCP port to serve on (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @trust_anchor_option
-@click.option(
-    "--figures-ttl",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds the figures written each second (for `casign metrics`) outlive a stop.",
-)
+@figures_ttl_option
 @click.pass_context
 def est(
     ctx: click.Context,
@@ -78,17 +79,11 @@ def _serve(
     trust_anchor: str | None,
     figures_ttl: float,
 ) -> None:
-    from core.errors import ConfigurationError
     from est.server import SignerEndpoints, build_service, run_server
     from est.settings import load_settings, settings_path
     from store.embedded import EmbeddedRedis
-    from store.figures_board import check_ttl
     from store.results import ResultsStore
 
-    try:
-        check_ttl(figures_ttl)
-    except ConfigurationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--figures-ttl") from None
     folder = ca_dir(ca).absolute()
     anchor = resolve_trust_anchor(trust_anchor, folder)
     if anchor is None:

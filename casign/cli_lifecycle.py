@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from casign.cli_base import broker_option, ca_option, fail, open_store, progress_bar, store_option
+from casign.cli_base import (
+    broker_option,
+    ca_option,
+    fail,
+    figures_ttl_option,
+    open_store,
+    progress_bar,
+    store_option,
+)
 from casign.config import ca_dir, resolve_endpoints
-from core.errors import ConfigurationError, Rejected
+from core.errors import Rejected
 from core.files import PUBLIC_MODE, write_file_atomically
 from core.index import IndexEntry, format_serial
 from core.revocation import REVOKE_REASONS
@@ -242,13 +250,7 @@ def ocsp_cert(ca: Path | None, store: str | None, force: bool) -> None:
     show_default=True,
     help="Open connections at once; more are closed.",
 )
-@click.option(
-    "--figures-ttl",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds the figures written each second (for `casign metrics`) outlive a stop.",
-)
+@figures_ttl_option
 def ocsp(
     ca: Path | None,
     store: str | None,
@@ -266,16 +268,11 @@ def ocsp(
     from ocsp.lifetime import ResponseLifetime
     from ocsp.responder import OCSPResponder
     from ocsp.server import ServerLimits, serve
-    from store.figures_board import check_ttl
 
     try:
         lifetime = ResponseLifetime(parse_duration(validity))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--validity") from None
-    try:
-        check_ttl(figures_ttl)
-    except ConfigurationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--figures-ttl") from None
     folder = ca_dir(ca).absolute()
     endpoints = resolve_endpoints("unused://", store, folder)
 
