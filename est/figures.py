@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from store.acl import KeyScope, est_server_name, producer_of_user
-from store.figures_board import figure_count, host_port_name
+from store.figures_board import as_count, figure_count, host_port_name
 
 OPERATIONS = ("cacerts", "csrattrs", "simpleenroll", "simplereenroll", "serverkeygen")
 OTHER = "other"  # a path that names no EST operation (its name is the client's, never a label)
@@ -110,7 +110,7 @@ def _requests(rows: list[object]) -> dict[tuple[str, int], int]:
             and isinstance(status, int)
             and not isinstance(status, bool)
             and 100 <= status <= 599
-            and (counted := _as_count(count)) is not None
+            and (counted := as_count(count)) is not None
         ):
             found[(str(operation), status)] = counted
     return found
@@ -119,7 +119,7 @@ def _requests(rows: list[object]) -> dict[tuple[str, int], int]:
 def _refused(codes: Mapping[object, object]) -> dict[str, int]:
     found: dict[str, int] = {}
     for code, count in list(codes.items())[:MAX_ENTRIES]:
-        counted = _as_count(count)
+        counted = as_count(count)
         if (
             isinstance(code, str)
             and (is_refusal_code(code) or code == OTHER)
@@ -127,13 +127,6 @@ def _refused(codes: Mapping[object, object]) -> dict[str, int]:
         ):
             found[code] = counted
     return found
-
-
-def _as_count(value: object) -> int | None:
-    try:
-        return figure_count({"n": value}, "n")
-    except ValueError:
-        return None
 
 
 def figures_by_server(documents: Mapping[str, str]) -> dict[str, EstFigures]:

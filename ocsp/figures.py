@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from store.figures_board import figure_count, host_port_name
+from store.figures_board import figure_count
 
 
 @dataclass(slots=True)
@@ -84,11 +84,6 @@ def _optional_time(document: Mapping[str, object], name: str) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ValueError(f"{name} is not a time")
     return float(value)
-
-
-def responder_name(port: int) -> str:
-    """`host:port`: one responder among those of a CA, stable across its restarts."""
-    return host_port_name(port)
 
 
 def figures_by_responder(documents: Mapping[str, str]) -> dict[str, ResponderFigures]:

@@ -26,10 +26,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from core.errors import ConfigurationError
-from ocsp.figures import responder_name
 from ocsp.responder import Answer, OCSPResponder
 from ocsp.response import MALFORMED_REQUEST
-from store.figures_board import DEFAULT_TTL_SECONDS, FiguresPublisher
+from store.figures_board import DEFAULT_TTL_SECONDS, FiguresPublisher, host_port_name
 
 log = logging.getLogger("casign.ocsp")
 
@@ -208,7 +207,7 @@ async def serve(
             bound = listener.sockets[0].getsockname()
             publisher = FiguresPublisher(
                 responder.store.ocsp_figures,
-                responder_name(int(bound[1])),
+                host_port_name(int(bound[1])),
                 lambda: responder.figures().to_json(),
                 figures_ttl,
                 whose="the OCSP responder's",

@@ -86,10 +86,17 @@ class FiguresBoard:
         }
 
 
-def figure_count(document: Mapping[str, object], name: str) -> int:
-    """`document[name]` if it is a count (an int from 0 to MAX_COUNT); ValueError otherwise."""
-    value = document.get(name)
+def as_count(value: object) -> int | None:
+    """`value` if it is a count (an int from 0 to MAX_COUNT), else None."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        return None
+    return value
+
+
+def figure_count(document: Mapping[str, object], name: str) -> int:
+    """`document[name]` if it is a count (`as_count`); ValueError otherwise."""
+    value = as_count(document.get(name))
+    if value is None:
         raise ValueError(f"{name} is not a count")
     return value
 

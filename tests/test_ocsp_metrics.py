@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocsp.figures import responder_name
+from store.figures_board import host_port_name
 from store.results import ResultsStore
 from tests.cas import make_alice_ca
 from tests.csrs import job, make_csr
@@ -170,7 +170,7 @@ def test_metrics_show_the_responders_cache_and_answers_and_drop_a_dead_responder
         _ask(ocsp_port, certificate, issuer, nonce=False)
     _ask(ocsp_port, third, issuer, nonce=True)  # signed for its nonce, and not kept
 
-    name = responder_name(ocsp_port)
+    name = host_port_name(ocsp_port)
     answers = ("casign_ocsp_answers_total", (("responder", name), ("source", "cache")))
     scraped: Scrape = {}
 

@@ -53,7 +53,6 @@ from core.messages import JobResult, RevokeRequest, SignRequest, parse_sign_requ
 from core.queue import CRL_TASK, SIGN_QUEUE, celery_settings, producer_queue
 from est.figures import EstFigures, server_name
 from keystore import load_signing_key, parse_key_uri
-from ocsp.figures import responder_name
 from producers import Producer
 from producers.trust import ResultCheck, TrustAnchor
 from store.acl import (
@@ -71,6 +70,7 @@ from store.acl import (
 )
 from store.embedded import EmbeddedRedis, redis_server_binary, redis_server_version
 from store.envelopes import EnvelopeLedger
+from store.figures_board import host_port_name
 from store.results import ResultsStore
 from store.revocations import RevocationStore
 from tests.cas import make_alice_ca
@@ -896,7 +896,7 @@ def test_the_ocsp_responder_user_answers_good_and_revoked(
             )  # fmt: skip
             assert f"{leaf}: {status}\n" in answer.stdout, answer.stdout + answer.stderr
         # Its figures, written every second as the ocsp user, are there for `casign metrics`.
-        name = responder_name(server.port)
+        name = host_port_name(server.port)
         admin_store = boundary.admin_store()
         deadline = time.monotonic() + 10
         while name not in admin_store.ocsp_figures.read():
