@@ -200,7 +200,9 @@ class StopSignalHandler:
         self.handler = handler
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        STOP.raise_()  # a page write: the watchdog's deadline runs whatever Celery does next
+        # A page write, before Celery's loop notices: a solo pool's task waiting out an outage
+        # sees it, and the watchdog's deadline runs whatever Celery does next.
+        STOP.raise_()
         if StopSignalHandler.handling:
             _set_shutdown_flag(signum)
             return
@@ -299,13 +301,6 @@ def _exit_after_deadline(stop: StopNotice) -> None:
     with contextlib.suppress(OSError):
         os.write(2, message.encode())
     os._exit(EX_FAILURE)
-
-
-@signals.worker_shutting_down.connect
-def _announce_stop(**_: object) -> None:
-    # Sent by Celery's signal handler in the main process (SIGTERM, SIGINT, SIGQUIT), before
-    # its loop notices: a solo pool's task waiting out an outage must see it from there.
-    STOP.raise_()
 
 
 @signals.worker_process_init.connect
